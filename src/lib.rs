@@ -1,0 +1,15 @@
+//! umrank: build training corpora for multimodal LLM rerankers, train them, evaluate them and release them.
+//!
+//! The crate is a staged pipeline. Data flows one way through the stage modules, as Arrow/Parquet datasets whose
+//! schemas live in `schemas/`:
+//!
+//! ```text
+//! world -> ingest -> embed -> mine -> shards -> train -> eval -> release
+//! ```
+//!
+//! [`pipeline`] runs stages, skips the ones that are up to date and resumes after a crash; [`dataset`] and
+//! [`schema`] hold the on-disk contracts; [`media`] and [`models`] are the libraries the stages share.
+
+pub mod media;
+pub mod models;
+pub mod world;

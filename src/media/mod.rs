@@ -1,0 +1,1 @@
+//! Images: where they come from, how they are validated, and how models want them preprocessed.

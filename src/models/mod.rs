@@ -1,0 +1,1 @@
+//! The model layer: differentiable building blocks and the architectures built from them.

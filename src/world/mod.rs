@@ -1,0 +1,1 @@
+//! The demo world: a deterministic generator of a small multimodal retrieval dataset in M-BEIR format.
