@@ -10,6 +10,15 @@
 //! [`pipeline`] runs stages, skips the ones that are up to date and resumes after a crash; [`dataset`] and
 //! [`schema`] hold the on-disk contracts; [`media`] and [`models`] are the libraries the stages share.
 
+pub mod dataset;
+pub mod device;
+pub mod digest;
+pub mod inspect;
 pub mod media;
 pub mod models;
+pub mod pipeline;
+pub mod progress;
+pub mod schema;
+pub mod shard;
+pub mod stages;
 pub mod world;

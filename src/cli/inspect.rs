@@ -1,0 +1,33 @@
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+/// Show what a dataset or a stage manifest holds: schema with field docs, row count and first rows; or a stage's
+/// config, inputs and outputs with their hashes.
+///
+/// PATH is a dataset directory (its part files are read as one dataset), a single Parquet file, a manifest*.json,
+/// or a stage directory (its manifest.json is shown).
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    /// Dataset directory, Parquet file, manifest file, or stage directory.
+    pub path: PathBuf,
+
+    /// Print JSON instead of the human layout.
+    #[arg(long)]
+    pub json: bool,
+
+    /// How many rows of a dataset to show.
+    #[arg(short = 'n', long, default_value_t = 5)]
+    pub rows: usize,
+}
+
+pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
+    let inspected = umrank::inspect::inspect(&args.path, args.rows)
+        .with_context(|| format!("cannot inspect {}", args.path.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&inspected.to_json()?)?);
+    } else {
+        print!("{}", inspected.render());
+    }
+    Ok(())
+}

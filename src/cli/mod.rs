@@ -1,0 +1,113 @@
+//! Command-line parsing and dispatch. Library errors become `anyhow` errors here, printed with their causes.
+
+mod inspect;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::{ArgAction, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use umrank::pipeline::RejectPolicy;
+use umrank::progress;
+
+/// Build training corpora for multimodal LLM rerankers, train them (SFT, CL or the unified objectives), evaluate
+/// them and release them.
+///
+/// Every stage reads and writes Parquet datasets under a work directory, records a manifest, and is skipped when
+/// it is already up to date; a killed run, started again, resumes where it stopped.
+#[derive(Debug, Parser)]
+#[command(
+    name = "umrank",
+    version,
+    propagate_version = true,
+    max_term_width = 110
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, clap::Args)]
+pub struct Global {
+    /// Largest share of a stage's input records that may be rejected (bad rows, missing images) before the stage
+    /// fails. Rejected records are listed with their reason in the stage's rejects.parquet either way.
+    #[arg(long, global = true, default_value_t = 0.01, value_name = "F", value_parser = parse_fraction)]
+    pub max_reject_fraction: f64,
+
+    /// Fail a stage at its first rejected record.
+    #[arg(long, global = true)]
+    pub strict: bool,
+
+    /// More log output (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Only warnings and errors; no progress bars.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+impl Global {
+    pub fn policy(&self) -> RejectPolicy {
+        RejectPolicy {
+            max_fraction: self.max_reject_fraction,
+            strict: self.strict,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Run(run::RunArgs),
+    Demo(run::DemoArgs),
+    Inspect(inspect::InspectArgs),
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    let f: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if (0.0..=1.0).contains(&f) {
+        Ok(f)
+    } else {
+        Err(format!("{f} is not between 0 and 1"))
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.global);
+    let result = match &cli.command {
+        Command::Run(args) => run::run(args, &cli.global),
+        Command::Demo(args) => run::demo(args, &cli.global),
+        Command::Inspect(args) => inspect::inspect(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(global: &Global) {
+    progress::set_quiet(global.quiet);
+    let level = match (global.quiet, global.verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("umrank={level},warn")));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(progress::LogWriter)
+        .with_target(false)
+        .without_time()
+        .init();
+}

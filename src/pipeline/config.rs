@@ -1,0 +1,167 @@
+//! Pipeline files: a `[pipeline]` table and one table per stage, in run order.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::PipelineError;
+
+/// A parsed pipeline file.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// The file it came from (for messages).
+    pub path: PathBuf,
+    pub name: String,
+    /// Where stage directories go; relative paths are relative to the current directory.
+    pub workdir: PathBuf,
+    pub seed: u64,
+    /// Stages in file order, which is run order.
+    pub stages: Vec<StageSpec>,
+}
+
+/// One stage table.
+#[derive(Debug, Clone)]
+pub struct StageSpec {
+    /// The table name: the stage's directory under the workdir and its name in `--from`/`--until`.
+    pub name: String,
+    /// What the stage is (`kind = "train"`); defaults to the table name, so `[ingest]` is an ingest stage and
+    /// `[train_cl] kind = "train"` is a second train stage.
+    pub kind: String,
+    /// The table without `kind`, handed to the stage's factory.
+    pub table: toml::Table,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PipelineTable {
+    name: String,
+    workdir: PathBuf,
+    #[serde(default)]
+    seed: u64,
+}
+
+impl PipelineConfig {
+    pub fn load(path: &Path) -> Result<Self, PipelineError> {
+        let text = std::fs::read_to_string(path).map_err(PipelineError::io(path))?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses pipeline text; `path` is used in messages only.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, PipelineError> {
+        let bad = |message: String| PipelineError::Config {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut doc: toml::Table = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let head = doc
+            .remove("pipeline")
+            .ok_or_else(|| bad("missing the [pipeline] table (name, workdir, seed)".into()))?;
+        let head: PipelineTable = head
+            .try_into()
+            .map_err(|e: toml::de::Error| bad(format!("[pipeline]: {}", e.message())))?;
+        let mut stages = Vec::with_capacity(doc.len());
+        for (name, value) in doc {
+            let toml::Value::Table(mut table) = value else {
+                return Err(bad(format!("`{name}` must be a stage table ([{name}])")));
+            };
+            check_name(&name).map_err(|m| bad(format!("[{name}]: {m}")))?;
+            let kind = match table.remove("kind") {
+                None => name.clone(),
+                Some(toml::Value::String(kind)) => kind,
+                Some(other) => {
+                    return Err(bad(format!(
+                        "[{name}]: `kind` must be a string, got {other}"
+                    )))
+                }
+            };
+            stages.push(StageSpec { name, kind, table });
+        }
+        if stages.is_empty() {
+            return Err(bad("the pipeline has no stages".into()));
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            name: head.name,
+            workdir: head.workdir,
+            seed: head.seed,
+            stages,
+        })
+    }
+
+    /// The position of a stage by name, or an error listing the names there are.
+    pub fn position(&self, name: &str) -> Result<usize, PipelineError> {
+        self.stages
+            .iter()
+            .position(|s| s.name == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = self.stages.iter().map(|s| s.name.as_str()).collect();
+                PipelineError::Config {
+                    path: self.path.clone(),
+                    message: format!("no stage named `{name}` (stages: {})", names.join(", ")),
+                }
+            })
+    }
+}
+
+/// Stage names become directory names, so they are kept to a portable alphabet.
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err("stage names may use only a-z, 0-9, '_' and '-'".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stages_keep_file_order_and_kinds_default_to_names() {
+        let text = r#"
+            [pipeline]
+            name = "t"
+            workdir = "runs/t"
+            seed = 7
+            [zeta]
+            x = 1
+            [alpha]
+            kind = "zeta"
+        "#;
+        let p = PipelineConfig::parse(Path::new("t.toml"), text).unwrap();
+        assert_eq!(p.seed, 7);
+        let names: Vec<_> = p
+            .stages
+            .iter()
+            .map(|s| (s.name.as_str(), s.kind.as_str()))
+            .collect();
+        assert_eq!(names, [("zeta", "zeta"), ("alpha", "zeta")]);
+        assert!(!p.stages[1].table.contains_key("kind"));
+    }
+
+    #[test]
+    fn errors_name_the_file_and_problem() {
+        let err = PipelineConfig::parse(Path::new("p.toml"), "[pipeline]\nname='x'\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("p.toml: [pipeline]: missing field `workdir`"),
+            "{err}"
+        );
+        let err = PipelineConfig::parse(
+            Path::new("p.toml"),
+            "[pipeline]\nname='x'\nworkdir='w'\n[Bad]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("[Bad]: stage names"), "{err}");
+        let err = PipelineConfig::parse(Path::new("p.toml"), "[pipeline\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 1"), "{err}");
+    }
+}

@@ -1,0 +1,25 @@
+//! The staged pipeline runner.
+//!
+//! A pipeline is a TOML file: a `[pipeline]` table (name, workdir, seed) and one table per stage, run in file
+//! order. Each stage writes `<workdir>/<stage>/` with its datasets, `rejects.parquet` and, last of all,
+//! `manifest.json`. A stage whose fingerprint (umrank version, kind, resolved config, seed, shard, and the content
+//! hashes of its inputs) matches its manifest and whose outputs are intact is skipped. Because an upstream stage's
+//! fingerprint is part of each downstream input hash, a change anywhere reruns everything below it.
+
+mod config;
+mod context;
+mod error;
+mod manifest;
+mod registry;
+mod rejects;
+mod runner;
+mod stage;
+
+pub use config::{PipelineConfig, StageSpec};
+pub use context::StageContext;
+pub use error::{PipelineError, RejectFailure, StageError};
+pub use manifest::{manifest_path, InputRecord, Manifest, ObservedFile, OutputRecord};
+pub use registry::{StageFactory, StageRegistry};
+pub use rejects::{rejects_path, Reject, RejectPolicy};
+pub use runner::{RunOptions, Runner, StageOutcome, StageReport};
+pub use stage::{Input, Output, Stage};

@@ -1,0 +1,613 @@
+//! Runs stages in order, skipping the ones that are up to date.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime};
+
+use super::manifest::{mtime_ns, rfc3339};
+use super::rejects::RejectSink;
+use super::{
+    manifest_path, rejects_path, Input, InputRecord, Manifest, Output, OutputRecord,
+    PipelineConfig, PipelineError, RejectFailure, RejectPolicy, Stage, StageContext, StageRegistry,
+};
+use crate::dataset::{is_temporary, Dataset, PART_EXTENSION};
+use crate::device::DeviceSpec;
+use crate::digest::{sha256_file, sha256_hex, Fingerprint};
+use crate::shard::Shard;
+
+/// How to run: which stages, which shard, which device, and the reject policy.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// First stage to run; earlier ones must already be complete.
+    pub from: Option<String>,
+    /// Last stage to run.
+    pub until: Option<String>,
+    /// Rerun the selected stages even when up to date.
+    pub force: bool,
+    pub shard: Option<Shard>,
+    pub device: DeviceSpec,
+    pub policy: RejectPolicy,
+    /// Directories for stages, instead of `<workdir>/<name>` (standalone stage commands use this).
+    pub dirs: BTreeMap<String, PathBuf>,
+}
+
+/// What happened to a stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StageOutcome {
+    Ran,
+    UpToDate,
+    /// Outside `--from`/`--until`.
+    NotSelected,
+}
+
+/// One line of a run's summary.
+#[derive(Debug, Clone)]
+pub struct StageReport {
+    pub name: String,
+    pub kind: String,
+    pub outcome: StageOutcome,
+    pub dir: PathBuf,
+    pub records: u64,
+    pub rejects: u64,
+    pub seconds: f64,
+}
+
+/// A pipeline ready to run.
+pub struct Runner {
+    workdir: PathBuf,
+    seed: u64,
+    stages: Vec<(String, Box<dyn Stage>)>,
+    options: RunOptions,
+    source: PathBuf,
+}
+
+impl Runner {
+    /// Builds every stage of a pipeline file (so that a config error anywhere is reported before anything runs).
+    pub fn from_config(
+        config: &PipelineConfig,
+        registry: &StageRegistry,
+        options: RunOptions,
+    ) -> Result<Self, PipelineError> {
+        let stages = config
+            .stages
+            .iter()
+            .map(|spec| Ok((spec.name.clone(), registry.build(spec, &config.path)?)))
+            .collect::<Result<Vec<_>, PipelineError>>()?;
+        Ok(Self {
+            workdir: config.workdir.clone(),
+            seed: config.seed,
+            stages,
+            options,
+            source: config.path.clone(),
+        })
+    }
+
+    /// A runner over stages built in code (a standalone stage command, or a test).
+    pub fn new(
+        workdir: PathBuf,
+        seed: u64,
+        stages: Vec<(String, Box<dyn Stage>)>,
+        options: RunOptions,
+    ) -> Self {
+        Self {
+            workdir,
+            seed,
+            stages,
+            options,
+            source: PathBuf::from("<command line>"),
+        }
+    }
+
+    /// The directory stage `name` writes to.
+    pub fn stage_dir(&self, name: &str) -> PathBuf {
+        self.options
+            .dirs
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| self.workdir.join(name))
+    }
+
+    /// Runs the selected stages in order and reports on each.
+    pub fn run(&self) -> Result<Vec<StageReport>, PipelineError> {
+        let (first, last) = self.selection()?;
+        let mut reports = Vec::with_capacity(self.stages.len());
+        for (i, (name, stage)) in self.stages.iter().enumerate() {
+            if i < first || i > last {
+                reports.push(StageReport {
+                    name: name.clone(),
+                    kind: stage.name().to_string(),
+                    outcome: StageOutcome::NotSelected,
+                    dir: self.stage_dir(name),
+                    records: 0,
+                    rejects: 0,
+                    seconds: 0.0,
+                });
+                continue;
+            }
+            reports.push(self.run_stage(name, stage.as_ref())?);
+        }
+        Ok(reports)
+    }
+
+    fn selection(&self) -> Result<(usize, usize), PipelineError> {
+        let position = |name: &str| {
+            self.stages
+                .iter()
+                .position(|(n, _)| n == name)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = self.stages.iter().map(|(n, _)| n.as_str()).collect();
+                    PipelineError::Config {
+                        path: self.source.clone(),
+                        message: format!("no stage named `{name}` (stages: {})", names.join(", ")),
+                    }
+                })
+        };
+        let first = self
+            .options
+            .from
+            .as_deref()
+            .map(position)
+            .transpose()?
+            .unwrap_or(0);
+        let last = match self.options.until.as_deref() {
+            Some(name) => position(name)?,
+            None => self.stages.len().saturating_sub(1),
+        };
+        if first > last {
+            return Err(PipelineError::Config {
+                path: self.source.clone(),
+                message: "--from names a stage after --until".into(),
+            });
+        }
+        Ok((first, last))
+    }
+
+    fn run_stage(&self, name: &str, stage: &dyn Stage) -> Result<StageReport, PipelineError> {
+        let shard = self.options.shard.unwrap_or(Shard::ALL);
+        let dir = self.stage_dir(name);
+        let outputs = stage.outputs();
+        if !shard.is_all() && outputs.iter().any(|o| matches!(o, Output::Tree { .. })) {
+            return Err(PipelineError::Config {
+                path: self.source.clone(),
+                message: format!("stage `{name}` writes a directory tree and cannot be sharded; run it without --shard"),
+            });
+        }
+        let config = stage.config();
+        let config_hash = sha256_hex(
+            canonical_json(&serde_json::json!({"kind": stage.name(), "config": config})).as_bytes(),
+        );
+        let manifest_file = manifest_path(&dir, shard);
+        let previous = Manifest::read(&manifest_file)?;
+        let inputs = self.hash_inputs(name, stage, previous.as_ref())?;
+        let fingerprint = fingerprint(stage.name(), &config_hash, self.seed, shard, &inputs);
+
+        let mut report = StageReport {
+            name: name.to_string(),
+            kind: stage.name().to_string(),
+            outcome: StageOutcome::UpToDate,
+            dir: dir.clone(),
+            records: 0,
+            rejects: 0,
+            seconds: 0.0,
+        };
+        if let Some(prev) = &previous {
+            if !self.options.force && is_current(prev, &fingerprint, &dir)? {
+                tracing::info!("{name}: up to date ({})", dir.display());
+                report.records = prev.records;
+                report.rejects = prev.rejects;
+                return Ok(report);
+            }
+        }
+
+        clear_shard(&dir, &outputs, shard)?;
+        let upstream = stage
+            .inputs()
+            .iter()
+            .filter_map(|i| match i {
+                Input::Stage(up) => Some((up.clone(), self.stage_dir(up))),
+                Input::Files(_) => None,
+            })
+            .collect();
+        let rejects_file = rejects_path(&dir, shard);
+        let mut ctx = StageContext {
+            name: name.to_string(),
+            dir: dir.clone(),
+            config: config.clone(),
+            seed: self.seed,
+            shard,
+            device: self.options.device,
+            upstream,
+            rejects: RejectSink::create(name, rejects_file.clone())?,
+            records: 0,
+            observed: Vec::new(),
+        };
+        tracing::info!("{name}: running ({})", dir.display());
+        let started_at = SystemTime::now();
+        let clock = Instant::now();
+        let result = stage.run(&mut ctx);
+        let StageContext {
+            rejects,
+            records,
+            observed,
+            ..
+        } = ctx;
+        let rejected = rejects.count();
+        let first_reject = rejects.first().map(ToString::to_string);
+        rejects.finish()?;
+        result.map_err(|source| PipelineError::Stage {
+            stage: name.to_string(),
+            source,
+        })?;
+        self.enforce_policy(name, rejected, records, first_reject, &rejects_file)?;
+
+        let mut output_records = collect_outputs(name, &dir, &outputs, shard)?;
+        output_records.push(describe_file("rejects", &dir, &rejects_file, true)?);
+        let seconds = clock.elapsed().as_secs_f64();
+        let manifest = Manifest {
+            umrank_version: env!("CARGO_PKG_VERSION").to_string(),
+            stage: name.to_string(),
+            kind: stage.name().to_string(),
+            shard,
+            seed: self.seed,
+            device: self.options.device.to_string(),
+            config,
+            config_hash,
+            fingerprint,
+            inputs,
+            observed,
+            outputs: output_records,
+            records,
+            rejects: rejected,
+            started_at: rfc3339(started_at),
+            finished_at: rfc3339(SystemTime::now()),
+            elapsed_seconds: seconds,
+        };
+        manifest.write(&manifest_file)?;
+        tracing::info!("{name}: done in {seconds:.1}s: {records} records, {rejected} rejected");
+        report.outcome = StageOutcome::Ran;
+        report.records = records;
+        report.rejects = rejected;
+        report.seconds = seconds;
+        Ok(report)
+    }
+
+    fn enforce_policy(
+        &self,
+        name: &str,
+        rejected: u64,
+        records: u64,
+        first: Option<String>,
+        rejects_file: &Path,
+    ) -> Result<(), PipelineError> {
+        let policy = self.options.policy;
+        if !policy.exceeded(rejected, records) {
+            return Ok(());
+        }
+        Err(PipelineError::Rejects(Box::new(RejectFailure {
+            stage: name.to_string(),
+            rejected,
+            records,
+            max_fraction: policy.max_fraction,
+            strict: policy.strict,
+            first: first.unwrap_or_default(),
+            rejects_file: rejects_file.to_path_buf(),
+        })))
+    }
+
+    fn hash_inputs(
+        &self,
+        name: &str,
+        stage: &dyn Stage,
+        previous: Option<&Manifest>,
+    ) -> Result<Vec<InputRecord>, PipelineError> {
+        let mut records = Vec::new();
+        for input in stage.inputs() {
+            match input {
+                Input::Stage(up) => {
+                    let dir = self.stage_dir(&up);
+                    let manifests = Manifest::read_complete(&dir).map_err(|reason| {
+                        PipelineError::MissingUpstream {
+                            stage: name.to_string(),
+                            upstream: up.clone(),
+                            reason,
+                        }
+                    })?;
+                    records.push(InputRecord::Stage {
+                        name: up,
+                        dir,
+                        hash: Manifest::combined_hash(&manifests),
+                    });
+                }
+                Input::Files(paths) => {
+                    for path in paths {
+                        for file in files_under(&path)? {
+                            records.push(hash_file_input(&file, previous)?);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(records)
+    }
+}
+
+/// Keys sorted at every level, so the hash does not depend on map order.
+fn canonical_json(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            let fields: Vec<String> = keys
+                .into_iter()
+                .map(|k| {
+                    format!(
+                        "{}:{}",
+                        serde_json::Value::String(k.clone()),
+                        canonical_json(&map[k])
+                    )
+                })
+                .collect();
+            format!("{{{}}}", fields.join(","))
+        }
+        serde_json::Value::Array(items) => {
+            let items: Vec<String> = items.iter().map(canonical_json).collect();
+            format!("[{}]", items.join(","))
+        }
+        other => other.to_string(),
+    }
+}
+
+fn fingerprint(
+    kind: &str,
+    config_hash: &str,
+    seed: u64,
+    shard: Shard,
+    inputs: &[InputRecord],
+) -> String {
+    let mut fp = Fingerprint::new();
+    fp.part("umrank", env!("CARGO_PKG_VERSION").as_bytes())
+        .part("kind", kind.as_bytes())
+        .part("config", config_hash.as_bytes())
+        .part("seed", &seed.to_le_bytes())
+        .part("shard", shard.to_string().as_bytes());
+    for input in inputs {
+        match input {
+            InputRecord::Stage { name, hash, .. } => fp
+                .part("stage", name.as_bytes())
+                .part("hash", hash.as_bytes()),
+            InputRecord::File { path, sha256, .. } => fp
+                .part("file", path.to_string_lossy().as_bytes())
+                .part("sha256", sha256.as_bytes()),
+        };
+    }
+    fp.finish()
+}
+
+/// Whether a previous run of the same fingerprint left its outputs intact and its observed inputs unchanged.
+/// Outputs are compared by size, then by content only if their mtime moved.
+fn is_current(prev: &Manifest, fingerprint: &str, dir: &Path) -> Result<bool, PipelineError> {
+    if prev.fingerprint != fingerprint {
+        return Ok(false);
+    }
+    for output in &prev.outputs {
+        let path = dir.join(&output.path);
+        let Ok(meta) = fs::metadata(&path) else {
+            tracing::info!("{}: missing, rerunning", path.display());
+            return Ok(false);
+        };
+        if meta.len() != output.bytes {
+            return Ok(false);
+        }
+        if mtime_ns(&meta) != output.mtime_ns
+            && sha256_file(&path).map_err(PipelineError::io(&path))? != output.sha256
+        {
+            tracing::info!("{}: changed since the last run, rerunning", path.display());
+            return Ok(false);
+        }
+    }
+    for seen in &prev.observed {
+        match fs::metadata(&seen.path) {
+            Ok(meta) if meta.len() == seen.size && mtime_ns(&meta) == seen.mtime_ns => {}
+            _ => {
+                tracing::info!(
+                    "{}: changed since the last run, rerunning",
+                    seen.path.display()
+                );
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Removes what a previous or interrupted run of this shard left, so a rerun starts clean: its manifest first (so
+/// that nothing below counts as finished), then its parts, temporary files, and files of a different shard count.
+fn clear_shard(dir: &Path, outputs: &[Output], shard: Shard) -> Result<(), PipelineError> {
+    remove_if_present(&manifest_path(dir, shard))?;
+    remove_if_present(&rejects_path(dir, shard))?;
+    if !dir.exists() {
+        return Ok(());
+    }
+    remove_stale_in(dir, shard, |name| {
+        name.starts_with("manifest.") || name.starts_with("rejects.")
+    })?;
+    for output in outputs {
+        let path = dir.join(output.name());
+        match output {
+            Output::Tree { .. } => {
+                if path.is_dir() {
+                    fs::remove_dir_all(&path).map_err(PipelineError::io(&path))?;
+                } else {
+                    remove_if_present(&path)?;
+                }
+            }
+            Output::Dataset { .. } => {
+                remove_if_present(&path.join(format!("{}.{PART_EXTENSION}", shard.part_name())))?;
+                if path.is_dir() {
+                    remove_stale_in(&path, shard, |name| name.starts_with("part-"))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes temporary files, and shard-named files (as chosen by `ours`) of a shard count other than `shard`'s.
+fn remove_stale_in(
+    dir: &Path,
+    shard: Shard,
+    ours: impl Fn(&str) -> bool,
+) -> Result<(), PipelineError> {
+    for entry in fs::read_dir(dir).map_err(PipelineError::io(dir))?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let stale_count = name
+            .find("part-")
+            .and_then(|at| Shard::from_part_name(&name[at..]))
+            .is_some_and(|s| s.count != shard.count);
+        let unsharded_leftover =
+            !shard.is_all() && (name == "manifest.json" || name == "rejects.parquet");
+        if is_temporary(&name) || (ours(&name) && (stale_count || unsharded_leftover)) {
+            remove_if_present(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+fn remove_if_present(path: &Path) -> Result<(), PipelineError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(PipelineError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }),
+    }
+}
+
+fn collect_outputs(
+    name: &str,
+    dir: &Path,
+    outputs: &[Output],
+    shard: Shard,
+) -> Result<Vec<OutputRecord>, PipelineError> {
+    let mut records = Vec::new();
+    for output in outputs {
+        let path = dir.join(output.name());
+        match output {
+            Output::Dataset { name: dataset, .. } => {
+                let part = path.join(format!("{}.{PART_EXTENSION}", shard.part_name()));
+                if !part.is_file() {
+                    return Err(PipelineError::MissingOutput {
+                        stage: name.to_string(),
+                        output: dataset.clone(),
+                        path: part,
+                    });
+                }
+                records.push(describe_file(dataset, dir, &part, true)?);
+            }
+            Output::Tree { name: tree } => {
+                if !path.exists() {
+                    return Err(PipelineError::MissingOutput {
+                        stage: name.to_string(),
+                        output: tree.clone(),
+                        path,
+                    });
+                }
+                for file in files_under(&path)? {
+                    records.push(describe_file(tree, dir, &file, false)?);
+                }
+            }
+        }
+    }
+    Ok(records)
+}
+
+fn describe_file(
+    output: &str,
+    dir: &Path,
+    path: &Path,
+    parquet: bool,
+) -> Result<OutputRecord, PipelineError> {
+    let meta = fs::metadata(path).map_err(PipelineError::io(path))?;
+    let rows = if parquet {
+        Some(Dataset::open(path)?.num_rows()?)
+    } else {
+        None
+    };
+    Ok(OutputRecord {
+        output: output.to_string(),
+        path: path.strip_prefix(dir).unwrap_or(path).to_path_buf(),
+        rows,
+        bytes: meta.len(),
+        sha256: sha256_file(path).map_err(PipelineError::io(path))?,
+        mtime_ns: mtime_ns(&meta),
+    })
+}
+
+/// A file, or every file under a directory, sorted so that hashes do not depend on directory order. Temporary
+/// files are skipped.
+fn files_under(path: &Path) -> Result<Vec<PathBuf>, PipelineError> {
+    let meta = fs::metadata(path).map_err(PipelineError::io(path))?;
+    if !meta.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    let mut pending = vec![path.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in fs::read_dir(&dir).map_err(PipelineError::io(&dir))? {
+            let entry = entry.map_err(PipelineError::io(&dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let kind = entry.file_type().map_err(PipelineError::io(entry.path()))?;
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if !is_temporary(&name) {
+                files.push(entry.path());
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Hashes an external input, reusing the previous run's hash when size and mtime are unchanged.
+fn hash_file_input(path: &Path, previous: Option<&Manifest>) -> Result<InputRecord, PipelineError> {
+    let meta = fs::metadata(path).map_err(PipelineError::io(path))?;
+    let (size, mtime) = (meta.len(), mtime_ns(&meta));
+    let cached = previous
+        .into_iter()
+        .flat_map(|m| &m.inputs)
+        .find_map(|i| match i {
+            InputRecord::File {
+                path: p,
+                size: s,
+                mtime_ns: t,
+                sha256,
+            } if p == path && *s == size && *t == mtime => Some(sha256.clone()),
+            _ => None,
+        });
+    let sha256 = match cached {
+        Some(sha) => sha,
+        None => sha256_file(path).map_err(PipelineError::io(path))?,
+    };
+    Ok(InputRecord::File {
+        path: path.to_path_buf(),
+        size,
+        mtime_ns: mtime,
+        sha256,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_json_sorts_keys_at_every_level() {
+        let a = serde_json::json!({"b": 1, "a": {"y": [1, {"q": 1, "p": 2}], "x": null}});
+        assert_eq!(
+            canonical_json(&a),
+            r#"{"a":{"x":null,"y":[1,{"p":2,"q":1}]},"b":1}"#
+        );
+    }
+}

@@ -1,0 +1,58 @@
+use super::{StageContext, StageError};
+
+/// What a stage reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// The outputs of another stage, by its name in the pipeline. Its fingerprint and output hashes become part of
+    /// this stage's fingerprint.
+    Stage(String),
+    /// Files or directories from outside the pipeline; their content hashes become part of the fingerprint.
+    Files(Vec<std::path::PathBuf>),
+}
+
+/// What a stage writes under its directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// A Parquet dataset `<stage>/<name>/part-I-of-N.parquet` of a kind in `schemas/`.
+    Dataset { name: String, kind: String },
+    /// A file or directory tree `<stage>/<name>` that is not a dataset (a report, a model directory). Stages with
+    /// tree outputs cannot be sharded.
+    Tree { name: String },
+}
+
+impl Output {
+    pub fn dataset(name: &str, kind: &str) -> Self {
+        Self::Dataset {
+            name: name.into(),
+            kind: kind.into(),
+        }
+    }
+
+    pub fn tree(name: &str) -> Self {
+        Self::Tree { name: name.into() }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Dataset { name, .. } | Self::Tree { name } => name,
+        }
+    }
+}
+
+/// One step of the pipeline. A new stage is one module implementing this trait plus a factory registered in
+/// [`super::StageRegistry`].
+pub trait Stage {
+    /// The stage kind, e.g. `ingest`.
+    fn name(&self) -> &'static str;
+
+    /// The resolved configuration, defaults filled in. Its canonical JSON is hashed: anything that changes the
+    /// outputs must be in it.
+    fn config(&self) -> serde_json::Value;
+
+    fn inputs(&self) -> Vec<Input>;
+
+    fn outputs(&self) -> Vec<Output>;
+
+    /// Does the work. Row-level problems go to `ctx.reject`, not into the error.
+    fn run(&self, ctx: &mut StageContext) -> Result<(), StageError>;
+}
