@@ -1,7 +1,5 @@
 use std::path::PathBuf;
 
-use anyhow::Context;
-
 /// Show what a dataset or a stage manifest holds: schema with field docs, row count and first rows; or a stage's
 /// config, inputs and outputs with their hashes.
 ///
@@ -22,8 +20,7 @@ pub struct InspectArgs {
 }
 
 pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
-    let inspected = umrank::inspect::inspect(&args.path, args.rows)
-        .with_context(|| format!("cannot inspect {}", args.path.display()))?;
+    let inspected = umrank::inspect::inspect(&args.path, args.rows)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&inspected.to_json()?)?);
     } else {

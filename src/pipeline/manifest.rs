@@ -65,7 +65,7 @@ pub enum InputRecord {
     File {
         path: PathBuf,
         size: u64,
-        mtime_ns: i128,
+        mtime_ns: i64,
         sha256: String,
     },
 }
@@ -75,7 +75,7 @@ pub enum InputRecord {
 pub struct ObservedFile {
     pub path: PathBuf,
     pub size: u64,
-    pub mtime_ns: i128,
+    pub mtime_ns: i64,
 }
 
 /// One output file.
@@ -89,7 +89,7 @@ pub struct OutputRecord {
     pub rows: Option<u64>,
     pub bytes: u64,
     pub sha256: String,
-    pub mtime_ns: i128,
+    pub mtime_ns: i64,
 }
 
 impl Manifest {
@@ -205,11 +205,11 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Pipeline
 }
 
 /// Modification time in nanoseconds since the epoch (negative before it), as stored in manifests.
-pub(crate) fn mtime_ns(meta: &fs::Metadata) -> i128 {
+pub(crate) fn mtime_ns(meta: &fs::Metadata) -> i64 {
     match meta.modified() {
         Ok(t) => match t.duration_since(UNIX_EPOCH) {
-            Ok(d) => d.as_nanos() as i128,
-            Err(e) => -(e.duration().as_nanos() as i128),
+            Ok(d) => d.as_nanos() as i64,
+            Err(e) => -(e.duration().as_nanos() as i64),
         },
         Err(_) => 0,
     }
@@ -257,6 +257,56 @@ mod tests {
         assert_eq!(rfc3339(t), "2026-11-26T16:41:00Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
         assert_eq!(rfc3339(leap), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn manifest_round_trips_through_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Manifest {
+            umrank_version: "0.1.0".into(),
+            stage: "ingest".into(),
+            kind: "ingest".into(),
+            shard: Shard::new(1, 2).unwrap(),
+            seed: 42,
+            device: "cpu".into(),
+            config: serde_json::json!({"format": "mbeir"}),
+            config_hash: "c".into(),
+            fingerprint: "f".into(),
+            inputs: vec![
+                InputRecord::Stage {
+                    name: "world".into(),
+                    dir: "w/world".into(),
+                    hash: "h".into(),
+                },
+                InputRecord::File {
+                    path: "a.jsonl".into(),
+                    size: 3,
+                    mtime_ns: -5,
+                    sha256: "s".into(),
+                },
+            ],
+            observed: vec![ObservedFile {
+                path: "img.png".into(),
+                size: 9,
+                mtime_ns: 1_795_711_260_000_000_000,
+            }],
+            outputs: vec![OutputRecord {
+                output: "corpus".into(),
+                path: "corpus/part-00001-of-00002.parquet".into(),
+                rows: Some(7),
+                bytes: 100,
+                sha256: "x".into(),
+                mtime_ns: 1,
+            }],
+            records: 8,
+            rejects: 1,
+            started_at: "2026-11-26T16:41:00Z".into(),
+            finished_at: "2026-11-26T16:41:01Z".into(),
+            elapsed_seconds: 1.0,
+        };
+        let path = manifest_path(dir.path(), m.shard);
+        m.write(&path).unwrap();
+        assert_eq!(Manifest::read(&path).unwrap(), Some(m));
     }
 
     #[test]
