@@ -235,3 +235,31 @@ fn inconsistent_shapes_are_clear_errors() {
         .to_string();
     assert!(err.contains("(batch, kv_len)"), "{err}");
 }
+
+#[test]
+fn mask_values_are_zero_or_the_most_negative_finite_value() {
+    let device = Device::Cpu;
+    let m = f32::MIN;
+    let rows = |mask: AttentionMask| mask.bias().flatten_to(2).unwrap().to_vec2::<f32>().unwrap();
+
+    let causal = AttentionMask::causal(2, 3, DType::F32, &device).unwrap();
+    assert_eq!(causal.bias().dims(), &[1, 1, 2, 3]);
+    assert_eq!(rows(causal), [[0.0, 0.0, m], [0.0, 0.0, 0.0]]);
+
+    let padding = AttentionMask::key_padding(&key_valid(&[&[1, 0, 1]]), DType::BF16).unwrap();
+    assert_eq!(padding.bias().dims(), &[1, 1, 1, 3]);
+    assert_eq!(rows(padding), [[0.0, m, 0.0]]);
+
+    // Query 0 is left padding and may see no real key: it is let attend everywhere rather than nowhere.
+    let both = AttentionMask::causal_key_padding(&key_valid(&[&[0, 1, 1]]), 3, DType::F32).unwrap();
+    assert_eq!(rows(both), [[0.0, 0.0, 0.0], [m, 0.0, m], [m, 0.0, 0.0]]);
+
+    let f64_mask = AttentionMask::causal(2, 2, DType::F64, &device).unwrap();
+    let values = f64_mask
+        .bias()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    assert_eq!(values, [0.0, f64::MIN, 0.0, 0.0]);
+}
