@@ -1,1 +1,16 @@
 //! The model layer: differentiable building blocks and the architectures built from them.
+//!
+//! Everything the trainer differentiates through is built here from candle ops that have a backward pass (see
+//! DESIGN §8: candle-nn's fused softmax, norms and rope have none), and every block is checked against finite
+//! differences with [`gradcheck`].
+
+pub mod activation;
+pub mod attention;
+pub mod gradcheck;
+pub mod layer_error;
+pub mod mask;
+pub mod norm;
+pub mod packed;
+pub mod precision;
+pub mod rope;
+pub mod softmax;
