@@ -11,6 +11,7 @@
 //! [`schema`] hold the on-disk contracts; [`media`] and [`models`] are the libraries the stages share.
 
 pub mod dataset;
+pub mod ingest;
 pub mod device;
 pub mod digest;
 pub mod inspect;

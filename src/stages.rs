@@ -1,8 +1,11 @@
 //! The built-in stage kinds, as pipeline files name them.
 
 use crate::pipeline::StageRegistry;
+use crate::world::stage::WorldStage;
 
 /// Every stage kind umrank ships.
 pub fn registry() -> StageRegistry {
-    StageRegistry::new()
+    let mut registry = StageRegistry::new();
+    registry.register("world", WorldStage::new);
+    registry
 }

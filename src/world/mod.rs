@@ -18,6 +18,7 @@ mod mbeir;
 pub mod plan;
 pub mod render;
 pub mod scene;
+pub mod stage;
 mod summary;
 pub mod tasks;
 

@@ -1,0 +1,326 @@
+//! The ingest stage: user data in (M-BEIR, FlagEmbedding jsonl, ms-swift reranker jsonl, or Parquet in our own
+//! schema), the `corpus`, `queries`, `qrels` and `images` datasets out.
+//!
+//! Every input line is parsed in every shard (cheap), so cross-record checks agree across shards; each shard then
+//! keeps, loads images for, and rejects only the records it owns. A record whose image cannot be loaded is
+//! rejected with the image's reason; the image file itself is never touched.
+
+mod collect;
+mod images;
+mod instructions;
+mod lines;
+pub mod mbeir;
+mod output;
+pub mod records;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use self::collect::{reject, Collection};
+use self::output::{DocRow, QueryRow};
+use crate::dataset::DatasetError;
+use crate::media::{ImageLoader, LoadOptions, LoaderError};
+use crate::pipeline::{Input, Output, PipelineError, Stage, StageContext, StageError};
+
+/// Why an ingest could not run (row-level problems are rejects, not errors).
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}: {message}")]
+    Format { file: String, line: u64, message: String },
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Dataset(#[from] DatasetError),
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Arrow(#[from] arrow::error::ArrowError),
+}
+
+impl IngestError {
+    pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.to_path_buf();
+        move |source| Self::Io { path, source }
+    }
+}
+
+/// Input formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// M-BEIR: query/<split>/*.jsonl, cand_pool/local/*.jsonl, qrels/<split>/*.txt, instructions TSV.
+    Mbeir,
+}
+
+/// The `[ingest]` table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    #[serde(default = "default_format")]
+    pub format: Format,
+    /// The dataset root. With `from`, it is relative to that stage's directory (default `mbeir`, the world's
+    /// output); otherwise relative to the current directory.
+    #[serde(default)]
+    pub root: Option<PathBuf>,
+    /// Read the root from this upstream stage's output instead of from outside the pipeline.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Only this split (M-BEIR: the directory under query/ and qrels/); all splits by default.
+    #[serde(default)]
+    pub split: Option<String>,
+    /// Globs relative to the root; the defaults follow M-BEIR's layout.
+    #[serde(default)]
+    pub queries: Option<String>,
+    #[serde(default)]
+    pub pool: Option<String>,
+    #[serde(default)]
+    pub qrels: Option<String>,
+    #[serde(default)]
+    pub instructions: Option<String>,
+    /// Largest image accepted, in pixels (decompression-bomb guard).
+    #[serde(default = "default_max_pixels")]
+    pub max_pixels: u64,
+}
+
+fn default_format() -> Format {
+    Format::Mbeir
+}
+
+fn default_max_pixels() -> u64 {
+    LoadOptions::default().max_pixels
+}
+
+impl IngestConfig {
+    /// A config for `format` reading `root`, everything else default.
+    pub fn new(format: Format, root: PathBuf) -> Self {
+        Self {
+            format,
+            root: Some(root),
+            from: None,
+            split: None,
+            queries: None,
+            pool: None,
+            qrels: None,
+            instructions: None,
+            max_pixels: default_max_pixels(),
+        }
+    }
+
+    fn layout(&self) -> mbeir::Layout {
+        let mut layout = mbeir::Layout::mbeir(self.split.as_deref());
+        let overrides = [
+            (&self.queries, &mut layout.queries),
+            (&self.pool, &mut layout.pool),
+            (&self.qrels, &mut layout.qrels),
+            (&self.instructions, &mut layout.instructions),
+        ];
+        for (given, slot) in overrides {
+            if let Some(given) = given {
+                *slot = given.clone();
+            }
+        }
+        layout
+    }
+}
+
+/// Reads user data into umrank's datasets.
+pub struct IngestStage {
+    config: IngestConfig,
+}
+
+impl IngestStage {
+    pub fn new(config: IngestConfig) -> Result<Self, PipelineError> {
+        if config.root.is_none() && config.from.is_none() {
+            return Err(PipelineError::Config {
+                path: Default::default(),
+                message: "[ingest]: give `root` (a directory) or `from` (an upstream stage)".into(),
+            });
+        }
+        for pattern in [&config.queries, &config.pool, &config.qrels].into_iter().flatten() {
+            glob::Pattern::new(pattern).map_err(|e| PipelineError::Config {
+                path: Default::default(),
+                message: format!("[ingest]: bad glob `{pattern}`: {e}"),
+            })?;
+        }
+        Ok(Self { config })
+    }
+
+    fn root(&self, upstream: Option<&Path>) -> PathBuf {
+        match (upstream, &self.config.root) {
+            (Some(dir), Some(root)) => dir.join(root),
+            (Some(dir), None) => dir.join(crate::world::stage::OUTPUT),
+            (None, Some(root)) => root.clone(),
+            (None, None) => PathBuf::from("."),
+        }
+    }
+}
+
+impl Stage for IngestStage {
+    fn name(&self) -> &'static str {
+        "ingest"
+    }
+
+    fn config(&self) -> serde_json::Value {
+        serde_json::to_value(&self.config).unwrap_or_default()
+    }
+
+    fn inputs(&self) -> Vec<Input> {
+        if let Some(from) = &self.config.from {
+            return vec![Input::Stage(from.clone())];
+        }
+        let root = self.root(None);
+        match mbeir::Files::resolve(&root, &self.config.layout()) {
+            Ok(files) if !files.all().is_empty() => vec![Input::Files(files.all())],
+            _ => vec![Input::Files(vec![root])],
+        }
+    }
+
+    fn outputs(&self) -> Vec<Output> {
+        vec![
+            Output::dataset("corpus", "corpus"),
+            Output::dataset("queries", "queries"),
+            Output::dataset("qrels", "qrels"),
+            Output::dataset("images", "images"),
+        ]
+    }
+
+    fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
+        let upstream = match &self.config.from {
+            Some(from) => Some(ctx.upstream_dir(from)?.to_path_buf()),
+            None => None,
+        };
+        let root = self.root(upstream.as_deref());
+        let mut collection = Collection::new(ctx.shard());
+        match self.config.format {
+            Format::Mbeir => {
+                let files = mbeir::Files::resolve(&root, &self.config.layout())?;
+                if files.queries.is_empty() && files.pool.is_empty() {
+                    return Err(Box::new(IngestError::Config(format!(
+                        "no M-BEIR files under {} (looked for {} and {})",
+                        root.display(),
+                        self.config.layout().queries,
+                        self.config.layout().pool
+                    ))));
+                }
+                mbeir::read(&root, &files, ctx.seed(), &mut collection)?;
+            }
+        }
+        let options = LoadOptions {
+            max_pixels: self.config.max_pixels,
+            ..LoadOptions::default()
+        };
+        write_outputs(ctx, &root, collection, options)?;
+        Ok(())
+    }
+}
+
+/// Loads the images of the kept records, rejects the records whose image failed, and writes the four datasets.
+fn write_outputs(
+    ctx: &mut StageContext,
+    root: &Path,
+    mut collection: Collection,
+    options: LoadOptions,
+) -> Result<(), IngestError> {
+    let references = distinct_images(&collection);
+    let loader = ImageLoader::new(root, options)?;
+    let mut images = ctx.create_dataset("images", "images")?;
+    let resolved = images::load_and_write(ctx, &loader, &references, &mut images)?;
+    images.finish()?;
+
+    let image_of = |reference: &Option<String>| -> Result<Option<String>, &crate::media::ImageReject> {
+        match reference {
+            None => Ok(None),
+            Some(r) => match resolved.get(r) {
+                Some(Ok(id)) => Ok(Some(id.clone())),
+                Some(Err(e)) => Err(e),
+                None => Ok(None),
+            },
+        }
+    };
+    let mut doc_rows = Vec::with_capacity(collection.docs.len());
+    let mut late_rejects = Vec::new();
+    for doc in &collection.docs {
+        match image_of(&doc.image) {
+            Ok(image_id) => doc_rows.push(DocRow { doc, image_id }),
+            Err(e) => late_rejects.push(image_reject(&doc.origin, &doc.did, e)),
+        }
+    }
+    let mut kept_queries = Vec::with_capacity(collection.queries.len());
+    for query in &collection.queries {
+        match image_of(&query.image) {
+            Ok(image_id) => kept_queries.push((query.qid.clone(), image_id)),
+            Err(e) => late_rejects.push(image_reject(&query.origin, &query.qid, e)),
+        }
+    }
+    let mut corpus = ctx.create_dataset("corpus", "corpus")?;
+    output::write_docs(&mut corpus, &doc_rows)?;
+    corpus.finish()?;
+    drop(doc_rows);
+
+    let keep: HashSet<&str> = kept_queries.iter().map(|(q, _)| q.as_str()).collect();
+    let queries: Vec<_> = collection.queries.iter().filter(|q| keep.contains(q.qid.as_str())).cloned().collect();
+    collection.queries = queries;
+    let query_rows: Vec<QueryRow> = collection
+        .queries
+        .iter()
+        .zip(kept_queries.iter())
+        .map(|(query, (_, image_id))| QueryRow {
+            query,
+            image_id: image_id.clone(),
+        })
+        .collect();
+    let mut queries = ctx.create_dataset("queries", "queries")?;
+    output::write_queries(&mut queries, &query_rows)?;
+    queries.finish()?;
+    drop(query_rows);
+
+    for r in late_rejects {
+        collection.reject_owned(r);
+    }
+    let qrels = collection.finish_qrels();
+    let mut qrel_writer = ctx.create_dataset("qrels", "qrels")?;
+    output::write_qrels(&mut qrel_writer, &qrels)?;
+    qrel_writer.finish()?;
+
+    ctx.add_records(collection.records);
+    for r in collection.rejects {
+        ctx.reject(r)?;
+    }
+    Ok(())
+}
+
+fn image_reject(origin: &records::Origin, id: &str, e: &crate::media::ImageReject) -> crate::pipeline::Reject {
+    reject(origin, &format!("image_{}", e.code.as_str()), e.detail.clone()).with_id(id)
+}
+
+/// Image references of the kept records, each once, in first-use order (documents, then queries).
+fn distinct_images(collection: &Collection) -> Vec<String> {
+    let mut seen = HashSet::new();
+    collection
+        .docs
+        .iter()
+        .filter_map(|d| d.image.as_ref())
+        .chain(collection.queries.iter().filter_map(|q| q.image.as_ref()))
+        .filter(|r| seen.insert(r.as_str()))
+        .cloned()
+        .collect()
+}
+
+/// `path` relative to `root` for messages and the source columns, with `/` separators.
+pub(crate) fn relative(root: &Path, path: &Path) -> String {
+    let rel = path.strip_prefix(root).unwrap_or(path);
+    rel.components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join("/")
+}
