@@ -11,9 +11,9 @@
 //! [`schema`] hold the on-disk contracts; [`media`] and [`models`] are the libraries the stages share.
 
 pub mod dataset;
-pub mod ingest;
 pub mod device;
 pub mod digest;
+pub mod ingest;
 pub mod inspect;
 pub mod media;
 pub mod models;

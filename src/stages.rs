@@ -1,5 +1,6 @@
 //! The built-in stage kinds, as pipeline files name them.
 
+use crate::ingest::IngestStage;
 use crate::pipeline::StageRegistry;
 use crate::world::stage::WorldStage;
 
@@ -7,5 +8,6 @@ use crate::world::stage::WorldStage;
 pub fn registry() -> StageRegistry {
     let mut registry = StageRegistry::new();
     registry.register("world", WorldStage::new);
+    registry.register("ingest", IngestStage::new);
     registry
 }

@@ -88,7 +88,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", describe(&e));
             ExitCode::FAILURE
         }
     }
@@ -110,4 +110,21 @@ fn init_logging(global: &Global) {
         .with_target(false)
         .without_time()
         .init();
+}
+
+/// The error and its causes on one line. Library errors already spell out their source, so a cause whose text is
+/// already in the message is not repeated.
+fn describe(e: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
 }

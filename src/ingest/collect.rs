@@ -46,8 +46,12 @@ impl Collection {
         let owned = self.count(&doc.did);
         if self.doc_modality.contains_key(&doc.did) {
             if owned {
-                let detail = format!("did `{}` appeared earlier; the first occurrence is kept", doc.did);
-                self.rejects.push(reject(&doc.origin, "duplicate_did", detail).with_id(&doc.did));
+                let detail = format!(
+                    "did `{}` appeared earlier; the first occurrence is kept",
+                    doc.did
+                );
+                self.rejects
+                    .push(reject(&doc.origin, "duplicate_did", detail).with_id(&doc.did));
             }
             return;
         }
@@ -61,8 +65,12 @@ impl Collection {
         let owned = self.count(&query.qid);
         if !self.qids.insert(query.qid.clone()) {
             if owned {
-                let detail = format!("qid `{}` appeared earlier; the first occurrence is kept", query.qid);
-                self.rejects.push(reject(&query.origin, "duplicate_qid", detail).with_id(&query.qid));
+                let detail = format!(
+                    "qid `{}` appeared earlier; the first occurrence is kept",
+                    query.qid
+                );
+                self.rejects
+                    .push(reject(&query.origin, "duplicate_qid", detail).with_id(&query.qid));
             }
             return;
         }
@@ -109,16 +117,28 @@ impl Collection {
         let mut rejects = Vec::new();
         for qrel in self.pending_qrels.drain(..) {
             let problem = if !self.qids.contains(&qrel.qid) {
-                Some(("unknown_qid", format!("qid `{}` is not among the queries", qrel.qid)))
+                Some((
+                    "unknown_qid",
+                    format!("qid `{}` is not among the queries", qrel.qid),
+                ))
             } else if !kept_qids.contains(qrel.qid.as_str()) {
-                Some(("query_rejected", format!("query `{}` was rejected (see its own reject row)", qrel.qid)))
+                Some((
+                    "query_rejected",
+                    format!("query `{}` was rejected (see its own reject row)", qrel.qid),
+                ))
             } else if !self.doc_modality.contains_key(&qrel.did) {
-                Some(("unknown_did", format!("did `{}` is not in the candidate pool", qrel.did)))
+                Some((
+                    "unknown_did",
+                    format!("did `{}` is not in the candidate pool", qrel.did),
+                ))
             } else {
                 None
             };
             if let Some((reason, detail)) = problem {
-                rejects.push(reject(&qrel.origin, reason, detail).with_id(format!("{} {}", qrel.qid, qrel.did)));
+                rejects.push(
+                    reject(&qrel.origin, reason, detail)
+                        .with_id(format!("{} {}", qrel.qid, qrel.did)),
+                );
                 continue;
             }
             match index.get(&(qrel.qid.clone(), qrel.did.clone())) {

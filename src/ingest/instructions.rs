@@ -48,7 +48,11 @@ impl Instructions {
                 line: line.number,
                 message: e,
             })?;
-            let prompts: Vec<String> = cols[4..].iter().filter(|p| !p.is_empty()).map(|p| p.to_string()).collect();
+            let prompts: Vec<String> = cols[4..]
+                .iter()
+                .filter(|p| !p.is_empty())
+                .map(|p| p.to_string())
+                .collect();
             if prompts.is_empty() {
                 return Err(IngestError::Format {
                     file: display.to_string(),
@@ -57,7 +61,9 @@ impl Instructions {
                 });
             }
             let dataset_id = cols[3].to_string();
-            out.by_dataset.entry(dataset_id.clone()).or_insert_with(|| prompts.clone());
+            out.by_dataset
+                .entry(dataset_id.clone())
+                .or_insert_with(|| prompts.clone());
             out.by_task.insert((dataset_id, query, cand), prompts);
         }
         Ok(out)
@@ -65,7 +71,13 @@ impl Instructions {
 
     /// The instruction for a query: one of its dataset's prompts, chosen by a hash of the seed and qid so that the
     /// choice is the same on every run and in every shard.
-    pub fn pick(&self, seed: u64, qid: &str, query: Modality, cand: Option<Modality>) -> Option<String> {
+    pub fn pick(
+        &self,
+        seed: u64,
+        qid: &str,
+        query: Modality,
+        cand: Option<Modality>,
+    ) -> Option<String> {
         let dataset_id = qid.split(':').next()?;
         let prompts = cand
             .and_then(|c| self.by_task.get(&(dataset_id.to_string(), query, c)))

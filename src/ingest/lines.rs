@@ -22,7 +22,9 @@ pub fn read_lines(path: &Path) -> Result<Vec<Line>, IngestError> {
     let mut number = 0u64;
     loop {
         buf.clear();
-        let n = reader.read_until(b'\n', &mut buf).map_err(IngestError::io(path))?;
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .map_err(IngestError::io(path))?;
         if n == 0 {
             break;
         }
@@ -33,7 +35,8 @@ pub fn read_lines(path: &Path) -> Result<Vec<Line>, IngestError> {
         if buf.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let text = String::from_utf8(std::mem::take(&mut buf)).map_err(|e| format!("not UTF-8: {e}"));
+        let text =
+            String::from_utf8(std::mem::take(&mut buf)).map_err(|e| format!("not UTF-8: {e}"));
         lines.push(Line { number, text });
     }
     Ok(lines)

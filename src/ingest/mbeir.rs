@@ -52,7 +52,13 @@ impl Files {
     }
 
     pub fn all(&self) -> Vec<PathBuf> {
-        let mut all: Vec<PathBuf> = self.queries.iter().chain(&self.pool).chain(&self.qrels).cloned().collect();
+        let mut all: Vec<PathBuf> = self
+            .queries
+            .iter()
+            .chain(&self.pool)
+            .chain(&self.qrels)
+            .cloned()
+            .collect();
         all.extend(self.instructions.clone());
         all
     }
@@ -61,8 +67,12 @@ impl Files {
 fn glob_files(root: &Path, pattern: &str) -> Result<Vec<PathBuf>, IngestError> {
     let full = root.join(pattern);
     let full = full.to_string_lossy();
-    let paths = glob::glob(&full).map_err(|e| IngestError::Config(format!("bad glob `{pattern}`: {e}")))?;
-    let mut files: Vec<PathBuf> = paths.filter_map(Result::ok).filter(|p| p.is_file()).collect();
+    let paths =
+        glob::glob(&full).map_err(|e| IngestError::Config(format!("bad glob `{pattern}`: {e}")))?;
+    let mut files: Vec<PathBuf> = paths
+        .filter_map(Result::ok)
+        .filter(|p| p.is_file())
+        .collect();
     files.sort();
     Ok(files)
 }
@@ -92,11 +102,19 @@ struct PoolLine {
 }
 
 /// Reads all M-BEIR files into `out`. Pool first, so that queries can be checked against it.
-pub fn read(root: &Path, files: &Files, seed: u64, out: &mut Collection) -> Result<(), IngestError> {
+pub fn read(
+    root: &Path,
+    files: &Files,
+    seed: u64,
+    out: &mut Collection,
+) -> Result<(), IngestError> {
     let instructions = match &files.instructions {
         Some(path) => Instructions::load(path, &relative(root, path))?,
         None => {
-            tracing::warn!("no instructions file under {}: queries get no instruction", root.display());
+            tracing::warn!(
+                "no instructions file under {}: queries get no instruction",
+                root.display()
+            );
             Instructions::default()
         }
     };
@@ -114,7 +132,10 @@ pub fn read(root: &Path, files: &Files, seed: u64, out: &mut Collection) -> Resu
 
 /// `mbeir_<name>_cand_pool.jsonl` -> `<name>`; `mbeir_<name>_<split>.jsonl` -> `<name>`.
 fn dataset_name(path: &Path, suffix: &str) -> String {
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let stem = stem.strip_prefix("mbeir_").unwrap_or(&stem);
     stem.strip_suffix(suffix).unwrap_or(stem).to_string()
 }
@@ -136,10 +157,9 @@ fn read_pool(root: &Path, path: &Path, out: &mut Collection) -> Result<(), Inges
             line: line.number,
         };
         let key = format!("{file}:{}", line.number);
-        let parsed = line
-            .text
-            .map_err(|e| ("invalid_utf8", e))
-            .and_then(|t| serde_json::from_str::<PoolLine>(&t).map_err(|e| ("malformed_json", e.to_string())));
+        let parsed = line.text.map_err(|e| ("invalid_utf8", e)).and_then(|t| {
+            serde_json::from_str::<PoolLine>(&t).map_err(|e| ("malformed_json", e.to_string()))
+        });
         let row = match parsed {
             Ok(row) => row,
             Err((reason, detail)) => {
@@ -149,7 +169,9 @@ fn read_pool(root: &Path, path: &Path, out: &mut Collection) -> Result<(), Inges
         };
         match pool_doc(row, &dataset, origin.clone()) {
             Ok(doc) => out.add_doc(doc),
-            Err((id, reason, detail)) => out.reject_line(id.as_deref().unwrap_or(&key), &origin, reason, detail),
+            Err((id, reason, detail)) => {
+                out.reject_line(id.as_deref().unwrap_or(&key), &origin, reason, detail)
+            }
         }
     }
     Ok(())
@@ -158,11 +180,14 @@ fn read_pool(root: &Path, path: &Path, out: &mut Collection) -> Result<(), Inges
 type LineProblem = (Option<String>, &'static str, String);
 
 fn pool_doc(row: PoolLine, dataset: &str, origin: Origin) -> Result<Doc, LineProblem> {
-    let did = non_empty(row.did).ok_or((None, "missing_id", "the line has no `did`".to_string()))?;
-    let modality = parse_modality(row.modality.as_deref()).map_err(|e| (Some(did.clone()), "unknown_modality", e))?;
+    let did =
+        non_empty(row.did).ok_or((None, "missing_id", "the line has no `did`".to_string()))?;
+    let modality = parse_modality(row.modality.as_deref())
+        .map_err(|e| (Some(did.clone()), "unknown_modality", e))?;
     let text = non_empty(row.txt).filter(|_| modality.has_text());
     let image = non_empty(row.img_path).filter(|_| modality.has_image());
-    check_parts(modality, text.is_some(), image.is_some()).map_err(|e| (Some(did.clone()), "modality_mismatch", e))?;
+    check_parts(modality, text.is_some(), image.is_some())
+        .map_err(|e| (Some(did.clone()), "modality_mismatch", e))?;
     Ok(Doc {
         did,
         modality,
@@ -189,10 +214,9 @@ fn read_queries(
             line: line.number,
         };
         let key = format!("{file}:{}", line.number);
-        let parsed = line
-            .text
-            .map_err(|e| ("invalid_utf8", e))
-            .and_then(|t| serde_json::from_str::<QueryLine>(&t).map_err(|e| ("malformed_json", e.to_string())));
+        let parsed = line.text.map_err(|e| ("invalid_utf8", e)).and_then(|t| {
+            serde_json::from_str::<QueryLine>(&t).map_err(|e| ("malformed_json", e.to_string()))
+        });
         let row = match parsed {
             Ok(row) => row,
             Err((reason, detail)) => {
@@ -215,23 +239,37 @@ fn read_queries(
                 }
                 out.add_query(query);
             }
-            Err((id, reason, detail)) => out.reject_line(id.as_deref().unwrap_or(&key), &origin, reason, detail),
+            Err((id, reason, detail)) => {
+                out.reject_line(id.as_deref().unwrap_or(&key), &origin, reason, detail)
+            }
         }
     }
     Ok(())
 }
 
-fn query_of(row: QueryLine, dataset: &str, split: &str, origin: Origin, out: &Collection) -> Result<Query, LineProblem> {
-    let qid = non_empty(row.qid).ok_or((None, "missing_id", "the line has no `qid`".to_string()))?;
+fn query_of(
+    row: QueryLine,
+    dataset: &str,
+    split: &str,
+    origin: Origin,
+    out: &Collection,
+) -> Result<Query, LineProblem> {
+    let qid =
+        non_empty(row.qid).ok_or((None, "missing_id", "the line has no `qid`".to_string()))?;
     let (text, image) = (non_empty(row.query_txt), non_empty(row.query_img_path));
     if text.is_none() && image.is_none() {
-        return Err((Some(qid), "empty_query", "the query has neither text nor an image".into()));
+        return Err((
+            Some(qid),
+            "empty_query",
+            "the query has neither text nor an image".into(),
+        ));
     }
-    let modality =
-        parse_modality(row.query_modality.as_deref()).map_err(|e| (Some(qid.clone()), "unknown_modality", e))?;
+    let modality = parse_modality(row.query_modality.as_deref())
+        .map_err(|e| (Some(qid.clone()), "unknown_modality", e))?;
     let text = text.filter(|_| modality.has_text());
     let image = image.filter(|_| modality.has_image());
-    check_parts(modality, text.is_some(), image.is_some()).map_err(|e| (Some(qid.clone()), "modality_mismatch", e))?;
+    check_parts(modality, text.is_some(), image.is_some())
+        .map_err(|e| (Some(qid.clone()), "modality_mismatch", e))?;
     let task_id = row.task_id.or_else(|| {
         row.pos_cand_list
             .iter()
@@ -291,7 +329,8 @@ fn non_empty(s: Option<String>) -> Option<String> {
 }
 
 fn parse_modality(m: Option<&str>) -> Result<Modality, String> {
-    m.ok_or_else(|| "the line has no modality".to_string())?.parse()
+    m.ok_or_else(|| "the line has no modality".to_string())?
+        .parse()
 }
 
 /// A record must carry what its modality says. (Parts its modality does not name are dropped before this.)

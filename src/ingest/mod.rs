@@ -34,7 +34,11 @@ pub enum IngestError {
         source: std::io::Error,
     },
     #[error("{file}:{line}: {message}")]
-    Format { file: String, line: u64, message: String },
+    Format {
+        file: String,
+        line: u64,
+        message: String,
+    },
     #[error("{0}")]
     Config(String),
     #[error(transparent)]
@@ -146,7 +150,10 @@ impl IngestStage {
                 message: "[ingest]: give `root` (a directory) or `from` (an upstream stage)".into(),
             });
         }
-        for pattern in [&config.queries, &config.pool, &config.qrels].into_iter().flatten() {
+        for pattern in [&config.queries, &config.pool, &config.qrels]
+            .into_iter()
+            .flatten()
+        {
             glob::Pattern::new(pattern).map_err(|e| PipelineError::Config {
                 path: Default::default(),
                 message: format!("[ingest]: bad glob `{pattern}`: {e}"),
@@ -237,16 +244,17 @@ fn write_outputs(
     let resolved = images::load_and_write(ctx, &loader, &references, &mut images)?;
     images.finish()?;
 
-    let image_of = |reference: &Option<String>| -> Result<Option<String>, &crate::media::ImageReject> {
-        match reference {
-            None => Ok(None),
-            Some(r) => match resolved.get(r) {
-                Some(Ok(id)) => Ok(Some(id.clone())),
-                Some(Err(e)) => Err(e),
+    let image_of =
+        |reference: &Option<String>| -> Result<Option<String>, &crate::media::ImageReject> {
+            match reference {
                 None => Ok(None),
-            },
-        }
-    };
+                Some(r) => match resolved.get(r) {
+                    Some(Ok(id)) => Ok(Some(id.clone())),
+                    Some(Err(e)) => Err(e),
+                    None => Ok(None),
+                },
+            }
+        };
     let mut doc_rows = Vec::with_capacity(collection.docs.len());
     let mut late_rejects = Vec::new();
     for doc in &collection.docs {
@@ -268,7 +276,12 @@ fn write_outputs(
     drop(doc_rows);
 
     let keep: HashSet<&str> = kept_queries.iter().map(|(q, _)| q.as_str()).collect();
-    let queries: Vec<_> = collection.queries.iter().filter(|q| keep.contains(q.qid.as_str())).cloned().collect();
+    let queries: Vec<_> = collection
+        .queries
+        .iter()
+        .filter(|q| keep.contains(q.qid.as_str()))
+        .cloned()
+        .collect();
     collection.queries = queries;
     let query_rows: Vec<QueryRow> = collection
         .queries
@@ -299,8 +312,17 @@ fn write_outputs(
     Ok(())
 }
 
-fn image_reject(origin: &records::Origin, id: &str, e: &crate::media::ImageReject) -> crate::pipeline::Reject {
-    reject(origin, &format!("image_{}", e.code.as_str()), e.detail.clone()).with_id(id)
+fn image_reject(
+    origin: &records::Origin,
+    id: &str,
+    e: &crate::media::ImageReject,
+) -> crate::pipeline::Reject {
+    reject(
+        origin,
+        &format!("image_{}", e.code.as_str()),
+        e.detail.clone(),
+    )
+    .with_id(id)
 }
 
 /// Image references of the kept records, each once, in first-use order (documents, then queries).

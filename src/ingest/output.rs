@@ -111,8 +111,11 @@ pub fn write_qrels(writer: &mut DatasetWriter, qrels: &[Qrel]) -> Result<(), Ing
             did.append_value(&q.did);
             relevance.append_value(q.relevance);
         }
-        let columns: Vec<ArrayRef> =
-            vec![Arc::new(qid.finish()), Arc::new(did.finish()), Arc::new(relevance.finish())];
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(qid.finish()),
+            Arc::new(did.finish()),
+            Arc::new(relevance.finish()),
+        ];
         writer.write(&RecordBatch::try_new(writer.arrow_schema(), columns)?)?;
     }
     Ok(())

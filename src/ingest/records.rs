@@ -48,7 +48,9 @@ impl FromStr for Modality {
             "text" => Ok(Modality::Text),
             "image" => Ok(Modality::Image),
             "image,text" | "text,image" => Ok(Modality::ImageText),
-            other => Err(format!("unknown modality `{other}` (expected text, image or image,text)")),
+            other => Err(format!(
+                "unknown modality `{other}` (expected text, image or image,text)"
+            )),
         }
     }
 }
