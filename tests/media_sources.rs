@@ -32,8 +32,10 @@ mod http {
     pub const ENDLESS_BODY: usize = 64 * 1024 * 1024;
     /// How long `/slow` waits before answering.
     const STALL: Duration = Duration::from_millis(1500);
-    /// How long a `/gated` request waits for the others of its wave before giving up.
+    /// How long a `/gated` request waits for the first wave to fill before giving up.
     const GATE_WAIT: Duration = Duration::from_secs(2);
+    /// How long every `/gated` request is held once the first wave has filled.
+    const HOLD: Duration = Duration::from_millis(150);
 
     #[derive(Default)]
     struct Counters {
@@ -170,12 +172,7 @@ mod http {
             hit
         };
         if let Some(cap) = gate_size(&path) {
-            // Hold the first wave until `cap` requests are in flight together, so the test also proves the client
-            // does run requests concurrently; after that the gate stays open.
-            let counters = shared.lock();
-            let _ = shared
-                .changed
-                .wait_timeout_while(counters, GATE_WAIT, |c| c.max_open < cap);
+            hold(shared, cap);
         }
         if path == "/slow" {
             std::thread::sleep(STALL);
@@ -188,7 +185,32 @@ mod http {
         let _ = respond(&mut stream, &path, hit, shared, image);
     }
 
-    /// `/gated/CAP/NAME` holds requests until CAP are open at once.
+    /// Holds a `/gated` request so that requests in flight together overlap here: first until `cap` have been
+    /// open at once (so the test proves the client runs requests concurrently at all), then for HOLD more, long
+    /// enough that a client sending more than `cap` at once would have them all open here together. A request
+    /// beyond the cap releases everyone: the maximum has then been recorded and the test will fail.
+    fn hold(shared: &Shared, cap: usize) {
+        let arrived = Instant::now();
+        let mut counters = shared.lock();
+        loop {
+            let held = arrived.elapsed();
+            let wave_seen = counters.max_open >= cap;
+            if counters.open > cap || held >= GATE_WAIT || (wave_seen && held >= HOLD) {
+                return;
+            }
+            let wake = if wave_seen {
+                HOLD - held
+            } else {
+                GATE_WAIT - held
+            };
+            counters = match shared.changed.wait_timeout(counters, wake) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+    }
+
+    /// `/gated/CAP/NAME` is held by [`hold`] with that cap.
     fn gate_size(path: &str) -> Option<usize> {
         path.strip_prefix("/gated/")?
             .split('/')
@@ -425,6 +447,66 @@ fn every_supported_format_loads_and_is_refused_when_cut_short() {
             RejectCode::Truncated,
             &references[2 * i + 1],
         );
+    }
+}
+
+/// Encodings the image crate cannot write but real data is full of, made by Pillow (tests/fixtures/media/).
+const POPULAR_ENCODINGS: [(&str, &str, (u32, u32)); 4] = [
+    ("progressive.jpg", "jpeg", (48, 32)),
+    ("restart.jpg", "jpeg", (48, 32)),
+    ("animated.gif", "gif", (24, 16)),
+    ("lossy.webp", "webp", (40, 24)),
+];
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/media")
+        .join(name);
+    fs::read(&path).unwrap_or_else(|err| panic!("read fixture {}: {err}", path.display()))
+}
+
+#[test]
+fn popular_encodings_load_and_are_refused_when_cut_short() {
+    let ws = Workspace::new();
+    let root = ws.root();
+    for (name, format, size) in POPULAR_ENCODINGS {
+        let bytes = fixture(name);
+        write(&root, name, &bytes);
+        // For the GIF this cuts into the last frame, which decoding the first frame alone would not notice.
+        let cut = format!("cut-{name}");
+        write(&root, &cut, &bytes[..bytes.len() - 12]);
+        let results = load(&root, options(), &[name, cut.as_str()]);
+        assert_loaded(&results[0], &bytes, format, size);
+        assert_rejected(&results[1], RejectCode::Truncated, &cut);
+    }
+}
+
+#[test]
+fn data_after_the_end_of_an_image_is_not_truncation() {
+    let ws = Workspace::new();
+    let root = ws.root();
+    // Bytes that look like JPEG start-of-scan and end-of-image markers, as in the video a motion photo appends.
+    let trailer: &[u8] = b"\xFF\xDA\x00\x08trailer\xFF\xD9 and more trailing data";
+    let images = [
+        (
+            "baseline.jpg",
+            encode(ImageFormat::Jpeg, 30, 20),
+            "jpeg",
+            (30, 20),
+        ),
+        (
+            "progressive.jpg",
+            fixture("progressive.jpg"),
+            "jpeg",
+            (48, 32),
+        ),
+        ("plain.png", png(30, 20), "png", (30, 20)),
+        ("animated.gif", fixture("animated.gif"), "gif", (24, 16)),
+    ];
+    for (name, bytes, format, size) in images {
+        let extended = [bytes.as_slice(), trailer].concat();
+        write(&root, name, &extended);
+        assert_loaded(&load_one(&root, options(), name), &extended, format, size);
     }
 }
 

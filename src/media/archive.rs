@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use flate2::read::MultiGzDecoder;
@@ -16,7 +16,11 @@ use rayon::prelude::*;
 use zip::result::ZipError;
 use zip::ZipArchive;
 
+use super::local::{open_regular, read_capped};
 use super::reject::{ImageReject, RejectCode};
+
+/// A member's contents, or why they could not be read.
+pub type MemberBytes = Result<Vec<u8>, ImageReject>;
 
 /// The archive formats a reference may point into, told apart by file name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -42,33 +46,30 @@ impl ArchiveKind {
 }
 
 /// One member to read: the archive's resolved path, its kind, and the member name inside it.
-#[derive(Debug, Clone, Copy)]
-pub struct MemberRequest<'a> {
-    pub archive: &'a Path,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveMember {
+    pub archive: PathBuf,
     pub kind: ArchiveKind,
-    pub member: &'a str,
+    pub member: String,
 }
 
 /// Reads every requested member, in request order, refusing any larger than `max_bytes`.
 ///
 /// Runs on the current rayon pool: archives in parallel, and members of a random-access archive in parallel too.
-pub fn read_members(
-    requests: &[MemberRequest<'_>],
-    max_bytes: u64,
-) -> Vec<Result<Vec<u8>, ImageReject>> {
+pub fn read_members(requests: &[ArchiveMember], max_bytes: u64) -> Vec<MemberBytes> {
     let mut groups: HashMap<(&Path, ArchiveKind), Vec<usize>> = HashMap::new();
     for (index, request) in requests.iter().enumerate() {
         groups
-            .entry((request.archive, request.kind))
+            .entry((request.archive.as_path(), request.kind))
             .or_default()
             .push(index);
     }
-    let mut read: Vec<(usize, Result<Vec<u8>, ImageReject>)> = groups
+    let mut read: Vec<(usize, MemberBytes)> = groups
         .into_par_iter()
         .flat_map_iter(|((archive, kind), indices)| {
             let members: Vec<&str> = indices
                 .iter()
-                .map(|&i| member_key(requests[i].member))
+                .map(|&i| member_key(&requests[i].member))
                 .collect();
             let bytes = read_group(archive, kind, &members, max_bytes);
             indices.into_iter().zip(bytes)
@@ -85,7 +86,7 @@ fn read_group(
     kind: ArchiveKind,
     members: &[&str],
     max_bytes: u64,
-) -> Vec<Result<Vec<u8>, ImageReject>> {
+) -> Vec<MemberBytes> {
     match kind {
         ArchiveKind::Zip => match open_zip(archive) {
             Ok(zip) => members
@@ -118,20 +119,22 @@ fn member_key(name: &str) -> &str {
     }
 }
 
-fn open_file(archive: &Path) -> Result<File, ImageReject> {
-    File::open(archive).map_err(|err| {
-        ImageReject::new(
-            RejectCode::Unreadable,
-            format!("cannot open archive {}: {err}", archive.display()),
-        )
-    })
-}
-
 fn damaged(archive: &Path, err: impl std::fmt::Display) -> ImageReject {
     ImageReject::new(
         RejectCode::Unreadable,
         format!("archive {} is damaged: {err}", archive.display()),
     )
+}
+
+/// A member that is not in the index: missing, or perhaps in a part of the archive that could not be read.
+fn not_found(archive: &Path, member: &str, damage: Option<&str>) -> ImageReject {
+    match damage {
+        Some(err) => damaged(
+            archive,
+            format!("member '{member}' not found before the damage: {err}"),
+        ),
+        None => member_missing(archive, member),
+    }
 }
 
 fn member_missing(archive: &Path, member: &str) -> ImageReject {
@@ -154,21 +157,8 @@ fn member_too_big(archive: &Path, member: &str, size: u64, max_bytes: u64) -> Im
     )
 }
 
-/// Reads at most `max_bytes + 1` bytes, so that a size header that lies cannot make us read without bound.
-pub(super) fn read_capped(
-    reader: impl Read,
-    size_hint: u64,
-    max_bytes: u64,
-) -> io::Result<Vec<u8>> {
-    let mut bytes = Vec::with_capacity(size_hint.min(max_bytes) as usize);
-    reader
-        .take(max_bytes.saturating_add(1))
-        .read_to_end(&mut bytes)?;
-    Ok(bytes)
-}
-
 fn open_zip(archive: &Path) -> Result<ZipArchive<SharedFile>, ImageReject> {
-    let file = SharedFile::new(open_file(archive)?).map_err(|err| damaged(archive, err))?;
+    let file = SharedFile::new(open_regular(archive)?);
     ZipArchive::new(file).map_err(|err| damaged(archive, err))
 }
 
@@ -177,7 +167,7 @@ fn read_zip_member(
     zip: &ZipArchive<SharedFile>,
     member: &str,
     max_bytes: u64,
-) -> Result<Vec<u8>, ImageReject> {
+) -> MemberBytes {
     // Cloning shares the parsed central directory and only copies the file handle's position.
     let mut zip = zip.clone();
     let entry = match zip.by_name(member) {
@@ -188,10 +178,10 @@ fn read_zip_member(
     if !entry.is_file() {
         return Err(member_missing(archive, member));
     }
-    if entry.size() > max_bytes {
-        return Err(member_too_big(archive, member, entry.size(), max_bytes));
-    }
     let size = entry.size();
+    if size > max_bytes {
+        return Err(member_too_big(archive, member, size, max_bytes));
+    }
     let bytes = read_capped(entry, size, max_bytes)
         .map_err(|err| damaged(archive, format!("member '{member}': {err}")))?;
     if bytes.len() as u64 > max_bytes {
@@ -218,7 +208,7 @@ struct TarIndex<'a> {
 
 impl<'a> TarIndex<'a> {
     fn scan(archive: &'a Path) -> Result<Self, ImageReject> {
-        let file = SharedFile::new(open_file(archive)?).map_err(|err| damaged(archive, err))?;
+        let file = SharedFile::new(open_regular(archive)?);
         let mut members = HashMap::new();
         let mut damage = None;
         let mut tar = tar::Archive::new(file.clone());
@@ -249,99 +239,81 @@ impl<'a> TarIndex<'a> {
         })
     }
 
-    fn read(&self, member: &str, max_bytes: u64) -> Result<Vec<u8>, ImageReject> {
+    fn read(&self, member: &str, max_bytes: u64) -> MemberBytes {
         let Some(&(offset, size)) = self.members.get(member) else {
-            return Err(match &self.damage {
-                Some(err) => damaged(
-                    self.archive,
-                    format!("member '{member}' not found before the damage: {err}"),
-                ),
-                None => member_missing(self.archive, member),
-            });
+            return Err(not_found(self.archive, member, self.damage.as_deref()));
         };
         if size > max_bytes {
             return Err(member_too_big(self.archive, member, size, max_bytes));
         }
+        // Headers are seeked past, not read through, so a tar cut short still indexes members it lacks the data of.
+        if offset.saturating_add(size) > self.file.len {
+            return Err(ImageReject::new(
+                RejectCode::Truncated,
+                format!(
+                    "archive {} ends at byte {} inside member '{member}' ({size} bytes at offset {offset})",
+                    self.archive.display(),
+                    self.file.len
+                ),
+            ));
+        }
         let mut bytes = vec![0; size as usize];
         self.file
             .read_exact_at(&mut bytes, offset)
-            .map_err(|err| match err.kind() {
-                io::ErrorKind::UnexpectedEof => ImageReject::new(
-                    RejectCode::Truncated,
-                    format!(
-                    "archive {} ends inside member '{member}' ({size} bytes at offset {offset})",
-                    self.archive.display()
-                ),
-                ),
-                _ => damaged(self.archive, format!("member '{member}': {err}")),
-            })?;
+            .map_err(|err| damaged(self.archive, format!("member '{member}': {err}")))?;
         Ok(bytes)
     }
 }
 
 /// One sequential pass over a gzip-compressed tar, keeping only the wanted members, returned in `members` order.
-fn extract_compressed(
-    archive: &Path,
-    members: &[&str],
-    max_bytes: u64,
-) -> Vec<Result<Vec<u8>, ImageReject>> {
-    let file = match open_file(archive) {
-        Ok(file) => file,
+fn extract_compressed(archive: &Path, members: &[&str], max_bytes: u64) -> Vec<MemberBytes> {
+    let file = match open_regular(archive) {
+        Ok((file, _)) => file,
         Err(reject) => return vec![Err(reject); members.len()],
     };
     let wanted: HashSet<&str> = members.iter().copied().collect();
-    let mut found: HashMap<String, Result<Vec<u8>, ImageReject>> = HashMap::new();
-    let mut damage = None;
+    let mut found: HashMap<String, MemberBytes> = HashMap::new();
     let mut tar = tar::Archive::new(MultiGzDecoder::new(BufReader::new(file)));
-    match tar.entries() {
-        Ok(entries) => {
-            for entry in entries {
-                let extracted = entry.and_then(|entry| {
-                    if !entry.header().entry_type().is_file() {
-                        return Ok(None);
-                    }
-                    let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-                    let key = member_key(&name);
-                    if !wanted.contains(key) {
-                        return Ok(None);
-                    }
-                    let size = entry.size();
-                    if size > max_bytes {
-                        return Ok(Some((
-                            key.to_string(),
-                            Err(member_too_big(archive, key, size, max_bytes)),
-                        )));
-                    }
-                    let bytes = read_capped(entry, size, max_bytes)?;
-                    Ok(Some((key.to_string(), Ok(bytes))))
-                });
-                match extracted {
-                    Ok(Some((key, bytes))) => {
-                        found.insert(key, bytes);
-                    }
-                    Ok(None) => {}
-                    Err(err) => {
-                        damage = Some(err.to_string());
-                        break;
-                    }
-                }
+    let damage = tar.entries().and_then(|entries| {
+        for entry in entries {
+            if let Some((name, bytes)) = extract_wanted(archive, entry?, &wanted, max_bytes)? {
+                found.insert(name, bytes);
             }
         }
-        Err(err) => damage = Some(err.to_string()),
-    }
+        Ok(())
+    });
+    let damage = damage.err().map(|err| err.to_string());
     members
         .iter()
         .map(|member| match found.get(*member) {
             Some(result) => result.clone(),
-            None => Err(match &damage {
-                Some(err) => damaged(
-                    archive,
-                    format!("member '{member}' not found before the damage: {err}"),
-                ),
-                None => member_missing(archive, member),
-            }),
+            None => Err(not_found(archive, member, damage.as_deref())),
         })
         .collect()
+}
+
+/// The name and contents of `entry` if it is a wanted regular file; an I/O error means the stream is broken.
+fn extract_wanted(
+    archive: &Path,
+    entry: tar::Entry<'_, impl Read>,
+    wanted: &HashSet<&str>,
+    max_bytes: u64,
+) -> io::Result<Option<(String, MemberBytes)>> {
+    if !entry.header().entry_type().is_file() {
+        return Ok(None);
+    }
+    let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+    let key = member_key(&name);
+    if !wanted.contains(key) {
+        return Ok(None);
+    }
+    let size = entry.size();
+    let bytes = if size > max_bytes {
+        Err(member_too_big(archive, key, size, max_bytes))
+    } else {
+        Ok(read_capped(entry, size, max_bytes)?)
+    };
+    Ok(Some((key.to_string(), bytes)))
 }
 
 /// A file handle that many readers share, each with its own position, reading with positional I/O so that no
@@ -354,13 +326,12 @@ struct SharedFile {
 }
 
 impl SharedFile {
-    fn new(file: File) -> io::Result<Self> {
-        let len = file.metadata()?.len();
-        Ok(SharedFile {
+    fn new((file, len): (File, u64)) -> Self {
+        SharedFile {
             file: Arc::new(file),
             len,
             position: 0,
-        })
+        }
     }
 
     fn read_exact_at(&self, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {

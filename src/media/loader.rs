@@ -10,18 +10,18 @@
 //! each archive about once.
 
 use std::collections::HashMap;
-use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 use reqwest::Url;
 
-use super::archive::{read_capped, read_members, ArchiveKind, MemberRequest};
+use super::archive::{read_members, ArchiveMember};
 use super::fetch::{FetchConfig, Fetcher, FetcherError, DEFAULT_MAX_BYTES};
+use super::local::read_file;
 use super::locator::{DatasetRoot, Locator};
 use super::record::ImageRecord;
-use super::reject::{ImageReject, RejectCode};
+use super::reject::ImageReject;
 use super::validate::{validate, DEFAULT_MAX_PIXELS};
 
 /// Limits and resources for loading images.
@@ -121,58 +121,41 @@ impl ImageLoader {
 
     /// Reads and validates located references, in order, overlapping downloads with local work.
     fn load_located(&self, located: Vec<Result<Locator, ImageReject>>) -> Vec<Outcome> {
-        let mut finished: Vec<(usize, Outcome)> = Vec::new();
-        let mut files: Vec<(usize, PathBuf)> = Vec::new();
-        let mut members: Vec<(usize, PathBuf, ArchiveKind, String)> = Vec::new();
-        let mut urls: Vec<(usize, Url)> = Vec::new();
-        for (index, locator) in located.into_iter().enumerate() {
-            match locator {
-                Err(reject) => finished.push((index, Err(reject))),
-                Ok(Locator::File(path)) => files.push((index, path)),
-                Ok(Locator::Member {
-                    archive,
-                    kind,
-                    member,
-                }) => members.push((index, archive, kind, member)),
-                Ok(Locator::Url(url)) => urls.push((index, url)),
-            }
-        }
+        let sources = Sources::split(located);
+        let mut finished: Vec<(usize, Outcome)> = sources
+            .refused
+            .into_iter()
+            .map(|(slot, reject)| (slot, Err(reject)))
+            .collect();
         std::thread::scope(|scope| {
-            let targets: Vec<Url> = urls.iter().map(|(_, url)| url.clone()).collect();
-            let downloads = scope.spawn(move || self.fetcher.fetch_all(&targets));
-            self.pool.install(|| {
-                finished.par_extend(files.par_iter().map(|(index, path)| {
-                    (*index, self.to_record(read_file(path, self.max_bytes)))
-                }));
-                let requests: Vec<MemberRequest<'_>> = members
-                    .iter()
-                    .map(|(_, archive, kind, member)| MemberRequest {
-                        archive,
-                        kind: *kind,
-                        member,
-                    })
-                    .collect();
-                let bytes = read_members(&requests, self.max_bytes);
-                finished.par_extend(
-                    members
-                        .par_iter()
-                        .zip(bytes)
-                        .map(|((index, ..), bytes)| (*index, self.to_record(bytes))),
-                );
+            let downloads = scope.spawn(|| self.fetcher.fetch_all(&sources.urls));
+            let local = self.pool.install(|| {
+                let files = sources
+                    .files
+                    .par_iter()
+                    .map(|path| self.to_record(read_file(path, self.max_bytes)));
+                let members = read_members(&sources.members, self.max_bytes)
+                    .into_par_iter()
+                    .map(|bytes| self.to_record(bytes));
+                let mut local: Vec<Outcome> = files.collect();
+                local.par_extend(members);
+                local
             });
+            let local_slots = sources.file_slots.iter().chain(&sources.member_slots);
+            finished.extend(local_slots.copied().zip(local));
             let downloaded = downloads
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            self.pool.install(|| {
-                finished.par_extend(
-                    urls.par_iter()
-                        .zip(downloaded)
-                        .map(|((index, _), bytes)| (*index, self.to_record(bytes))),
-                )
+            let remote: Vec<Outcome> = self.pool.install(|| {
+                downloaded
+                    .into_par_iter()
+                    .map(|bytes| self.to_record(bytes))
+                    .collect()
             });
+            finished.extend(sources.url_slots.iter().copied().zip(remote));
         });
-        // Each index was produced exactly once, so sorting by it restores input order one to one.
-        finished.sort_unstable_by_key(|(index, _)| *index);
+        // Each slot was produced exactly once, so sorting by it restores input order one to one.
+        finished.sort_unstable_by_key(|(slot, _)| *slot);
         finished.into_iter().map(|(_, outcome)| outcome).collect()
     }
 
@@ -180,6 +163,43 @@ impl ImageLoader {
         let bytes = bytes?;
         let info = validate(&bytes, self.max_pixels)?;
         Ok(ImageRecord::new(bytes, info))
+    }
+}
+
+/// A batch's located references split by how their bytes are obtained; each `*_slots` vector holds the batch
+/// positions of the items beside it.
+#[derive(Default)]
+struct Sources {
+    refused: Vec<(usize, ImageReject)>,
+    file_slots: Vec<usize>,
+    files: Vec<PathBuf>,
+    member_slots: Vec<usize>,
+    members: Vec<ArchiveMember>,
+    url_slots: Vec<usize>,
+    urls: Vec<Url>,
+}
+
+impl Sources {
+    fn split(located: Vec<Result<Locator, ImageReject>>) -> Self {
+        let mut sources = Sources::default();
+        for (slot, locator) in located.into_iter().enumerate() {
+            match locator {
+                Err(reject) => sources.refused.push((slot, reject)),
+                Ok(Locator::File(path)) => {
+                    sources.file_slots.push(slot);
+                    sources.files.push(path);
+                }
+                Ok(Locator::Member(member)) => {
+                    sources.member_slots.push(slot);
+                    sources.members.push(member);
+                }
+                Ok(Locator::Url(url)) => {
+                    sources.url_slots.push(slot);
+                    sources.urls.push(url);
+                }
+            }
+        }
+        sources
     }
 }
 
@@ -198,44 +218,4 @@ fn deduplicate<S: AsRef<str>>(references: &[S]) -> (Vec<&str>, Vec<usize>) {
         })
         .collect();
     (distinct, slots)
-}
-
-/// Reads a local file, refusing anything that is not a regular file (a FIFO would block the reader forever) or is
-/// larger than the cap.
-fn read_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, ImageReject> {
-    let unreadable = |err: io::Error| match err.kind() {
-        io::ErrorKind::NotFound => ImageReject::new(
-            RejectCode::Missing,
-            format!("no such file: {}", path.display()),
-        ),
-        _ => ImageReject::new(
-            RejectCode::Unreadable,
-            format!("cannot read {}: {err}", path.display()),
-        ),
-    };
-    let metadata = fs::metadata(path).map_err(unreadable)?;
-    if !metadata.is_file() {
-        return Err(ImageReject::new(
-            RejectCode::Unreadable,
-            format!("{} is not a regular file", path.display()),
-        ));
-    }
-    let too_big = |size: u64| {
-        ImageReject::new(
-            RejectCode::TooManyBytes,
-            format!(
-                "{} is {size} bytes, over the cap of {max_bytes}",
-                path.display()
-            ),
-        )
-    };
-    if metadata.len() > max_bytes {
-        return Err(too_big(metadata.len()));
-    }
-    let file = File::open(path).map_err(unreadable)?;
-    let bytes = read_capped(file, metadata.len(), max_bytes).map_err(unreadable)?;
-    if bytes.len() as u64 > max_bytes {
-        return Err(too_big(bytes.len() as u64));
-    }
-    Ok(bytes)
 }

@@ -14,7 +14,7 @@ use std::path::{Component, Path, PathBuf};
 
 use reqwest::Url;
 
-use super::archive::ArchiveKind;
+use super::archive::{ArchiveKind, ArchiveMember};
 use super::reject::{ImageReject, RejectCode};
 
 /// Separates an archive path from the member name inside it.
@@ -26,11 +26,7 @@ pub enum Locator {
     /// A regular file, as a canonical path inside the root.
     File(PathBuf),
     /// A member of an archive whose canonical path is inside the root.
-    Member {
-        archive: PathBuf,
-        kind: ArchiveKind,
-        member: String,
-    },
+    Member(ArchiveMember),
     /// An http or https URL.
     Url(Url),
 }
@@ -72,11 +68,11 @@ impl DatasetRoot {
                 RejectCode::BadReference,
                 "archive reference names no member after '!/'",
             )),
-            Some((archive, kind, member)) => Ok(Locator::Member {
+            Some((archive, kind, member)) => Ok(Locator::Member(ArchiveMember {
                 archive: self.resolve(archive)?,
                 kind,
                 member: member.to_string(),
-            }),
+            })),
             None => Ok(Locator::File(self.resolve(reference)?)),
         }
     }

@@ -3,6 +3,7 @@
 pub mod archive;
 pub mod fetch;
 pub mod loader;
+mod local;
 pub mod locator;
 pub mod record;
 pub mod reject;

@@ -64,25 +64,25 @@ fn png(bytes: &[u8]) -> Option<String> {
 fn jpeg(bytes: &[u8]) -> Option<String> {
     const END_OF_IMAGE: u8 = 0xD9;
     const START_OF_SCAN: u8 = 0xDA;
-    let short = |at: usize| {
+    let short = || {
         Some(format!(
-            "JPEG data ends at byte {at} before the end-of-image marker"
+            "JPEG data ends at byte {} before the end-of-image marker",
+            bytes.len()
         ))
     };
     let mut at = 2;
     loop {
-        if bytes.get(at) != Some(&0xFF) {
-            return if at >= bytes.len() {
-                short(bytes.len())
-            } else {
-                None
-            };
+        match bytes.get(at) {
+            None => return short(),
+            Some(0xFF) => {}
+            // Not a marker where one must be: damage the decoder will describe better.
+            Some(_) => return None,
         }
         while bytes.get(at) == Some(&0xFF) {
             at += 1;
         }
         let Some(&marker) = bytes.get(at) else {
-            return short(bytes.len());
+            return short();
         };
         at += 1;
         match marker {
@@ -95,16 +95,16 @@ fn jpeg(bytes: &[u8]) -> Option<String> {
             .get(at..at + 2)
             .map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])))
         else {
-            return short(bytes.len());
+            return short();
         };
         at += length;
         if at > bytes.len() {
-            return short(bytes.len());
+            return short();
         }
         if marker == START_OF_SCAN {
             match next_marker_after_scan(bytes, at) {
                 Some(next) => at = next,
-                None => return short(bytes.len()),
+                None => return short(),
             }
         }
     }
