@@ -2,6 +2,7 @@
 
 mod inspect;
 mod run;
+mod stages;
 
 use std::process::ExitCode;
 
@@ -66,6 +67,8 @@ pub enum Command {
     Run(run::RunArgs),
     Demo(run::DemoArgs),
     Inspect(inspect::InspectArgs),
+    World(stages::WorldArgs),
+    Ingest(stages::IngestArgs),
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {
@@ -84,6 +87,8 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::run(args, &cli.global),
         Command::Demo(args) => run::demo(args, &cli.global),
         Command::Inspect(args) => inspect::inspect(args),
+        Command::World(args) => stages::world(args, &cli.global),
+        Command::Ingest(args) => stages::ingest(args, &cli.global),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

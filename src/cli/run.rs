@@ -106,7 +106,7 @@ fn execute(mut config: PipelineConfig, select: &Selection, global: &Global) -> a
     Ok(())
 }
 
-fn print_summary(name: &str, reports: &[StageReport]) {
+pub fn print_summary(name: &str, reports: &[StageReport]) {
     println!("pipeline {name}");
     let width = reports
         .iter()

@@ -306,6 +306,7 @@ fn write_outputs(
     qrel_writer.finish()?;
 
     ctx.add_records(collection.records);
+    collection.rejects.sort_by(|a, b| (&a.source, a.line).cmp(&(&b.source, b.line)));
     for r in collection.rejects {
         ctx.reject(r)?;
     }
