@@ -314,7 +314,10 @@ fn gradients_reach_every_weight() {
                 &grids(&reference_json()["tower_grids"]),
             )
             .unwrap();
-        let weights = Tensor::rand(-1f32, 1f32, merged.shape(), &Device::Cpu).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let weights = uniform(&mut rng, merged.dims(), 1.0)
+            .to_dtype(DType::F32)
+            .unwrap();
         let grads = (merged * weights)
             .unwrap()
             .sum_all()
@@ -446,6 +449,25 @@ fn block_gradients_match_finite_differences() {
             "{variant:?}: backward missed an input\n{report}"
         );
         assert!(report.max_rel_error() < 1e-6, "{variant:?}:\n{report}");
+    }
+}
+
+/// In bf16 the tower runs (norms, softmax and rotary in f32 inside) and stays near the f32 result.
+#[test]
+fn bf16_tower_tracks_f32() {
+    let reference = reference_tensors();
+    let grids = grids(&reference_json()["tower_grids"]);
+    for model in ["qwen2_vl", "qwen2_5_vl"] {
+        let vb = unsafe {
+            VarBuilder::from_mmaped_safetensors(&[weights(model)], DType::BF16, &Device::Cpu)
+                .unwrap()
+        };
+        let tower = VisionTransformer::new(&config(model), vb.pp("visual")).unwrap();
+        let merged = tower.forward(&reference["pixel_values"], &grids).unwrap();
+        assert_eq!(merged.dtype(), DType::BF16);
+        let merged = merged.to_dtype(DType::F32).unwrap();
+        let error = relative_error(&merged, &reference[&format!("{model}.merged")]);
+        assert!(error < 5e-2, "{model}: relative error {error:e}");
     }
 }
 
