@@ -12,5 +12,6 @@ pub mod mask;
 pub mod norm;
 pub mod packed;
 pub mod precision;
+pub mod qwen2_vl;
 pub mod rope;
 pub mod softmax;
