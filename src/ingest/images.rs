@@ -7,8 +7,10 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, LargeBinaryBuilder, RecordBatch, StringBuilder, UInt32Builder};
 
 use super::IngestError;
-use crate::dataset::DatasetWriter;
-use crate::media::{ImageLoader, ImageRecord, ImageReject};
+use crate::dataset::{Dataset, DatasetWriter};
+use crate::media::record::image_id;
+use crate::media::validate::validate;
+use crate::media::{ImageLoader, ImageRecord, ImageReject, RejectCode};
 use crate::pipeline::StageContext;
 
 /// References loaded per batch: enough to keep every core busy, few enough that the bytes held at once stay
@@ -48,9 +50,77 @@ pub fn load_and_write(
             resolved.insert(reference.clone(), id);
         }
         if !fresh.is_empty() {
-            writer.write(&batch(&fresh, writer)?)?;
+            writer.write(&batch_of(&fresh, writer)?)?;
         }
         bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(resolved)
+}
+
+/// Copies the images that `references` (image ids) name from an input images dataset, validating each again;
+/// ids absent from it, or whose bytes fail validation or do not hash to their id, are refused.
+pub fn copy_from_table(
+    ctx: &StageContext,
+    input: &Dataset,
+    references: &[String],
+    max_pixels: u64,
+    writer: &mut DatasetWriter,
+) -> Result<Resolved, IngestError> {
+    let wanted: HashSet<&str> = references.iter().map(String::as_str).collect();
+    let bar = ctx.progress(references.len() as u64, "images");
+    let mut resolved = Resolved::with_capacity(references.len());
+    for batch in input.batches_of(256)? {
+        let batch = batch?;
+        let ids = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>();
+        let bytes = batch
+            .column(1)
+            .as_any()
+            .downcast_ref::<arrow::array::LargeBinaryArray>();
+        let (Some(ids), Some(bytes)) = (ids, bytes) else {
+            return Err(IngestError::Config(format!(
+                "{}: not an images dataset",
+                input.path().display()
+            )));
+        };
+        let mut fresh = Vec::new();
+        for row in 0..batch.num_rows() {
+            let id = ids.value(row);
+            if !wanted.contains(id) || resolved.contains_key(id) {
+                continue;
+            }
+            let data = bytes.value(row);
+            let outcome = match validate(data, max_pixels) {
+                Ok(_) if image_id(data) != id => Err(ImageReject::new(
+                    RejectCode::Corrupt,
+                    format!(
+                        "{id}: the bytes hash to {}, not to their image_id",
+                        image_id(data)
+                    ),
+                )),
+                Ok(info) => {
+                    fresh.push(ImageRecord::new(data.to_vec(), info));
+                    Ok(id.to_string())
+                }
+                Err(e) => Err(e.for_reference(id)),
+            };
+            resolved.insert(id.to_string(), outcome);
+        }
+        if !fresh.is_empty() {
+            writer.write(&batch_of(&fresh, writer)?)?;
+        }
+        bar.inc(fresh.len() as u64);
+    }
+    for id in references {
+        resolved.entry(id.clone()).or_insert_with(|| {
+            Err(ImageReject::new(
+                RejectCode::Missing,
+                format!("{id}: not in the input images dataset"),
+            ))
+        });
     }
     bar.finish_and_clear();
     Ok(resolved)
@@ -65,7 +135,7 @@ fn local_file(root: &Path, reference: &str) -> Option<std::path::PathBuf> {
     Some(root.join(file))
 }
 
-fn batch(images: &[ImageRecord], writer: &DatasetWriter) -> Result<RecordBatch, IngestError> {
+fn batch_of(images: &[ImageRecord], writer: &DatasetWriter) -> Result<RecordBatch, IngestError> {
     let mut id = StringBuilder::new();
     let mut bytes = LargeBinaryBuilder::new();
     let mut width = UInt32Builder::new();

@@ -64,7 +64,8 @@ impl Files {
     }
 }
 
-fn glob_files(root: &Path, pattern: &str) -> Result<Vec<PathBuf>, IngestError> {
+/// Files matching `pattern` under `root`, sorted.
+pub fn glob_files(root: &Path, pattern: &str) -> Result<Vec<PathBuf>, IngestError> {
     let full = root.join(pattern);
     let full = full.to_string_lossy();
     let paths =

@@ -6,12 +6,16 @@
 //! rejected with the image's reason; the image file itself is never touched.
 
 mod collect;
+mod flag;
 mod images;
 mod instructions;
+mod jsonl;
 mod lines;
 pub mod mbeir;
 mod output;
 pub mod records;
+mod swift;
+mod table;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -20,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use self::collect::{reject, Collection};
 use self::output::{DocRow, QueryRow};
-use crate::dataset::DatasetError;
+use crate::dataset::{Dataset, DatasetError};
 use crate::media::{ImageLoader, LoadOptions, LoaderError};
 use crate::pipeline::{Input, Output, PipelineError, Stage, StageContext, StageError};
 
@@ -64,6 +68,12 @@ impl IngestError {
 pub enum Format {
     /// M-BEIR: query/<split>/*.jsonl, cand_pool/local/*.jsonl, qrels/<split>/*.txt, instructions TSV.
     Mbeir,
+    /// FlagEmbedding jsonl: {"query", "pos": [..], "neg": [..], "prompt"} per line (text only).
+    Flag,
+    /// ms-swift reranker jsonl: messages / positive_messages / negative_messages, with their images.
+    Swift,
+    /// umrank's own datasets: corpus/, queries/, qrels/ and images/ Parquet directories under the root.
+    Parquet,
 }
 
 /// The `[ingest]` table.
@@ -91,6 +101,9 @@ pub struct IngestConfig {
     pub qrels: Option<String>,
     #[serde(default)]
     pub instructions: Option<String>,
+    /// Input files for the jsonl formats (flag, swift), a glob relative to the root [default: *.jsonl].
+    #[serde(default)]
+    pub files: Option<String>,
     /// Largest image accepted, in pixels (decompression-bomb guard).
     #[serde(default = "default_max_pixels")]
     pub max_pixels: u64,
@@ -116,6 +129,7 @@ impl IngestConfig {
             pool: None,
             qrels: None,
             instructions: None,
+            files: None,
             max_pixels: default_max_pixels(),
         }
     }
@@ -162,6 +176,10 @@ impl IngestStage {
         Ok(Self { config })
     }
 
+    fn jsonl_glob(&self) -> &str {
+        self.config.files.as_deref().unwrap_or("*.jsonl")
+    }
+
     fn root(&self, upstream: Option<&Path>) -> PathBuf {
         match (upstream, &self.config.root) {
             (Some(dir), Some(root)) => dir.join(root),
@@ -186,8 +204,17 @@ impl Stage for IngestStage {
             return vec![Input::Stage(from.clone())];
         }
         let root = self.root(None);
-        match mbeir::Files::resolve(&root, &self.config.layout()) {
-            Ok(files) if !files.all().is_empty() => vec![Input::Files(files.all())],
+        let files = match self.config.format {
+            Format::Mbeir => mbeir::Files::resolve(&root, &self.config.layout()).map(|f| f.all()),
+            Format::Flag | Format::Swift => mbeir::glob_files(&root, self.jsonl_glob()),
+            Format::Parquet => Ok(TABLES
+                .iter()
+                .map(|t| root.join(t))
+                .filter(|p| p.exists())
+                .collect()),
+        };
+        match files {
+            Ok(files) if !files.is_empty() => vec![Input::Files(files)],
             _ => vec![Input::Files(vec![root])],
         }
     }
@@ -221,27 +248,67 @@ impl Stage for IngestStage {
                 }
                 mbeir::read(&root, &files, ctx.seed(), &mut collection)?;
             }
+            Format::Flag | Format::Swift => {
+                let files = mbeir::glob_files(&root, self.jsonl_glob())?;
+                if files.is_empty() {
+                    return Err(Box::new(IngestError::Config(format!(
+                        "no input files matching {} under {}",
+                        self.jsonl_glob(),
+                        root.display()
+                    ))));
+                }
+                let split = self.config.split.as_deref().unwrap_or("train");
+                let parse = match self.config.format {
+                    Format::Flag => flag::parse,
+                    _ => swift::parse,
+                };
+                for file in &files {
+                    jsonl::read(&root, file, split, &mut collection, parse)?;
+                }
+            }
+            Format::Parquet => table::read(&root, &mut collection)?,
         }
-        let options = LoadOptions {
-            max_pixels: self.config.max_pixels,
-            ..LoadOptions::default()
+        let images = match self.config.format {
+            Format::Parquet => ImageSource::Table(Dataset::open(&root.join("images"))?),
+            _ => ImageSource::Files(ImageLoader::new(
+                &root,
+                LoadOptions {
+                    max_pixels: self.config.max_pixels,
+                    ..LoadOptions::default()
+                },
+            )?),
         };
-        write_outputs(ctx, &root, collection, options)?;
+        write_outputs(ctx, images, self.config.max_pixels, collection)?;
         Ok(())
     }
+}
+
+/// The datasets of the `parquet` format, under its root.
+const TABLES: [&str; 4] = ["corpus", "queries", "qrels", "images"];
+
+/// Where the images of the records come from: files named by the records, or an images dataset they key into.
+enum ImageSource {
+    Files(ImageLoader),
+    Table(Dataset),
 }
 
 /// Loads the images of the kept records, rejects the records whose image failed, and writes the four datasets.
 fn write_outputs(
     ctx: &mut StageContext,
-    root: &Path,
+    source: ImageSource,
+    max_pixels: u64,
     mut collection: Collection,
-    options: LoadOptions,
 ) -> Result<(), IngestError> {
     let references = distinct_images(&collection);
-    let loader = ImageLoader::new(root, options)?;
     let mut images = ctx.create_dataset("images", "images")?;
-    let resolved = images::load_and_write(ctx, &loader, &references, &mut images)?;
+    let resolved = match &source {
+        ImageSource::Files(loader) => {
+            images::load_and_write(ctx, loader, &references, &mut images)?
+        }
+        ImageSource::Table(input) => {
+            images::copy_from_table(ctx, input, &references, max_pixels, &mut images)?
+        }
+    };
     images.finish()?;
 
     let image_of =
@@ -306,7 +373,9 @@ fn write_outputs(
     qrel_writer.finish()?;
 
     ctx.add_records(collection.records);
-    collection.rejects.sort_by(|a, b| (&a.source, a.line).cmp(&(&b.source, b.line)));
+    collection
+        .rejects
+        .sort_by(|a, b| (&a.source, a.line).cmp(&(&b.source, b.line)));
     for r in collection.rejects {
         ctx.reject(r)?;
     }

@@ -1,0 +1,219 @@
+//! The other trainers' formats come in through the same door: FlagEmbedding jsonl, ms-swift reranker jsonl, and
+//! Parquet in umrank's own schema.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+
+use arrow::array::{Array, Int32Array, StringArray};
+use umrank::dataset::Dataset;
+use umrank::ingest::{Format, IngestConfig, IngestStage};
+use umrank::pipeline::{RejectPolicy, RunOptions, Runner, StageReport};
+
+fn ingest(config: IngestConfig, out: &Path) -> StageReport {
+    let options = RunOptions {
+        policy: RejectPolicy {
+            max_fraction: 0.5,
+            strict: false,
+        },
+        dirs: [("ingest".to_string(), out.to_path_buf())].into(),
+        ..Default::default()
+    };
+    let stage = IngestStage::new(config).unwrap();
+    Runner::new(
+        out.to_path_buf(),
+        1,
+        vec![("ingest".into(), Box::new(stage))],
+        options,
+    )
+    .run()
+    .unwrap()
+    .remove(0)
+}
+
+fn column(dir: &Path, name: &str) -> Vec<Option<String>> {
+    let mut out = Vec::new();
+    for batch in Dataset::open(dir).unwrap().batches().unwrap() {
+        let batch = batch.unwrap();
+        let col = batch.column_by_name(name).unwrap();
+        let col = col.as_any().downcast_ref::<StringArray>().unwrap();
+        out.extend((0..col.len()).map(|i| (!col.is_null(i)).then(|| col.value(i).to_string())));
+    }
+    out
+}
+
+/// (qid, did) -> relevance
+fn judgements(dir: &Path) -> BTreeMap<(String, String), i32> {
+    let mut out = BTreeMap::new();
+    for batch in Dataset::open(dir).unwrap().batches().unwrap() {
+        let batch = batch.unwrap();
+        let q = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        let d = batch
+            .column(1)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        let r = batch
+            .column(2)
+            .as_any()
+            .downcast_ref::<Int32Array>()
+            .unwrap();
+        for i in 0..batch.num_rows() {
+            out.insert((q.value(i).to_string(), d.value(i).to_string()), r.value(i));
+        }
+    }
+    out
+}
+
+fn png(shade: u8) -> Vec<u8> {
+    let img = image::RgbImage::from_pixel(6, 6, image::Rgb([shade, 0, 0]));
+    let mut bytes = Vec::new();
+    img.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )
+    .unwrap();
+    bytes
+}
+
+#[test]
+fn flag_embedding_jsonl_shares_documents_and_keeps_listed_negatives() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("in");
+    fs::create_dir_all(&root).unwrap();
+    let lines = [
+        r#"{"query": "what is rust", "pos": ["Rust is a language."], "neg": ["Rust is iron oxide.", "A crab."], "prompt": "Represent this query."}"#,
+        r#"{"query": "iron corrosion", "pos": ["Rust is iron oxide."], "neg": ["Rust is a language."]}"#,
+        r#"{"query": "", "pos": ["x"], "neg": []}"#,
+        r#"{"query": "broken"#,
+    ];
+    fs::write(root.join("train.jsonl"), lines.join("\n")).unwrap();
+    let out = dir.path().join("out");
+    let report = ingest(IngestConfig::new(Format::Flag, root), &out);
+    assert_eq!(report.rejects, 2, "the empty query and the broken line");
+
+    let texts = column(&out.join("corpus"), "text");
+    assert_eq!(
+        texts.len(),
+        3,
+        "three distinct documents; a rejected line adds none: {texts:?}"
+    );
+    assert_eq!(
+        column(&out.join("queries"), "qid"),
+        [Some("train:1".into()), Some("train:2".into())]
+    );
+    assert_eq!(
+        column(&out.join("queries"), "instruction"),
+        [Some("Represent this query.".into()), None]
+    );
+    let judged = judgements(&out.join("qrels"));
+    assert_eq!(judged.len(), 5);
+    let dids = column(&out.join("corpus"), "did");
+    let did_of = |text: &str| {
+        dids[texts
+            .iter()
+            .position(|t| t.as_deref() == Some(text))
+            .unwrap()]
+        .clone()
+        .unwrap()
+    };
+    assert_eq!(
+        judged[&("train:1".into(), did_of("Rust is a language."))],
+        1
+    );
+    assert_eq!(
+        judged[&("train:1".into(), did_of("Rust is iron oxide."))],
+        0
+    );
+    assert_eq!(
+        judged[&("train:2".into(), did_of("Rust is iron oxide."))],
+        1
+    );
+}
+
+#[test]
+fn ms_swift_jsonl_with_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("in");
+    fs::create_dir_all(root.join("img")).unwrap();
+    fs::write(root.join("img/q.png"), png(1)).unwrap();
+    fs::write(root.join("img/d.png"), png(2)).unwrap();
+    let lines = [
+        r#"{"messages": [{"role": "system", "content": "Find the matching photo."}, {"role": "user", "content": "<image>a red square"}], "images": ["img/q.png"], "positive_messages": [[{"role": "user", "content": "<image>"}]], "positive_images": [["img/d.png"]], "negative_messages": [[{"role": "user", "content": "a blue circle"}], [{"role": "user", "content": "<image>"}]], "negative_images": [[], ["img/missing.png"]]}"#,
+    ];
+    fs::write(root.join("rerank.jsonl"), lines.join("\n")).unwrap();
+    let out = dir.path().join("out");
+    let report = ingest(IngestConfig::new(Format::Swift, root), &out);
+    assert_eq!(report.rejects, 1, "the negative whose image is missing");
+
+    assert_eq!(
+        column(&out.join("queries"), "modality"),
+        [Some("image,text".into())]
+    );
+    assert_eq!(
+        column(&out.join("queries"), "instruction"),
+        [Some("Find the matching photo.".into())]
+    );
+    assert_eq!(
+        column(&out.join("queries"), "task"),
+        [Some("image,text->image".into())]
+    );
+    let modalities = column(&out.join("corpus"), "modality");
+    assert_eq!(modalities, [Some("image".into()), Some("text".into())]);
+    assert_eq!(
+        Dataset::open(&out.join("images"))
+            .unwrap()
+            .num_rows()
+            .unwrap(),
+        2
+    );
+    let judged = judgements(&out.join("qrels"));
+    assert_eq!(
+        judged
+            .values()
+            .copied()
+            .collect::<Vec<_>>()
+            .iter()
+            .sum::<i32>(),
+        1
+    );
+}
+
+#[test]
+fn parquet_in_our_schema_round_trips_and_revalidates_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("in");
+    fs::create_dir_all(root.join("img")).unwrap();
+    fs::write(root.join("img/q.png"), png(1)).unwrap();
+    fs::write(root.join("img/d.png"), png(2)).unwrap();
+    let lines = [
+        r#"{"messages": [{"role": "user", "content": "<image>"}], "images": ["img/q.png"], "positive_messages": [[{"role": "user", "content": "<image>red"}]], "positive_images": [["img/d.png"]], "negative_messages": [[{"role": "user", "content": "blue"}]]}"#,
+        r#"{"messages": [{"role": "user", "content": "green"}], "positive_messages": [[{"role": "user", "content": "blue"}]]}"#,
+    ];
+    fs::write(root.join("a.jsonl"), lines.join("\n")).unwrap();
+    let first = dir.path().join("first");
+    ingest(IngestConfig::new(Format::Swift, root), &first);
+
+    let second = dir.path().join("second");
+    let report = ingest(IngestConfig::new(Format::Parquet, first.clone()), &second);
+    assert_eq!(report.rejects, 0);
+    for (dataset, col) in [
+        ("corpus", "did"),
+        ("queries", "qid"),
+        ("images", "image_id"),
+    ] {
+        assert_eq!(
+            column(&first.join(dataset), col),
+            column(&second.join(dataset), col),
+            "{dataset}"
+        );
+    }
+    assert_eq!(
+        judgements(&first.join("qrels")),
+        judgements(&second.join("qrels"))
+    );
+}
