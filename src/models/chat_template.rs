@@ -77,22 +77,23 @@ pub enum ChatTemplateError {
         name: String,
         available: Vec<String>,
     },
-    #[error("chat template {name:?} of {}: {source:#}", path.display())]
+    #[error("chat template {name:?} of {}: {source}", path.display())]
     Syntax {
         path: PathBuf,
         name: String,
         #[source]
         source: Error,
     },
-    #[error("chat template {name:?} of {}: rendering failed: {source:#}", path.display())]
+    #[error("chat template {name:?} of {}: rendering failed: {source}", path.display())]
     Render {
         path: PathBuf,
         name: String,
         #[source]
         source: Error,
     },
-    #[error("chat messages are not valid JSON: {source}")]
-    Messages {
+    #[error("chat {what} are not valid JSON: {source}")]
+    InputJson {
+        what: &'static str,
         #[source]
         source: serde_json::Error,
     },
@@ -180,8 +181,11 @@ impl Chat {
     /// Python keeps it, because `tojson` writes keys in that order; keys whose value is null are dropped, as
     /// transformers drops them.
     pub fn from_json(messages: &str) -> Result<Self, ChatTemplateError> {
-        let value: Value = serde_json::from_str(messages)
-            .map_err(|source| ChatTemplateError::Messages { source })?;
+        let value: Value =
+            serde_json::from_str(messages).map_err(|source| ChatTemplateError::InputJson {
+                what: "messages",
+                source,
+            })?;
         if value.kind() != ValueKind::Seq {
             return Err(ChatTemplateError::MessageShape {
                 what: format!("got a {}", value.kind()),
@@ -216,7 +220,10 @@ impl Chat {
     /// Tool schemas as a JSON list, key order kept.
     pub fn with_tools_json(mut self, tools: &str) -> Result<Self, ChatTemplateError> {
         let value: Value =
-            serde_json::from_str(tools).map_err(|source| ChatTemplateError::Messages { source })?;
+            serde_json::from_str(tools).map_err(|source| ChatTemplateError::InputJson {
+                what: "tools",
+                source,
+            })?;
         self.tools = Some(value);
         Ok(self)
     }
@@ -259,7 +266,7 @@ pub struct ChatTemplate {
 
 impl ChatTemplate {
     /// Compiles `source` as transformers would. `path` and `name` only label errors.
-    pub fn new(
+    fn compile(
         name: &str,
         path: &Path,
         source: &str,
@@ -347,7 +354,9 @@ impl ChatTemplates {
         let (path, sources) = find_sources(dir, &config_path, config.as_ref())?;
         let templates = sources
             .into_iter()
-            .map(|(name, source)| ChatTemplate::new(&name, &path, &source, special_tokens.clone()))
+            .map(|(name, source)| {
+                ChatTemplate::compile(&name, &path, &source, special_tokens.clone())
+            })
             .collect::<Result<_, _>>()?;
         Ok(Self { path, templates })
     }

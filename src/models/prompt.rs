@@ -52,6 +52,7 @@ pub enum PromptError {
     },
     #[error("the {owner} image has no vision tokens (n = 0)")]
     EmptyImage { owner: ImageOwner },
+    /// `image_tokens` counts each image's pad tokens and its two vision markers.
     #[error(
         "the prompt needs {fixed} tokens ({image_tokens} of them image tokens) before any text, over the budget of {max_len}"
     )]
@@ -216,6 +217,7 @@ impl PromptGroup {
     }
 
     /// The ids of document `index` after the shared prefix; never empty (it holds at least the assistant header).
+    /// Panics when `index` is not below `prompts.len()`, as slice indexing does.
     pub fn suffix(&self, index: usize) -> &[u32] {
         &self.prompts[index].ids[self.prefix_len..]
     }
@@ -302,7 +304,7 @@ impl<'t> PromptBuilder<'t> {
         if fixed.ids.len() > max_len {
             return Err(PromptError::TooLong {
                 fixed: fixed.ids.len(),
-                image_tokens: fixed.images.iter().map(|span| span.len).sum(),
+                image_tokens: fixed.images.iter().map(|span| span.len + 2).sum(),
                 max_len,
             });
         }
