@@ -6,12 +6,16 @@
 
 pub mod activation;
 pub mod attention;
+pub mod chat_template;
 pub mod gradcheck;
 pub mod layer_error;
 pub mod mask;
 pub mod norm;
 pub mod packed;
 pub mod precision;
+pub mod prompt;
+pub mod pyjson;
 pub mod qwen2_vl;
 pub mod rope;
 pub mod softmax;
+pub mod tokenizer;
