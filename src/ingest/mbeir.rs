@@ -150,8 +150,29 @@ fn split_of(path: &Path) -> String {
 }
 
 fn read_pool(root: &Path, path: &Path, out: &mut Collection) -> Result<(), IngestError> {
-    let file = relative(root, path);
     let dataset = dataset_name(path, "_cand_pool");
+    each_json_line(
+        root,
+        path,
+        out,
+        |row: PoolLine, origin, key, out| match pool_doc(row, &dataset, origin.clone()) {
+            Ok(doc) => out.add_doc(doc),
+            Err((id, reason, detail)) => {
+                out.reject_line(id.as_deref().unwrap_or(&key), &origin, reason, detail)
+            }
+        },
+    )
+}
+
+/// Reads a jsonl file of `T` rows, rejecting lines that are not UTF-8 or not a `T`, and hands every other row to
+/// `f` with its origin and the shard key for rejects that carry no id.
+fn each_json_line<T: serde::de::DeserializeOwned>(
+    root: &Path,
+    path: &Path,
+    out: &mut Collection,
+    mut f: impl FnMut(T, Origin, String, &mut Collection),
+) -> Result<(), IngestError> {
+    let file = relative(root, path);
     for line in read_lines(path)? {
         let origin = Origin {
             file: file.clone(),
@@ -159,20 +180,11 @@ fn read_pool(root: &Path, path: &Path, out: &mut Collection) -> Result<(), Inges
         };
         let key = format!("{file}:{}", line.number);
         let parsed = line.text.map_err(|e| ("invalid_utf8", e)).and_then(|t| {
-            serde_json::from_str::<PoolLine>(&t).map_err(|e| ("malformed_json", e.to_string()))
+            serde_json::from_str::<T>(&t).map_err(|e| ("malformed_json", e.to_string()))
         });
-        let row = match parsed {
-            Ok(row) => row,
-            Err((reason, detail)) => {
-                out.reject_line(&key, &origin, reason, detail);
-                continue;
-            }
-        };
-        match pool_doc(row, &dataset, origin.clone()) {
-            Ok(doc) => out.add_doc(doc),
-            Err((id, reason, detail)) => {
-                out.reject_line(id.as_deref().unwrap_or(&key), &origin, reason, detail)
-            }
+        match parsed {
+            Ok(row) => f(row, origin, key, out),
+            Err((reason, detail)) => out.reject_line(&key, &origin, reason, detail),
         }
     }
     Ok(())
@@ -206,25 +218,9 @@ fn read_queries(
     instructions: &Instructions,
     out: &mut Collection,
 ) -> Result<(), IngestError> {
-    let file = relative(root, path);
     let split = split_of(path);
     let dataset = dataset_name(path, &format!("_{split}"));
-    for line in read_lines(path)? {
-        let origin = Origin {
-            file: file.clone(),
-            line: line.number,
-        };
-        let key = format!("{file}:{}", line.number);
-        let parsed = line.text.map_err(|e| ("invalid_utf8", e)).and_then(|t| {
-            serde_json::from_str::<QueryLine>(&t).map_err(|e| ("malformed_json", e.to_string()))
-        });
-        let row = match parsed {
-            Ok(row) => row,
-            Err((reason, detail)) => {
-                out.reject_line(&key, &origin, reason, detail);
-                continue;
-            }
-        };
+    each_json_line(root, path, out, |row: QueryLine, origin, key, out| {
         let positives = row.pos_cand_list.clone();
         match query_of(row, &dataset, &split, origin.clone(), out) {
             Ok(mut query) => {
@@ -244,8 +240,7 @@ fn read_queries(
                 out.reject_line(id.as_deref().unwrap_or(&key), &origin, reason, detail)
             }
         }
-    }
-    Ok(())
+    })
 }
 
 fn query_of(

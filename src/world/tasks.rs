@@ -11,27 +11,7 @@ use super::caption::{caption, instruction, CaptionStyle, INSTRUCTION_TEMPLATES};
 use super::config::Split;
 use super::family::Family;
 use super::plan::PlacedScene;
-
-/// What a query or candidate consists of, spelled as M-BEIR spells it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Modality {
-    #[serde(rename = "text")]
-    Text,
-    #[serde(rename = "image")]
-    Image,
-    #[serde(rename = "image,text")]
-    ImageText,
-}
-
-impl Modality {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Modality::Text => "text",
-            Modality::Image => "image",
-            Modality::ImageText => "image,text",
-        }
-    }
-}
+pub use crate::modality::Modality;
 
 /// A task of the world; each is one M-BEIR dataset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
