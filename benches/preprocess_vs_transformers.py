@@ -107,9 +107,9 @@ def main():
     ours = run_ours()
     theirs = run_transformers(images)
     print()
-    print(f"umrank (Rust):            {ours:8.1} images/s per core")
-    print(f"transformers (Python):    {theirs:8.1} images/s per core")
-    print(f"ratio:                    {ours / theirs:8.1}x")
+    print(f"umrank (Rust):            {ours:8.1f} images/s per core")
+    print(f"transformers (Python):    {theirs:8.1f} images/s per core")
+    print(f"ratio:                    {ours / theirs:8.1f}x")
     print(f"DESIGN.md bar (240/s):    {'met' if ours >= 240 else 'NOT met'}")
 
 
