@@ -5,6 +5,7 @@ pub mod fetch;
 pub mod loader;
 mod local;
 pub mod locator;
+pub mod preprocess;
 pub mod record;
 pub mod reject;
 mod truncation;
