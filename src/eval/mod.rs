@@ -1,0 +1,23 @@
+//! Evaluation of ranked runs: TREC files, retrieval metrics equal to trec_eval's, macro averages and a paired
+//! significance test.
+//!
+//! The eval stage reads the qrels and the runs before and after reranking ([`read_qrels`], [`read_run`]),
+//! evaluates each ([`evaluate`] with [`Metric::DEFAULT`]), macro-averages per task ([`macro_average`]) and tests
+//! the difference ([`paired_values`], [`randomisation_test`]). Values equal `trec_eval -c` / pytrec_eval on the
+//! same files; the conventions are in [`metrics`].
+
+mod error;
+pub mod macro_average;
+pub mod metrics;
+pub mod significance;
+pub mod trec;
+
+pub use error::EvalError;
+pub use macro_average::{macro_average, MacroAverage};
+pub use metrics::{evaluate, Evaluation, Metric};
+pub use significance::{
+    paired_values, randomisation_test, RandomisationTest, DEFAULT_PERMUTATIONS,
+};
+pub use trec::{
+    parse_qrels, parse_run, ranked_documents, read_qrels, read_run, write_run, Qrels, Run,
+};
