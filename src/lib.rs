@@ -16,6 +16,7 @@ pub mod digest;
 pub mod ingest;
 pub mod inspect;
 pub mod media;
+pub mod mine;
 pub mod models;
 pub mod pipeline;
 pub mod progress;

@@ -1,0 +1,19 @@
+//! Hard-negative mining: exact top-k retrieval, the positive-aware false-negative filter, negative sampling and
+//! the statistics the mine stage reports (DESIGN §5).
+//!
+//! Everything here is a pure function over in-memory f32 matrices and document indices; the stage reads the
+//! embeddings and qrels datasets and writes candidates and negatives. Documents are numbered `0..N` over the
+//! whole corpus; [`DocOrder`] ranks their ids, which breaks score ties the way trec_eval does.
+
+mod error;
+mod kernel;
+mod matrix;
+mod order;
+mod select;
+pub mod topk;
+
+pub use error::MineError;
+pub use matrix::Matrix;
+pub use order::DocOrder;
+pub use select::Hit;
+pub use topk::{exact_top_k, merge_top_k, CorpusPart, Exclusions, TopKConfig};
