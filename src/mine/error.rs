@@ -44,9 +44,9 @@ pub enum MineError {
         end: usize,
         known: usize,
     },
-    #[error("query {query}: document index {doc} is out of range (corpus has {known} documents)")]
+    #[error("{context}: document index {doc} is out of range (corpus has {known} documents)")]
     DocOutOfRange {
-        query: usize,
+        context: String,
         doc: u32,
         known: usize,
     },

@@ -6,14 +6,23 @@
 //! whole corpus; [`DocOrder`] ranks their ids, which breaks score ties the way trec_eval does.
 
 mod error;
+pub mod filter;
 mod kernel;
 mod matrix;
 mod order;
+pub mod sample;
 mod select;
+pub mod stats;
 pub mod topk;
 
 pub use error::MineError;
+pub use filter::{filter_candidates, Candidate, FilterConfig, FilterKind, Filtered};
 pub use matrix::Matrix;
 pub use order::DocOrder;
+pub use sample::{
+    sample_negatives, Group, Negative, NegativeKind, QueryInput, QueryNegatives, RandomPool,
+    SampleConfig,
+};
 pub use select::Hit;
+pub use stats::{DropCounts, MiningStats, ScoreSummary, StatsBuilder};
 pub use topk::{exact_top_k, merge_top_k, CorpusPart, Exclusions, TopKConfig};

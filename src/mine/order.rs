@@ -57,13 +57,17 @@ impl DocOrder {
         self.doc_at[rank as usize]
     }
 
-    /// Fails unless `doc` is one of the ordered documents; `query` names the list it came from.
-    pub(crate) fn check(&self, query: usize, doc: u32) -> Result<(), MineError> {
+    /// Fails unless `doc` is one of the ordered documents; `context` names where it came from.
+    pub(crate) fn check(
+        &self,
+        doc: u32,
+        context: impl FnOnce() -> String,
+    ) -> Result<(), MineError> {
         if (doc as usize) < self.len() {
             Ok(())
         } else {
             Err(MineError::DocOutOfRange {
-                query,
+                context: context(),
                 doc,
                 known: self.len(),
             })

@@ -146,7 +146,7 @@ impl Exclusions {
         }
         for (query, list) in self.lists.iter().enumerate() {
             if let Some(&last) = list.last() {
-                order.check(query, last)?;
+                order.check(last, || format!("exclusions of query {query}"))?;
             }
         }
         Ok(())
@@ -232,7 +232,7 @@ pub fn merge_top_k(
             let mut hits: Vec<Ranked> = Vec::new();
             for part in parts {
                 for hit in &part[query] {
-                    order.check(query, hit.doc)?;
+                    order.check(hit.doc, || format!("top-k list of query {query}"))?;
                     hits.push(Ranked {
                         score: hit.score,
                         tie: order.rank(hit.doc),
