@@ -65,19 +65,15 @@ impl<'a> Matrix<'a> {
     /// bound this proves up front that no inner product can overflow, so scores are always finite and totally
     /// ordered.
     pub fn max_abs(&self) -> Result<f32, MineError> {
-        // A branch-free pass that vectorises; the position of a bad value is searched only when there is one.
-        let (max, finite) = self
+        // With the sign bit cleared, integer order is float order, and infinities and NaNs sit above every finite
+        // value: one integer max (which vectorises) both bounds the values and detects bad ones.
+        const INFINITY_BITS: u32 = 0x7f80_0000;
+        let max_bits = self
             .data
             .iter()
-            .fold((0.0f32, true), |(max, finite), &value| {
-                let abs = value.abs();
-                (
-                    if abs > max { abs } else { max },
-                    finite & (abs <= f32::MAX),
-                )
-            });
-        if finite {
-            return Ok(max);
+            .fold(0u32, |max, value| max.max(value.to_bits() & 0x7fff_ffff));
+        if max_bits < INFINITY_BITS {
+            return Ok(f32::from_bits(max_bits));
         }
         let index = self
             .data
@@ -109,4 +105,32 @@ pub(crate) fn check_score_range(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_abs_bounds_values_and_locates_the_first_bad_one() {
+        let values = [0.5f32, -3.0, 2.0, -0.0, 1e-40];
+        assert_eq!(Matrix::new("m", &values, 5).unwrap().max_abs(), Ok(3.0));
+        assert_eq!(Matrix::new("m", &[], 3).unwrap().max_abs(), Ok(0.0));
+        for (bad, row, column) in [(f32::NEG_INFINITY, 1, 0), (f32::NAN, 0, 2)] {
+            let mut values = [1.0f32; 6];
+            values[row * 3 + column] = bad;
+            values[5] = f32::INFINITY;
+            let error = Matrix::new("m", &values, 3).unwrap().max_abs().unwrap_err();
+            assert!(
+                matches!(error, MineError::NonFinite { what: "m", row: r, column: c, .. } if r == row && c == column),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn overflow_bound() {
+        assert!(check_score_range(1.0, 1.0, 4096).is_ok());
+        assert!(check_score_range(1e18, 1e18, 1024).is_err());
+    }
 }

@@ -396,11 +396,17 @@ impl QueryBlock {
 }
 
 /// Bit i is set when `scores[i]` reaches `thresholds[i]` (16 lanes). Thresholds only rise, so a mask taken before
-/// a row's offers is a superset of the lanes that can still enter; each offer rechecks exactly.
+/// a row's offers is a superset of the lanes that can still enter; each offer rechecks exactly. Most groups have
+/// no lane that reaches, which the first (vectorised) test settles.
 fn reaching(scores: &[f32], thresholds: &[f32]) -> u32 {
-    scores
-        .iter()
-        .zip(thresholds)
+    let pairs = scores.iter().zip(thresholds);
+    if !pairs
+        .clone()
+        .fold(false, |any, (score, threshold)| any | (score >= threshold))
+    {
+        return 0;
+    }
+    pairs
         .enumerate()
         .fold(0u32, |mask, (lane, (score, threshold))| {
             mask | (u32::from(score >= threshold) << lane)
