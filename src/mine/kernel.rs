@@ -37,33 +37,21 @@ pub(crate) enum Isa {
 }
 
 impl Isa {
+    /// The fastest path this CPU supports.
     pub(crate) fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                return Isa::Avx512;
-            }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                return Isa::Avx2;
-            }
-        }
-        Isa::Portable
+        Self::supported()[0]
     }
 
-    /// Every path this machine can run, fastest first (tests check that they agree bit for bit).
-    #[cfg(test)]
-    pub(crate) fn available() -> Vec<Self> {
+    /// Every path this CPU can run, fastest first (tests check that they agree bit for bit).
+    pub(crate) fn supported() -> Vec<Self> {
         let mut all = Vec::new();
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f") {
+            use std::arch::is_x86_feature_detected;
+            if is_x86_feature_detected!("avx512f") {
                 all.push(Isa::Avx512);
             }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
                 all.push(Isa::Avx2);
             }
         }
@@ -181,9 +169,10 @@ pub(crate) fn score_block(
                     live,
                     accumulate: start > 0,
                 };
-                // SAFETY: the document tile holds depth x TILE_ROWS values, the panel depth x PANEL values, and the live output rows `first..first + live` each have PANEL
-                // writable values at `out_offset + i * width` inside `scores` (asserted length rows x width).
-                // The ISA was detected on this machine.
+                // SAFETY: the document tile holds depth x TILE_ROWS values and the panel depth x PANEL
+                // values (both sliced above); the live output rows `first..first + live` each have PANEL
+                // writable values at `out_offset + i * width`, inside `scores` (asserted to hold
+                // rows x width). The ISA came from detection on this CPU.
                 unsafe { tile.run(isa) };
             }
         }
@@ -203,8 +192,8 @@ struct Tile {
 
 impl Tile {
     /// # Safety
-    /// `docs` must have `depth x TILE_ROWS` readable values, `panel` `depth x PANEL`, `out + i * out_stride` `PANEL`
-    /// writable values for `i < live`, and `isa` must be supported by this CPU.
+    /// `docs` must have `depth x TILE_ROWS` readable values, `panel` `depth x PANEL`, `out + i * out_stride`
+    /// `PANEL` writable values for `i < live`, and `isa` must be supported by this CPU.
     unsafe fn run(&self, isa: Isa) {
         match isa {
             #[cfg(target_arch = "x86_64")]
@@ -388,7 +377,7 @@ mod tests {
             let packed = PackedQueries::pack(&q);
             let mut packed_docs = PackedDocs::default();
             packed_docs.pack(&d);
-            for isa in Isa::available() {
+            for isa in Isa::supported() {
                 let mut scores = vec![f32::NAN; docs * packed.width()];
                 score_block(isa, &packed_docs, &packed, &mut scores);
                 for row in 0..docs {

@@ -177,59 +177,97 @@ pub fn sample_negatives(
     mut score: impl FnMut(u32) -> Result<f32, MineError>,
 ) -> Result<QueryNegatives, MineError> {
     config.validate()?;
+    check_docs(query, order)?;
+    // Positives in id order, so that groups draw from the stream in the same order on every shard.
+    let mut positives = query.positives.to_vec();
+    positives.sort_unstable_by_key(|&doc| order.rank(doc));
+    positives.dedup();
+    let sources = Sources::new(query.filtered, &positives);
+    let mut rng = query_rng(config.seed, query.qid);
+    let groups = positives
+        .iter()
+        .map(|&positive| sources.group(positive, &mut rng, pool, order, config, &mut score))
+        .collect::<Result<_, _>>()?;
+    Ok(QueryNegatives {
+        groups,
+        filter: query.filtered.config,
+        ceiling: query.filtered.ceiling,
+    })
+}
+
+/// Every document index the query names must be in the corpus.
+fn check_docs(query: &QueryInput<'_>, order: &DocOrder) -> Result<(), MineError> {
     for &doc in query.positives {
         order.check(doc, || format!("positives of query {}", query.qid))?;
     }
     let filtered = query.filtered;
-    let candidates = filtered
-        .eligible
-        .iter()
-        .chain(filtered.dropped.iter().map(|(candidate, _)| candidate));
-    for candidate in candidates {
+    let dropped = filtered.dropped.iter().map(|(candidate, _)| candidate);
+    for candidate in filtered.eligible.iter().chain(dropped) {
         order.check(candidate.doc, || {
             format!("candidates of query {}", query.qid)
         })?;
     }
-    let mut positives = query.positives.to_vec();
-    positives.sort_unstable_by_key(|&doc| order.rank(doc));
-    positives.dedup();
-    let mut positive_set = positives.clone();
-    positive_set.sort_unstable();
+    Ok(())
+}
 
-    let hard_pool: Vec<&Candidate> = query
-        .filtered
-        .eligible
-        .iter()
-        .filter(|candidate| positive_set.binary_search(&candidate.doc).is_err())
-        .collect();
-    let suspects = query
-        .filtered
-        .dropped
-        .iter()
-        .filter(|(_, kind)| *kind != FilterKind::RankWindow)
-        .map(|(candidate, _)| candidate.doc);
-    let blocked_base: Vec<u32> = positive_set.iter().copied().chain(suspects).collect();
+/// What a query's groups sample from.
+struct Sources<'a> {
+    /// Eligible candidates that are not positives, in rank order.
+    hard: Vec<&'a Candidate>,
+    /// Sorted documents no random negative may be: the positives and the suspected false negatives (dropped by a
+    /// score rule; the rank window says nothing about them).
+    blocked: Vec<u32>,
+}
 
-    let (hard_wanted, random_wanted) = config.split();
-    let mut rng = query_rng(config.seed, query.qid);
-    let mut groups = Vec::with_capacity(positives.len());
-    for &positive in &positives {
-        let mut picks = choose(&mut rng, hard_pool.len(), hard_wanted);
+impl<'a> Sources<'a> {
+    fn new(filtered: &'a Filtered, positives: &[u32]) -> Self {
+        let mut blocked = positives.to_vec();
+        blocked.sort_unstable();
+        let hard = filtered
+            .eligible
+            .iter()
+            .filter(|candidate| blocked.binary_search(&candidate.doc).is_err())
+            .collect();
+        let suspects = filtered
+            .dropped
+            .iter()
+            .filter(|(_, kind)| *kind != FilterKind::RankWindow)
+            .map(|(candidate, _)| candidate.doc);
+        blocked.extend(suspects);
+        blocked.sort_unstable();
+        blocked.dedup();
+        Self { hard, blocked }
+    }
+
+    /// One positive's negatives: its hard picks (in rank order), then its random draws.
+    fn group(
+        &self,
+        positive: u32,
+        rng: &mut ChaCha8Rng,
+        pool: &RandomPool,
+        order: &DocOrder,
+        config: &SampleConfig,
+        score: &mut impl FnMut(u32) -> Result<f32, MineError>,
+    ) -> Result<Group, MineError> {
+        let (hard_wanted, random_wanted) = config.split();
+        let mut picks = choose(rng, self.hard.len(), hard_wanted);
         picks.sort_unstable();
         let mut negatives: Vec<Negative> = picks
             .iter()
             .map(|&index| Negative {
-                doc: hard_pool[index].doc,
+                doc: self.hard[index].doc,
                 kind: NegativeKind::Hard,
-                score: hard_pool[index].score,
-                rank: Some(hard_pool[index].rank),
+                score: self.hard[index].score,
+                rank: Some(self.hard[index].rank),
             })
             .collect();
-        let mut blocked = blocked_base.clone();
+        let mut blocked = self.blocked.clone();
         blocked.extend(negatives.iter().map(|negative| negative.doc));
         blocked.sort_unstable();
         blocked.dedup();
-        for doc in draw_random(&mut rng, pool, order, &blocked, random_wanted) {
+        let randoms = draw_random(rng, pool, order, &blocked, random_wanted);
+        let random_found = randoms.len();
+        for doc in randoms {
             negatives.push(Negative {
                 doc,
                 kind: NegativeKind::Random,
@@ -237,19 +275,13 @@ pub fn sample_negatives(
                 rank: None,
             });
         }
-        let random_found = negatives.len() - picks.len();
-        groups.push(Group {
+        Ok(Group {
             positive,
             negatives,
             short_hard: hard_wanted - picks.len(),
             short_random: random_wanted - random_found,
-        });
+        })
     }
-    Ok(QueryNegatives {
-        groups,
-        filter: query.filtered.config,
-        ceiling: query.filtered.ceiling,
-    })
 }
 
 /// The query's own random stream: a stable hash of (seed, qid), so shards agree.

@@ -4,12 +4,13 @@
 //! [`kernel`](super::kernel). Queries are cut into blocks that rayon spreads over the threads; a block scores the
 //! chunk into its thread's buffer of `query_block x chunk_docs` values (the only score memory there is: the full
 //! Q x N matrix never exists) and feeds the scores that reach a query's current threshold to its
-//! [running top-k](super::select). A corpus may
-//! also be split into parts (one per machine or process); [`merge_top_k`] combines their lists. Chunked, sharded
-//! and single-pass runs return identical lists, ties included, because every score is computed the same way
-//! whatever the split and the ranking order (score descending, then document id descending) is total.
+//! [running top-k](super::select). A corpus may also be split into parts (one per machine or process);
+//! [`merge_top_k`] combines their lists. Chunked, sharded and single-pass runs return identical lists, ties
+//! included, because every score is computed the same way whatever the split and the ranking order (score
+//! descending, then document id descending) is total.
 
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 
 use super::error::MineError;
 use super::kernel::{self, Isa, PackedDocs, PackedQueries, PANEL};
@@ -17,8 +18,10 @@ use super::matrix::{check_score_range, Matrix};
 use super::order::DocOrder;
 use super::select::{Hit, Ranked, RunningTopK};
 
-/// How much to keep and how to cut the work. Memory for scores is `query_block x chunk_docs` f32 per thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How much to keep and how to cut the work. Memory for scores is `query_block x chunk_docs` f32 per thread, plus
+/// one packed chunk of `chunk_docs` document vectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct TopKConfig {
     /// Hits kept per query.
     pub k: usize,
