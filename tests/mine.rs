@@ -991,3 +991,26 @@ fn statistics_equal_hand_computed_values() {
     assert_eq!(json["positives"]["p95"], 0.95);
     assert!(json["hard_negatives"]["count"] == 3 && json["random_negatives"]["mean"].is_f64());
 }
+
+#[test]
+fn queries_beyond_one_wave_match_brute_force() {
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    let (docs, dim, queries_n) = (40, 3, 8192 + 300);
+    let corpus = vectors(&mut rng, docs, dim, true);
+    let queries = vectors(&mut rng, queries_n, dim, true);
+    let ids = shuffled_ids(&mut rng, docs);
+    let order = DocOrder::from_ids(&ids).unwrap();
+    let gold: Vec<Vec<u32>> = (0..queries_n)
+        .map(|query| vec![(query % docs) as u32])
+        .collect();
+    let exclusions = Exclusions::new(gold.clone());
+    let problem = Problem {
+        queries: Matrix::new("queries", &queries, dim).unwrap(),
+        corpus: &corpus,
+        dim,
+        order: &order,
+        exclusions: &exclusions,
+    };
+    let expected = brute_force(&queries, &corpus, dim, &ids, &gold, 5);
+    assert_same(&problem.whole(&config(5, 16, 256)), &expected, "waves");
+}

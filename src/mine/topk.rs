@@ -156,6 +156,11 @@ impl Exclusions {
     }
 }
 
+/// Queries searched at once. Their packed copies and running lists (`dim + 2k` values each) are the transient
+/// memory that grows with the query count; beyond a wave the corpus is simply walked again, which costs a
+/// packing pass per chunk (well under 1% next to scoring this many queries).
+const WAVE_QUERIES: usize = 8192;
+
 /// The `config.k` best documents of `corpus` for each query, best first, leaving out each query's exclusions.
 /// `order` ranks the ids of the whole corpus (it breaks ties); rayon's current pool sets the threads.
 pub fn exact_top_k(
@@ -168,44 +173,19 @@ pub fn exact_top_k(
     config.validate()?;
     exclusions.validate(queries.rows(), order)?;
     validate_inputs(queries, corpus, order)?;
-    let isa = Isa::detect();
-    let size = query_block_size(queries.rows(), config.query_block);
-    let mut blocks: Vec<QueryBlock> = (0..queries.rows())
-        .step_by(size)
-        .map(|start| {
-            QueryBlock::new(
-                start,
-                &queries.rows_range(start, (start + size).min(queries.rows())),
-                config.k,
-            )
-        })
-        .collect();
-    // One score buffer per thread: each thread takes a fixed run of blocks per chunk.
-    let threads = rayon::current_num_threads().clamp(1, blocks.len().max(1));
-    let per_thread = blocks.len().div_ceil(threads).max(1);
-    let mut buffers = vec![Vec::new(); threads];
-    let mut docs = PackedDocs::default();
-    let vectors = corpus.vectors();
-    for start in (0..vectors.rows()).step_by(config.chunk_docs) {
-        let end = (start + config.chunk_docs).min(vectors.rows());
-        docs.pack(&vectors.rows_range(start, end));
-        let chunk = Chunk {
-            isa,
-            docs: &docs,
-            first_doc: corpus.first_doc() + start,
-            order,
-            exclusions,
-        };
-        blocks
-            .par_chunks_mut(per_thread)
-            .zip(buffers.par_iter_mut())
-            .for_each(|(blocks, scores)| {
-                for block in blocks {
-                    block.search(&chunk, scores);
-                }
-            });
+    let search = Search {
+        isa: Isa::detect(),
+        corpus,
+        order,
+        exclusions,
+        config,
+    };
+    let mut hits = Vec::with_capacity(queries.rows());
+    for start in (0..queries.rows()).step_by(WAVE_QUERIES) {
+        let end = (start + WAVE_QUERIES).min(queries.rows());
+        hits.extend(search.wave(start, &queries.rows_range(start, end)));
     }
-    Ok(blocks.into_iter().flat_map(QueryBlock::into_hits).collect())
+    Ok(hits)
 }
 
 /// Merges the top-k lists that several corpus parts produced for the same queries into the lists one search over
@@ -321,6 +301,60 @@ fn max_abs_parallel(matrix: &Matrix<'_>) -> Result<f32, MineError> {
 fn query_block_size(queries: usize, configured: usize) -> usize {
     let per_thread = queries.div_ceil(rayon::current_num_threads()).max(1);
     configured.min(per_thread).next_multiple_of(PANEL)
+}
+
+/// What every wave of queries shares.
+struct Search<'a> {
+    isa: Isa,
+    corpus: &'a CorpusPart<'a>,
+    order: &'a DocOrder,
+    exclusions: &'a Exclusions,
+    config: &'a TopKConfig,
+}
+
+impl Search<'_> {
+    /// The top-k lists of queries `first_query..first_query + queries.rows()`: the corpus is walked chunk by
+    /// chunk, each chunk packed once and scored by every query block, the blocks spread over the threads.
+    fn wave(&self, first_query: usize, queries: &Matrix<'_>) -> Vec<Vec<Hit>> {
+        let size = query_block_size(queries.rows(), self.config.query_block);
+        let mut blocks: Vec<QueryBlock> = (0..queries.rows())
+            .step_by(size)
+            .map(|start| {
+                let end = (start + size).min(queries.rows());
+                QueryBlock::new(
+                    first_query + start,
+                    &queries.rows_range(start, end),
+                    self.config.k,
+                )
+            })
+            .collect();
+        // One score buffer per thread: each thread takes a fixed run of blocks per chunk.
+        let threads = rayon::current_num_threads().clamp(1, blocks.len().max(1));
+        let per_thread = blocks.len().div_ceil(threads).max(1);
+        let mut buffers = vec![Vec::new(); threads];
+        let mut docs = PackedDocs::default();
+        let vectors = self.corpus.vectors();
+        for start in (0..vectors.rows()).step_by(self.config.chunk_docs) {
+            let end = (start + self.config.chunk_docs).min(vectors.rows());
+            docs.pack(&vectors.rows_range(start, end));
+            let chunk = Chunk {
+                isa: self.isa,
+                docs: &docs,
+                first_doc: self.corpus.first_doc() + start,
+                order: self.order,
+                exclusions: self.exclusions,
+            };
+            blocks
+                .par_chunks_mut(per_thread)
+                .zip(buffers.par_iter_mut())
+                .for_each(|(blocks, scores)| {
+                    for block in blocks {
+                        block.search(&chunk, scores);
+                    }
+                });
+        }
+        blocks.into_iter().flat_map(QueryBlock::into_hits).collect()
+    }
 }
 
 /// One scored chunk of the corpus, as every query block sees it.
