@@ -18,6 +18,7 @@ pub mod ingest;
 pub mod inspect;
 pub mod media;
 pub mod modality;
+pub mod mine;
 pub mod models;
 pub mod pipeline;
 pub mod progress;

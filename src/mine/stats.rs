@@ -1,0 +1,231 @@
+//! The statistics table the mine stage prints and saves: are the hard negatives harder than the random ones,
+//! how far below the positives do they sit, and how much did the filter throw away.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::filter::{FilterKind, Filtered};
+use super::sample::{NegativeKind, QueryNegatives};
+
+/// Summary of a score distribution. Quantiles interpolate linearly between order statistics (numpy's default:
+/// the p-quantile of n sorted values sits at position p x (n - 1)).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoreSummary {
+    pub count: usize,
+    pub min: f64,
+    pub p5: f64,
+    pub p25: f64,
+    pub p50: f64,
+    pub p75: f64,
+    pub p95: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+impl ScoreSummary {
+    /// `None` for no scores.
+    pub fn of(scores: &[f32]) -> Option<Self> {
+        if scores.is_empty() {
+            return None;
+        }
+        let mut sorted: Vec<f64> = scores.iter().map(|&score| f64::from(score)).collect();
+        sorted.sort_unstable_by(f64::total_cmp);
+        let quantile = |p: f64| {
+            let position = p * (sorted.len() - 1) as f64;
+            let below = position.floor() as usize;
+            let above = (below + 1).min(sorted.len() - 1);
+            sorted[below] + (position - below as f64) * (sorted[above] - sorted[below])
+        };
+        Some(Self {
+            count: sorted.len(),
+            min: sorted[0],
+            p5: quantile(0.05),
+            p25: quantile(0.25),
+            p50: quantile(0.5),
+            p75: quantile(0.75),
+            p95: quantile(0.95),
+            max: sorted[sorted.len() - 1],
+            mean: sorted.iter().sum::<f64>() / sorted.len() as f64,
+        })
+    }
+}
+
+/// Candidates dropped, by the rule that dropped them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropCounts {
+    pub rank_window: usize,
+    pub max_score: usize,
+    pub relative_margin: usize,
+    pub absolute_margin: usize,
+}
+
+impl DropCounts {
+    pub fn get(&self, kind: FilterKind) -> usize {
+        match kind {
+            FilterKind::RankWindow => self.rank_window,
+            FilterKind::MaxScore => self.max_score,
+            FilterKind::RelativeMargin => self.relative_margin,
+            FilterKind::AbsoluteMargin => self.absolute_margin,
+        }
+    }
+
+    pub fn total(&self) -> usize {
+        FilterKind::ALL.iter().map(|&kind| self.get(kind)).sum()
+    }
+
+    fn count(&mut self, kind: FilterKind) {
+        let slot = match kind {
+            FilterKind::RankWindow => &mut self.rank_window,
+            FilterKind::MaxScore => &mut self.max_score,
+            FilterKind::RelativeMargin => &mut self.relative_margin,
+            FilterKind::AbsoluteMargin => &mut self.absolute_margin,
+        };
+        *slot += 1;
+    }
+}
+
+/// The mine stage's statistics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MiningStats {
+    pub queries: usize,
+    pub groups: usize,
+    /// Scores of the queries' positives.
+    pub positives: Option<ScoreSummary>,
+    pub hard_negatives: Option<ScoreSummary>,
+    pub random_negatives: Option<ScoreSummary>,
+    pub dropped: DropCounts,
+    /// Queries with at least one negative wanted but not found.
+    pub queries_short: usize,
+    /// Negatives wanted but not found, over all queries.
+    pub total_short: usize,
+    /// Mean over groups holding both kinds of (mean hard score - mean random score): how much harder the mined
+    /// negatives are, measured within each group so that easy and hard queries do not mix.
+    pub mean_gap: Option<f64>,
+}
+
+/// Collects per-query results into [`MiningStats`].
+#[derive(Debug, Default)]
+pub struct StatsBuilder {
+    queries: usize,
+    groups: usize,
+    positives: Vec<f32>,
+    hard: Vec<f32>,
+    random: Vec<f32>,
+    dropped: DropCounts,
+    queries_short: usize,
+    total_short: usize,
+    gap_sum: f64,
+    gap_groups: usize,
+}
+
+impl StatsBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds one query: its positives' scores, its filter split and its sampled negatives.
+    pub fn add_query(
+        &mut self,
+        positive_scores: &[f32],
+        filtered: &Filtered,
+        negatives: &QueryNegatives,
+    ) {
+        self.queries += 1;
+        self.positives.extend_from_slice(positive_scores);
+        for (_, kind) in &filtered.dropped {
+            self.dropped.count(*kind);
+        }
+        let short = negatives.short();
+        if short > 0 {
+            self.queries_short += 1;
+            self.total_short += short;
+        }
+        for group in &negatives.groups {
+            self.groups += 1;
+            let scores_of = |kind| {
+                group
+                    .negatives
+                    .iter()
+                    .filter(move |negative| negative.kind == kind)
+                    .map(|negative| negative.score)
+            };
+            self.hard.extend(scores_of(NegativeKind::Hard));
+            self.random.extend(scores_of(NegativeKind::Random));
+            if let (Some(hard), Some(random)) = (
+                mean(scores_of(NegativeKind::Hard)),
+                mean(scores_of(NegativeKind::Random)),
+            ) {
+                self.gap_sum += hard - random;
+                self.gap_groups += 1;
+            }
+        }
+    }
+
+    pub fn finish(self) -> MiningStats {
+        MiningStats {
+            queries: self.queries,
+            groups: self.groups,
+            positives: ScoreSummary::of(&self.positives),
+            hard_negatives: ScoreSummary::of(&self.hard),
+            random_negatives: ScoreSummary::of(&self.random),
+            dropped: self.dropped,
+            queries_short: self.queries_short,
+            total_short: self.total_short,
+            mean_gap: (self.gap_groups > 0).then(|| self.gap_sum / self.gap_groups as f64),
+        }
+    }
+}
+
+fn mean(scores: impl Iterator<Item = f32>) -> Option<f64> {
+    let (sum, count) = scores.fold((0.0f64, 0usize), |(sum, count), score| {
+        (sum + f64::from(score), count + 1)
+    });
+    (count > 0).then(|| sum / count as f64)
+}
+
+impl fmt::Display for MiningStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const COLUMNS: [&str; 9] = [
+            "count", "min", "p5", "p25", "p50", "p75", "p95", "max", "mean",
+        ];
+        write!(f, "{:<18}", "scores")?;
+        for column in COLUMNS {
+            write!(f, "{column:>10}")?;
+        }
+        writeln!(f)?;
+        let rows = [
+            ("positives", &self.positives),
+            ("hard negatives", &self.hard_negatives),
+            ("random negatives", &self.random_negatives),
+        ];
+        for (name, summary) in rows {
+            write!(f, "{name:<18}")?;
+            match summary {
+                None => write!(f, "{:>10}", 0)?,
+                Some(s) => {
+                    write!(f, "{:>10}", s.count)?;
+                    for value in [s.min, s.p5, s.p25, s.p50, s.p75, s.p95, s.max, s.mean] {
+                        write!(f, "{value:>10.4}")?;
+                    }
+                }
+            }
+            writeln!(f)?;
+        }
+        write!(f, "dropped by filter:")?;
+        for (index, kind) in FilterKind::ALL.iter().enumerate() {
+            let separator = if index == 0 { " " } else { ", " };
+            write!(f, "{separator}{} {}", kind.name(), self.dropped.get(*kind))?;
+        }
+        writeln!(f, " (total {})", self.dropped.total())?;
+        writeln!(
+            f,
+            "queries short of negatives: {} of {} (total shortfall {})",
+            self.queries_short, self.queries, self.total_short
+        )?;
+        match self.mean_gap {
+            Some(gap) => write!(f, "mean score gap, hard - random (per group): {gap:.4}"),
+            None => write!(f, "mean score gap, hard - random (per group): n/a"),
+        }
+    }
+}
