@@ -6,6 +6,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod embedders;
 pub mod gradcheck;
 pub mod layer_error;
 pub mod mask;
