@@ -7,6 +7,7 @@
 pub mod activation;
 pub mod attention;
 pub mod chat_template;
+pub mod embedders;
 pub mod gradcheck;
 pub mod layer_error;
 pub mod mask;

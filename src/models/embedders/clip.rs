@@ -1,0 +1,546 @@
+//! CLIP dual encoders: candle-transformers' CLIP text and vision towers, with the projections and the text
+//! pooling done as transformers does them.
+//!
+//! candle's `ClipModel` pools text at the largest token id, which is only transformers' behaviour for configs
+//! whose `eos_token_id` is the legacy 2; newer configs pool at the first `eos_token_id`, which works for any
+//! vocabulary. [`ClipModel`] implements both rules on candle's towers, loads the same weight names as transformers'
+//! `CLIPModel`, and can also be built with seeded random weights ([`ClipModel::random`]).
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::init::Init;
+use candle_nn::{Linear, Module, VarBuilder, VarMap};
+use candle_transformers::models::clip::text_model::{
+    Activation, ClipTextConfig as CandleTextConfig, ClipTextTransformer,
+};
+use candle_transformers::models::clip::vision_model::{
+    ClipVisionConfig as CandleVisionConfig, ClipVisionTransformer,
+};
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::ModelDir;
+use super::error::{compute, EmbedderError};
+use super::init::seeded_var_builder;
+use super::preprocess::ImagePreprocess;
+use super::text::{Padding, TextEncoder, TextSettings};
+use super::{in_batches, l2_normalised_rows, Embedder, EmbedderOptions, Modality, CONFIG_FILE};
+
+const WEIGHTS_FILE: &str = "model.safetensors";
+const TOKENIZER_FILE: &str = "tokenizer.json";
+
+/// The `eos_token_id` of configs written before transformers PR #24773, which pool at the largest token id.
+const LEGACY_EOS_TOKEN_ID: u32 = 2;
+
+/// transformers' `CLIPConfig`, the fields the model uses, with transformers' defaults.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClipConfig {
+    /// Width of both projections (the embedding size).
+    #[serde(default = "defaults::projection_dim")]
+    pub projection_dim: usize,
+    #[serde(default = "defaults::logit_scale_init_value")]
+    pub logit_scale_init_value: f64,
+    pub text_config: ClipTextConfig,
+    pub vision_config: ClipVisionConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClipTextConfig {
+    #[serde(default = "defaults::vocab_size")]
+    pub vocab_size: usize,
+    #[serde(default = "defaults::text_hidden_size")]
+    pub hidden_size: usize,
+    #[serde(default = "defaults::text_intermediate_size")]
+    pub intermediate_size: usize,
+    #[serde(default = "defaults::layers")]
+    pub num_hidden_layers: usize,
+    #[serde(default = "defaults::text_heads")]
+    pub num_attention_heads: usize,
+    #[serde(default = "defaults::max_position_embeddings")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "defaults::hidden_act")]
+    pub hidden_act: String,
+    #[serde(default = "defaults::layer_norm_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "defaults::pad_token_id")]
+    pub pad_token_id: u32,
+    #[serde(default = "defaults::eos_token_id")]
+    pub eos_token_id: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClipVisionConfig {
+    #[serde(default = "defaults::vision_hidden_size")]
+    pub hidden_size: usize,
+    #[serde(default = "defaults::vision_intermediate_size")]
+    pub intermediate_size: usize,
+    #[serde(default = "defaults::layers")]
+    pub num_hidden_layers: usize,
+    #[serde(default = "defaults::vision_heads")]
+    pub num_attention_heads: usize,
+    #[serde(default = "defaults::num_channels")]
+    pub num_channels: usize,
+    #[serde(default = "defaults::image_size")]
+    pub image_size: usize,
+    #[serde(default = "defaults::patch_size")]
+    pub patch_size: usize,
+    #[serde(default = "defaults::hidden_act")]
+    pub hidden_act: String,
+    #[serde(default = "defaults::layer_norm_eps")]
+    pub layer_norm_eps: f64,
+}
+
+/// transformers 5's `CLIPTextConfig` / `CLIPVisionConfig` / `CLIPConfig` defaults, for configs that leave a
+/// field out.
+mod defaults {
+    pub fn projection_dim() -> usize {
+        512
+    }
+    pub fn logit_scale_init_value() -> f64 {
+        2.6592
+    }
+    pub fn vocab_size() -> usize {
+        49408
+    }
+    pub fn text_hidden_size() -> usize {
+        512
+    }
+    pub fn text_intermediate_size() -> usize {
+        2048
+    }
+    pub fn layers() -> usize {
+        12
+    }
+    pub fn text_heads() -> usize {
+        8
+    }
+    pub fn max_position_embeddings() -> usize {
+        77
+    }
+    pub fn hidden_act() -> String {
+        "quick_gelu".into()
+    }
+    pub fn layer_norm_eps() -> f64 {
+        1e-5
+    }
+    pub fn pad_token_id() -> u32 {
+        1
+    }
+    pub fn eos_token_id() -> u32 {
+        49407
+    }
+    pub fn vision_hidden_size() -> usize {
+        768
+    }
+    pub fn vision_intermediate_size() -> usize {
+        3072
+    }
+    pub fn vision_heads() -> usize {
+        12
+    }
+    pub fn num_channels() -> usize {
+        3
+    }
+    pub fn image_size() -> usize {
+        224
+    }
+    pub fn patch_size() -> usize {
+        32
+    }
+}
+
+impl ClipConfig {
+    /// Reads `dir/config.json`.
+    pub fn read(dir: &Path) -> Result<Self, EmbedderError> {
+        Self::parse(&mut ModelDir::new(dir))
+    }
+
+    fn parse(files: &mut ModelDir) -> Result<Self, EmbedderError> {
+        let config: Self = files.json(CONFIG_FILE)?;
+        config
+            .check()
+            .map_err(|(field, reason)| files.config_error(CONFIG_FILE, field, reason))?;
+        Ok(config)
+    }
+
+    /// What candle's towers cannot represent, as `(field, reason)`: they hard-code QuickGELU, a LayerNorm epsilon
+    /// of 1e-5 and (for the preprocessing here) RGB input.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        let (text, vision) = (&self.text_config, &self.vision_config);
+        for (field, act) in [
+            ("text_config.hidden_act", &text.hidden_act),
+            ("vision_config.hidden_act", &vision.hidden_act),
+        ] {
+            if act != "quick_gelu" {
+                return Err((field, format!("`{act}` is not supported, only quick_gelu")));
+            }
+        }
+        for (field, eps) in [
+            ("text_config.layer_norm_eps", text.layer_norm_eps),
+            ("vision_config.layer_norm_eps", vision.layer_norm_eps),
+        ] {
+            if eps != 1e-5 {
+                return Err((field, format!("{eps} is not supported, only 1e-5")));
+            }
+        }
+        for (field, hidden, heads) in [
+            (
+                "text_config.num_attention_heads",
+                text.hidden_size,
+                text.num_attention_heads,
+            ),
+            (
+                "vision_config.num_attention_heads",
+                vision.hidden_size,
+                vision.num_attention_heads,
+            ),
+        ] {
+            if heads == 0 || hidden % heads != 0 {
+                return Err((
+                    field,
+                    format!("{heads} heads do not divide hidden_size {hidden}"),
+                ));
+            }
+        }
+        if vision.num_channels != 3 {
+            return Err((
+                "vision_config.num_channels",
+                format!(
+                    "{} channels, only RGB (3) is supported",
+                    vision.num_channels
+                ),
+            ));
+        }
+        if vision.patch_size == 0 || vision.image_size < vision.patch_size {
+            return Err((
+                "vision_config.patch_size",
+                format!(
+                    "patch size {} does not fit image size {}",
+                    vision.patch_size, vision.image_size
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn candle_text(&self) -> CandleTextConfig {
+        let text = &self.text_config;
+        CandleTextConfig {
+            vocab_size: text.vocab_size,
+            embed_dim: text.hidden_size,
+            activation: Activation::QuickGelu,
+            intermediate_size: text.intermediate_size,
+            max_position_embeddings: text.max_position_embeddings,
+            pad_with: None,
+            num_hidden_layers: text.num_hidden_layers,
+            num_attention_heads: text.num_attention_heads,
+            projection_dim: self.projection_dim,
+        }
+    }
+
+    fn candle_vision(&self) -> CandleVisionConfig {
+        let vision = &self.vision_config;
+        CandleVisionConfig {
+            embed_dim: vision.hidden_size,
+            activation: Activation::QuickGelu,
+            intermediate_size: vision.intermediate_size,
+            num_hidden_layers: vision.num_hidden_layers,
+            num_attention_heads: vision.num_attention_heads,
+            projection_dim: self.projection_dim,
+            num_channels: vision.num_channels,
+            image_size: vision.image_size,
+            patch_size: vision.patch_size,
+        }
+    }
+}
+
+/// transformers' `CLIPModel` on candle's towers: unnormalised projected features and the logit scale.
+#[derive(Debug, Clone)]
+pub struct ClipModel {
+    text: ClipTextTransformer,
+    vision: ClipVisionTransformer,
+    text_projection: Linear,
+    visual_projection: Linear,
+    logit_scale: Tensor,
+    eos_token_id: u32,
+}
+
+impl ClipModel {
+    /// Builds the model from `vb` with transformers' weight names (`text_model.*`, `vision_model.*`,
+    /// `text_projection`, `visual_projection`, `logit_scale`). `config` must pass [`ClipConfig::check`].
+    pub fn new(config: &ClipConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+        let text = ClipTextTransformer::new(vb.pp("text_model"), &config.candle_text())?;
+        let vision = ClipVisionTransformer::new(vb.pp("vision_model"), &config.candle_vision())?;
+        let text_projection = candle_nn::linear_no_bias(
+            config.text_config.hidden_size,
+            config.projection_dim,
+            vb.pp("text_projection"),
+        )?;
+        let visual_projection = candle_nn::linear_no_bias(
+            config.vision_config.hidden_size,
+            config.projection_dim,
+            vb.pp("visual_projection"),
+        )?;
+        let logit_scale = vb.get_with_hints(
+            (),
+            "logit_scale",
+            Init::Const(config.logit_scale_init_value),
+        )?;
+        Ok(Self {
+            text,
+            vision,
+            text_projection,
+            visual_projection,
+            logit_scale,
+            eos_token_id: config.text_config.eos_token_id,
+        })
+    }
+
+    /// A model with seeded random weights, all of them trainable variables in the returned `VarMap` under
+    /// transformers' names (so `VarMap::save` writes a loadable model.safetensors).
+    pub fn random(
+        config: &ClipConfig,
+        seed: u64,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<(Self, VarMap)> {
+        let varmap = VarMap::new();
+        let vb = seeded_var_builder(&varmap, seed, dtype, device);
+        // candle's vision embeddings take the class embedding from the builder only if it already holds one and
+        // otherwise draw it from the unseeded global RNG, outside the VarMap: create it first. The scale is
+        // transformers' initialisation, hidden_size^-0.5.
+        let hidden = config.vision_config.hidden_size;
+        vb.pp("vision_model.embeddings").get_with_hints(
+            hidden,
+            "class_embedding",
+            Init::Randn {
+                mean: 0.,
+                stdev: (hidden as f64).powf(-0.5),
+            },
+        )?;
+        let model = Self::new(config, vb)?;
+        Ok((model, varmap))
+    }
+
+    /// Where each row of token ids is pooled: the first `eos_token_id`, or for legacy configs (eos id 2) the
+    /// first occurrence of the row's largest id. `Err(row)` names a row without an end-of-text token.
+    pub fn pooling_positions(&self, ids: &[Vec<u32>]) -> Result<Vec<usize>, usize> {
+        ids.iter()
+            .enumerate()
+            .map(|(row, ids)| eos_position(ids, self.eos_token_id).ok_or(row))
+            .collect()
+    }
+
+    /// Projected text features `(batch, projection_dim)` of `(batch, len)` token ids, pooled at `positions`
+    /// (from [`Self::pooling_positions`]). Padding needs no mask: attention is causal and padding follows the
+    /// pooled token.
+    pub fn text_features(
+        &self,
+        input_ids: &Tensor,
+        positions: &[usize],
+    ) -> candle_core::Result<Tensor> {
+        let (batch, len) = input_ids.dims2()?;
+        if positions.len() != batch || positions.iter().any(|p| *p >= len) {
+            candle_core::bail!(
+                "pooling positions {positions:?} do not fit token ids of shape ({batch}, {len})"
+            )
+        }
+        let hidden = self.text.forward_with_mask(input_ids, usize::MAX)?;
+        let flat_index: Vec<u32> = positions
+            .iter()
+            .enumerate()
+            .map(|(row, p)| (row * len + p) as u32)
+            .collect();
+        let flat_index = Tensor::new(flat_index, input_ids.device())?;
+        let pooled = hidden.flatten_to(1)?.index_select(&flat_index, 0)?;
+        self.text_projection.forward(&pooled)
+    }
+
+    /// Projected image features `(batch, projection_dim)` of `(batch, 3, image_size, image_size)` pixel values.
+    pub fn image_features(&self, pixel_values: &Tensor) -> candle_core::Result<Tensor> {
+        self.visual_projection
+            .forward(&self.vision.forward(pixel_values)?)
+    }
+
+    /// The log of the contrastive temperature's inverse, as stored (transformers applies `exp`).
+    pub fn logit_scale(&self) -> &Tensor {
+        &self.logit_scale
+    }
+}
+
+fn eos_position(ids: &[u32], eos: u32) -> Option<usize> {
+    if eos == LEGACY_EOS_TOKEN_ID {
+        let max = ids.iter().max()?;
+        ids.iter().position(|id| id == max)
+    } else {
+        ids.iter().position(|id| *id == eos)
+    }
+}
+
+#[derive(Serialize)]
+struct Settings<'a> {
+    text: &'a TextSettings,
+    image: &'a ImagePreprocess,
+    dtype: &'static str,
+}
+
+/// A CLIP checkpoint as an [`Embedder`] of texts and images.
+pub struct ClipEmbedder {
+    model: ClipModel,
+    text: TextEncoder,
+    preprocess: ImagePreprocess,
+    image_size: usize,
+    dim: usize,
+    options: EmbedderOptions,
+    fingerprint: String,
+}
+
+impl ClipEmbedder {
+    /// Loads config.json, model.safetensors, tokenizer.json and preprocessor_config.json from `dir`.
+    pub fn load(dir: &Path, options: &EmbedderOptions) -> Result<Self, EmbedderError> {
+        let mut files = ModelDir::new(dir);
+        let config = ClipConfig::parse(&mut files)?;
+        let image_size = config.vision_config.image_size;
+        let preprocess = ImagePreprocess::load(&mut files, image_size as u32)?;
+        let tokenizer = files.tokenizer(TOKENIZER_FILE)?;
+        let text = TextEncoder::new(
+            tokenizer,
+            &files.path(TOKENIZER_FILE),
+            TextSettings {
+                max_len: config.text_config.max_position_embeddings,
+                pad_id: config.text_config.pad_token_id,
+                padding: Padding::Longest,
+            },
+        )?;
+        let vb = files.weights(WEIGHTS_FILE, options.dtype, &options.device)?;
+        let model = ClipModel::new(&config, vb).map_err(files.weights_error(WEIGHTS_FILE))?;
+        let fingerprint = files.fingerprint(
+            "clip",
+            &Settings {
+                text: text.settings(),
+                image: &preprocess,
+                dtype: options.dtype.as_str(),
+            },
+        );
+        Ok(Self {
+            model,
+            text,
+            preprocess,
+            image_size,
+            dim: config.projection_dim,
+            options: options.clone(),
+            fingerprint,
+        })
+    }
+
+    pub fn model(&self) -> &ClipModel {
+        &self.model
+    }
+
+    /// The images preprocessed for the vision tower, `(batch, 3, image_size, image_size)`.
+    pub fn pixel_values(&self, images: &[RgbImage]) -> Result<Tensor, EmbedderError> {
+        self.preprocess
+            .pixel_values(images, 0, self.options.dtype, &self.options.device)
+    }
+
+    /// Embeds already preprocessed pixel values (one batch, however large).
+    pub fn embed_pixel_values(
+        &self,
+        pixel_values: &Tensor,
+    ) -> Result<Vec<Vec<f32>>, EmbedderError> {
+        check_pixel_shape(pixel_values, self.image_size)?;
+        let pixel_values = pixel_values
+            .to_dtype(self.options.dtype)
+            .map_err(compute("pixel values"))?;
+        self.model
+            .image_features(&pixel_values)
+            .and_then(|features| l2_normalised_rows(&features))
+            .map_err(compute("clip image forward"))
+    }
+
+    fn embed_text_batch(
+        &self,
+        texts: &[&str],
+        first: usize,
+    ) -> Result<Vec<Vec<f32>>, EmbedderError> {
+        let batch = self.text.encode(texts, first, &self.options.device)?;
+        let positions =
+            self.model
+                .pooling_positions(&batch.ids)
+                .map_err(|row| EmbedderError::Text {
+                    index: first + row,
+                    reason: format!(
+                    "no end-of-text token (id {}) after tokenization: the tokenizer must add it",
+                    self.model.eos_token_id
+                ),
+                })?;
+        self.model
+            .text_features(&batch.input_ids, &positions)
+            .and_then(|features| l2_normalised_rows(&features))
+            .map_err(compute("clip text forward"))
+    }
+}
+
+impl Embedder for ClipEmbedder {
+    fn family(&self) -> &'static str {
+        "clip"
+    }
+
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    fn supports(&self, _modality: Modality) -> bool {
+        true
+    }
+
+    fn embed_texts(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedderError> {
+        in_batches(texts, self.options.batch_size, |chunk, first| {
+            self.embed_text_batch(chunk, first)
+        })
+    }
+
+    fn embed_images(&self, images: &[RgbImage]) -> Result<Vec<Vec<f32>>, EmbedderError> {
+        in_batches(images, self.options.batch_size, |chunk, first| {
+            let pixel_values = self.preprocess.pixel_values(
+                chunk,
+                first,
+                self.options.dtype,
+                &self.options.device,
+            )?;
+            self.embed_pixel_values(&pixel_values)
+        })
+    }
+}
+
+/// Pixel values must be `(batch, 3, size, size)`: the towers' position embeddings fix the size, and a wrong one
+/// would otherwise surface as a broadcast error deep inside the model.
+pub(crate) fn check_pixel_shape(pixel_values: &Tensor, size: usize) -> Result<(), EmbedderError> {
+    match pixel_values.dims() {
+        [_, 3, h, w] if *h == size && *w == size => Ok(()),
+        dims => Err(EmbedderError::PixelShape {
+            size,
+            got: dims.to_vec(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pooling_is_at_the_first_eos_or_for_legacy_configs_the_first_largest_id() {
+        // Padding with the eos id itself: the first one is the real end of text.
+        assert_eq!(eos_position(&[0, 7, 9, 1, 1, 1], 1), Some(3));
+        assert_eq!(eos_position(&[0, 7, 9], 1), None);
+        // Legacy: the end-of-text token has the largest id of the vocabulary and padding repeats it.
+        assert_eq!(eos_position(&[49406, 320, 49407, 49407], 2), Some(2));
+        assert_eq!(eos_position(&[], 2), None);
+    }
+}
