@@ -14,3 +14,12 @@ pub mod packed;
 pub mod precision;
 pub mod rope;
 pub mod softmax;
+
+pub mod decoder;
+pub mod gguf;
+pub mod gguf_tokenizer;
+pub mod hf_config;
+pub mod linear;
+pub mod lora;
+pub mod peft;
+pub mod weights;
