@@ -75,7 +75,7 @@ pub enum LoadError {
     #[error("{dir}: cannot build the decoder: {source}")]
     Build {
         dir: PathBuf,
-        source: candle_core::Error,
+        source: Box<candle_core::Error>,
     },
 }
 
@@ -335,7 +335,7 @@ impl Decoder {
         let vb = Weights::from_model_dir(dir)?.into_var_builder(dtype, device);
         Self::new(&config, vb).map_err(|source| LoadError::Build {
             dir: dir.to_path_buf(),
-            source,
+            source: Box::new(source),
         })
     }
 
