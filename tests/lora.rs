@@ -52,6 +52,8 @@ fn peft_adapter_matches_transformers_peft() {
     let adapted = adapted_modules(&decoder);
     assert_eq!(adapted.len(), 6, "{adapted:?}");
     assert!(adapted.contains(&"model.layers.1.mlp.down_proj".to_string()));
+    let adapter = decoder.linears()[0].lora().unwrap();
+    assert_eq!((adapter.rank(), adapter.scaling()), (4, 4.0));
 
     let batch = Batch::of("qwen2");
     let valid = batch.valid_positions();

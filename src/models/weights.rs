@@ -187,16 +187,6 @@ impl Weights {
         }
     }
 
-    /// Every tensor name, sorted.
-    pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = match &self.store {
-            Store::Mmapped { locate, .. } => locate.keys().cloned().collect(),
-            Store::Memory { tensors, .. } => tensors.keys().cloned().collect(),
-        };
-        names.sort();
-        names
-    }
-
     pub fn contains(&self, name: &str) -> bool {
         match &self.store {
             Store::Mmapped { locate, .. } => locate.contains_key(name),
