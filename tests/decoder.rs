@@ -215,24 +215,29 @@ fn bf16_tracks_the_f32_reference() {
     assert!(err < 5e-2, "bf16 logits rel error {err:e}");
 }
 
-/// Backward through the whole decoder (q/k norm, rotary, masked attention, gated MLP, final norm, LM-head rows)
-/// agrees with finite differences in f64.
+/// Backward through the whole decoder (q/k norm or q/k/v bias, rotary, masked attention, gated MLP, LoRA
+/// adapters, final norm, LM-head rows) agrees with finite differences in f64.
 #[test]
 fn gradients_match_finite_differences() {
-    let decoder = Decoder::from_model_dir(&fixture("qwen3"), DType::F64, &Device::Cpu).unwrap();
-    let ids = Tensor::new(&[[5u32, 77, 140]], &Device::Cpu).unwrap();
-    let embeds = decoder.embed(&ids).unwrap();
-    let positions = Tensor::new(&[[0u32, 1, 2]], &Device::Cpu).unwrap();
-    let layout = AttentionLayout::causal(3, DType::F64, &Device::Cpu).unwrap();
-    let f = |inputs: &[Tensor]| {
-        let hidden = decoder.forward_embeds(&inputs[0], &positions, &layout, false)?;
-        let logits = decoder.token_logits(&hidden, &[9, 200])?;
-        let weights = Tensor::new(&[[[1.0f64, -0.7]]], &Device::Cpu)?;
-        logits.broadcast_mul(&weights)?.sum_all()
-    };
-    let report = GradCheck::default().run(f, &[embeds]).unwrap();
-    assert!(report.inputs[0].reached, "{report}");
-    assert!(report.max_rel_error() < 1e-6, "{report}");
+    let qwen3 = Decoder::from_model_dir(&fixture("qwen3"), DType::F64, &Device::Cpu).unwrap();
+    let mut qwen2_lora =
+        Decoder::from_model_dir(&fixture("qwen2"), DType::F64, &Device::Cpu).unwrap();
+    qwen2_lora.load_lora(&fixture("qwen2_lora"), 0).unwrap();
+    for decoder in [qwen3, qwen2_lora] {
+        let ids = Tensor::new(&[[5u32, 77, 140]], &Device::Cpu).unwrap();
+        let embeds = decoder.embed(&ids).unwrap();
+        let positions = Tensor::new(&[[0u32, 1, 2]], &Device::Cpu).unwrap();
+        let layout = AttentionLayout::causal(3, DType::F64, &Device::Cpu).unwrap();
+        let f = |inputs: &[Tensor]| {
+            let hidden = decoder.forward_embeds(&inputs[0], &positions, &layout, false)?;
+            let logits = decoder.token_logits(&hidden, &[9, 200])?;
+            let weights = Tensor::new(&[[[1.0f64, -0.7]]], &Device::Cpu)?;
+            logits.broadcast_mul(&weights)?.sum_all()
+        };
+        let report = GradCheck::default().run(f, &[embeds]).unwrap();
+        assert!(report.inputs[0].reached, "{report}");
+        assert!(report.max_rel_error() < 1e-6, "{report}");
+    }
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -356,4 +361,10 @@ fn position_ids_must_fit_the_input() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("position ids"), "{err}");
+    let packed = AttentionLayout::packed(&[0, 7, 14, 21], DType::F32, &Device::Cpu).unwrap();
+    let err = decoder
+        .forward(&batch.input_ids, &batch.position_ids, &packed, false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("one row"), "{err}");
 }

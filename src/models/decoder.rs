@@ -75,7 +75,7 @@ pub enum LoadError {
     #[error("{dir}: cannot build the decoder: {source}")]
     Build {
         dir: PathBuf,
-        source: candle_core::Error,
+        source: Box<candle_core::Error>,
     },
 }
 
@@ -163,12 +163,10 @@ impl Attention {
             }
             AttentionLayout::Packed(packed) => {
                 if batch != 1 {
-                    return Err(LayerError::PackedTokens {
-                        tensor: "hidden states (packed layouts take one row)",
-                        got: batch * seq,
-                        expected: packed.total_tokens(),
-                    }
-                    .into());
+                    candle_core::bail!(
+                        "a packed layout takes one row of {} tokens, got a batch of {batch} rows",
+                        packed.total_tokens()
+                    );
                 }
                 packed
                     .forward(&q.squeeze(0)?, &k.squeeze(0)?, &v.squeeze(0)?, scale)?
@@ -335,7 +333,7 @@ impl Decoder {
         let vb = Weights::from_model_dir(dir)?.into_var_builder(dtype, device);
         Self::new(&config, vb).map_err(|source| LoadError::Build {
             dir: dir.to_path_buf(),
-            source,
+            source: Box::new(source),
         })
     }
 
@@ -439,6 +437,9 @@ impl Decoder {
         max_new_tokens: usize,
         stop: &[u32],
     ) -> Result<Vec<u32>> {
+        if prompt.is_empty() {
+            candle_core::bail!("greedy generation needs a non-empty prompt");
+        }
         let device = self.device();
         let mut tokens = prompt.to_vec();
         let mut generated = Vec::new();

@@ -34,7 +34,7 @@ pub enum GgufError {
     #[error("{path}: not a readable GGUF file: {source}")]
     Read {
         path: PathBuf,
-        source: candle_core::Error,
+        source: Box<candle_core::Error>,
     },
     #[error("{path}: missing metadata `{key}`")]
     MissingKey { path: PathBuf, key: String },
@@ -50,7 +50,7 @@ pub enum GgufError {
     Tensor {
         path: PathBuf,
         name: String,
-        source: candle_core::Error,
+        source: Box<candle_core::Error>,
     },
     #[error("{path}: cannot build the tokenizer: {reason}")]
     Tokenizer { path: PathBuf, reason: String },
@@ -59,7 +59,7 @@ pub enum GgufError {
     #[error("{path}: cannot build the decoder: {source}")]
     Build {
         path: PathBuf,
-        source: candle_core::Error,
+        source: Box<candle_core::Error>,
     },
 }
 
@@ -85,7 +85,7 @@ impl GgufCheckpoint {
         let mut reader = BufReader::new(file);
         let content = Content::read(&mut reader).map_err(|source| GgufError::Read {
             path: path.to_path_buf(),
-            source,
+            source: Box::new(source),
         })?;
         let meta = Metadata {
             values: &content.metadata,
@@ -100,7 +100,7 @@ impl GgufCheckpoint {
             let tensor_error = |source| GgufError::Tensor {
                 path: path.to_path_buf(),
                 name: name.clone(),
-                source,
+                source: Box::new(source),
             };
             let hf_name = hf_name(name).ok_or_else(|| GgufError::Unsupported {
                 path: path.to_path_buf(),
@@ -158,7 +158,7 @@ impl GgufCheckpoint {
         Decoder::new(&self.config, self.weights().into_var_builder(dtype, device)).map_err(
             |source| GgufError::Build {
                 path: self.path.clone(),
-                source,
+                source: Box::new(source),
             },
         )
     }

@@ -86,12 +86,13 @@ impl Linear {
     pub fn set_lora(&mut self, adapter: Option<LoraAdapter>) -> Result<()> {
         if let Some(adapter) = &adapter {
             if adapter.in_dim() != self.in_dim() || adapter.out_dim() != self.out_dim() {
-                return Err(LayerError::WeightSize {
-                    layer: "lora",
-                    weight: self.weight.shape().clone(),
-                    input: adapter.in_dim(),
-                }
-                .into());
+                candle_core::bail!(
+                    "{}: a LoRA adapter for {} -> {} features does not fit the weight of shape {:?}",
+                    self.path,
+                    adapter.in_dim(),
+                    adapter.out_dim(),
+                    self.weight.shape()
+                );
             }
         }
         self.lora = adapter;

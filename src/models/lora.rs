@@ -4,9 +4,12 @@
 //! Fresh adapters are initialised as PEFT does (`A` Kaiming-uniform with `a = sqrt(5)`, i.e. uniform in
 //! `[-1/sqrt(in), 1/sqrt(in)]`; `B` zero, so an untrained adapter leaves the model unchanged). Adapter weights of a
 //! half-precision model are kept in f32, as PEFT's `autocast_adapter_dtype` does, because bf16 optimizer updates
-//! of a small low-rank delta round away; f32 and f64 models keep adapters in their own dtype. Randomness (the initialisation and the training-time dropout masks) comes
-//! from ChaCha streams derived from one seed and the adapter's position, so a run is reproducible bit for bit;
-//! dropout masks are drawn on the host for that reason, since candle cannot seed its CPU generator.
+//! of a small low-rank delta round away; f32 and f64 models keep adapters in their own dtype.
+//!
+//! Randomness (the initialisation and the training-time dropout masks) comes from ChaCha streams derived from one
+//! seed and the adapter's position, so a run is reproducible bit for bit. Dropout masks are drawn on the host for
+//! that reason, since candle cannot seed its CPU generator; for long sequences on a GPU this host-side draw is a
+//! cost to revisit.
 
 use super::linear::{matmul_transposed, Linear};
 use super::precision::compute_dtype;

@@ -34,7 +34,7 @@ pub enum PeftError {
     #[error("{path}: cannot read safetensors: {source}")]
     Safetensors {
         path: PathBuf,
-        source: candle_core::Error,
+        source: Box<candle_core::Error>,
     },
     #[error("{path}: no tensor `{key}` for the targeted module `{module}`")]
     MissingTensor {
@@ -62,7 +62,7 @@ pub enum PeftError {
     #[error("{context}: {source}")]
     Tensor {
         context: String,
-        source: candle_core::Error,
+        source: Box<candle_core::Error>,
     },
 }
 
@@ -115,7 +115,7 @@ impl PeftAdapter {
         let tensors = candle_core::safetensors::load(&weights_path, device)
             .map_err(|source| PeftError::Safetensors {
                 path: weights_path.clone(),
-                source,
+                source: Box::new(source),
             })?
             .into_iter()
             .collect();
@@ -148,13 +148,13 @@ impl PeftAdapter {
                 LoraAdapter::from_weights(a, b, &self.config, (seed, index as u64), base_dtype)
                     .map_err(|source| PeftError::Tensor {
                         context: context(),
-                        source,
+                        source: Box::new(source),
                     })?;
             linear
                 .set_lora(Some(adapter))
                 .map_err(|source| PeftError::Tensor {
                     context: context(),
-                    source,
+                    source: Box::new(source),
                 })?;
             attached += 1;
         }

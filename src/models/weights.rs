@@ -32,7 +32,7 @@ pub enum WeightsError {
     #[error("{path}: not a readable safetensors file: {source}")]
     Safetensors {
         path: PathBuf,
-        source: candle_core::Error,
+        source: Box<candle_core::Error>,
     },
     #[error("{index}: tensor `{name}` is mapped to {file}, which does not contain it")]
     NotInShard {
@@ -59,7 +59,7 @@ pub enum WeightsError {
     Load {
         name: String,
         file: PathBuf,
-        source: candle_core::Error,
+        source: Box<candle_core::Error>,
     },
 }
 
@@ -150,7 +150,7 @@ impl Weights {
             let mapped = unsafe { MmapedSafetensors::new(path) }.map_err(|source| {
                 WeightsError::Safetensors {
                     path: path.clone(),
-                    source,
+                    source: Box::new(source),
                 }
             })?;
             for (name, _) in mapped.tensors() {
@@ -187,16 +187,6 @@ impl Weights {
         }
     }
 
-    /// Every tensor name, sorted.
-    pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = match &self.store {
-            Store::Mmapped { locate, .. } => locate.keys().cloned().collect(),
-            Store::Memory { tensors, .. } => tensors.keys().cloned().collect(),
-        };
-        names.sort();
-        names
-    }
-
     pub fn contains(&self, name: &str) -> bool {
         match &self.store {
             Store::Mmapped { locate, .. } => locate.contains_key(name),
@@ -223,7 +213,7 @@ impl Weights {
                     .map_err(|source| WeightsError::Load {
                         name: name.to_string(),
                         file: file.clone(),
-                        source,
+                        source: Box::new(source),
                     })?;
                 Ok((file, tensor))
             }
@@ -234,7 +224,7 @@ impl Weights {
                     .map_err(|source| WeightsError::Load {
                         name: name.to_string(),
                         file: file.clone(),
-                        source,
+                        source: Box::new(source),
                     })?;
                 Ok((file, tensor))
             }

@@ -11,10 +11,7 @@ use std::sync::Mutex;
 
 /// SmolLM2-135M-Instruct, Q4_1, llama architecture, vocabulary inside.
 pub fn smollm2_gguf() -> PathBuf {
-    asset(
-        "smollm2-135m-instruct",
-        "SmolLM2-135M-Instruct.Q4_1.gguf",
-    )
+    asset("smollm2-135m-instruct", "SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
 /// all-MiniLM-L6-v2: config.json, model.safetensors, tokenizer.json.
@@ -37,7 +34,9 @@ pub fn asset(name: &str, file: &str) -> PathBuf {
     static FETCH: Mutex<()> = Mutex::new(());
     let dir = assets_dir().join(name);
     if !dir.join(".complete").is_file() {
-        let _one_at_a_time = FETCH.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _one_at_a_time = FETCH
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/fetch-test-assets.sh");
         let output = Command::new("bash")
             .arg(script)
@@ -52,6 +51,10 @@ pub fn asset(name: &str, file: &str) -> PathBuf {
         );
     }
     let path = dir.join(file);
-    assert!(path.exists(), "{} is missing after the fetch", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing after the fetch",
+        path.display()
+    );
     path
 }
