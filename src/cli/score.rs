@@ -62,7 +62,7 @@ struct Pair {
 
 enum Model {
     Vl(Box<Qwen2VlModel>),
-    Text(Decoder),
+    Text(Box<Decoder>),
 }
 
 impl Model {
@@ -119,7 +119,7 @@ pub fn score_pairs(args: &ScoreArgs) -> Result<()> {
         .collect();
     let scores = match &model {
         Model::Vl(model) => score(model.as_ref(), &inputs, answers, pad_id, args.batch),
-        Model::Text(decoder) => score(decoder, &inputs, answers, pad_id, args.batch),
+        Model::Text(decoder) => score(decoder.as_ref(), &inputs, answers, pad_id, args.batch),
     }?;
     let mut out = std::io::stdout().lock();
     for score in scores {
@@ -142,13 +142,13 @@ fn load(path: &Path, dtype: DType, device: &Device) -> Result<(Model, Tokenizer)
         let checkpoint = GgufCheckpoint::read(path, device)?;
         let decoder = checkpoint.decoder(dtype, device)?;
         let tokenizer = gguf_tokenizer(checkpoint.tokenizer(), path)?;
-        return Ok((Model::Text(decoder), tokenizer));
+        return Ok((Model::Text(Box::new(decoder)), tokenizer));
     }
     let tokenizer = Tokenizer::from_dir(path)?;
     let model = if Qwen2VlModel::is_vl_dir(path) {
         Model::Vl(Box::new(Qwen2VlModel::from_model_dir(path, dtype, device)?))
     } else {
-        Model::Text(Decoder::from_model_dir(path, dtype, device)?)
+        Model::Text(Box::new(Decoder::from_model_dir(path, dtype, device)?))
     };
     Ok((model, tokenizer))
 }
@@ -215,8 +215,8 @@ fn pair_images(
 const MIN_PIXELS: usize = 4 * 28 * 28;
 const MAX_PIXELS: usize = 1280 * 28 * 28;
 /// CLIP's normalisation, which Qwen2-VL's processor uses.
-const MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-const STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+const MEAN: [f64; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+const STD: [f64; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 /// A stand-in for the media preprocessor (src/media/preprocess, not merged yet): Qwen2-VL's smart_resize,
 /// bicubic resampling, CLIP normalisation and the processor's patch order, for one still image. Returns the
@@ -248,7 +248,10 @@ fn qwen_pixels(image: &DynamicImage, vision: &VisionConfig) -> (Vec<f32>, ImageG
                             for y in top..top + patch {
                                 for x in left..left + patch {
                                     let value = rgb.get_pixel(x as u32, y as u32)[channel];
-                                    out.push((value as f32 / 255.0 - MEAN[channel]) / STD[channel]);
+                                    out.push(
+                                        ((f64::from(value) / 255.0 - MEAN[channel]) / STD[channel])
+                                            as f32,
+                                    );
                                 }
                             }
                         }
