@@ -94,7 +94,9 @@ pub fn score_pairs(args: &ScoreArgs) -> Result<()> {
         Model::Text(_) => None,
     };
     let builder = PromptBuilder::reranker(&tokenizer)?;
-    let answers = tokenizer.yes_no_ids()?;
+    let answers = tokenizer
+        .yes_no_ids()
+        .with_context(|| format!("the tokenizer of {}", args.model.display()))?;
     let pad_id = tokenizer.special_token_id(IM_END)?;
     let base = args.pairs.parent().unwrap_or(Path::new("."));
     let mut prompts = Vec::with_capacity(pairs.len());
