@@ -2,6 +2,7 @@
 
 mod inspect;
 mod run;
+mod score;
 mod stages;
 
 use std::process::ExitCode;
@@ -69,6 +70,7 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     World(stages::WorldArgs),
     Ingest(stages::IngestArgs),
+    Score(score::ScoreArgs),
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {
@@ -89,6 +91,7 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => inspect::inspect(args),
         Command::World(args) => stages::world(args, &cli.global),
         Command::Ingest(args) => stages::ingest(args, &cli.global),
+        Command::Score(args) => score::score_pairs(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

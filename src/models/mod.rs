@@ -20,3 +20,12 @@ pub mod qwen2_vl;
 pub mod rope;
 pub mod softmax;
 pub mod tokenizer;
+
+pub mod decoder;
+pub mod gguf;
+pub mod gguf_tokenizer;
+pub mod hf_config;
+pub mod linear;
+pub mod lora;
+pub mod peft;
+pub mod weights;
