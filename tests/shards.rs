@@ -864,6 +864,27 @@ fn sentence_transformers_export_reads_back_with_the_dataset_reader() {
         (groups.len() - full.len()) as u64
     );
 
+    let image_only: BTreeSet<&String> = full
+        .iter()
+        .flat_map(|g| {
+            [&g.query, &g.positive]
+                .into_iter()
+                .chain(g.negatives.iter().map(|(r, _)| r))
+        })
+        .filter(|r| r.text.is_none())
+        .filter_map(|r| r.image_id.as_ref())
+        .collect();
+    assert!(!image_only.is_empty());
+    assert_eq!(
+        summary.images,
+        image_only.len() as u64,
+        "only the images a cell names"
+    );
+    assert_eq!(
+        fs::read_dir(dir.join("images")).unwrap().count(),
+        image_only.len()
+    );
+
     let dataset = Dataset::open(&file).unwrap();
     assert_eq!(dataset.num_rows().unwrap(), full.len() as u64);
     let names: Vec<String> = dataset

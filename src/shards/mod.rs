@@ -21,7 +21,7 @@
 //! key into the ingest stage's `images` dataset, whose path the index records.
 //!
 //! **Order.** With `shuffle` on (the default), groups are sorted by id and then permuted by a ChaCha8 stream drawn
-//! from the pipeline seed ([`groups::shuffle`]): the order depends only on the set of groups and the seed. Off, the
+//! from the pipeline seed: the order depends only on the set of groups and the seed. Off, the
 //! order is that of the negatives dataset.
 //!
 //! **Shards.** The ordered groups are cut into shards of at most `max_rows_per_shard` sft rows and
@@ -31,16 +31,16 @@
 //! training order. The stage itself cannot run under `--shard I/N`: the shuffle is global.
 //!
 //! **Bad rows.** A negatives row naming an unknown query or document, listing a document as both positive and
-//! negative, or repeating an id, is rejected whole (see [`groups`]).
+//! negative, or repeating an id, is rejected whole, with its reason.
 
 mod columns;
 mod config;
 mod error;
 pub mod export;
-pub mod groups;
+mod groups;
 mod index;
 mod inputs;
-pub mod plan;
+mod plan;
 mod stage;
 mod write;
 

@@ -137,7 +137,8 @@ pub fn export(options: &ExportOptions) -> Result<ExportSummary, ExportError> {
             summary.groups = groups;
         }
         ExportFormat::Swift => {
-            let images = image_files(options, &index, &sft, &out_dir, &mut summary)?;
+            let images = image_files(options, &index, &sft, &out_dir, swift::images_used)?;
+            summary.images = images.len() as u64;
             let mut sink = sink::JsonlSink::create(&options.out)?;
             let groups = for_each_group(&sft, |group| {
                 bar.inc(1);
@@ -155,7 +156,9 @@ pub fn export(options: &ExportOptions) -> Result<ExportSummary, ExportError> {
         }
         ExportFormat::SentenceTransformers => {
             let negatives = options.negatives.unwrap_or(index.max_negatives as usize);
-            let images = image_files(options, &index, &sft, &out_dir, &mut summary)?;
+            let used = |group: &ExportGroup| sentence::images_used(group, negatives);
+            let images = image_files(options, &index, &sft, &out_dir, used)?;
+            summary.images = images.len() as u64;
             let mut sink = sentence::SentenceSink::create(&options.out, negatives)?;
             let groups = for_each_group(&sft, |group| {
                 bar.inc(1);
@@ -176,27 +179,23 @@ pub fn export(options: &ExportOptions) -> Result<ExportSummary, ExportError> {
     Ok(summary)
 }
 
-/// Writes every image the shards use to `images/` beside the output, and returns their relative paths.
+/// Writes the images the export will reference (`used` lists them per group) to `images/` beside the output, and
+/// returns their relative paths.
 fn image_files(
     options: &ExportOptions,
     index: &ShardIndex,
     sft: &crate::dataset::Dataset,
     out_dir: &Path,
-    summary: &mut ExportSummary,
+    used: impl Fn(&ExportGroup) -> Vec<String>,
 ) -> Result<ImageFiles, ExportError> {
     let mut wanted = BTreeSet::new();
     for_each_group(sft, |group| {
-        let records = [&group.query, &group.positive]
-            .into_iter()
-            .chain(group.negatives.iter().map(|(record, _)| record));
-        wanted.extend(records.filter_map(|r| r.image_id.clone()));
+        wanted.extend(used(&group));
         Ok(())
     })?;
     let dataset = options
         .images
         .clone()
         .unwrap_or_else(|| index.images_path(&options.shards));
-    let files = images::write_images(&dataset, &wanted, out_dir)?;
-    summary.images = files.len() as u64;
-    Ok(files)
+    images::write_images(&dataset, &wanted, out_dir)
 }

@@ -28,6 +28,25 @@ pub fn columns(negatives: usize) -> Vec<String> {
     names
 }
 
+/// The records that become cells (query, positive, the first `negatives` negatives), or none for a short group.
+fn records(group: &ExportGroup, negatives: usize) -> Option<impl Iterator<Item = &Record>> {
+    (group.negatives.len() >= negatives).then(|| {
+        [&group.query, &group.positive]
+            .into_iter()
+            .chain(group.negatives.iter().take(negatives).map(|(r, _)| r))
+    })
+}
+
+/// The images the group's row references: those of its image-only records.
+pub fn images_used(group: &ExportGroup, negatives: usize) -> Vec<String> {
+    records(group, negatives)
+        .into_iter()
+        .flatten()
+        .filter(|r| r.text.is_none())
+        .filter_map(|r| r.image_id.clone())
+        .collect()
+}
+
 /// The group's cells, or why it has none.
 pub fn row(
     group: &ExportGroup,
@@ -35,12 +54,9 @@ pub fn row(
     images: &ImageFiles,
     images_dropped: &mut u64,
 ) -> Result<Result<Vec<String>, &'static str>, ExportError> {
-    if group.negatives.len() < negatives {
+    let Some(records) = records(group, negatives) else {
         return Ok(Err("short_group"));
-    }
-    let records = [&group.query, &group.positive]
-        .into_iter()
-        .chain(group.negatives.iter().take(negatives).map(|(r, _)| r));
+    };
     let mut cells = Vec::with_capacity(2 + negatives);
     let mut dropped = 0;
     for record in records {

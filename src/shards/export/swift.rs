@@ -43,18 +43,34 @@ fn all_empty(lists: &[Vec<String>]) -> bool {
     lists.iter().all(Vec::is_empty)
 }
 
+/// The records of a group, query first.
+fn records(group: &ExportGroup) -> impl Iterator<Item = &Record> {
+    [&group.query, &group.positive]
+        .into_iter()
+        .chain(group.negatives.iter().map(|(r, _)| r))
+}
+
+/// A text that would read back as an image tag.
+fn has_tag_in_text(group: &ExportGroup) -> bool {
+    records(group)
+        .filter_map(|r| r.text.as_deref())
+        .any(|t| t.contains(IMAGE_TAG))
+}
+
+/// The images the group's line references (none if the group is skipped).
+pub fn images_used(group: &ExportGroup) -> Vec<String> {
+    if has_tag_in_text(group) {
+        return Vec::new();
+    }
+    records(group).filter_map(|r| r.image_id.clone()).collect()
+}
+
 /// The group's line, or why the format cannot hold it; an error if an image was not written.
 pub fn line(
     group: &ExportGroup,
     images: &ImageFiles,
 ) -> Result<Result<SwiftLine, &'static str>, ExportError> {
-    let records = [&group.query, &group.positive]
-        .into_iter()
-        .chain(group.negatives.iter().map(|(r, _)| r));
-    if records
-        .filter_map(|r| r.text.as_deref())
-        .any(|t| t.contains(IMAGE_TAG))
-    {
+    if has_tag_in_text(group) {
         return Ok(Err("image_tag_in_text"));
     }
     let (query, query_images) = turn("user", &group.query, images)?;
