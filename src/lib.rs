@@ -24,5 +24,6 @@ pub mod pipeline;
 pub mod progress;
 pub mod schema;
 pub mod shard;
+pub mod shards;
 pub mod stages;
 pub mod world;

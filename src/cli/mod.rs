@@ -3,6 +3,7 @@
 mod inspect;
 mod run;
 mod score;
+mod shards;
 mod stages;
 
 use std::process::ExitCode;
@@ -71,6 +72,8 @@ pub enum Command {
     World(stages::WorldArgs),
     Ingest(stages::IngestArgs),
     Score(score::ScoreArgs),
+    Shards(shards::ShardsArgs),
+    Export(shards::ExportArgs),
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {
@@ -92,6 +95,8 @@ pub fn main() -> ExitCode {
         Command::World(args) => stages::world(args, &cli.global),
         Command::Ingest(args) => stages::ingest(args, &cli.global),
         Command::Score(args) => score::score_pairs(args),
+        Command::Shards(args) => shards::shards(args, &cli.global),
+        Command::Export(args) => shards::export_shards(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
