@@ -70,6 +70,7 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     World(stages::WorldArgs),
     Ingest(stages::IngestArgs),
+    Embed(stages::EmbedArgs),
     Score(score::ScoreArgs),
 }
 
@@ -91,6 +92,7 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => inspect::inspect(args),
         Command::World(args) => stages::world(args, &cli.global),
         Command::Ingest(args) => stages::ingest(args, &cli.global),
+        Command::Embed(args) => stages::embed(args, &cli.global),
         Command::Score(args) => score::score_pairs(args),
     };
     match result {
