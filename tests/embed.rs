@@ -720,3 +720,92 @@ fn the_cli_embeds_an_ingest_dir_and_a_rerun_is_up_to_date() {
     let (ok, _, stderr) = umrank(&["embed", "--out", out_s, "--model", "x"]);
     assert!(!ok && stderr.contains("--from"), "{stderr}");
 }
+
+/// A stage that writes a model directory, as a stage that trains an embedder does: here, a copy of the tiny CLIP.
+struct CopyModel;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoConfig {}
+
+impl Stage for CopyModel {
+    fn name(&self) -> &'static str {
+        "copy_model"
+    }
+    fn config(&self) -> serde_json::Value {
+        serde_json::json!({})
+    }
+    fn inputs(&self) -> Vec<Input> {
+        vec![Input::Files(vec![clip_dir()])]
+    }
+    fn outputs(&self) -> Vec<Output> {
+        vec![Output::tree("model")]
+    }
+    fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
+        let to = ctx.output_path("model");
+        fs::create_dir_all(&to)?;
+        for entry in fs::read_dir(clip_dir())? {
+            let entry = entry?;
+            fs::copy(entry.path(), to.join(entry.file_name()))?;
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_pipeline_embeds_with_the_model_an_upstream_stage_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+        [pipeline]
+        name = "t"
+        workdir = "{}"
+        [ingest]
+        root = "not read: the ingest below is already done"
+        [trained]
+        kind = "copy_model"
+        [embed]
+        from = "ingest"
+        model_from = "trained"
+        model = "model"
+        batch_size = 8
+        "#,
+        dir.path().display()
+    );
+    let config = umrank::pipeline::PipelineConfig::parse(Path::new("t.toml"), &text).unwrap();
+    let mut registry = umrank::stages::registry();
+    registry.register("copy_model", |_: NoConfig| Ok(CopyModel));
+    let options = RunOptions {
+        from: Some("trained".into()),
+        dirs: [("ingest".to_string(), ingested().to_path_buf())].into(),
+        ..Default::default()
+    };
+    let runner = Runner::from_config(&config, &registry, options).unwrap();
+    let reports = runner.run().unwrap();
+    assert_eq!(reports[2].records, 375);
+    let docs = read_embeddings(&dir.path().join("embed").join(DOC_EMBEDDINGS));
+    let fingerprint = cpu_model(&clip_dir(), 8).fingerprint().to_string();
+    assert!(docs
+        .rows
+        .values()
+        .all(|(_, _, model)| *model == fingerprint));
+    let manifest = fs::read_to_string(dir.path().join("embed/manifest.json")).unwrap();
+    assert!(
+        manifest.contains("\"trained\""),
+        "the model stage is an input"
+    );
+
+    // A second run finds the stage up to date.
+    let runner = Runner::from_config(
+        &config,
+        &registry,
+        RunOptions {
+            from: Some("trained".into()),
+            dirs: [("ingest".to_string(), ingested().to_path_buf())].into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let again = runner.run().unwrap();
+    assert_eq!(again[2].outcome, umrank::pipeline::StageOutcome::UpToDate);
+}
