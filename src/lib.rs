@@ -13,6 +13,7 @@
 pub mod dataset;
 pub mod device;
 pub mod digest;
+pub mod embed;
 pub mod eval;
 pub mod ingest;
 pub mod inspect;

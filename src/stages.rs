@@ -1,5 +1,6 @@
 //! The built-in stage kinds, as pipeline files name them.
 
+use crate::embed::EmbedStage;
 use crate::ingest::IngestStage;
 use crate::pipeline::StageRegistry;
 use crate::shards::ShardsStage;
@@ -10,6 +11,7 @@ pub fn registry() -> StageRegistry {
     let mut registry = StageRegistry::new();
     registry.register("world", WorldStage::new);
     registry.register("ingest", IngestStage::new);
+    registry.register("embed", EmbedStage::new);
     registry.register("shards", ShardsStage::new);
     registry
 }
