@@ -27,4 +27,5 @@ pub mod schema;
 pub mod shard;
 pub mod shards;
 pub mod stages;
+pub mod train;
 pub mod world;
