@@ -4,6 +4,7 @@ use crate::embed::EmbedStage;
 use crate::ingest::IngestStage;
 use crate::pipeline::StageRegistry;
 use crate::shards::ShardsStage;
+use crate::train::dual_encoder::DualEncoderStage;
 use crate::world::stage::WorldStage;
 
 /// Every stage kind umrank ships.
@@ -11,6 +12,7 @@ pub fn registry() -> StageRegistry {
     let mut registry = StageRegistry::new();
     registry.register("world", WorldStage::new);
     registry.register("ingest", IngestStage::new);
+    registry.register("embedder", DualEncoderStage::new);
     registry.register("embed", EmbedStage::new);
     registry.register("shards", ShardsStage::new);
     registry

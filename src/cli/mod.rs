@@ -1,5 +1,6 @@
 //! Command-line parsing and dispatch. Library errors become `anyhow` errors here, printed with their causes.
 
+mod embedder;
 mod inspect;
 mod run;
 mod score;
@@ -71,6 +72,7 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     World(stages::WorldArgs),
     Ingest(stages::IngestArgs),
+    Embedder(embedder::EmbedderArgs),
     Embed(stages::EmbedArgs),
     Score(score::ScoreArgs),
     Shards(shards::ShardsArgs),
@@ -95,6 +97,7 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => inspect::inspect(args),
         Command::World(args) => stages::world(args, &cli.global),
         Command::Ingest(args) => stages::ingest(args, &cli.global),
+        Command::Embedder(args) => embedder::embedder(args, &cli.global),
         Command::Embed(args) => stages::embed(args, &cli.global),
         Command::Score(args) => score::score_pairs(args),
         Command::Shards(args) => shards::shards(args, &cli.global),

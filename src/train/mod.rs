@@ -5,6 +5,7 @@
 //! log reports; [`optim::AdamW`] applies the gradients (with [`optim::GradAccumulator`] summing micro-batches);
 //! [`schedule::Schedule`] gives each step's learning rate.
 
+pub mod dual_encoder;
 pub mod error;
 pub mod objective;
 pub mod optim;
