@@ -1,6 +1,7 @@
 //! The built-in stage kinds, as pipeline files name them.
 
 use crate::ingest::IngestStage;
+use crate::mine::MineStage;
 use crate::pipeline::StageRegistry;
 use crate::world::stage::WorldStage;
 
@@ -9,5 +10,6 @@ pub fn registry() -> StageRegistry {
     let mut registry = StageRegistry::new();
     registry.register("world", WorldStage::new);
     registry.register("ingest", IngestStage::new);
+    registry.register("mine", MineStage::new);
     registry
 }

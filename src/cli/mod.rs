@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch. Library errors become `anyhow` errors here, printed with their causes.
 
 mod inspect;
+mod mine;
 mod run;
 mod score;
 mod stages;
@@ -70,6 +71,7 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     World(stages::WorldArgs),
     Ingest(stages::IngestArgs),
+    Mine(mine::MineArgs),
     Score(score::ScoreArgs),
 }
 
@@ -91,6 +93,7 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => inspect::inspect(args),
         Command::World(args) => stages::world(args, &cli.global),
         Command::Ingest(args) => stages::ingest(args, &cli.global),
+        Command::Mine(args) => mine::mine(args, &cli.global),
         Command::Score(args) => score::score_pairs(args),
     };
     match result {
