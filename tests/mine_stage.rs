@@ -143,15 +143,24 @@ fn write_batch(dir: &Path, kind: &str, columns: Vec<ArrayRef>) {
     writer.finish().unwrap();
 }
 
-/// An embeddings dataset (schemas/embeddings.json) under `embed_dir`, rows in the order given.
 /// (id, kind, vector) of one embeddings row.
 type EmbeddingRow<'a> = (&'a str, &'a str, &'a [f32]);
 
+/// The embed stage's two datasets under `embed_dir`: rows of kind `query` go to `query_embeddings`, all others to
+/// `doc_embeddings`, in the order given.
 fn write_embeddings(embed_dir: &Path, dim: usize, rows: &[EmbeddingRow], model: &str) {
+    let (queries, docs): (Vec<EmbeddingRow>, Vec<EmbeddingRow>) =
+        rows.iter().partition(|(_, kind, _)| *kind == "query");
+    write_embedding_dataset(&embed_dir.join("doc_embeddings"), dim, &docs, model);
+    write_embedding_dataset(&embed_dir.join("query_embeddings"), dim, &queries, model);
+}
+
+/// One dataset of kind `embeddings` (schemas/embeddings.json).
+fn write_embedding_dataset(dir: &Path, dim: usize, rows: &[EmbeddingRow], model: &str) {
     let schema = schema::get("embeddings").unwrap();
     let arrow = schema.arrow_with_width(dim as i32);
     let mut writer = DatasetWriter::create_with(
-        &embed_dir.join("embeddings"),
+        dir,
         schema,
         arrow.clone(),
         Shard::ALL,
@@ -943,40 +952,30 @@ fn inconsistent_embeddings_are_errors_that_name_the_dataset() {
     let instance = crafted();
     let dir = tempfile::tempdir().unwrap();
     let (ingest, _) = instance.write(dir.path());
-    let cases: [(&str, Vec<EmbeddingRow>, &str); 3] = [
-        (
-            "mixed",
-            vec![("n0", "doc", &[1.0, 0.0]), ("n1", "doc", &[1.0, 0.0])],
-            "more than one model",
-        ),
+    let query: &[f32] = &[1.0, 0.0];
+    let cases: [(&str, Vec<EmbeddingRow>, &str); 4] = [
         (
             "twice",
             vec![("n0", "doc", &[1.0, 0.0]), ("n0", "doc", &[0.0, 1.0])],
-            "a second vector for doc \"n0\"",
+            "doc_embeddings: row 2: a second vector for doc \"n0\"",
         ),
         (
             "kind",
             vec![("n0", "document", &[1.0, 0.0])],
-            "kind must be `query` or `doc`",
+            "doc_embeddings: row 1: kind must be `doc` in this dataset",
+        ),
+        ("empty", vec![], "no embeddings"),
+        (
+            "mixed",
+            vec![("n0", "doc", &[1.0, 0.0]), ("train-q", "query", query)],
+            "query_embeddings: embeddings from more than one model",
         ),
     ];
     for (name, rows, message) in cases {
         let embed = dir.path().join(name);
         if name == "mixed" {
-            write_embeddings(&embed, 2, &rows[..1], "model-a");
-            let extra = embed.join("more");
-            write_embeddings(&extra, 2, &rows[1..], "model-b");
-            // Two parts of one dataset, from different models.
-            fs::rename(
-                embed.join("embeddings/part-00000-of-00001.parquet"),
-                embed.join("embeddings/part-00000-of-00002.parquet"),
-            )
-            .unwrap();
-            fs::rename(
-                extra.join("embeddings/part-00000-of-00001.parquet"),
-                embed.join("embeddings/part-00001-of-00002.parquet"),
-            )
-            .unwrap();
+            write_embedding_dataset(&embed.join("doc_embeddings"), 2, &rows[..1], "model-a");
+            write_embedding_dataset(&embed.join("query_embeddings"), 2, &rows[1..], "model-b");
         } else {
             write_embeddings(&embed, 2, &rows, "model");
         }
@@ -990,8 +989,31 @@ fn inconsistent_embeddings_are_errors_that_name_the_dataset() {
         )
         .unwrap_err();
         assert!(error.contains(message), "{name}: {error}");
-        assert!(error.contains("embeddings"), "{name}: {error}");
     }
+    // Vectors of two widths cannot be scored against each other.
+    let embed = dir.path().join("widths");
+    write_embedding_dataset(
+        &embed.join("doc_embeddings"),
+        2,
+        &[("n0", "doc", &[1.0, 0.0])],
+        "m",
+    );
+    write_embedding_dataset(
+        &embed.join("query_embeddings"),
+        3,
+        &[("train-q", "query", &[1.0, 0.0, 0.0])],
+        "m",
+    );
+    let error = run_mine(
+        &ingest,
+        &embed,
+        &dir.path().join("out-widths"),
+        MineConfig::default(),
+        None,
+        0,
+    )
+    .unwrap_err();
+    assert!(error.contains("dimension mismatch"), "{error}");
     let bad = MineConfig {
         k: 0,
         ..MineConfig::default()
@@ -1232,4 +1254,59 @@ fn the_mine_command_documents_every_option() {
     ] {
         assert!(help.contains(option), "--help lists {option}");
     }
+}
+
+#[test]
+fn runs_in_a_pipeline_after_ingest_and_embed_and_is_then_up_to_date() {
+    use umrank::pipeline::{PipelineConfig, StageOutcome};
+    let dir = tempfile::tempdir().unwrap();
+    let clip = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/embedders/clip");
+    let text = format!(
+        r#"
+        [pipeline]
+        name = "mine-test"
+        workdir = "{workdir}"
+        seed = 3
+        [world]
+        size = "small"
+        [ingest]
+        from = "world"
+        [embed]
+        from = "ingest"
+        model = "{model}"
+        [mine]
+        k = 10
+        mining_k = 16
+        "#,
+        workdir = dir.path().display(),
+        model = clip.display()
+    );
+    let config = PipelineConfig::parse(Path::new("mine-test.toml"), &text).unwrap();
+    let options = RunOptions {
+        policy: RejectPolicy {
+            max_fraction: 1.0,
+            strict: false,
+        },
+        ..Default::default()
+    };
+    let run = || {
+        Runner::from_config(&config, &umrank::stages::registry(), options.clone())
+            .unwrap()
+            .run()
+            .unwrap()
+    };
+    let first = run();
+    assert_eq!(first[3].name, "mine");
+    assert_eq!(first[3].outcome, StageOutcome::Ran);
+    let mine = dir.path().join("mine");
+    let stats = read_stats(&mine);
+    assert_eq!(stats["queries"], 40);
+    assert_eq!(stats["candidate_queries"], 35);
+    assert!(stats["retriever"].as_str().unwrap().len() > 8);
+    let candidates = read_candidates(&mine);
+    assert!(candidates.iter().all(|row| row.ranked.len() == 10));
+    let second = run();
+    assert!(second
+        .iter()
+        .all(|report| report.outcome == StageOutcome::UpToDate));
 }

@@ -25,7 +25,7 @@ pub struct MineArgs {
     #[arg(long, value_name = "INGEST_DIR")]
     pub from: PathBuf,
 
-    /// The embed stage directory (its embeddings dataset: one vector per query and document).
+    /// The embed stage directory (its doc_embeddings and query_embeddings datasets).
     #[arg(long, value_name = "EMBED_DIR")]
     pub embeddings: PathBuf,
 

@@ -43,7 +43,7 @@ pub enum MineStageError {
         second: String,
         row: u64,
     },
-    #[error("{path}: the embeddings dataset has no rows")]
+    #[error("{path}: no embeddings: this dataset and the query embeddings are empty")]
     NoEmbeddings { path: PathBuf },
     #[error("{path}: {source}")]
     Json {

@@ -16,6 +16,8 @@ use arrow::datatypes::{DataType, Float32Type, Int32Type};
 use super::config::{MineConfig, Scope};
 use super::error::MineStageError;
 use crate::dataset::Dataset;
+use crate::embed::{DOC_EMBEDDINGS, QUERY_EMBEDDINGS};
+use crate::mine::MineError;
 use crate::pipeline::Reject;
 use crate::shard::Shard;
 
@@ -65,7 +67,8 @@ pub(super) struct Paths {
     pub corpus: PathBuf,
     pub queries: PathBuf,
     pub qrels: PathBuf,
-    pub embeddings: PathBuf,
+    pub doc_embeddings: PathBuf,
+    pub query_embeddings: PathBuf,
 }
 
 impl Paths {
@@ -74,7 +77,8 @@ impl Paths {
             corpus: ingest.join("corpus"),
             queries: ingest.join("queries"),
             qrels: ingest.join("qrels"),
-            embeddings: embed.join("embeddings"),
+            doc_embeddings: embed.join(DOC_EMBEDDINGS),
+            query_embeddings: embed.join(QUERY_EMBEDDINGS),
         }
     }
 }
@@ -87,7 +91,7 @@ pub(super) fn load(
     let docs = read_corpus(&paths.corpus, config.scope)?;
     let mut queries = read_queries(&paths.queries, config, shard)?;
     read_positives(&paths.qrels, &mut queries)?;
-    let embedded = read_embeddings(&paths.embeddings, &docs, &queries)?;
+    let embedded = read_embeddings(paths, &docs, &queries)?;
 
     let mut rejects = Vec::new();
     let mut records = 0u64;
@@ -242,31 +246,57 @@ fn read_positives(path: &Path, queries: &mut [QueryRecord]) -> Result<(), MineSt
 struct Embedded {
     dim: usize,
     model: String,
-    docs: Vec<f32>,
-    doc_present: Vec<bool>,
-    queries: Vec<f32>,
-    query_present: Vec<bool>,
+    docs: Vectors,
+    queries: Vectors,
 }
 
 impl Embedded {
     fn doc(&self, index: usize) -> Option<&[f32]> {
-        self.doc_present[index].then(|| &self.docs[index * self.dim..(index + 1) * self.dim])
+        self.docs.get(index, self.dim)
     }
 
     fn query(&self, index: usize) -> Option<&[f32]> {
-        self.query_present[index].then(|| &self.queries[index * self.dim..(index + 1) * self.dim])
+        self.queries.get(index, self.dim)
     }
 }
 
-/// Reads the vectors of the listed documents and queries; rows for other ids (other shards' queries, splits not
-/// mined) are skipped. Every row must come from the same model, and no id may have two vectors.
+/// One side's vectors, row i for the i-th id asked for.
+struct Vectors {
+    values: Vec<f32>,
+    present: Vec<bool>,
+}
+
+impl Vectors {
+    fn new(rows: usize, dim: usize) -> Self {
+        Self {
+            values: vec![0.0; rows * dim],
+            present: vec![false; rows],
+        }
+    }
+
+    fn get(&self, index: usize, dim: usize) -> Option<&[f32]> {
+        self.present[index].then(|| &self.values[index * dim..(index + 1) * dim])
+    }
+}
+
+/// Reads the vectors of the listed documents and queries from the embed stage's two datasets; rows for other ids
+/// (other shards' queries, splits not mined) are skipped. Both datasets must have the same width and every row
+/// the same model, and no id may have two vectors.
 fn read_embeddings(
-    path: &Path,
+    paths: &Paths,
     docs: &[(String, String)],
     queries: &[QueryRecord],
 ) -> Result<Embedded, MineStageError> {
-    let dataset = Dataset::open(path)?;
-    let dim = vector_width(&dataset, path)?;
+    let doc_dataset = Dataset::open(&paths.doc_embeddings)?;
+    let query_dataset = Dataset::open(&paths.query_embeddings)?;
+    let dim = vector_width(&doc_dataset, &paths.doc_embeddings)?;
+    let query_dim = vector_width(&query_dataset, &paths.query_embeddings)?;
+    if query_dim != dim {
+        return Err(MineStageError::Mine(MineError::DimensionMismatch {
+            queries: query_dim,
+            documents: dim,
+        }));
+    }
     let doc_index: HashMap<&str, usize> = docs
         .iter()
         .enumerate()
@@ -277,88 +307,110 @@ fn read_embeddings(
         .enumerate()
         .map(|(i, query)| (query.qid.as_str(), i))
         .collect();
-    let mut embedded = Embedded {
-        dim,
-        model: String::new(),
-        docs: vec![0.0; docs.len() * dim],
-        doc_present: vec![false; docs.len()],
-        queries: vec![0.0; queries.len() * dim],
-        query_present: vec![false; queries.len()],
+    let mut model = None;
+    let mut read = |dataset: &Dataset, path: &Path, kind: &str, index: &HashMap<&str, usize>| {
+        let mut vectors = Vectors::new(index.len(), dim);
+        read_side(dataset, path, kind, index, dim, &mut model, &mut vectors)?;
+        Ok::<_, MineStageError>(vectors)
     };
-    let mut first_model: Option<String> = None;
+    let doc_vectors = read(&doc_dataset, &paths.doc_embeddings, "doc", &doc_index)?;
+    let query_vectors = read(
+        &query_dataset,
+        &paths.query_embeddings,
+        "query",
+        &query_index,
+    )?;
+    Ok(Embedded {
+        dim,
+        model: model.ok_or_else(|| MineStageError::NoEmbeddings {
+            path: paths.doc_embeddings.clone(),
+        })?,
+        docs: doc_vectors,
+        queries: query_vectors,
+    })
+}
+
+/// Reads one embeddings dataset whose rows are all of `kind` into `vectors`, for the ids in `index`. `model`
+/// holds the first row's model across both datasets.
+fn read_side(
+    dataset: &Dataset,
+    path: &Path,
+    kind: &str,
+    index: &HashMap<&str, usize>,
+    dim: usize,
+    model: &mut Option<String>,
+    vectors: &mut Vectors,
+) -> Result<(), MineStageError> {
     let mut row_base = 0u64;
     for batch in dataset.batches()? {
         let batch = batch?;
         let ids = strings(&batch, "id", path)?;
         let kinds = strings(&batch, "kind", path)?;
         let models = strings(&batch, "model", path)?;
-        let vectors = batch
+        let lists = batch
             .column_by_name("vector")
             .and_then(|column| column.as_fixed_size_list_opt())
             .ok_or_else(|| missing_column(path, "vector", "fixed_size_list<float32>"))?;
-        let values = vector_values(vectors, path)?;
+        let values = vector_values(lists, path)?;
         for row in 0..batch.num_rows() {
             let at = row_base + row as u64 + 1;
-            let model = models.value(row);
-            match &first_model {
-                None => first_model = Some(model.to_string()),
-                Some(first) if first != model => {
-                    return Err(MineStageError::MixedModels {
-                        path: path.to_path_buf(),
-                        first: first.clone(),
-                        second: model.to_string(),
-                        row: at,
-                    })
-                }
-                Some(_) => {}
+            check_model(model, models.value(row), path, at)?;
+            if kinds.value(row) != kind {
+                return Err(row_error(
+                    path,
+                    at,
+                    format!(
+                        "kind must be `{kind}` in this dataset, found {:?}",
+                        kinds.value(row)
+                    ),
+                ));
             }
-            let (index, store, present) = match kinds.value(row) {
-                "doc" => (
-                    doc_index.get(ids.value(row)),
-                    &mut embedded.docs,
-                    &mut embedded.doc_present,
-                ),
-                "query" => (
-                    query_index.get(ids.value(row)),
-                    &mut embedded.queries,
-                    &mut embedded.query_present,
-                ),
-                other => {
-                    return Err(row_error(
-                        path,
-                        at,
-                        format!("kind must be `query` or `doc`, found {other:?}"),
-                    ))
-                }
+            let Some(&index) = index.get(ids.value(row)) else {
+                continue;
             };
-            let Some(&index) = index else { continue };
-            if vectors.is_null(row) {
+            if lists.is_null(row) {
                 return Err(row_error(
                     path,
                     at,
                     format!("no vector for {:?}", ids.value(row)),
                 ));
             }
-            if std::mem::replace(&mut present[index], true) {
+            if std::mem::replace(&mut vectors.present[index], true) {
                 return Err(row_error(
                     path,
                     at,
-                    format!(
-                        "a second vector for {} {:?}",
-                        kinds.value(row),
-                        ids.value(row)
-                    ),
+                    format!("a second vector for {kind} {:?}", ids.value(row)),
                 ));
             }
-            let offset = vectors.value_offset_at(row);
-            store[index * dim..(index + 1) * dim].copy_from_slice(&values[offset..offset + dim]);
+            let offset = lists.value_offset_at(row);
+            vectors.values[index * dim..(index + 1) * dim]
+                .copy_from_slice(&values[offset..offset + dim]);
         }
         row_base += batch.num_rows() as u64;
     }
-    embedded.model = first_model.ok_or_else(|| MineStageError::NoEmbeddings {
-        path: path.to_path_buf(),
-    })?;
-    Ok(embedded)
+    Ok(())
+}
+
+/// Every row must come from the model of the first row read.
+fn check_model(
+    first: &mut Option<String>,
+    model: &str,
+    path: &Path,
+    row: u64,
+) -> Result<(), MineStageError> {
+    match first {
+        None => *first = Some(model.to_string()),
+        Some(first) if first != model => {
+            return Err(MineStageError::MixedModels {
+                path: path.to_path_buf(),
+                first: first.clone(),
+                second: model.to_string(),
+                row,
+            })
+        }
+        Some(_) => {}
+    }
+    Ok(())
 }
 
 /// The embedding width, from the dataset's schema.

@@ -1,6 +1,7 @@
 //! The `mine` stage: first-stage candidates for evaluation and sampled negatives for training, from the ingest
 //! stage's queries, corpus and qrels and the embed stage's vectors (DESIGN §5).
 //!
+//! Vectors come from the embed stage's `doc_embeddings` and `query_embeddings` datasets (one model for both).
 //! For each query in a candidate split (default: every split but `train`) it writes the exact top-`k` of its
 //! scope to `candidates`, ranked by score descending and then by did descending (trec_eval's order), ranks 1-based
 //! and distinct; gold documents stay in (evaluation reranks the real first-stage list). For each query in a
@@ -42,6 +43,7 @@ use super::{
     MineError, MiningStats, QueryInput, QueryNegatives, RandomPool, SampleConfig, StatsBuilder,
 };
 use crate::device::DeviceSpec;
+use crate::embed::{DOC_EMBEDDINGS, QUERY_EMBEDDINGS};
 use crate::pipeline::{Input, Output, PipelineError, Reject, Stage, StageContext, StageError};
 use crate::progress;
 use crate::shard::Shard;
@@ -86,7 +88,10 @@ impl Stage for MineStage {
         };
         vec![
             as_input(self.config.ingest(), &["corpus", "queries", "qrels"]),
-            as_input(self.config.embeddings(), &["embeddings"]),
+            as_input(
+                self.config.embeddings(),
+                &[DOC_EMBEDDINGS, QUERY_EMBEDDINGS],
+            ),
         ]
     }
 
