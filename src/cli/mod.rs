@@ -4,6 +4,7 @@ mod inspect;
 mod mine;
 mod run;
 mod score;
+mod shards;
 mod stages;
 
 use std::process::ExitCode;
@@ -72,7 +73,10 @@ pub enum Command {
     World(stages::WorldArgs),
     Ingest(stages::IngestArgs),
     Mine(mine::MineArgs),
+    Embed(stages::EmbedArgs),
     Score(score::ScoreArgs),
+    Shards(shards::ShardsArgs),
+    Export(shards::ExportArgs),
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {
@@ -94,7 +98,10 @@ pub fn main() -> ExitCode {
         Command::World(args) => stages::world(args, &cli.global),
         Command::Ingest(args) => stages::ingest(args, &cli.global),
         Command::Mine(args) => mine::mine(args, &cli.global),
+        Command::Embed(args) => stages::embed(args, &cli.global),
         Command::Score(args) => score::score_pairs(args),
+        Command::Shards(args) => shards::shards(args, &cli.global),
+        Command::Export(args) => shards::export_shards(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
