@@ -3,8 +3,9 @@
 //! back as the unsharded output, reruns are byte-identical, unusable records become rejects, and the demo world
 //! mines hard negatives that score measurably above random ones.
 //!
-//! Inputs are written directly with the dataset writer (an ingest-shaped directory and an embeddings dataset
-//! with vectors chosen here), so every score is known.
+//! Inputs are written directly with the dataset writer (an ingest-shaped directory and the embed stage's two
+//! embeddings datasets with vectors chosen here), so every score is known; the demo-world tests run the real
+//! chain world -> ingest -> embed (a tiny CLIP) -> mine.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -25,7 +26,7 @@ use umrank::digest::sha256_file;
 use umrank::mine::{FilterConfig, MineConfig, MineStage, Scope};
 use umrank::pipeline::{RejectPolicy, RunOptions, Runner};
 use umrank::schema;
-use umrank::shard::{stable_hash, Shard};
+use umrank::shard::Shard;
 
 // ---------------------------------------------------------------------------------------------------------------
 // Inputs
@@ -1045,121 +1046,92 @@ fn umrank(args: &[&str]) -> String {
     stdout
 }
 
-/// Hashed text dimensions and thumbnail dimensions of [`FixtureEmbedder`].
-const TEXT_DIMS: usize = 256;
-const THUMB_SIDE: u32 = 4;
-const IMAGE_DIMS: usize = (THUMB_SIDE * THUMB_SIDE * 3) as usize;
-
-/// A stand-in embedder until the embed stage feeds this test: IDF-weighted hashed words of the text next to a
-/// mean-centred colour thumbnail of the image, L2-normalised. Text and images share no dimensions, so only
-/// same-modality parts score; that is enough for mining, whose scores come from whatever retriever it is given.
-struct FixtureEmbedder {
-    /// Inverse document frequency of each word over every text embedded.
-    idf: BTreeMap<String, f32>,
+/// The tiny CLIP the embed stage's tests use (random weights: a weak retriever, but a real one).
+fn clip_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/embedders/clip")
 }
 
-fn words(text: &str) -> impl Iterator<Item = String> + '_ {
-    text.split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
+/// How much harder the hard negatives of a mining run are than its random ones, measured within each query
+/// (queries differ in how high everything scores, so pooled means mix easy and hard queries).
+#[derive(Debug)]
+struct Hardness {
+    /// Queries with both kinds of negatives.
+    queries: usize,
+    /// (hard, random) pairs within those queries.
+    pairs: usize,
+    /// Share of the pairs whose hard negative scores above the random one (ties count half): 0.5 when hard
+    /// negatives are drawn like random ones, 1.0 when every hard negative outscores its query's random ones.
+    hard_wins: f64,
+    /// Mean over the queries of (mean hard score - mean random score).
+    mean_gap: f64,
+    /// Standard error of `mean_gap`.
+    gap_error: f64,
 }
 
-impl FixtureEmbedder {
-    fn new<'a>(texts: impl Iterator<Item = &'a str>) -> Self {
-        let mut df: BTreeMap<String, f32> = BTreeMap::new();
-        let mut n = 0.0f32;
-        for text in texts {
-            n += 1.0;
-            for word in words(text).collect::<BTreeSet<_>>() {
-                *df.entry(word).or_default() += 1.0;
-            }
-        }
-        let idf = df
-            .into_iter()
-            .map(|(word, df)| (word, (n / df).ln()))
-            .collect();
-        Self { idf }
-    }
-
-    fn embed(&self, text: Option<&str>, image: Option<&image::RgbImage>) -> Vec<f32> {
-        let mut vector = vec![0.0f32; TEXT_DIMS + IMAGE_DIMS];
-        for word in words(text.unwrap_or_default()) {
-            let slot = (stable_hash(word.as_bytes()) % TEXT_DIMS as u64) as usize;
-            vector[slot] += self.idf.get(&word).copied().unwrap_or_default();
-        }
-        if let Some(image) = image {
-            let thumb = image::imageops::resize(
-                image,
-                THUMB_SIDE,
-                THUMB_SIDE,
-                image::imageops::FilterType::Triangle,
-            );
-            let raw = thumb.as_raw();
-            let mean = raw.iter().map(|&v| f32::from(v)).sum::<f32>() / raw.len() as f32;
-            for (slot, &value) in vector[TEXT_DIMS..].iter_mut().zip(raw) {
-                *slot = (f32::from(value) - mean) / 255.0;
-            }
-        }
-        let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt();
-        if norm > 0.0 {
-            vector.iter_mut().for_each(|v| *v /= norm);
-        }
-        vector
-    }
-}
-
-/// Embeds the ingest stage's corpus and queries with [`FixtureEmbedder`] into `embed/embeddings`.
-fn embed_world(ingest: &Path, embed: &Path) {
-    let mut images = BTreeMap::new();
-    for batch in batches(&ingest.join("images")) {
-        let ids = column(&batch, "image_id").as_string::<i32>();
-        let bytes = column(&batch, "bytes").as_binary::<i64>();
-        for row in 0..batch.num_rows() {
-            let decoded = image::load_from_memory(bytes.value(row)).unwrap().to_rgb8();
-            images.insert(ids.value(row).to_string(), decoded);
-        }
-    }
-    // (id, kind, text, image id) of every record.
-    let mut records: Vec<(String, &str, Option<String>, Option<String>)> = Vec::new();
-    for (dataset, id_column, kind) in [("corpus", "did", "doc"), ("queries", "qid", "query")] {
-        for batch in batches(&ingest.join(dataset)) {
-            let ids = column(&batch, id_column).as_string::<i32>();
-            let texts = column(&batch, "text").as_string::<i32>();
-            let image_ids = column(&batch, "image_id").as_string::<i32>();
-            for row in 0..batch.num_rows() {
-                records.push((
-                    ids.value(row).to_string(),
-                    kind,
-                    texts.is_valid(row).then(|| texts.value(row).to_string()),
-                    image_ids
-                        .is_valid(row)
-                        .then(|| image_ids.value(row).to_string()),
-                ));
-            }
-        }
-    }
-    let embedder = FixtureEmbedder::new(records.iter().filter_map(|r| r.2.as_deref()));
-    let vectors: Vec<Vec<f32>> = records
+fn hardness(rows: &[NegativeRow]) -> Hardness {
+    let (mut pairs, mut wins, mut gaps) = (0usize, 0.0f64, Vec::new());
+    for row in rows
         .iter()
-        .map(|(_, _, text, image)| {
-            embedder.embed(text.as_deref(), image.as_ref().map(|id| &images[id]))
-        })
-        .collect();
-    let rows: Vec<EmbeddingRow> = records
-        .iter()
-        .zip(&vectors)
-        .map(|((id, kind, _, _), v)| (id.as_str(), *kind, v.as_slice()))
-        .collect();
-    write_embeddings(
-        embed,
-        TEXT_DIMS + IMAGE_DIMS,
-        &rows,
-        "fixture-idf-thumbnail",
-    );
+        .filter(|r| !r.hard.is_empty() && !r.random.is_empty())
+    {
+        for (_, hard, _) in &row.hard {
+            for (_, random) in &row.random {
+                pairs += 1;
+                wins += match hard.partial_cmp(random) {
+                    Some(std::cmp::Ordering::Greater) => 1.0,
+                    Some(std::cmp::Ordering::Equal) => 0.5,
+                    _ => 0.0,
+                };
+            }
+        }
+        let mean = |scores: &mut dyn Iterator<Item = f32>| {
+            let scores: Vec<f64> = scores.map(f64::from).collect();
+            scores.iter().sum::<f64>() / scores.len() as f64
+        };
+        gaps.push(
+            mean(&mut row.hard.iter().map(|h| h.1)) - mean(&mut row.random.iter().map(|r| r.1)),
+        );
+    }
+    let n = gaps.len() as f64;
+    let mean_gap = gaps.iter().sum::<f64>() / n;
+    let variance = gaps.iter().map(|g| (g - mean_gap).powi(2)).sum::<f64>() / (n - 1.0);
+    Hardness {
+        queries: gaps.len(),
+        pairs,
+        hard_wins: wins / pairs as f64,
+        mean_gap,
+        gap_error: (variance / n).sqrt(),
+    }
+}
+
+/// `umrank mine` into `dir/out` on the demo world stages in `dir`, with extra options; returns its stdout (the
+/// statistics table).
+fn mine_demo(dir: &Path, out: &str, extra: &[&str]) -> String {
+    let path = |name: &str| dir.join(name).display().to_string();
+    let (ingest, embed, out) = (path("ingest"), path("embed"), path(out));
+    let mut args = vec![
+        "mine",
+        "--out",
+        &out,
+        "--from",
+        &ingest,
+        "--embeddings",
+        &embed,
+        "--k",
+        "20",
+        // The small world's pools hold 60 documents: hard negatives come from the top 16 of the 59 others.
+        // Mining all of them (the default top-100) would make "hard" a uniform draw from the whole pool, the
+        // same draw as "random".
+        "--mining-k",
+        "16",
+    ];
+    args.extend_from_slice(extra);
+    umrank(&args)
 }
 
 #[test]
 fn mining_the_demo_world_prints_statistics_and_hard_negatives_are_harder() {
+    // The real chain, through the command line: world -> ingest -> embed (tiny CLIP) -> mine.
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name).display().to_string();
     umrank(&["-q", "world", "--out", &path("world"), "--size", "small"]);
@@ -1171,23 +1143,18 @@ fn mining_the_demo_world_prints_statistics_and_hard_negatives_are_harder() {
         "--root",
         &path("world/mbeir"),
     ]);
-    embed_world(&dir.path().join("ingest"), &dir.path().join("embed"));
-    let stdout = umrank(&[
-        "mine",
+    let clip = clip_dir().display().to_string();
+    umrank(&[
+        "-q",
+        "embed",
         "--out",
-        &path("mine"),
+        &path("embed"),
         "--from",
         &path("ingest"),
-        "--embeddings",
-        &path("embed"),
-        "--k",
-        "20",
-        // The small world's pools hold 60 documents: hard negatives come from the top 16 of the 59 others.
-        // Mining all of them (the default top-100) would make "hard" a uniform draw from the whole pool, the
-        // same draw as "random".
-        "--mining-k",
-        "16",
+        "--model",
+        &clip,
     ]);
+    let stdout = mine_demo(dir.path(), "mine", &[]);
     println!("{stdout}");
     for line in [
         "mine statistics",
@@ -1200,31 +1167,61 @@ fn mining_the_demo_world_prints_statistics_and_hard_negatives_are_harder() {
     ] {
         assert!(stdout.contains(line), "the table has `{line}`:\n{stdout}");
     }
-    let stats = read_stats(&dir.path().join("mine"));
-    let hard = stats["hard_negatives"]["mean"].as_f64().unwrap();
-    let random = stats["random_negatives"]["mean"].as_f64().unwrap();
-    let gap = hard - random;
-    println!(
-        "demo world: hard mean {hard:.4}, random mean {random:.4}, gap {gap:.4}, per-query gap {:.4}",
-        stats["mean_gap"].as_f64().unwrap()
-    );
-    assert!(
-        gap > 0.1,
-        "hard negatives must score clearly above random ones (gap {gap:.4})"
-    );
-    assert!(stats["mean_gap"].as_f64().unwrap() > 0.1);
+    let mine = dir.path().join("mine");
+    let stats = read_stats(&mine);
     // Small world: 5 tasks x 8 train queries, one positive each; val + test get candidates.
     assert_eq!(stats["queries"], 40);
     assert_eq!(stats["groups"], 40);
     assert_eq!(stats["candidate_queries"], 5 * (3 + 4));
-    let negatives = read_negatives(&dir.path().join("mine"));
-    assert!(negatives
-        .iter()
-        .all(|row| row.retriever == "fixture-idf-thumbnail"));
-    let candidates = read_candidates(&dir.path().join("mine"));
+    let retriever = stats["retriever"].as_str().unwrap();
+    let candidates = read_candidates(&mine);
     assert!(candidates
         .iter()
-        .all(|row| row.k == 20 && row.ranked.len() == 20));
+        .all(|row| row.k == 20 && row.ranked.len() == 20 && row.retriever == retriever));
+    let negatives = read_negatives(&mine);
+    assert!(negatives.iter().all(|row| row.retriever == retriever));
+
+    // The random CLIP ranks many positives low, so the positive-aware filter (default relative margin 0.05)
+    // rightly calls most of their top candidates suspected false negatives: few queries keep hard negatives.
+    // Mined without it, every query gets its hard negatives straight from the ranking. Either way hard negatives
+    // must outscore random ones within their query: a draw that ignored the ranking would win about half the
+    // pairs, and its mean gap would lie within a few standard errors of 0.
+    let unfiltered = mine_demo(dir.path(), "mine-unfiltered", &["--no-relative-margin"]);
+    println!("{unfiltered}");
+    let measure = |name: &str, out: &str| {
+        let stats = read_stats(&dir.path().join(out));
+        let (hard, random) = (
+            stats["hard_negatives"]["mean"].as_f64().unwrap(),
+            stats["random_negatives"]["mean"].as_f64().unwrap(),
+        );
+        let measured = hardness(&read_negatives(&dir.path().join(out)));
+        println!(
+            "demo world, {name}: mean score gap hard - random (per query) {:.4} +- {:.4} over {} queries; \
+             hard beats random in {:.1}% of {} pairs; pooled means hard {hard:.4}, random {random:.4}",
+            measured.mean_gap,
+            measured.gap_error,
+            measured.queries,
+            100.0 * measured.hard_wins,
+            measured.pairs,
+        );
+        let reported = stats["mean_gap"].as_f64().unwrap();
+        assert!(
+            (reported - measured.mean_gap).abs() < 1e-6,
+            "{name}: stats.json's mean gap {reported} is the per-query gap of the negatives dataset"
+        );
+        assert!(
+            measured.pairs >= 100 && measured.hard_wins > 0.85 && measured.mean_gap > 0.02,
+            "{name}: hard negatives must score clearly above random ones: {measured:?}"
+        );
+        measured
+    };
+    measure("default filter", "mine");
+    let unfiltered = measure("no relative margin", "mine-unfiltered");
+    assert_eq!(unfiltered.queries, 40);
+    assert!(
+        unfiltered.mean_gap > 4.0 * unfiltered.gap_error,
+        "{unfiltered:?}"
+    );
 }
 
 #[test]
@@ -1260,7 +1257,7 @@ fn the_mine_command_documents_every_option() {
 fn runs_in_a_pipeline_after_ingest_and_embed_and_is_then_up_to_date() {
     use umrank::pipeline::{PipelineConfig, StageOutcome};
     let dir = tempfile::tempdir().unwrap();
-    let clip = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/embedders/clip");
+    let clip = clip_dir();
     let text = format!(
         r#"
         [pipeline]
