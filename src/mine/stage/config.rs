@@ -27,7 +27,8 @@ pub struct MineConfig {
     pub from: Option<String>,
     /// An ingest stage directory outside the pipeline, instead of `from`.
     pub ingest_dir: Option<PathBuf>,
-    /// The upstream embed stage (its `doc_embeddings` and `query_embeddings` datasets) [default: `embed`, unless `embeddings_dir` is given].
+    /// The upstream embed stage (its `doc_embeddings` and `query_embeddings` datasets) [default: `embed`, unless
+    /// `embeddings_dir` is given].
     pub embeddings_from: Option<String>,
     /// An embed stage directory outside the pipeline, instead of `embeddings_from`.
     pub embeddings_dir: Option<PathBuf>,
