@@ -2,6 +2,7 @@
 
 use crate::embed::EmbedStage;
 use crate::ingest::IngestStage;
+use crate::mine::MineStage;
 use crate::pipeline::StageRegistry;
 use crate::shards::ShardsStage;
 use crate::train::dual_encoder::DualEncoderStage;
@@ -14,6 +15,7 @@ pub fn registry() -> StageRegistry {
     registry.register("ingest", IngestStage::new);
     registry.register("embedder", DualEncoderStage::new);
     registry.register("embed", EmbedStage::new);
+    registry.register("mine", MineStage::new);
     registry.register("shards", ShardsStage::new);
     registry
 }

@@ -2,6 +2,7 @@
 
 mod embedder;
 mod inspect;
+mod mine;
 mod run;
 mod score;
 mod shards;
@@ -74,6 +75,7 @@ pub enum Command {
     Ingest(stages::IngestArgs),
     Embedder(embedder::EmbedderArgs),
     Embed(stages::EmbedArgs),
+    Mine(mine::MineArgs),
     Score(score::ScoreArgs),
     Shards(shards::ShardsArgs),
     Export(shards::ExportArgs),
@@ -99,6 +101,7 @@ pub fn main() -> ExitCode {
         Command::Ingest(args) => stages::ingest(args, &cli.global),
         Command::Embedder(args) => embedder::embedder(args, &cli.global),
         Command::Embed(args) => stages::embed(args, &cli.global),
+        Command::Mine(args) => mine::mine(args, &cli.global),
         Command::Score(args) => score::score_pairs(args),
         Command::Shards(args) => shards::shards(args, &cli.global),
         Command::Export(args) => shards::export_shards(args),
