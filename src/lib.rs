@@ -25,4 +25,5 @@ pub mod progress;
 pub mod schema;
 pub mod shard;
 pub mod stages;
+pub mod train;
 pub mod world;

@@ -4,6 +4,7 @@ mod inspect;
 mod run;
 mod score;
 mod stages;
+mod train;
 
 use std::process::ExitCode;
 
@@ -71,6 +72,7 @@ pub enum Command {
     World(stages::WorldArgs),
     Ingest(stages::IngestArgs),
     Score(score::ScoreArgs),
+    Train(train::TrainArgs),
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {
@@ -92,6 +94,7 @@ pub fn main() -> ExitCode {
         Command::World(args) => stages::world(args, &cli.global),
         Command::Ingest(args) => stages::ingest(args, &cli.global),
         Command::Score(args) => score::score_pairs(args),
+        Command::Train(args) => train::train(args, &cli.global),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
