@@ -3,6 +3,7 @@
 mod inspect;
 mod run;
 mod score;
+mod shards;
 mod stages;
 mod train;
 
@@ -71,8 +72,11 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     World(stages::WorldArgs),
     Ingest(stages::IngestArgs),
+    Embed(stages::EmbedArgs),
     Score(score::ScoreArgs),
     Train(train::TrainArgs),
+    Shards(shards::ShardsArgs),
+    Export(shards::ExportArgs),
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {
@@ -93,8 +97,11 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => inspect::inspect(args),
         Command::World(args) => stages::world(args, &cli.global),
         Command::Ingest(args) => stages::ingest(args, &cli.global),
+        Command::Embed(args) => stages::embed(args, &cli.global),
         Command::Score(args) => score::score_pairs(args),
         Command::Train(args) => train::train(args, &cli.global),
+        Command::Shards(args) => shards::shards(args, &cli.global),
+        Command::Export(args) => shards::export_shards(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

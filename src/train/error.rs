@@ -43,7 +43,9 @@ pub enum TrainError {
         expected: Shape,
         got: Shape,
     },
-    #[error("optimizer: the global gradient norm at step {step} is {norm}; the update was not applied")]
+    #[error(
+        "optimizer: the global gradient norm at step {step} is {norm}; the update was not applied"
+    )]
     NonFiniteGradient { step: u64, norm: f64 },
     #[error("optimizer state: {name}: {problem}")]
     OptimizerState { name: String, problem: String },

@@ -107,8 +107,9 @@ impl ObjectiveConfig {
         Ok(())
     }
 
-    /// The weights whose means [`LossReport`] carries: the objective's own in the unified view.
-    fn reported_weights(&self) -> (WeightSource, Option<f64>) {
+    /// The objective's own weights in the unified view: what a unified objective optimises with, and what
+    /// [`LossReport`] reports for every objective.
+    fn unified_weights(&self) -> (WeightSource, Option<f64>) {
         match self.objective {
             Objective::Sft => (WeightSource::Sft, None),
             Objective::Cl => (WeightSource::Cl, None),
@@ -191,15 +192,12 @@ pub fn group_loss(
     let math = compute_dtype(z_yes.dtype());
     let (z_yes, z_no) = (z_yes.to_dtype(math)?, z_no.to_dtype(math)?);
     let temperature = cfg.temperature;
+    let (source, tau) = cfg.unified_weights();
+    let weights = UnifiedWeights::compute(&logits, source, temperature, tau);
     let loss = match cfg.objective {
         Objective::Sft => sft_loss(&z_yes, &z_no)?,
         Objective::Cl => cl_loss(&z_yes, temperature)?,
-        Objective::Unified {
-            weight,
-            direction,
-            tau,
-        } => {
-            let weights = UnifiedWeights::compute(&logits, weight, temperature, tau);
+        Objective::Unified { direction, .. } => {
             let direction = match direction {
                 DirectionSource::Sft => (&z_yes - &z_no)?,
                 DirectionSource::Cl => (&z_yes / temperature)?,
@@ -213,15 +211,13 @@ pub fn group_loss(
             ((direction * signed)?.sum_all()? / logits.groups as f64)?
         }
     };
-    let (source, tau) = cfg.reported_weights();
-    let reported = UnifiedWeights::compute(&logits, source, temperature, tau);
     Ok(LossReport {
         loss,
         sft: logits.sft_loss(),
         cl: logits.cl_loss(temperature),
-        w_pos_mean: reported.positive_mean(),
-        w_neg_mean: reported.negative_mean(),
-        masked: reported.masked,
+        w_pos_mean: weights.positive_mean(),
+        w_neg_mean: weights.negative_mean(),
+        masked: weights.masked,
     })
 }
 
@@ -231,7 +227,10 @@ fn sft_loss(z_yes: &Tensor, z_no: &Tensor) -> candle_core::Result<Tensor> {
     let (groups, columns) = z_yes.dims2()?;
     let log_p = log_softmax(&Tensor::stack(&[z_no, z_yes], 2)?)?;
     let positives = log_p.narrow(1, 0, 1)?.narrow(2, 1, 1)?.sum_all()?;
-    let negatives = log_p.narrow(1, 1, columns - 1)?.narrow(2, 0, 1)?.sum_all()?;
+    let negatives = log_p
+        .narrow(1, 1, columns - 1)?
+        .narrow(2, 0, 1)?
+        .sum_all()?;
     (positives + negatives)? * (-1.0 / groups as f64)
 }
 
@@ -376,13 +375,8 @@ impl UnifiedWeights {
                 }
             };
             for (column, (w, p)) in raw.into_iter().zip(probability).enumerate() {
-                let learned = tau.is_some_and(|tau| {
-                    if column == 0 {
-                        p > 1.0 - tau
-                    } else {
-                        p < tau
-                    }
-                });
+                let learned =
+                    tau.is_some_and(|tau| if column == 0 { p > 1.0 - tau } else { p < tau });
                 masked += usize::from(learned);
                 weights.push(if learned { 0.0 } else { w });
             }

@@ -166,7 +166,8 @@ impl Param {
             theta = (theta * (1.0 - lr * config.weight_decay))?;
         }
         self.exp_avg = lerp(&self.exp_avg, grad, 1.0 - config.beta1)?;
-        self.exp_avg_sq = ((&self.exp_avg_sq * config.beta2)? + ((grad * (1.0 - config.beta2))? * grad)?)?;
+        self.exp_avg_sq =
+            ((&self.exp_avg_sq * config.beta2)? + ((grad * (1.0 - config.beta2))? * grad)?)?;
         let denom = ((self.exp_avg_sq.sqrt()? / bias_correction2_sqrt)? + config.eps)?;
         let step = ((&self.exp_avg / denom)? * (lr / bias_correction1))?;
         self.set_value((theta - step)?)
@@ -205,10 +206,7 @@ impl AdamW {
         }
         Ok(Self {
             config,
-            params: vars
-                .into_iter()
-                .map(Param::new)
-                .collect::<Result<_, _>>()?,
+            params: vars.into_iter().map(Param::new).collect::<Result<_, _>>()?,
             steps: 0,
         })
     }
@@ -332,7 +330,8 @@ impl AdamW {
         if let Some(name) = state.keys().next() {
             return Err(TrainError::OptimizerState {
                 name: name.clone(),
-                problem: "is not part of this optimizer's state (a checkpoint of other variables?)".into(),
+                problem: "is not part of this optimizer's state (a checkpoint of other variables?)"
+                    .into(),
             });
         }
         for (param, (exp_avg, exp_avg_sq, steps, master)) in self.params.iter_mut().zip(restored) {
@@ -405,7 +404,10 @@ fn global_norm<'a>(grads: impl Iterator<Item = &'a Tensor>) -> Result<f64, Train
     if squares.is_empty() {
         return Ok(0.0);
     }
-    Ok(Tensor::stack(&squares, 0)?.sum_all()?.to_scalar::<f64>()?.sqrt())
+    Ok(Tensor::stack(&squares, 0)?
+        .sum_all()?
+        .to_scalar::<f64>()?
+        .sqrt())
 }
 
 /// Sums the gradients of several micro-batches for the same variables, for one optimizer step over all of them.
