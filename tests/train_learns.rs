@@ -16,7 +16,10 @@ use std::path::Path;
 use candle_core::{DType, Device};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use train_data::{demo_data, random_docs, read_corpus, read_qrels, read_queries, tokenizer_dir, DemoData, GroupsConfig};
+use train_data::{
+    demo_data, random_docs, read_corpus, read_qrels, read_queries, tokenizer_dir, DemoData,
+    GroupsConfig,
+};
 use umrank::dataset::Dataset;
 use umrank::eval::{evaluate, Metric, Qrels, Run};
 use umrank::models::decoder::Decoder;
@@ -74,7 +77,10 @@ fn mrr(model_dir: &Path, data: &DemoData, dataset: &str, ranking: Ranking) -> f6
         let positives = &qrels_all[&query.qid];
         let mut candidates = vec![by_did[positives[0].as_str()]];
         candidates.extend(random_docs(&pool, positives, CANDIDATES - 1, &mut rng));
-        qrels.insert(query.qid.clone(), positives.iter().map(|p| (p.clone(), 1)).collect());
+        qrels.insert(
+            query.qid.clone(),
+            positives.iter().map(|p| (p.clone(), 1)).collect(),
+        );
         for doc in candidates {
             let input = RerankInput {
                 instruction: query.instruction.as_deref().unwrap_or(""),
@@ -85,7 +91,10 @@ fn mrr(model_dir: &Path, data: &DemoData, dataset: &str, ranking: Ranking) -> f6
             pairs.push((query.qid.clone(), doc.did.clone(), ids));
         }
     }
-    let inputs: Vec<ScoreInput> = pairs.iter().map(|(_, _, ids)| ScoreInput { ids, images: &[] }).collect();
+    let inputs: Vec<ScoreInput> = pairs
+        .iter()
+        .map(|(_, _, ids)| ScoreInput { ids, images: &[] })
+        .collect();
     let pad = tokenizer.special_token_id(IM_END).unwrap();
     let scores = score(&decoder, &inputs, tokenizer.yes_no_ids().unwrap(), pad, 32).unwrap();
     let mut run = Run::new();
@@ -94,7 +103,9 @@ fn mrr(model_dir: &Path, data: &DemoData, dataset: &str, ranking: Ranking) -> f6
             Ranking::PYes => f64::from(s.p_yes),
             Ranking::ZYes => f64::from(s.z_yes),
         };
-        run.entry(qid.clone()).or_insert_with(BTreeMap::new).insert(did.clone(), value);
+        run.entry(qid.clone())
+            .or_insert_with(BTreeMap::new)
+            .insert(did.clone(), value);
     }
     evaluate(&run, &qrels, &[Metric::Mrr(10)]).unwrap().mean[&Metric::Mrr(10)]
 }
@@ -135,13 +146,25 @@ fn a_tiny_model_learns_the_demo_world_with_sft_and_with_cl() {
     let untrained_p = mrr(&untrained_dir, &data, &dataset, Ranking::PYes);
     let untrained_z = mrr(&untrained_dir, &data, &dataset, Ranking::ZYes);
 
-    let sft = train(&config("objective = 'sft'"), &inputs(DataFormat::Sft), &settings("sft")).unwrap();
-    let cl = train(&config("objective = 'cl'\ndata = 'cl'"), &inputs(DataFormat::Cl), &settings("cl")).unwrap();
+    let sft = train(
+        &config("objective = 'sft'"),
+        &inputs(DataFormat::Sft),
+        &settings("sft"),
+    )
+    .unwrap();
+    let cl = train(
+        &config("objective = 'cl'\ndata = 'cl'"),
+        &inputs(DataFormat::Cl),
+        &settings("cl"),
+    )
+    .unwrap();
     let sft_mrr = mrr(&sft.output.unwrap(), &data, &dataset, Ranking::PYes);
     let cl_mrr = mrr(&cl.output.unwrap(), &data, &dataset, Ranking::ZYes);
     let first_last = |log: &[umrank::train::log::StepLog]| {
         let n = log.len().min(10);
-        let mean = |rows: &[umrank::train::log::StepLog]| rows.iter().map(|r| r.loss).sum::<f64>() / rows.len() as f64;
+        let mean = |rows: &[umrank::train::log::StepLog]| {
+            rows.iter().map(|r| r.loss).sum::<f64>() / rows.len() as f64
+        };
         (mean(&log[..n]), mean(&log[log.len() - n..]))
     };
     eprintln!(
@@ -150,6 +173,12 @@ fn a_tiny_model_learns_the_demo_world_with_sft_and_with_cl() {
         first_last(&sft.log),
         first_last(&cl.log)
     );
-    assert!(sft_mrr >= untrained_p + 0.2, "SFT {sft_mrr:.3} vs untrained {untrained_p:.3}");
-    assert!(cl_mrr >= untrained_z + 0.2, "CL {cl_mrr:.3} vs untrained {untrained_z:.3}");
+    assert!(
+        sft_mrr >= untrained_p + 0.2,
+        "SFT {sft_mrr:.3} vs untrained {untrained_p:.3}"
+    );
+    assert!(
+        cl_mrr >= untrained_z + 0.2,
+        "CL {cl_mrr:.3} vs untrained {untrained_z:.3}"
+    );
 }

@@ -17,7 +17,9 @@ use umrank::train::config::DataFormat;
 use umrank::train::encode::Encoder;
 use umrank::train::forward::batch_logits;
 use umrank::train::log::{read_log, StepLog, TRAIN_LOG};
-use umrank::train::{prepare, train, train_prepared, RunSettings, TrainConfig, TrainInputs, TrainStage};
+use umrank::train::{
+    prepare, train, train_prepared, RunSettings, TrainConfig, TrainInputs, TrainStage,
+};
 use umrank::world::WorldSize;
 
 fn small(dir: &Path, datasets: &[&str], negatives: usize) -> DemoData {
@@ -34,12 +36,15 @@ fn small(dir: &Path, datasets: &[&str], negatives: usize) -> DemoData {
     )
 }
 
+/// The tiny VL test config, with the keys of `extra` overriding its defaults.
 fn config(extra: &str) -> TrainConfig {
-    let text = format!(
-        "init = 'tiny'\ntokenizer = '{}'\nmax_len = 512\ngroups_per_batch = 2\nlr = 1e-3\ncheckpoint_every = 0\n{extra}",
+    let mut table: toml::Table = toml::from_str(&format!(
+        "init = 'tiny'\ntokenizer = '{}'\nmax_len = 512\ngroups_per_batch = 2\nlr = 1e-3\ncheckpoint_every = 0",
         tokenizer_dir().display()
-    );
-    toml::from_str(&text).unwrap()
+    ))
+    .unwrap();
+    table.extend(toml::from_str::<toml::Table>(extra).unwrap());
+    toml::Value::Table(table).try_into().unwrap()
 }
 
 fn inputs(data: &DemoData, format: DataFormat) -> TrainInputs {
@@ -70,7 +75,13 @@ fn deterministic(row: &StepLog) -> StepLog {
 }
 
 fn values(tensor: &Tensor) -> Vec<f32> {
-    tensor.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    tensor
+        .to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 #[test]
@@ -100,7 +111,10 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
             "{file}"
         );
     }
-    assert_eq!(strip(&read_log(&split.join(TRAIN_LOG)).unwrap()), strip(&uninterrupted.log));
+    assert_eq!(
+        strip(&read_log(&split.join(TRAIN_LOG)).unwrap()),
+        strip(&uninterrupted.log)
+    );
 
     // A checkpoint of another run is not resumed from.
     let other = RunSettings {
@@ -114,7 +128,7 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
 fn lora_training_changes_only_adapter_weights() {
     let tmp = tempfile::tempdir().unwrap();
     let data = small(tmp.path(), &[], 2);
-    let config = config("max_steps = 3");
+    let config = config("max_steps = 3\ndata = 'cl'");
     let prepared = prepare(&config, &inputs(&data, DataFormat::Cl), 3, &Device::Cpu).unwrap();
     let before: BTreeMap<String, Vec<f32>> = prepared
         .model
@@ -123,8 +137,13 @@ fn lora_training_changes_only_adapter_weights() {
         .map(|(name, t)| (name.clone(), values(t)))
         .collect();
     let trainable = prepared.model.trainable();
-    assert!(trainable.iter().all(|(name, _)| name.ends_with(".lora_A") || name.ends_with(".lora_B")));
-    let b_before: Vec<Vec<f32>> = trainable.iter().map(|(_, v)| values(v.as_tensor())).collect();
+    assert!(trainable
+        .iter()
+        .all(|(name, _)| name.ends_with(".lora_A") || name.ends_with(".lora_B")));
+    let b_before: Vec<Vec<f32>> = trainable
+        .iter()
+        .map(|(_, v)| values(v.as_tensor()))
+        .collect();
 
     let (outcome, model) = train_prepared(&config, prepared, &settings(tmp.path(), None)).unwrap();
     assert_eq!(outcome.log.len(), 3);
@@ -137,7 +156,10 @@ fn lora_training_changes_only_adapter_weights() {
         .zip(&b_before)
         .filter(|((_, v), old)| values(v.as_tensor()) != **old)
         .count();
-    assert!(changed > model.trainable().len() / 2, "only {changed} adapter matrices moved");
+    assert!(
+        changed > model.trainable().len() / 2,
+        "only {changed} adapter matrices moved"
+    );
     let adapter = tmp.path().join("adapter");
     assert!(adapter.join("adapter_config.json").is_file());
     assert!(!adapter.join("extra_weights.safetensors").exists());
@@ -156,7 +178,8 @@ fn full_tuning_keeps_the_lm_head_and_vision_tower_frozen_unless_asked() {
             .iter()
             .map(|(n, t)| (n.clone(), values(t)))
             .collect();
-        let (_, model) = train_prepared(&config, prepared, &settings(&tmp.path().join(out), None)).unwrap();
+        let (_, model) =
+            train_prepared(&config, prepared, &settings(&tmp.path().join(out), None)).unwrap();
         model
             .base_weights()
             .into_iter()
@@ -168,7 +191,10 @@ fn full_tuning_keeps_the_lm_head_and_vision_tower_frozen_unless_asked() {
     };
     let moved = run("", "frozen");
     assert!(!moved["lm_head.weight"]);
-    assert!(moved.iter().filter(|(n, _)| n.starts_with("visual.")).all(|(_, m)| !m));
+    assert!(moved
+        .iter()
+        .filter(|(n, _)| n.starts_with("visual."))
+        .all(|(_, m)| !m));
     assert!(moved["model.embed_tokens.weight"] && moved["model.layers.0.mlp.up_proj.weight"]);
     let moved = run("train_vision = true\ntrain_lm_head = true", "unfrozen");
     assert!(moved["lm_head.weight"]);
@@ -185,18 +211,32 @@ fn packing_and_the_vision_cache_give_the_logits_of_the_plain_path() {
     let data = small(tmp.path(), &[], 2);
     let logits = |extra: &str| {
         let config = config(extra);
-        let mut prepared = prepare(&config, &inputs(&data, DataFormat::Sft), 3, &Device::Cpu).unwrap();
+        let mut prepared =
+            prepare(&config, &inputs(&data, DataFormat::Sft), 3, &Device::Cpu).unwrap();
         let sequences: Vec<_> = {
-            let builder = umrank::models::prompt::PromptBuilder::reranker(prepared.model.tokenizer()).unwrap();
+            let builder =
+                umrank::models::prompt::PromptBuilder::reranker(prepared.model.tokenizer())
+                    .unwrap();
             let encoder = Encoder::new(builder, 512, prepared.images.as_ref());
-            prepared.groups[..4].iter().flat_map(|g| encoder.encode(g).unwrap()).collect()
+            prepared.groups[..4]
+                .iter()
+                .flat_map(|g| encoder.encode(g).unwrap())
+                .collect()
         };
         assert!(sequences.iter().any(|s| !s.images.is_empty()));
         let packing = config.packing;
         let mut out = Vec::new();
         // Twice, so that the second pass reads the cache the first one filled.
         for _ in 0..2 {
-            let batch = batch_logits(&prepared.model, prepared.images.as_mut(), &sequences, 3, packing, false).unwrap();
+            let batch = batch_logits(
+                &prepared.model,
+                prepared.images.as_mut(),
+                &sequences,
+                3,
+                packing,
+                false,
+            )
+            .unwrap();
             assert_eq!(batch.z_yes.dims(), &[4, 3]);
             out.push((values(&batch.z_yes), values(&batch.z_no)));
         }
@@ -207,7 +247,12 @@ fn packing_and_the_vision_cache_give_the_logits_of_the_plain_path() {
     assert_eq!(cached, 0);
     let (fast, cached) = logits("packing = true\nvision_cache = true");
     assert!(cached > 0);
-    for (a, b) in plain.0.iter().zip(&fast.0).chain(plain.1.iter().zip(&fast.1)) {
+    for (a, b) in plain
+        .0
+        .iter()
+        .zip(&fast.0)
+        .chain(plain.1.iter().zip(&fast.1))
+    {
         assert!((a - b).abs() <= 1e-4 * (1.0 + a.abs()), "{a} vs {b}");
     }
 }
@@ -224,17 +269,34 @@ fn unusable_groups_become_rejects_with_their_reason() {
     .unwrap();
     let prepared = prepare(&text_model, &inputs, 1, &Device::Cpu).unwrap();
     assert!(!prepared.groups.is_empty());
-    assert!(prepared.groups.iter().all(|g| g.image_ids().next().is_none()));
+    assert!(prepared
+        .groups
+        .iter()
+        .all(|g| g.image_ids().next().is_none()));
     assert!(!prepared.rejects.is_empty());
     assert!(prepared
         .rejects
         .iter()
-        .all(|r| r.reason == "image_without_vision_model" && r.record_id.is_some() && r.line.is_some()));
-    assert_eq!(prepared.records as usize, prepared.groups.len() + prepared.rejects.len());
+        .all(|r| r.reason == "image_without_vision_model"
+            && r.record_id.is_some()
+            && r.line.is_some()));
+    assert_eq!(
+        prepared.records as usize,
+        prepared.groups.len() + prepared.rejects.len()
+    );
 
-    let err = prepare(&config("negatives = 5"), &inputs, 1, &Device::Cpu).err().unwrap().to_string();
-    assert!(err.contains("short_of_negatives") && err.contains("training uses 5"), "{err}");
-    let err = prepare(&config("max_len = 40"), &inputs, 1, &Device::Cpu).err().unwrap().to_string();
+    let err = prepare(&config("negatives = 5"), &inputs, 1, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("short_of_negatives") && err.contains("training uses 5"),
+        "{err}"
+    );
+    let err = prepare(&config("max_len = 40"), &inputs, 1, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("too_long"), "{err}");
 }
 
@@ -245,13 +307,27 @@ fn every_objective_reports_both_losses_and_the_unified_weights() {
     let inputs = inputs(&data, DataFormat::Cl);
     for (extra, check_weights) in [
         ("objective = 'cl'\ntemperature = 0.5", false),
-        ("objective = 'unified'\nweight = 'const'\ndirection = 'sft'", true),
-        ("objective = 'unified'\nweight = 'cl'\ndirection = 'sft'\ntau = 0.45", false),
+        (
+            "objective = 'unified'\nweight = 'const'\ndirection = 'sft'",
+            true,
+        ),
+        (
+            "objective = 'unified'\nweight = 'cl'\ndirection = 'sft'\ntau = 0.45",
+            false,
+        ),
     ] {
         let out = tmp.path().join(format!("run{}", extra.len()));
-        let outcome = train(&config(&format!("max_steps = 2\n{extra}")), &inputs, &settings(&out, None)).unwrap();
+        let outcome = train(
+            &config(&format!("max_steps = 2\ndata = 'cl'\n{extra}")),
+            &inputs,
+            &settings(&out, None),
+        )
+        .unwrap();
         for row in &outcome.log {
-            assert!(row.sft_loss.is_finite() && row.cl_loss.is_finite() && row.loss.is_finite(), "{extra}: {row:?}");
+            assert!(
+                row.sft_loss.is_finite() && row.cl_loss.is_finite() && row.loss.is_finite(),
+                "{extra}: {row:?}"
+            );
             assert!(row.grad_norm > 0.0 && row.lr > 0.0 && row.groups == 2);
             if check_weights {
                 assert_eq!((row.w_pos, row.w_neg), (1.0, 1.0));
@@ -313,7 +389,10 @@ fn train_help_documents_every_key_of_the_train_table() {
             "vision_cache" | "packing" => format!("--no-{}", key.replace('_', "-")),
             other => format!("--{}", other.replace('_', "-")),
         };
-        assert!(help.contains(&flag), "`umrank train --help` lacks {flag}:\n{help}");
+        assert!(
+            help.contains(&flag),
+            "`umrank train --help` lacks {flag}:\n{help}"
+        );
     }
     for documented in ["--out <DIR>", "--seed", "--device", "--force", "--resume"] {
         assert!(help.contains(documented), "{documented}");

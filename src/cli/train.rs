@@ -227,10 +227,19 @@ impl TrainArgs {
     /// The `[train]` table the flags describe: only the given keys, so everything else takes its default.
     fn table(&self) -> anyhow::Result<toml::Table> {
         let flags = [
-            ("train_lm_head", Some(toml::Value::Boolean(self.train_lm_head))),
-            ("train_vision", Some(toml::Value::Boolean(self.train_vision))),
+            (
+                "train_lm_head",
+                Some(toml::Value::Boolean(self.train_lm_head)),
+            ),
+            (
+                "train_vision",
+                Some(toml::Value::Boolean(self.train_vision)),
+            ),
             ("resume", Some(toml::Value::Boolean(self.resume))),
-            ("vision_cache", Some(toml::Value::Boolean(!self.no_vision_cache))),
+            (
+                "vision_cache",
+                Some(toml::Value::Boolean(!self.no_vision_cache)),
+            ),
             ("packing", Some(toml::Value::Boolean(!self.no_packing))),
             ("data", value(&self.data)?),
             ("model", value(&self.model)?),

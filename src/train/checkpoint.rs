@@ -88,9 +88,11 @@ impl Checkpoint {
     /// The trainable variables' values and the optimizer state, by their names.
     pub fn state(&self, device: &Device) -> Result<CheckpointState, TrainRunError> {
         let path = self.dir.join(STATE);
-        let tensors = candle_core::safetensors::load(&path, device).map_err(|e| TrainRunError::Checkpoint {
-            path: path.clone(),
-            message: e.to_string(),
+        let tensors = candle_core::safetensors::load(&path, device).map_err(|e| {
+            TrainRunError::Checkpoint {
+                path: path.clone(),
+                message: e.to_string(),
+            }
         })?;
         let mut state = CheckpointState::default();
         for (name, tensor) in tensors {
@@ -118,12 +120,19 @@ pub struct CheckpointState {
 
 impl CheckpointState {
     /// Sets every variable of `params` to its saved value; a missing or misshapen one is an error.
-    pub fn restore_params(&mut self, params: &[(String, Var)], dir: &Path) -> Result<(), TrainRunError> {
+    pub fn restore_params(
+        &mut self,
+        params: &[(String, Var)],
+        dir: &Path,
+    ) -> Result<(), TrainRunError> {
         for (name, var) in params {
-            let saved = self.params.remove(name).ok_or_else(|| TrainRunError::Checkpoint {
-                path: dir.to_path_buf(),
-                message: format!("no saved value for `{name}`"),
-            })?;
+            let saved = self
+                .params
+                .remove(name)
+                .ok_or_else(|| TrainRunError::Checkpoint {
+                    path: dir.to_path_buf(),
+                    message: format!("no saved value for `{name}`"),
+                })?;
             if saved.shape() != var.shape() || saved.dtype() != var.dtype() {
                 return Err(TrainRunError::Checkpoint {
                     path: dir.to_path_buf(),
@@ -170,7 +179,11 @@ pub fn save(
         .iter()
         .map(|(name, var)| (format!("{PARAM}{name}"), var.as_tensor().clone()))
         .collect();
-    tensors.extend(optimizer.into_iter().map(|(name, t)| (format!("{OPTIM}{name}"), t)));
+    tensors.extend(
+        optimizer
+            .into_iter()
+            .map(|(name, t)| (format!("{OPTIM}{name}"), t)),
+    );
     write_safetensors(&tmp.join(STATE), &tensors)?;
     let meta_path = tmp.join(META);
     let text = serde_json::to_string(meta).map_err(|e| TrainRunError::Checkpoint {
@@ -195,7 +208,10 @@ fn complete(root: &Path) -> Result<Vec<(u64, PathBuf)>, TrainRunError> {
     for entry in fs::read_dir(root).map_err(TrainRunError::io(root))? {
         let entry = entry.map_err(TrainRunError::io(root))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(step) = name.strip_prefix("step-").and_then(|s| s.parse::<u64>().ok()) else {
+        let Some(step) = name
+            .strip_prefix("step-")
+            .and_then(|s| s.parse::<u64>().ok())
+        else {
             continue;
         };
         let dir = entry.path();
@@ -222,10 +238,11 @@ pub fn latest(root: &Path, run_key: &str) -> Result<Option<Checkpoint>, TrainRun
     for (_, dir) in complete(root)?.into_iter().rev() {
         let path = dir.join(META);
         let text = fs::read_to_string(&path).map_err(TrainRunError::io(&path))?;
-        let meta: CheckpointMeta = serde_json::from_str(&text).map_err(|e| TrainRunError::Checkpoint {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        let meta: CheckpointMeta =
+            serde_json::from_str(&text).map_err(|e| TrainRunError::Checkpoint {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
         if meta.format != FORMAT || meta.run_key != run_key {
             tracing::warn!(
                 "{}: written by a different run (config, seed or inputs changed); not resuming from it",

@@ -330,7 +330,10 @@ impl TrainConfig {
             return problem("negatives", "a group needs at least one negative");
         }
         if self.max_len < 16 {
-            return problem("max_len", format!("{} tokens cannot hold the prompt", self.max_len));
+            return problem(
+                "max_len",
+                format!("{} tokens cannot hold the prompt", self.max_len),
+            );
         }
         if self.min_pixels == 0 || self.min_pixels > self.max_pixels {
             return problem(
@@ -390,7 +393,9 @@ impl TrainConfig {
             ObjectiveName::Unified => Objective::Unified {
                 weight: match self.weight {
                     Some(weight) => weight,
-                    None => return problem("weight", "the unified objective needs sft, cl or const"),
+                    None => {
+                        return problem("weight", "the unified objective needs sft, cl or const")
+                    }
                 },
                 direction: match self.direction {
                     Some(direction) => direction,
@@ -473,7 +478,10 @@ impl TrainConfig {
             return problem("max_steps", "must be at least 1");
         }
         if !(0.0..=1.0).contains(&self.min_lr_ratio) {
-            return problem("min_lr_ratio", format!("{} is not in [0, 1]", self.min_lr_ratio));
+            return problem(
+                "min_lr_ratio",
+                format!("{} is not in [0, 1]", self.min_lr_ratio),
+            );
         }
         Ok(())
     }
@@ -510,9 +518,15 @@ mod tests {
     #[test]
     fn defaults_follow_the_paper_recipe() {
         let config = parse("model = 'm'").unwrap();
-        assert_eq!((config.lora_r, config.lr, config.tune), (16, 1e-4, Tuning::Lora));
+        assert_eq!(
+            (config.lora_r, config.lr, config.tune),
+            (16, 1e-4, Tuning::Lora)
+        );
         assert!(!config.train_lm_head && !config.train_vision);
-        assert_eq!(config.objective_config().unwrap(), ObjectiveConfig::default());
+        assert_eq!(
+            config.objective_config().unwrap(),
+            ObjectiveConfig::default()
+        );
         assert_eq!(config.max_len, 3200);
     }
 
@@ -550,16 +564,21 @@ mod tests {
         );
         assert!(parse("init = 'tiny'").unwrap_err().contains("`tokenizer`"));
         assert!(parse("").unwrap_err().contains("`model`"));
-        assert!(parse("model = 'm'\nlora_r = 0").unwrap_err().contains("`lora_r`"));
+        assert!(parse("model = 'm'\nlora_r = 0")
+            .unwrap_err()
+            .contains("`lora_r`"));
         assert!(parse("model = 'm'\ngroups_per_batch = 0")
             .unwrap_err()
             .contains("`groups_per_batch`"));
-        assert!(parse("model = 'm'\nlearning_rate = 1").unwrap_err().contains("unknown field"));
+        assert!(parse("model = 'm'\nlearning_rate = 1")
+            .unwrap_err()
+            .contains("unknown field"));
     }
 
     #[test]
     fn total_steps_cover_the_epochs() {
-        let mut config = parse("model = 'm'\ngroups_per_batch = 2\naccumulation = 3\nepochs = 2").unwrap();
+        let mut config =
+            parse("model = 'm'\ngroups_per_batch = 2\naccumulation = 3\nepochs = 2").unwrap();
         assert_eq!(config.total_steps(10), 4);
         config.max_steps = Some(7);
         assert_eq!(config.total_steps(10), 7);

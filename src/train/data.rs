@@ -45,7 +45,11 @@ impl Group {
         self.query
             .image_id
             .iter()
-            .chain(self.documents.iter().filter_map(|(_, d)| d.image_id.as_ref()))
+            .chain(
+                self.documents
+                    .iter()
+                    .filter_map(|(_, d)| d.image_id.as_ref()),
+            )
             .map(String::as_str)
     }
 }
@@ -153,7 +157,12 @@ impl SftReader {
             return;
         }
         if !label {
-            self.reject(row, group_id, "group_positive_not_first", "the group's first row is not its positive");
+            self.reject(
+                row,
+                group_id,
+                "group_positive_not_first",
+                "the group's first row is not its positive",
+            );
             self.broken = Some((group_id, row));
             return;
         }
@@ -180,7 +189,12 @@ impl SftReader {
     fn flush(&mut self) {
         if let Some(group) = self.current.take() {
             if group.negatives() == 0 {
-                self.reject(group.row, group.group_id, "group_without_negatives", "the group has no negative rows");
+                self.reject(
+                    group.row,
+                    group.group_id,
+                    "group_without_negatives",
+                    "the group has no negative rows",
+                );
             } else {
                 self.out.groups.push(group);
             }
@@ -218,13 +232,13 @@ pub fn read_cl(dataset: &Dataset, corpus: &Dataset) -> Result<GroupSet, TrainRun
         for i in 0..batch.num_rows() {
             row += 1;
             let list = negatives.value(i);
-            let names = list
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .ok_or_else(|| TrainRunError::Data {
-                    path: path.to_path_buf(),
-                    message: "column `negatives` is not a list of strings".into(),
-                })?;
+            let names =
+                list.as_any()
+                    .downcast_ref::<StringArray>()
+                    .ok_or_else(|| TrainRunError::Data {
+                        path: path.to_path_buf(),
+                        message: "column `negatives` is not a list of strings".into(),
+                    })?;
             let mut dids = vec![positive.value(i).to_string()];
             dids.extend((0..names.len()).map(|k| names.value(k).to_string()));
             rows.push(Row {
@@ -243,7 +257,10 @@ pub fn read_cl(dataset: &Dataset, corpus: &Dataset) -> Result<GroupSet, TrainRun
             });
         }
     }
-    let wanted: HashSet<&str> = rows.iter().flat_map(|r| r.dids.iter().map(String::as_str)).collect();
+    let wanted: HashSet<&str> = rows
+        .iter()
+        .flat_map(|r| r.dids.iter().map(String::as_str))
+        .collect();
     let docs = read_corpus(corpus, &wanted)?;
     let mut out = GroupSet::default();
     let mut seen = HashSet::new();
@@ -254,17 +271,26 @@ pub fn read_cl(dataset: &Dataset, corpus: &Dataset) -> Result<GroupSet, TrainRun
                 .with_id(group.group_id.to_string())
         };
         if !seen.insert(group.group_id) {
-            out.rejects.push(reject("duplicate_group", "the group id appears on an earlier row".into()));
+            out.rejects.push(reject(
+                "duplicate_group",
+                "the group id appears on an earlier row".into(),
+            ));
             continue;
         }
         if dids.len() < 2 {
-            out.rejects.push(reject("group_without_negatives", "the group lists no negatives".into()));
+            out.rejects.push(reject(
+                "group_without_negatives",
+                "the group lists no negatives".into(),
+            ));
             continue;
         }
         if let Some(missing) = dids.iter().find(|d| !docs.contains_key(d.as_str())) {
             out.rejects.push(reject(
                 "unknown_document",
-                format!("document `{missing}` is not in the corpus {}", corpus.path().display()),
+                format!(
+                    "document `{missing}` is not in the corpus {}",
+                    corpus.path().display()
+                ),
             ));
             continue;
         }
@@ -281,7 +307,10 @@ pub fn read_cl(dataset: &Dataset, corpus: &Dataset) -> Result<GroupSet, TrainRun
 }
 
 /// The parts of the corpus documents in `wanted`.
-fn read_corpus(corpus: &Dataset, wanted: &HashSet<&str>) -> Result<HashMap<String, Part>, TrainRunError> {
+fn read_corpus(
+    corpus: &Dataset,
+    wanted: &HashSet<&str>,
+) -> Result<HashMap<String, Part>, TrainRunError> {
     let mut docs = HashMap::with_capacity(wanted.len());
     for batch in corpus.batches()? {
         let batch = batch?;
@@ -314,7 +343,10 @@ pub fn fix_negatives(set: &mut GroupSet, negatives: Option<usize>, source: &str)
                 Reject::new(
                     source,
                     "short_of_negatives",
-                    format!("the group has {} negatives, training uses {n}", group.negatives()),
+                    format!(
+                        "the group has {} negatives, training uses {n}",
+                        group.negatives()
+                    ),
                 )
                 .at_line(group.row)
                 .with_id(group.group_id.to_string()),

@@ -51,16 +51,19 @@ impl<'a> Encoder<'a> {
                     query,
                     document: self.side(document)?,
                 };
-                let prompt = self.builder.build(&input, self.max_len).map_err(|e| match e {
-                    PromptError::TooLong { .. } => GroupProblem {
-                        reason: "too_long",
-                        detail: format!("document `{did}`: {e}"),
-                    },
-                    other => GroupProblem {
-                        reason: "bad_prompt",
-                        detail: format!("document `{did}`: {other}"),
-                    },
-                })?;
+                let prompt = self
+                    .builder
+                    .build(&input, self.max_len)
+                    .map_err(|e| match e {
+                        PromptError::TooLong { .. } => GroupProblem {
+                            reason: "too_long",
+                            detail: format!("document `{did}`: {e}"),
+                        },
+                        other => GroupProblem {
+                            reason: "bad_prompt",
+                            detail: format!("document `{did}`: {other}"),
+                        },
+                    })?;
                 let images = group
                     .query
                     .image_id

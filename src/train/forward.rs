@@ -119,7 +119,11 @@ impl Rows {
         rows
     }
 
-    fn layout(&self, dtype: DType, device: &candle_core::Device) -> candle_core::Result<AttentionLayout> {
+    fn layout(
+        &self,
+        dtype: DType,
+        device: &candle_core::Device,
+    ) -> candle_core::Result<AttentionLayout> {
         match &self.cu_seqlens {
             Some(cu) => AttentionLayout::packed(cu, dtype, device),
             None => AttentionLayout::padded(&ids_tensor(&self.mask, device)?, dtype),
@@ -175,12 +179,17 @@ fn vl_hidden(
     let mut embeds = decoder.embed(&ids)?;
     let mut grids = Vec::with_capacity(image_ids.len());
     if !image_ids.is_empty() {
-        let bank = images.ok_or_else(|| TrainRunError::model("the batch has images but no image bank"))?;
+        let bank =
+            images.ok_or_else(|| TrainRunError::model("the batch has images but no image bank"))?;
         for id in &image_ids {
             grids.push(bank.grid(id).map_err(TrainRunError::model)?);
         }
         let image_embeds = bank.embed(vl.vision(), &image_ids, !model.trains_vision())?;
-        embeds = splice_image_tokens(&embeds, &rows.placeholders(tokens.image_token_id), &image_embeds)?;
+        embeds = splice_image_tokens(
+            &embeds,
+            &rows.placeholders(tokens.image_token_id),
+            &image_embeds,
+        )?;
     }
     let positions = match &rows.cu_seqlens {
         Some(cu) => packed_rope_index(&rows.ids[0], cu, &grids, tokens),

@@ -146,7 +146,11 @@ impl ImageBank {
         }
     }
 
-    fn embed_cached(&mut self, tower: &VisionTransformer, ids: &[&str]) -> Result<Tensor, TrainRunError> {
+    fn embed_cached(
+        &mut self,
+        tower: &VisionTransformer,
+        ids: &[&str],
+    ) -> Result<Tensor, TrainRunError> {
         let missing: Vec<&str> = {
             let cache = self
                 .cache
@@ -158,18 +162,14 @@ impl ImageBank {
                 .filter(|id| !cache.contains_key(*id) && seen.insert(*id))
                 .collect()
         };
-        if !missing.is_empty() {
-            let out = self.run_tower(tower, &missing)?.detach();
-            let mut offset = 0;
-            let mut fresh = Vec::with_capacity(missing.len());
-            for id in &missing {
-                let n = self.tokens(id).map_err(TrainRunError::model)?;
-                fresh.push((id.to_string(), out.narrow(0, offset, n)?.contiguous()?));
-                offset += n;
-            }
-            if let Some(cache) = &mut self.cache {
-                cache.extend(fresh);
-            }
+        // One image per tower pass: a batched pass may round differently with its batch-mates, and a cached
+        // value must not depend on which batch first needed it (a resumed run meets images in other batches).
+        let mut fresh = Vec::with_capacity(missing.len());
+        for id in missing {
+            fresh.push((id.to_string(), self.run_tower(tower, &[id])?.detach()));
+        }
+        if let Some(cache) = &mut self.cache {
+            cache.extend(fresh);
         }
         let cache = self
             .cache
@@ -178,10 +178,9 @@ impl ImageBank {
         let parts = ids
             .iter()
             .map(|id| {
-                cache
-                    .get(*id)
-                    .cloned()
-                    .ok_or_else(|| TrainRunError::model(format!("image `{id}` is missing from the cache")))
+                cache.get(*id).cloned().ok_or_else(|| {
+                    TrainRunError::model(format!("image `{id}` is missing from the cache"))
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Tensor::cat(&parts, 0)?)
@@ -192,10 +191,9 @@ impl ImageBank {
         let mut pixels = Vec::with_capacity(ids.len());
         let mut grids = Vec::with_capacity(ids.len());
         for id in ids {
-            let stored = self
-                .images
-                .get(*id)
-                .ok_or_else(|| TrainRunError::model(format!("image `{id}` is not in the images dataset")))?;
+            let stored = self.images.get(*id).ok_or_else(|| {
+                TrainRunError::model(format!("image `{id}` is not in the images dataset"))
+            })?;
             let patched = self
                 .processor
                 .preprocess_bytes(&stored.bytes)

@@ -41,9 +41,12 @@ pub struct StepLog {
 pub fn write_log(path: &Path, rows: &[StepLog]) -> Result<(), TrainRunError> {
     let tmp = path.with_file_name(format!(
         ".{}.tmp",
-        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
     ));
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(TrainRunError::io(&tmp))?);
+    let mut out =
+        std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(TrainRunError::io(&tmp))?);
     for row in rows {
         serde_json::to_writer(&mut out, row).map_err(|e| TrainRunError::Data {
             path: tmp.clone(),

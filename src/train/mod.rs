@@ -32,4 +32,6 @@ pub use config::TrainConfig;
 pub use error::TrainError;
 pub use failure::TrainRunError;
 pub use stage::TrainStage;
-pub use trainer::{prepare, train, train_prepared, Prepared, RunSettings, TrainInputs, TrainOutcome};
+pub use trainer::{
+    prepare, train, train_prepared, Prepared, RunSettings, TrainInputs, TrainOutcome,
+};

@@ -116,7 +116,11 @@ impl ParamSource {
 /// Initial values of a model trained from scratch: norms at one, biases at zero, every other weight normal with
 /// standard deviation 0.02 (transformers' `initializer_range` for Qwen2).
 fn random_init(name: &str) -> Init {
-    let leaf = name.trim_end_matches(".weight").rsplit('.').next().unwrap_or("");
+    let leaf = name
+        .trim_end_matches(".weight")
+        .rsplit('.')
+        .next()
+        .unwrap_or("");
     if name.ends_with(".bias") {
         Init::Const(0.0)
     } else if leaf.contains("norm") || leaf.starts_with("ln") {
@@ -147,9 +151,9 @@ impl SimpleBackend for ParamSource {
         }
         let base = match self.origin.as_ref() {
             Origin::Checkpoint(vb) => vb.get(shape, name)?,
-            Origin::Random { builder, .. } => {
-                builder.get_with_hints(shape, name, random_init(name))?.detach()
-            }
+            Origin::Random { builder, .. } => builder
+                .get_with_hints(shape, name, random_init(name))?
+                .detach(),
         }
         .to_dtype(dtype)?
         .to_device(device)?;
@@ -167,11 +171,18 @@ impl SimpleBackend for ParamSource {
         Ok(tensor)
     }
 
-    fn get_unchecked(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
         match self.origin.as_ref() {
             Origin::Checkpoint(vb) => vb.get_unchecked_dtype(name, dtype)?.to_device(device),
             Origin::Random { .. } => {
-                candle_core::bail!("{name}: a randomly initialised model needs the shape to create it")
+                candle_core::bail!(
+                    "{name}: a randomly initialised model needs the shape to create it"
+                )
             }
         }
     }
@@ -208,12 +219,26 @@ impl Reranker {
         let (config_json, config_path, tokenizer_dir, base_name) = match &source {
             ModelSource::Pretrained(dir) => {
                 let path = dir.join("config.json");
-                (read_json(&path)?, path, dir.clone(), dir.display().to_string())
+                (
+                    read_json(&path)?,
+                    path,
+                    dir.clone(),
+                    dir.display().to_string(),
+                )
             }
             ModelSource::Tiny { vision, tokenizer } => {
                 let loaded = Tokenizer::from_dir(tokenizer)?;
-                let name = if *vision { "umrank-tiny" } else { "umrank-tiny-text" };
-                (tiny_config(&loaded, *vision)?, PathBuf::from(name), tokenizer.clone(), name.to_string())
+                let name = if *vision {
+                    "umrank-tiny"
+                } else {
+                    "umrank-tiny-text"
+                };
+                (
+                    tiny_config(&loaded, *vision)?,
+                    PathBuf::from(name),
+                    tokenizer.clone(),
+                    name.to_string(),
+                )
             }
             ModelSource::Config { config, tokenizer } => (
                 read_json(config)?,
@@ -246,7 +271,8 @@ impl Reranker {
         let vb = VarBuilder::from_backend(Box::new(params.clone()), dtype, device.clone());
         let mut backbone = if config_json.get("vision_config").is_some() {
             Backbone::Vl(Box::new(
-                Qwen2VlModel::from_var_builder(&config_json, &config_path, vb).map_err(TrainRunError::model)?,
+                Qwen2VlModel::from_var_builder(&config_json, &config_path, vb)
+                    .map_err(TrainRunError::model)?,
             ))
         } else {
             Backbone::Text(Box::new(
@@ -337,7 +363,9 @@ impl Reranker {
 
     /// Whether a vision tower is being trained (its output cannot then be cached).
     pub fn trains_vision(&self) -> bool {
-        self.served.iter().any(|s| s.var.is_some() && is_vision(&s.name))
+        self.served
+            .iter()
+            .any(|s| s.var.is_some() && is_vision(&s.name))
     }
 
     /// Where each adapter's dropout generator stands, in projection order.
@@ -352,7 +380,12 @@ impl Reranker {
 
     /// Restores positions [`Self::dropout_positions`] returned.
     pub fn set_dropout_positions(&self, positions: &[Option<u128>]) -> Result<(), TrainRunError> {
-        let adapters: Vec<_> = self.decoder().linears().into_iter().filter_map(|l| l.lora()).collect();
+        let adapters: Vec<_> = self
+            .decoder()
+            .linears()
+            .into_iter()
+            .filter_map(|l| l.lora())
+            .collect();
         if adapters.len() != positions.len() {
             return Err(TrainRunError::model(format!(
                 "{} dropout positions for {} adapters",
@@ -410,7 +443,10 @@ fn decoder_mut(backbone: &mut Backbone) -> &mut Decoder {
 }
 
 /// Named tensors into one safetensors file, sorted by name so the bytes depend on the values only.
-pub(crate) fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<(), TrainRunError> {
+pub(crate) fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+) -> Result<(), TrainRunError> {
     let sorted: BTreeMap<String, Tensor> = tensors
         .iter()
         .map(|(name, tensor)| Ok((name.clone(), tensor.detach().to_device(&Device::Cpu)?)))

@@ -49,13 +49,14 @@ impl TrainStage {
         fp.part("config", self.config().to_string().as_bytes())
             .part("seed", &ctx.seed().to_le_bytes());
         for stage in self.upstream() {
-            let manifests = Manifest::read_complete(ctx.upstream_dir(&stage)?).map_err(|reason| {
-                PipelineError::MissingUpstream {
-                    stage: ctx.name().to_string(),
-                    upstream: stage.clone(),
-                    reason,
-                }
-            })?;
+            let manifests =
+                Manifest::read_complete(ctx.upstream_dir(&stage)?).map_err(|reason| {
+                    PipelineError::MissingUpstream {
+                        stage: ctx.name().to_string(),
+                        upstream: stage.clone(),
+                        reason,
+                    }
+                })?;
             fp.part("stage", stage.as_bytes())
                 .part("hash", Manifest::combined_hash(&manifests).as_bytes());
         }

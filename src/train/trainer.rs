@@ -142,7 +142,10 @@ pub fn prepare(
         }
         None => None,
     };
-    let GroupSet { groups, mut rejects } = set;
+    let GroupSet {
+        groups,
+        mut rejects,
+    } = set;
     let usable = {
         let encoder = encoder(&model, images.as_ref(), config.max_len)?;
         let mut usable = Vec::with_capacity(groups.len());
@@ -161,7 +164,10 @@ pub fn prepare(
     if usable.is_empty() {
         return Err(TrainRunError::NothingToTrain {
             rejected: rejects.len(),
-            first: rejects.first().map(ToString::to_string).unwrap_or_else(|| "no groups in the input".into()),
+            first: rejects
+                .first()
+                .map(ToString::to_string)
+                .unwrap_or_else(|| "no groups in the input".into()),
         });
     }
     Ok(Prepared {
@@ -179,7 +185,11 @@ fn encoder<'a>(
     images: Option<&'a ImageBank>,
     max_len: usize,
 ) -> Result<Encoder<'a>, TrainRunError> {
-    Ok(Encoder::new(PromptBuilder::reranker(model.tokenizer())?, max_len, images))
+    Ok(Encoder::new(
+        PromptBuilder::reranker(model.tokenizer())?,
+        max_len,
+        images,
+    ))
 }
 
 /// Trains on `inputs` as `config` says and writes the outputs under `settings.out_dir`. With `config.resume`,
@@ -232,9 +242,18 @@ struct StepTotals {
 }
 
 impl<'a> Trainer<'a> {
-    fn new(config: &'a TrainConfig, prepared: Prepared, settings: &'a RunSettings) -> Result<Self, TrainRunError> {
+    fn new(
+        config: &'a TrainConfig,
+        prepared: Prepared,
+        settings: &'a RunSettings,
+    ) -> Result<Self, TrainRunError> {
         let total_steps = config.total_steps(prepared.groups.len());
-        let vars = prepared.model.trainable().into_iter().map(|(_, v)| v).collect();
+        let vars = prepared
+            .model
+            .trainable()
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
         let order = DataOrder::new(prepared.groups.len(), settings.seed);
         Ok(Self {
             objective: config.objective_config()?,
@@ -262,7 +281,10 @@ impl<'a> Trainer<'a> {
             checkpoint::clear(&self.checkpoints())?;
         }
         let total = self.schedule.total_steps;
-        let end = self.settings.stop_after.map_or(total, |stop| stop.min(total));
+        let end = self
+            .settings
+            .stop_after
+            .map_or(total, |stop| stop.min(total));
         let bar = progress::bar(end.saturating_sub(self.step), "train steps");
         while self.step < end {
             let row = self.train_step()?;
@@ -335,11 +357,19 @@ impl<'a> Trainer<'a> {
     /// One optimizer step over `accumulation` micro-batches.
     fn train_step(&mut self) -> Result<StepLog, TrainRunError> {
         let clock = Instant::now();
-        let vars: Vec<_> = self.prepared.model.trainable().into_iter().map(|(_, v)| v).collect();
+        let vars: Vec<_> = self
+            .prepared
+            .model
+            .trainable()
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
         let mut accumulator = GradAccumulator::new(vars);
         let mut totals = StepTotals::default();
         for _ in 0..self.config.accumulation {
-            let picked = self.order.take(self.groups_seen, self.config.groups_per_batch);
+            let picked = self
+                .order
+                .take(self.groups_seen, self.config.groups_per_batch);
             self.groups_seen += picked.len() as u64;
             let sequences = self.sequences(&picked)?;
             let prepared = &mut self.prepared;
@@ -389,12 +419,19 @@ impl<'a> Trainer<'a> {
 
     /// The prompts of the picked groups, group after group.
     fn sequences(&self, picked: &[usize]) -> Result<Vec<Sequence>, TrainRunError> {
-        let encoder = encoder(&self.prepared.model, self.prepared.images.as_ref(), self.config.max_len)?;
+        let encoder = encoder(
+            &self.prepared.model,
+            self.prepared.images.as_ref(),
+            self.config.max_len,
+        )?;
         let mut sequences = Vec::with_capacity(picked.len() * (self.prepared.negatives + 1));
         for &index in picked {
             let group = &self.prepared.groups[index];
             let encoded = encoder.encode(group).map_err(|p| {
-                TrainRunError::model(format!("group {} no longer encodes: {}", group.group_id, p.detail))
+                TrainRunError::model(format!(
+                    "group {} no longer encodes: {}",
+                    group.group_id, p.detail
+                ))
             })?;
             sequences.extend(encoded);
         }

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, Int32Array, ListBuilder, RecordBatch, StringArray, StringBuilder,
-    UInt64Array,
+    Array, ArrayRef, BooleanArray, Int32Array, ListBuilder, RecordBatch, StringArray,
+    StringBuilder, UInt64Array,
 };
 use arrow::datatypes::{DataType, Field};
 use rand::seq::IndexedRandom;
@@ -23,9 +23,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use umrank::dataset::Dataset;
 use umrank::ingest::{IngestConfig, IngestStage};
-use umrank::pipeline::{
-    Input, Output, RunOptions, Runner, Stage, StageContext, StageError,
-};
+use umrank::pipeline::{Input, Output, RunOptions, Runner, Stage, StageContext, StageError};
 use umrank::schema;
 use umrank::world::stage::{WorldStage, WorldStageConfig};
 use umrank::world::WorldSize;
@@ -60,10 +58,15 @@ fn strings(batch: &RecordBatch, name: &str) -> Vec<Option<String>> {
 
 pub fn read_queries(ingest: &Path) -> Vec<Query> {
     let mut out = Vec::new();
-    for batch in Dataset::open(&ingest.join("queries")).unwrap().batches().unwrap() {
+    for batch in Dataset::open(&ingest.join("queries"))
+        .unwrap()
+        .batches()
+        .unwrap()
+    {
         let batch = batch.unwrap();
         let [qid, text, image, instruction, dataset, split] =
-            ["qid", "text", "image_id", "instruction", "dataset", "split"].map(|c| strings(&batch, c));
+            ["qid", "text", "image_id", "instruction", "dataset", "split"]
+                .map(|c| strings(&batch, c));
         for i in 0..batch.num_rows() {
             out.push(Query {
                 qid: qid[i].clone().unwrap(),
@@ -81,9 +84,14 @@ pub fn read_queries(ingest: &Path) -> Vec<Query> {
 
 pub fn read_corpus(ingest: &Path) -> Vec<Doc> {
     let mut out = Vec::new();
-    for batch in Dataset::open(&ingest.join("corpus")).unwrap().batches().unwrap() {
+    for batch in Dataset::open(&ingest.join("corpus"))
+        .unwrap()
+        .batches()
+        .unwrap()
+    {
         let batch = batch.unwrap();
-        let [did, text, image, dataset] = ["did", "text", "image_id", "dataset"].map(|c| strings(&batch, c));
+        let [did, text, image, dataset] =
+            ["did", "text", "image_id", "dataset"].map(|c| strings(&batch, c));
         for i in 0..batch.num_rows() {
             out.push(Doc {
                 did: did[i].clone().unwrap(),
@@ -100,7 +108,11 @@ pub fn read_corpus(ingest: &Path) -> Vec<Doc> {
 /// qid -> relevant dids, sorted.
 pub fn read_qrels(ingest: &Path) -> BTreeMap<String, Vec<String>> {
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for batch in Dataset::open(&ingest.join("qrels")).unwrap().batches().unwrap() {
+    for batch in Dataset::open(&ingest.join("qrels"))
+        .unwrap()
+        .batches()
+        .unwrap()
+    {
         let batch = batch.unwrap();
         let qid = strings(&batch, "qid");
         let did = strings(&batch, "did");
@@ -108,7 +120,9 @@ pub fn read_qrels(ingest: &Path) -> BTreeMap<String, Vec<String>> {
         let rel = rel.as_any().downcast_ref::<Int32Array>().unwrap();
         for i in 0..batch.num_rows() {
             if rel.value(i) > 0 {
-                out.entry(qid[i].clone().unwrap()).or_default().push(did[i].clone().unwrap());
+                out.entry(qid[i].clone().unwrap())
+                    .or_default()
+                    .push(did[i].clone().unwrap());
             }
         }
     }
@@ -119,8 +133,17 @@ pub fn read_qrels(ingest: &Path) -> BTreeMap<String, Vec<String>> {
 }
 
 /// `n` documents of `pool` drawn without replacement, none of them in `exclude`.
-pub fn random_docs<'a>(pool: &'a [&'a Doc], exclude: &[String], n: usize, rng: &mut ChaCha8Rng) -> Vec<&'a Doc> {
-    let eligible: Vec<&Doc> = pool.iter().copied().filter(|d| !exclude.contains(&d.did)).collect();
+pub fn random_docs<'a>(
+    pool: &'a [&'a Doc],
+    exclude: &[String],
+    n: usize,
+    rng: &mut ChaCha8Rng,
+) -> Vec<&'a Doc> {
+    let eligible: Vec<&Doc> = pool
+        .iter()
+        .copied()
+        .filter(|d| !exclude.contains(&d.did))
+        .collect();
     eligible.choose_multiple(rng, n).copied().collect()
 }
 
@@ -173,11 +196,17 @@ impl Stage for RandomGroups {
         let mut group_id = 0u64;
         for query in &queries {
             let wanted = self.config.datasets.is_empty()
-                || self.config.datasets.iter().any(|d| query.dataset.contains(d.as_str()));
+                || self
+                    .config
+                    .datasets
+                    .iter()
+                    .any(|d| query.dataset.contains(d.as_str()));
             if !wanted || query.split != self.config.split {
                 continue;
             }
-            let Some(positives) = qrels.get(&query.qid) else { continue };
+            let Some(positives) = qrels.get(&query.qid) else {
+                continue;
+            };
             let pool = &pools[query.dataset.as_str()];
             for positive in positives {
                 let negatives = random_docs(pool, positives, self.config.negatives, &mut rng);
@@ -221,7 +250,8 @@ impl SftRows {
         self.qid.push(query.qid.clone());
         self.did.push(doc.did.clone());
         self.label.push(positive);
-        self.kind.push(if positive { "none" } else { "random" }.into());
+        self.kind
+            .push(if positive { "none" } else { "random" }.into());
         self.instruction.push(query.instruction.clone());
         self.query_text.push(query.text.clone());
         self.query_image.push(query.image_id.clone());
@@ -267,7 +297,8 @@ impl ClRows {
         self.group_id.push(group_id);
         self.qid.push(query.qid.clone());
         self.positive.push(positive.did.clone());
-        self.negatives.push(negatives.iter().map(|d| d.did.clone()).collect());
+        self.negatives
+            .push(negatives.iter().map(|d| d.did.clone()).collect());
         self.instruction.push(query.instruction.clone());
         self.query_text.push(query.text.clone());
         self.query_image.push(query.image_id.clone());
@@ -275,8 +306,11 @@ impl ClRows {
 
     fn batch(&self) -> RecordBatch {
         let list = |rows: Vec<Vec<String>>| -> ArrayRef {
-            let mut builder = ListBuilder::new(StringBuilder::new())
-                .with_field(Field::new("item", DataType::Utf8, false));
+            let mut builder = ListBuilder::new(StringBuilder::new()).with_field(Field::new(
+                "item",
+                DataType::Utf8,
+                false,
+            ));
             for row in rows {
                 for item in row {
                     builder.values().append_value(item);
@@ -316,8 +350,18 @@ pub struct DemoData {
 }
 
 /// The demo world (`size`, images `side` px) through world -> ingest -> random groups, under `dir`.
-pub fn demo_data(dir: &Path, size: WorldSize, side: u32, groups: GroupsConfig, seed: u64) -> DemoData {
-    let world = WorldStage::new(WorldStageConfig { size, image_side: side }).unwrap();
+pub fn demo_data(
+    dir: &Path,
+    size: WorldSize,
+    side: u32,
+    groups: GroupsConfig,
+    seed: u64,
+) -> DemoData {
+    let world = WorldStage::new(WorldStageConfig {
+        size,
+        image_side: side,
+    })
+    .unwrap();
     let mut ingest = IngestConfig::new(umrank::ingest::Format::Mbeir, PathBuf::from("mbeir"));
     ingest.root = None;
     ingest.from = Some("world".into());

@@ -253,7 +253,11 @@ impl Qwen2VlModel {
 /// The embedded sequence `text` `(rows, seq, hidden)` with the rows at the flat `row * seq + column` positions
 /// `placeholders` replaced, in order, by the rows of `images` `(placeholders, hidden)`. One `index_select` over
 /// `[text; images]`, so gradients reach both and nothing is written in place.
-pub fn splice_image_tokens(text: &Tensor, placeholders: &[usize], images: &Tensor) -> Result<Tensor> {
+pub fn splice_image_tokens(
+    text: &Tensor,
+    placeholders: &[usize],
+    images: &Tensor,
+) -> Result<Tensor> {
     let images = images.to_dtype(text.dtype())?;
     let embeddings = images.dim(0)?;
     if embeddings != placeholders.len() {
