@@ -5,6 +5,7 @@ use crate::ingest::IngestStage;
 use crate::mine::MineStage;
 use crate::pipeline::StageRegistry;
 use crate::shards::ShardsStage;
+use crate::train::TrainStage;
 use crate::train::dual_encoder::DualEncoderStage;
 use crate::world::stage::WorldStage;
 
@@ -17,5 +18,6 @@ pub fn registry() -> StageRegistry {
     registry.register("embed", EmbedStage::new);
     registry.register("mine", MineStage::new);
     registry.register("shards", ShardsStage::new);
+    registry.register("train", TrainStage::new);
     registry
 }

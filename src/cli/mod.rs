@@ -7,6 +7,7 @@ mod run;
 mod score;
 mod shards;
 mod stages;
+mod train;
 
 use std::process::ExitCode;
 
@@ -77,6 +78,7 @@ pub enum Command {
     Embed(stages::EmbedArgs),
     Mine(mine::MineArgs),
     Score(score::ScoreArgs),
+    Train(train::TrainArgs),
     Shards(shards::ShardsArgs),
     Export(shards::ExportArgs),
 }
@@ -103,6 +105,7 @@ pub fn main() -> ExitCode {
         Command::Embed(args) => stages::embed(args, &cli.global),
         Command::Mine(args) => mine::mine(args, &cli.global),
         Command::Score(args) => score::score_pairs(args),
+        Command::Train(args) => train::train(args, &cli.global),
         Command::Shards(args) => shards::shards(args, &cli.global),
         Command::Export(args) => shards::export_shards(args),
     };
