@@ -1,5 +1,6 @@
 //! The built-in stage kinds, as pipeline files name them.
 
+use crate::eval::EvalStage;
 use crate::ingest::IngestStage;
 use crate::pipeline::StageRegistry;
 use crate::world::stage::WorldStage;
@@ -9,5 +10,6 @@ pub fn registry() -> StageRegistry {
     let mut registry = StageRegistry::new();
     registry.register("world", WorldStage::new);
     registry.register("ingest", IngestStage::new);
+    registry.register("eval", EvalStage::new);
     registry
 }
