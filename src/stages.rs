@@ -1,8 +1,10 @@
 //! The built-in stage kinds, as pipeline files name them.
 
+use crate::embed::EmbedStage;
 use crate::eval::EvalStage;
 use crate::ingest::IngestStage;
 use crate::pipeline::StageRegistry;
+use crate::shards::ShardsStage;
 use crate::world::stage::WorldStage;
 
 /// Every stage kind umrank ships.
@@ -10,6 +12,8 @@ pub fn registry() -> StageRegistry {
     let mut registry = StageRegistry::new();
     registry.register("world", WorldStage::new);
     registry.register("ingest", IngestStage::new);
+    registry.register("embed", EmbedStage::new);
+    registry.register("shards", ShardsStage::new);
     registry.register("eval", EvalStage::new);
     registry
 }

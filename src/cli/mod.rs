@@ -3,6 +3,7 @@
 mod inspect;
 mod run;
 mod score;
+mod shards;
 mod stages;
 
 use std::process::ExitCode;
@@ -70,7 +71,10 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     World(stages::WorldArgs),
     Ingest(stages::IngestArgs),
+    Embed(stages::EmbedArgs),
     Score(score::ScoreArgs),
+    Shards(shards::ShardsArgs),
+    Export(shards::ExportArgs),
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {
@@ -91,7 +95,10 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => inspect::inspect(args),
         Command::World(args) => stages::world(args, &cli.global),
         Command::Ingest(args) => stages::ingest(args, &cli.global),
+        Command::Embed(args) => stages::embed(args, &cli.global),
         Command::Score(args) => score::score_pairs(args),
+        Command::Shards(args) => shards::shards(args, &cli.global),
+        Command::Export(args) => shards::export_shards(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
