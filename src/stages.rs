@@ -4,6 +4,7 @@ use crate::embed::EmbedStage;
 use crate::eval::EvalStage;
 use crate::ingest::IngestStage;
 use crate::pipeline::StageRegistry;
+use crate::report::ReportStage;
 use crate::shards::ShardsStage;
 use crate::world::stage::WorldStage;
 
@@ -15,5 +16,6 @@ pub fn registry() -> StageRegistry {
     registry.register("embed", EmbedStage::new);
     registry.register("shards", ShardsStage::new);
     registry.register("eval", EvalStage::new);
+    registry.register("report", ReportStage::new);
     registry
 }

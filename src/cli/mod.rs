@@ -1,6 +1,8 @@
 //! Command-line parsing and dispatch. Library errors become `anyhow` errors here, printed with their causes.
 
+mod eval;
 mod inspect;
+mod report;
 mod run;
 mod score;
 mod shards;
@@ -75,6 +77,8 @@ pub enum Command {
     Score(score::ScoreArgs),
     Shards(shards::ShardsArgs),
     Export(shards::ExportArgs),
+    Eval(eval::EvalArgs),
+    Report(report::ReportArgs),
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {
@@ -99,6 +103,8 @@ pub fn main() -> ExitCode {
         Command::Score(args) => score::score_pairs(args),
         Command::Shards(args) => shards::shards(args, &cli.global),
         Command::Export(args) => shards::export_shards(args),
+        Command::Eval(args) => eval::eval(args),
+        Command::Report(args) => report::report(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -65,8 +65,10 @@ pub fn score_pairs(args: &ScoreArgs) -> Result<()> {
         let mut prepared = Vec::with_capacity(chunk.len());
         for (line, pair) in chunk {
             let at = || format!("{}:{line}", args.pairs.display());
-            let query_image = load_image(&reranker, pair.query_image.as_deref(), base).with_context(at)?;
-            let doc_image = load_image(&reranker, pair.doc_image.as_deref(), base).with_context(at)?;
+            let query_image =
+                load_image(&reranker, pair.query_image.as_deref(), base).with_context(at)?;
+            let doc_image =
+                load_image(&reranker, pair.doc_image.as_deref(), base).with_context(at)?;
             let query = PairSide {
                 text: pair.query_text.as_deref(),
                 image: query_image.as_ref(),
@@ -91,7 +93,11 @@ pub fn score_pairs(args: &ScoreArgs) -> Result<()> {
     Ok(())
 }
 
-fn load_image(reranker: &Reranker, path: Option<&str>, base: &Path) -> Result<Option<ImagePatches>> {
+fn load_image(
+    reranker: &Reranker,
+    path: Option<&str>,
+    base: &Path,
+) -> Result<Option<ImagePatches>> {
     let Some(path) = path else { return Ok(None) };
     let file = base.join(path);
     let bytes =

@@ -20,12 +20,12 @@ pub mod trec;
 pub use error::EvalError;
 pub use macro_average::{macro_average, MacroAverage};
 pub use metrics::{evaluate, Evaluation, Metric};
-pub use stage::{EvalConfig, EvalStage, EvalSummary, ScoreField};
-pub use stage_error::EvalStageError;
-pub use summary::{compare, Comparison, RunMetrics, Significance, TestSettings};
 pub use significance::{
     paired_values, randomisation_test, RandomisationTest, DEFAULT_PERMUTATIONS,
 };
+pub use stage::{EvalConfig, EvalStage, EvalSummary, ScoreField};
+pub use stage_error::EvalStageError;
+pub use summary::{compare, Comparison, RunMetrics, Significance, TestSettings};
 pub use trec::{
     parse_qrels, parse_run, ranked_documents, read_qrels, read_run, write_run, Qrels, Run,
 };

@@ -54,6 +54,14 @@ pub enum ScoreField {
 }
 
 impl ScoreField {
+    /// The name pipeline files use.
+    pub fn name(self) -> &'static str {
+        match self {
+            ScoreField::PYes => "p_yes",
+            ScoreField::ZYes => "z_yes",
+        }
+    }
+
     fn pick(self, score: &PairScore) -> f64 {
         f64::from(match self {
             ScoreField::PYes => score.p_yes,
@@ -184,7 +192,12 @@ impl EvalStage {
             message: format!("[eval]: {message}"),
         };
         for (stage, dir, default, names) in [
-            (&mut config.from, &config.ingest_dir, "ingest", "`from` and `ingest_dir`"),
+            (
+                &mut config.from,
+                &config.ingest_dir,
+                "ingest",
+                "`from` and `ingest_dir`",
+            ),
             (
                 &mut config.candidates_from,
                 &config.candidates_dir,
@@ -199,7 +212,9 @@ impl EvalStage {
             }
         }
         if config.adapter_from.is_some() && config.adapter.is_some() {
-            return Err(bad("give one of `adapter_from` and `adapter`, not both".into()));
+            return Err(bad(
+                "give one of `adapter_from` and `adapter`, not both".into()
+            ));
         }
         if config.model.as_os_str().is_empty() {
             return Err(bad("`model` is empty".into()));
@@ -215,7 +230,9 @@ impl EvalStage {
             }
         }
         if config.splits.as_ref().is_some_and(Vec::is_empty) {
-            return Err(bad("`splits` is empty; leave it out to evaluate every split".into()));
+            return Err(bad(
+                "`splits` is empty; leave it out to evaluate every split".into(),
+            ));
         }
         Ok(Self { config })
     }
@@ -225,7 +242,11 @@ impl EvalStage {
     }
 
     fn candidates_dir(&self, ctx: &StageContext) -> Result<PathBuf, PipelineError> {
-        source_dir(ctx, &self.config.candidates_from, &self.config.candidates_dir)
+        source_dir(
+            ctx,
+            &self.config.candidates_from,
+            &self.config.candidates_dir,
+        )
     }
 
     fn adapter_dir(&self, ctx: &StageContext) -> Result<Option<PathBuf>, PipelineError> {
@@ -470,7 +491,14 @@ fn rerank(
             let mut prepared: Vec<PreparedPair> = Vec::with_capacity(chunk.len());
             let mut dids = Vec::with_capacity(chunk.len());
             for (did, _) in chunk {
-                match prepare_pair(reranker, evaluated, query, query_image.as_ref(), did, config) {
+                match prepare_pair(
+                    reranker,
+                    evaluated,
+                    query,
+                    query_image.as_ref(),
+                    did,
+                    config,
+                ) {
                     Ok(pair) => {
                         prepared.push(pair);
                         dids.push(did);
@@ -478,7 +506,10 @@ fn rerank(
                     Err((reason, detail)) => rejects.push(reject(did, reason, detail)),
                 }
             }
-            for (did, score) in dids.into_iter().zip(reranker.score(&prepared, config.batch)?) {
+            for (did, score) in dids
+                .into_iter()
+                .zip(reranker.score(&prepared, config.batch)?)
+            {
                 let value = config.score.pick(&score);
                 if value.is_finite() {
                     scores.insert(did.clone(), value);

@@ -166,7 +166,11 @@ fn split_by_task(
         for (query, &value) in runs {
             if let Some(task) = task_of.get(query) {
                 let entry = tasks.entry(task.clone()).or_default();
-                let side = if pick_second { &mut entry.1 } else { &mut entry.0 };
+                let side = if pick_second {
+                    &mut entry.1
+                } else {
+                    &mut entry.0
+                };
                 side.insert(query.clone(), value);
             }
         }

@@ -99,7 +99,11 @@ pub struct Reranker {
 impl Reranker {
     /// Loads `model` (a Qwen2-VL / Qwen2.5-VL directory, a text decoder directory, or a llama GGUF file) onto
     /// `device`, in bf16 on CUDA and f32 on the CPU, and applies the PEFT adapter directory `adapter` if given.
-    pub fn load(model: &Path, adapter: Option<&Path>, device: &Device) -> Result<Self, RerankerError> {
+    pub fn load(
+        model: &Path,
+        adapter: Option<&Path>,
+        device: &Device,
+    ) -> Result<Self, RerankerError> {
         let dtype = if device.is_cuda() {
             DType::BF16
         } else {
@@ -240,7 +244,11 @@ fn prompt_side<'a>(side: PairSide<'a>, merge: usize) -> Side<'a> {
     }
 }
 
-fn load_model(path: &Path, dtype: DType, device: &Device) -> Result<(Model, Tokenizer), RerankerError> {
+fn load_model(
+    path: &Path,
+    dtype: DType,
+    device: &Device,
+) -> Result<(Model, Tokenizer), RerankerError> {
     if path.is_file() {
         let checkpoint =
             GgufCheckpoint::read(path, device).map_err(|e| RerankerError::load(path, e))?;
@@ -284,7 +292,8 @@ fn image_processor(dir: &Path, model: &Qwen2VlModel) -> Result<Qwen2VlProcessor,
         * params.temporal_patch_size as usize
         * params.patch_size as usize
         * params.patch_size as usize;
-    if processor_dim != vision.patch_dim() || params.merge_size as usize != vision.spatial_merge_size
+    if processor_dim != vision.patch_dim()
+        || params.merge_size as usize != vision.spatial_merge_size
     {
         return Err(RerankerError::PatchSize {
             processor: processor_dim,
