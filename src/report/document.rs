@@ -520,6 +520,16 @@ fn value_cell(value: Option<&f64>) -> String {
     value.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.4}"))
 }
 
+/// The p-value to 4 decimals; one of 0 (no permutation as extreme as the observed difference) as the bound the
+/// permutations give, `< 1/permutations`, since the true p-value is not 0.
+pub fn p_value_text(test: &Significance) -> String {
+    if test.p_value > 0.0 {
+        format!("{:.4}", test.p_value)
+    } else {
+        format!("< {:.4}", 1.0 / test.permutations.max(1) as f64)
+    }
+}
+
 fn comparison_header(a: &str, b: &str) -> Vec<String> {
     ["metric", a, b, "Δ", "p"]
         .into_iter()
@@ -545,7 +555,7 @@ fn comparison_row(
             } else {
                 ""
             };
-            format!("{:.4}{mark}", t.p_value)
+            format!("{}{mark}", p_value_text(t))
         },
     );
     vec![metric.to_owned(), value_cell(a), value_cell(b), delta, p]
