@@ -1,9 +1,11 @@
 //! The built-in stage kinds, as pipeline files name them.
 
 use crate::embed::EmbedStage;
+use crate::eval::EvalStage;
 use crate::ingest::IngestStage;
 use crate::mine::MineStage;
 use crate::pipeline::StageRegistry;
+use crate::report::ReportStage;
 use crate::shards::ShardsStage;
 use crate::train::TrainStage;
 use crate::train::dual_encoder::DualEncoderStage;
@@ -19,5 +21,7 @@ pub fn registry() -> StageRegistry {
     registry.register("mine", MineStage::new);
     registry.register("shards", ShardsStage::new);
     registry.register("train", TrainStage::new);
+    registry.register("eval", EvalStage::new);
+    registry.register("report", ReportStage::new);
     registry
 }

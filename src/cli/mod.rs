@@ -1,8 +1,10 @@
 //! Command-line parsing and dispatch. Library errors become `anyhow` errors here, printed with their causes.
 
 mod embedder;
+mod eval;
 mod inspect;
 mod mine;
+mod report;
 mod run;
 mod score;
 mod shards;
@@ -81,6 +83,8 @@ pub enum Command {
     Train(train::TrainArgs),
     Shards(shards::ShardsArgs),
     Export(shards::ExportArgs),
+    Eval(eval::EvalArgs),
+    Report(report::ReportArgs),
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {
@@ -108,6 +112,8 @@ pub fn main() -> ExitCode {
         Command::Train(args) => train::train(args, &cli.global),
         Command::Shards(args) => shards::shards(args, &cli.global),
         Command::Export(args) => shards::export_shards(args),
+        Command::Eval(args) => eval::eval(args),
+        Command::Report(args) => report::report(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -24,6 +24,7 @@ pub mod precision;
 pub mod prompt;
 pub mod pyjson;
 pub mod qwen2_vl;
+pub mod reranker;
 pub mod rope;
 pub mod softmax;
 pub mod tokenizer;

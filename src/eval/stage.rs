@@ -1,0 +1,697 @@
+//! The `eval` stage: rerank each query's first-stage list with a reranker and compare the two rankings.
+//!
+//! Inputs: the ingest stage (queries with task and split, corpus, qrels, images), a stage with a `candidates`
+//! dataset (the mine stage), and the reranker: a base model directory, optionally with a PEFT adapter (from a
+//! train stage's `adapter/`, or a directory), else zero-shot. Each (query, document) pair of the top-K is scored
+//! ([`crate::models::reranker`]) with `p_yes` (SFT) or `z_yes` (CL) as the reranked score.
+//!
+//! Outputs: the `run` dataset (both runs), `first_stage.trec` and `reranked.trec`, the `metrics` dataset and
+//! `metrics.json` ([`EvalSummary`]: every metric per query, per task and averaged, for both runs, with a paired
+//! randomisation test of reranked against first stage per metric), and a table on stdout. Metrics follow DESIGN
+//! §6: every query of the evaluated splits with a relevant document counts, a query without a list scores 0.
+//!
+//! The stage needs every query to average, so it is not sharded (its outputs are files, not datasets only).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Float64Builder, RecordBatch, StringBuilder, UInt32Builder};
+use serde::{Deserialize, Serialize};
+
+use super::inputs::{self, CandidateList, DocInfo, QueryInfo};
+use super::stage_error::EvalStageError;
+use super::summary::{compare, Comparison, TestSettings, ALL};
+use super::{ranked_documents, write_run, Metric, Run, DEFAULT_PERMUTATIONS};
+use crate::dataset::{DatasetError, DatasetWriter};
+use crate::media::preprocess::ImageInput;
+use crate::models::qwen2_vl::{ImagePatches, PairScore};
+use crate::models::reranker::{PairSide, PreparedPair, Reranker};
+use crate::pipeline::{Input, Output, PipelineError, Reject, Stage, StageContext, StageError};
+use crate::progress;
+
+/// Run name (TREC tag) of the retriever's ranking.
+pub const FIRST_STAGE: &str = "first_stage";
+/// Run name (TREC tag) of the reranker's ranking.
+pub const RERANKED: &str = "reranked";
+pub const FIRST_STAGE_TREC: &str = "first_stage.trec";
+pub const RERANKED_TREC: &str = "reranked.trec";
+pub const METRICS_JSON: &str = "metrics.json";
+/// Where a train stage puts its adapter.
+pub const ADAPTER_DIR: &str = "adapter";
+
+/// Which reranker output ranks the documents.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ScoreField {
+    /// sigmoid(z_yes - z_no): the SFT score.
+    #[default]
+    PYes,
+    /// The "yes" logit: the CL score.
+    ZYes,
+}
+
+impl ScoreField {
+    /// The name pipeline files use.
+    pub fn name(self) -> &'static str {
+        match self {
+            ScoreField::PYes => "p_yes",
+            ScoreField::ZYes => "z_yes",
+        }
+    }
+
+    fn pick(self, score: &PairScore) -> f64 {
+        f64::from(match self {
+            ScoreField::PYes => score.p_yes,
+            ScoreField::ZYes => score.z_yes,
+        })
+    }
+}
+
+/// The `[eval]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// The upstream ingest stage [default: `ingest`, unless `ingest_dir` is given].
+    #[serde(default)]
+    pub from: Option<String>,
+    /// An ingest stage directory outside the pipeline, instead of `from`.
+    #[serde(default)]
+    pub ingest_dir: Option<PathBuf>,
+    /// The upstream stage with the `candidates` dataset [default: `mine`, unless `candidates_dir` is given].
+    #[serde(default)]
+    pub candidates_from: Option<String>,
+    /// A directory holding a `candidates` dataset, instead of `candidates_from`.
+    #[serde(default)]
+    pub candidates_dir: Option<PathBuf>,
+    /// The base model: a Qwen2-VL / Qwen2.5-VL directory, a text decoder directory, or a GGUF file.
+    pub model: PathBuf,
+    /// A train stage whose `adapter/` (PEFT) is applied to the model.
+    #[serde(default)]
+    pub adapter_from: Option<String>,
+    /// A PEFT adapter directory, instead of `adapter_from`. Neither: the base model, zero-shot.
+    #[serde(default)]
+    pub adapter: Option<PathBuf>,
+    /// `p_yes` (SFT) or `z_yes` (CL).
+    #[serde(default)]
+    pub score: ScoreField,
+    /// How much of each first-stage list is reranked.
+    #[serde(default = "default_k")]
+    pub k: usize,
+    /// The query splits evaluated [default: every split with a candidates list].
+    #[serde(default)]
+    pub splits: Option<Vec<String>>,
+    /// Pairs per forward pass.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// Longest prompt in tokens.
+    #[serde(default = "default_max_len")]
+    pub max_len: usize,
+    /// Permutations of each randomisation test.
+    #[serde(default = "default_permutations")]
+    pub permutations: usize,
+}
+
+fn default_k() -> usize {
+    100
+}
+
+fn default_batch() -> usize {
+    8
+}
+
+fn default_max_len() -> usize {
+    3200
+}
+
+fn default_permutations() -> usize {
+    DEFAULT_PERMUTATIONS
+}
+
+impl EvalConfig {
+    /// A config for `model`, everything else default.
+    pub fn new(model: PathBuf) -> Self {
+        Self {
+            from: None,
+            ingest_dir: None,
+            candidates_from: None,
+            candidates_dir: None,
+            model,
+            adapter_from: None,
+            adapter: None,
+            score: ScoreField::default(),
+            k: default_k(),
+            splits: None,
+            batch: default_batch(),
+            max_len: default_max_len(),
+            permutations: default_permutations(),
+        }
+    }
+}
+
+/// `metrics.json`: the comparison with what produced it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalSummary {
+    pub model: PathBuf,
+    pub adapter: Option<PathBuf>,
+    pub score: ScoreField,
+    pub k: usize,
+    pub splits: Vec<String>,
+    /// The retriever fingerprint(s) of the first-stage lists.
+    pub retrievers: Vec<String>,
+    /// Pairs scored, and pairs rejected (left out of the reranked run; see rejects.parquet).
+    pub scored_pairs: usize,
+    pub rejected_pairs: usize,
+    #[serde(flatten)]
+    pub comparison: Comparison,
+}
+
+impl EvalSummary {
+    /// Reads a stage's `metrics.json`.
+    pub fn read(path: &Path) -> Result<Self, EvalStageError> {
+        let text = fs::read_to_string(path).map_err(EvalStageError::io(path))?;
+        serde_json::from_str(&text).map_err(|source| EvalStageError::Json {
+            path: path.to_owned(),
+            source,
+        })
+    }
+}
+
+/// The eval stage; see the module docs.
+pub struct EvalStage {
+    config: EvalConfig,
+}
+
+impl EvalStage {
+    /// Fills in the default upstream stages and checks every setting, so that a bad value fails before any work.
+    pub fn new(mut config: EvalConfig) -> Result<Self, PipelineError> {
+        let bad = |message: String| PipelineError::Config {
+            path: Default::default(),
+            message: format!("[eval]: {message}"),
+        };
+        for (stage, dir, default, names) in [
+            (
+                &mut config.from,
+                &config.ingest_dir,
+                "ingest",
+                "`from` and `ingest_dir`",
+            ),
+            (
+                &mut config.candidates_from,
+                &config.candidates_dir,
+                "mine",
+                "`candidates_from` and `candidates_dir`",
+            ),
+        ] {
+            match (&stage, dir) {
+                (Some(_), Some(_)) => return Err(bad(format!("give one of {names}, not both"))),
+                (None, None) => *stage = Some(default.to_owned()),
+                _ => {}
+            }
+        }
+        if config.adapter_from.is_some() && config.adapter.is_some() {
+            return Err(bad(
+                "give one of `adapter_from` and `adapter`, not both".into()
+            ));
+        }
+        if config.model.as_os_str().is_empty() {
+            return Err(bad("`model` is empty".into()));
+        }
+        for (field, value) in [
+            ("k", config.k),
+            ("batch", config.batch),
+            ("max_len", config.max_len),
+            ("permutations", config.permutations),
+        ] {
+            if value == 0 {
+                return Err(bad(format!("`{field}` must be at least 1")));
+            }
+        }
+        if config.splits.as_ref().is_some_and(Vec::is_empty) {
+            return Err(bad(
+                "`splits` is empty; leave it out to evaluate every split".into(),
+            ));
+        }
+        Ok(Self { config })
+    }
+
+    fn ingest_dir(&self, ctx: &StageContext) -> Result<PathBuf, PipelineError> {
+        source_dir(ctx, &self.config.from, &self.config.ingest_dir)
+    }
+
+    fn candidates_dir(&self, ctx: &StageContext) -> Result<PathBuf, PipelineError> {
+        source_dir(
+            ctx,
+            &self.config.candidates_from,
+            &self.config.candidates_dir,
+        )
+    }
+
+    fn adapter_dir(&self, ctx: &StageContext) -> Result<Option<PathBuf>, PipelineError> {
+        Ok(match (&self.config.adapter_from, &self.config.adapter) {
+            (Some(stage), _) => Some(ctx.upstream_dir(stage)?.join(ADAPTER_DIR)),
+            (None, dir) => dir.clone(),
+        })
+    }
+}
+
+fn source_dir(
+    ctx: &StageContext,
+    stage: &Option<String>,
+    dir: &Option<PathBuf>,
+) -> Result<PathBuf, PipelineError> {
+    match (stage, dir) {
+        (Some(stage), _) => Ok(ctx.upstream_dir(stage)?.to_path_buf()),
+        (None, Some(dir)) => Ok(dir.clone()),
+        (None, None) => Err(PipelineError::Config {
+            path: Default::default(),
+            message: "[eval]: no input given".into(),
+        }),
+    }
+}
+
+impl Stage for EvalStage {
+    fn name(&self) -> &'static str {
+        "eval"
+    }
+
+    fn config(&self) -> serde_json::Value {
+        serde_json::to_value(&self.config).unwrap_or_default()
+    }
+
+    fn inputs(&self) -> Vec<Input> {
+        let c = &self.config;
+        let mut inputs: Vec<Input> = [&c.from, &c.candidates_from, &c.adapter_from]
+            .into_iter()
+            .flatten()
+            .map(|stage| Input::Stage(stage.clone()))
+            .collect();
+        let files: Vec<PathBuf> = [&c.ingest_dir, &c.candidates_dir, &c.adapter]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .chain([c.model.clone()])
+            .collect();
+        inputs.push(Input::Files(files));
+        inputs
+    }
+
+    fn outputs(&self) -> Vec<Output> {
+        vec![
+            Output::dataset("run", "run"),
+            Output::dataset("metrics", "metrics"),
+            Output::tree(FIRST_STAGE_TREC),
+            Output::tree(RERANKED_TREC),
+            Output::tree(METRICS_JSON),
+        ]
+    }
+
+    fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
+        let ingest = self.ingest_dir(ctx)?;
+        let candidates = self.candidates_dir(ctx)?.join("candidates");
+        let adapter = self.adapter_dir(ctx)?;
+        let evaluated = Evaluated::read(&ingest, &candidates, &self.config)?;
+        let device = ctx.device().candle().map_err(EvalStageError::Device)?;
+        let reranker = Reranker::load(&self.config.model, adapter.as_deref(), &device)
+            .map_err(EvalStageError::from)?;
+        let pairs: usize = evaluated.lists.iter().map(|l| l.ranked.len()).sum();
+        ctx.add_records(pairs as u64);
+        let (reranked, rejects) = rerank(ctx, &reranker, &evaluated, &self.config)?;
+        let rejected = rejects.len();
+        for reject in rejects {
+            ctx.reject(reject)?;
+        }
+        let first_stage = evaluated.first_stage_run();
+        let comparison = compare(
+            (FIRST_STAGE, &first_stage),
+            (RERANKED, &reranked),
+            &evaluated.qrels,
+            &evaluated.groups,
+            &Metric::DEFAULT,
+            TestSettings {
+                permutations: self.config.permutations,
+                seed: ctx.seed(),
+            },
+        )
+        .map_err(EvalStageError::from)?;
+        let summary = EvalSummary {
+            model: self.config.model.clone(),
+            adapter,
+            score: self.config.score,
+            k: self.config.k,
+            splits: evaluated.splits.iter().cloned().collect(),
+            retrievers: evaluated.retrievers(),
+            scored_pairs: pairs - rejected,
+            rejected_pairs: rejected,
+            comparison,
+        };
+        write_outputs(ctx, &first_stage, &reranked, &summary)?;
+        progress::multi().suspend(|| {
+            println!(
+                "{}: {} queries evaluated ({} pairs reranked)\n{}",
+                ctx.name(),
+                summary.comparison.queries,
+                summary.scored_pairs,
+                summary.comparison.table()
+            )
+        });
+        Ok(())
+    }
+}
+
+/// The evaluated queries with everything their pairs need.
+struct Evaluated {
+    splits: BTreeSet<String>,
+    /// The lists of the evaluated queries that exist in the queries dataset.
+    lists: Vec<CandidateList>,
+    queries: BTreeMap<String, QueryInfo>,
+    docs: HashMap<String, DocInfo>,
+    images: HashMap<String, Vec<u8>>,
+    qrels: super::Qrels,
+    /// qid -> task (or dataset) of every evaluated query.
+    groups: BTreeMap<String, String>,
+}
+
+impl Evaluated {
+    fn read(ingest: &Path, candidates: &Path, config: &EvalConfig) -> Result<Self, EvalStageError> {
+        let all_lists = inputs::read_candidates(candidates, config.k)?;
+        let mut queries = inputs::read_queries(&ingest.join("queries"))?;
+        let splits: BTreeSet<String> = match &config.splits {
+            Some(splits) => splits.iter().cloned().collect(),
+            None => all_lists
+                .iter()
+                .filter_map(|list| queries.get(&list.qid).map(|q| q.split.clone()))
+                .collect(),
+        };
+        queries.retain(|_, query| splits.contains(&query.split));
+        let names = splits.iter().cloned().collect::<Vec<_>>().join(", ");
+        if queries.is_empty() {
+            return Err(EvalStageError::NoQueries(names));
+        }
+        let lists: Vec<CandidateList> = all_lists
+            .into_iter()
+            .filter(|list| queries.contains_key(&list.qid))
+            .collect();
+        if lists.is_empty() {
+            return Err(EvalStageError::NoQueries(names));
+        }
+        let wanted_docs: HashSet<&str> = lists
+            .iter()
+            .flat_map(|list| list.ranked.iter().map(|(did, _)| did.as_str()))
+            .collect();
+        let docs = inputs::read_documents(&ingest.join("corpus"), &wanted_docs)?;
+        let wanted_images: HashSet<&str> = lists
+            .iter()
+            .filter_map(|list| queries.get(&list.qid)?.image_id.as_deref())
+            .chain(docs.values().filter_map(|doc| doc.image_id.as_deref()))
+            .collect();
+        let images = inputs::read_images(&ingest.join("images"), &wanted_images)?;
+        let qids: BTreeSet<&str> = queries.keys().map(String::as_str).collect();
+        let qrels = inputs::read_qrels(&ingest.join("qrels"), &qids)?;
+        let groups = queries
+            .iter()
+            .map(|(qid, query)| (qid.clone(), query.group.clone()))
+            .collect();
+        Ok(Self {
+            splits,
+            lists,
+            queries,
+            docs,
+            images,
+            qrels,
+            groups,
+        })
+    }
+
+    fn first_stage_run(&self) -> Run {
+        self.lists
+            .iter()
+            .map(|list| {
+                let scores = list
+                    .ranked
+                    .iter()
+                    .map(|(did, score)| (did.clone(), f64::from(*score)))
+                    .collect();
+                (list.qid.clone(), scores)
+            })
+            .collect()
+    }
+
+    fn retrievers(&self) -> Vec<String> {
+        let distinct: BTreeSet<&str> = self.lists.iter().map(|l| l.retriever.as_str()).collect();
+        distinct.into_iter().map(str::to_owned).collect()
+    }
+
+    /// The encoded image `image_id`, or the reason it is unavailable.
+    fn image(&self, image_id: &str) -> Result<&[u8], String> {
+        self.images
+            .get(image_id)
+            .map(Vec::as_slice)
+            .ok_or_else(|| format!("image {image_id} is not in the images dataset"))
+    }
+}
+
+/// Scores every pair of every list, a batch at a time. A pair that cannot be prepared (unknown document, broken
+/// image, text-only model with an image) becomes a reject and is left out of the reranked run; a failing model
+/// stops the stage.
+fn rerank(
+    ctx: &StageContext,
+    reranker: &Reranker,
+    evaluated: &Evaluated,
+    config: &EvalConfig,
+) -> Result<(Run, Vec<Reject>), EvalStageError> {
+    let total: usize = evaluated.lists.iter().map(|l| l.ranked.len()).sum();
+    let bar = ctx.progress(total as u64, "reranking pairs");
+    let mut run = Run::new();
+    let mut rejects = Vec::new();
+    for list in &evaluated.lists {
+        let Some(query) = evaluated.queries.get(&list.qid) else {
+            continue;
+        };
+        let reject = |did: &str, reason: &str, detail: String| {
+            Reject::new("candidates", reason, detail).with_id(format!("{} {did}", list.qid))
+        };
+        let query_image = match prepare_image(reranker, evaluated, query.image_id.as_deref()) {
+            Ok(image) => image,
+            Err(detail) => {
+                let detail = format!("query image: {detail}");
+                rejects.extend(
+                    list.ranked
+                        .iter()
+                        .map(|(did, _)| reject(did, "query_image", detail.clone())),
+                );
+                bar.inc(list.ranked.len() as u64);
+                continue;
+            }
+        };
+        let scores = run.entry(list.qid.clone()).or_default();
+        for chunk in list.ranked.chunks(config.batch) {
+            let mut prepared: Vec<PreparedPair> = Vec::with_capacity(chunk.len());
+            let mut dids = Vec::with_capacity(chunk.len());
+            for (did, _) in chunk {
+                match prepare_pair(
+                    reranker,
+                    evaluated,
+                    query,
+                    query_image.as_ref(),
+                    did,
+                    config,
+                ) {
+                    Ok(pair) => {
+                        prepared.push(pair);
+                        dids.push(did);
+                    }
+                    Err((reason, detail)) => rejects.push(reject(did, reason, detail)),
+                }
+            }
+            for (did, score) in dids
+                .into_iter()
+                .zip(reranker.score(&prepared, config.batch)?)
+            {
+                let value = config.score.pick(&score);
+                if value.is_finite() {
+                    scores.insert(did.clone(), value);
+                } else {
+                    rejects.push(reject(
+                        did,
+                        "non_finite_score",
+                        format!("the reranker scored the pair {score:?}"),
+                    ));
+                }
+            }
+            bar.inc(chunk.len() as u64);
+        }
+    }
+    bar.finish_and_clear();
+    Ok((run, rejects))
+}
+
+fn prepare_image(
+    reranker: &Reranker,
+    evaluated: &Evaluated,
+    image_id: Option<&str>,
+) -> Result<Option<ImagePatches>, String> {
+    let Some(image_id) = image_id else {
+        return Ok(None);
+    };
+    let bytes = evaluated.image(image_id)?;
+    reranker
+        .image(ImageInput::Encoded(bytes))
+        .map(Some)
+        .map_err(|e| format!("image {image_id}: {e}"))
+}
+
+fn prepare_pair(
+    reranker: &Reranker,
+    evaluated: &Evaluated,
+    query: &QueryInfo,
+    query_image: Option<&ImagePatches>,
+    did: &str,
+    config: &EvalConfig,
+) -> Result<PreparedPair, (&'static str, String)> {
+    let doc = evaluated.docs.get(did).ok_or_else(|| {
+        (
+            "unknown_document",
+            format!("document {did} is not in the corpus"),
+        )
+    })?;
+    let doc_image = prepare_image(reranker, evaluated, doc.image_id.as_deref())
+        .map_err(|detail| ("document_image", detail))?;
+    let query_side = PairSide {
+        text: query.text.as_deref(),
+        image: query_image,
+    };
+    let doc_side = PairSide {
+        text: doc.text.as_deref(),
+        image: doc_image.as_ref(),
+    };
+    let instruction = query.instruction.as_deref().unwrap_or("");
+    reranker
+        .prompt(instruction, query_side, doc_side, config.max_len)
+        .map_err(|e| ("prompt", e.to_string()))
+}
+
+fn write_outputs(
+    ctx: &StageContext,
+    first_stage: &Run,
+    reranked: &Run,
+    summary: &EvalSummary,
+) -> Result<(), EvalStageError> {
+    let mut runs = ctx.create_dataset("run", "run")?;
+    write_run_rows(&mut runs, FIRST_STAGE, first_stage)?;
+    write_run_rows(&mut runs, RERANKED, reranked)?;
+    runs.finish()?;
+    let mut metrics = ctx.create_dataset("metrics", "metrics")?;
+    write_metric_rows(&mut metrics, &summary.comparison)?;
+    metrics.finish()?;
+    for (name, run, tag) in [
+        (FIRST_STAGE_TREC, first_stage, FIRST_STAGE),
+        (RERANKED_TREC, reranked, RERANKED),
+    ] {
+        let mut text = Vec::new();
+        write_run(&mut text, run, tag)?;
+        write_atomically(&ctx.output_path(name), &text)?;
+    }
+    let mut json = serde_json::to_vec_pretty(summary).map_err(|source| EvalStageError::Json {
+        path: ctx.output_path(METRICS_JSON),
+        source,
+    })?;
+    json.push(b'\n');
+    write_atomically(&ctx.output_path(METRICS_JSON), &json)
+}
+
+/// One row per ranked document, ranks 1..n in trec_eval's order.
+fn write_run_rows(writer: &mut DatasetWriter, name: &str, run: &Run) -> Result<(), EvalStageError> {
+    let (mut qid, mut did, mut rank, mut score, mut run_name) = (
+        StringBuilder::new(),
+        StringBuilder::new(),
+        UInt32Builder::new(),
+        Float64Builder::new(),
+        StringBuilder::new(),
+    );
+    for (query, scores) in run {
+        for (index, (doc, value)) in ranked_documents(scores).into_iter().enumerate() {
+            qid.append_value(query);
+            did.append_value(doc);
+            rank.append_value(u32::try_from(index + 1).unwrap_or(u32::MAX));
+            score.append_value(value);
+            run_name.append_value(name);
+        }
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(qid.finish()),
+        Arc::new(did.finish()),
+        Arc::new(rank.finish()),
+        Arc::new(score.finish()),
+        Arc::new(run_name.finish()),
+    ];
+    write_batch(writer, columns)
+}
+
+/// Rows per run: scope `query` (key: qid), `task` (key: task), `mean` (over queries) and `all` (macro average).
+fn write_metric_rows(
+    writer: &mut DatasetWriter,
+    comparison: &Comparison,
+) -> Result<(), EvalStageError> {
+    let (mut run_name, mut scope, mut key, mut metric, mut value) = (
+        StringBuilder::new(),
+        StringBuilder::new(),
+        StringBuilder::new(),
+        StringBuilder::new(),
+        Float64Builder::new(),
+    );
+    let mut row = |run: &str, row_scope: &str, row_key: &str, values: &BTreeMap<String, f64>| {
+        for (name, v) in values {
+            run_name.append_value(run);
+            scope.append_value(row_scope);
+            key.append_value(row_key);
+            metric.append_value(name);
+            value.append_value(*v);
+        }
+    };
+    for (run, metrics) in &comparison.runs {
+        row(run, "mean", ALL, &metrics.mean);
+        row(run, ALL, ALL, &metrics.macro_average);
+        for (task, values) in &metrics.per_task {
+            row(run, "task", task, values);
+        }
+        for (query, values) in &metrics.per_query {
+            row(run, "query", query, values);
+        }
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(run_name.finish()),
+        Arc::new(scope.finish()),
+        Arc::new(key.finish()),
+        Arc::new(metric.finish()),
+        Arc::new(value.finish()),
+    ];
+    write_batch(writer, columns)
+}
+
+fn write_batch(writer: &mut DatasetWriter, columns: Vec<ArrayRef>) -> Result<(), EvalStageError> {
+    let batch = RecordBatch::try_new(writer.arrow_schema(), columns).map_err(|source| {
+        DatasetError::Arrow {
+            path: writer.path().to_owned(),
+            source,
+        }
+    })?;
+    writer.write(&batch)?;
+    Ok(())
+}
+
+/// Writes through a temporary name, so that a killed run leaves no half-written file under the final name.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), EvalStageError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temporary = path.with_file_name(format!(".{name}.tmp"));
+    let mut file = fs::File::create(&temporary).map_err(EvalStageError::io(&temporary))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(EvalStageError::io(&temporary))?;
+    fs::rename(&temporary, path).map_err(EvalStageError::io(path))
+}

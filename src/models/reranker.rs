@@ -1,0 +1,334 @@
+//! A reranker ready to score (instruction, query, document) pairs: a model, its tokenizer, the DESIGN §4 prompt
+//! and, for vision-language models, the image processor.
+//!
+//! `umrank score` and the eval stage share it, so a pair scores the same from the command line and in a pipeline.
+//! Work is split in two steps: [`Reranker::prompt`] turns one pair into token ids and image patches (where bad
+//! input shows up, one pair at a time, so a caller can reject just that pair), and [`Reranker::score`] runs the
+//! prepared pairs in batches. A caller that scores many pairs prepares and scores them a batch at a time, so the
+//! pixels of only one batch are in memory.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use candle_core::{DType, Device, Tensor};
+
+use super::decoder::Decoder;
+use super::gguf::GgufCheckpoint;
+use super::peft::PeftError;
+use super::prompt::{PromptBuilder, PromptError, RerankInput, Side, IM_END};
+use super::qwen2_vl::{score, ImageGrid, ImagePatches, PairScore, Qwen2VlModel, ScoreInput};
+use super::tokenizer::{AnswerIds, Tokenizer, TokenizerError};
+use crate::media::preprocess::{
+    ImageInput, ImagePreprocessor, PreprocessError, PreprocessorConfig, Qwen2VlParams,
+    Qwen2VlProcessor,
+};
+
+/// The image processor settings file of a model directory.
+const PREPROCESSOR_CONFIG: &str = "preprocessor_config.json";
+
+/// Why a reranker could not be loaded or could not score a pair.
+#[derive(Debug, thiserror::Error)]
+pub enum RerankerError {
+    #[error("{path}: cannot load the model: {source}")]
+    Load {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("adapter {path}: {source}")]
+    Adapter {
+        path: PathBuf,
+        #[source]
+        source: PeftError,
+    },
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Prompt(#[from] PromptError),
+    #[error("image: {0}")]
+    Image(#[from] PreprocessError),
+    #[error("the pair has an image but the model {0} is text-only")]
+    TextOnly(PathBuf),
+    #[error(
+        "the image processor makes patches of {processor} values but the vision tower takes {tower}"
+    )]
+    PatchSize { processor: usize, tower: usize },
+    #[error(transparent)]
+    Model(#[from] candle_core::Error),
+}
+
+impl RerankerError {
+    fn load(path: &Path, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Load {
+            path: path.to_owned(),
+            source: Box::new(source),
+        }
+    }
+}
+
+/// One side of a pair: text (may be absent) and an image already turned into patches (see
+/// [`Reranker::image`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PairSide<'a> {
+    pub text: Option<&'a str>,
+    pub image: Option<&'a ImagePatches>,
+}
+
+/// A pair ready to score: its prompt ids and the patches of its images, in prompt order.
+#[derive(Debug, Clone)]
+pub struct PreparedPair {
+    pub ids: Vec<u32>,
+    pub images: Vec<ImagePatches>,
+}
+
+enum Model {
+    Vl(Box<Qwen2VlModel>),
+    Text(Box<Decoder>),
+}
+
+/// A loaded reranker; see the module docs.
+pub struct Reranker {
+    model: Model,
+    tokenizer: Tokenizer,
+    answers: AnswerIds,
+    pad_id: u32,
+    processor: Option<Qwen2VlProcessor>,
+    path: PathBuf,
+}
+
+impl Reranker {
+    /// Loads `model` (a Qwen2-VL / Qwen2.5-VL directory, a text decoder directory, or a llama GGUF file) onto
+    /// `device`, in bf16 on CUDA and f32 on the CPU, and applies the PEFT adapter directory `adapter` if given.
+    pub fn load(
+        model: &Path,
+        adapter: Option<&Path>,
+        device: &Device,
+    ) -> Result<Self, RerankerError> {
+        let dtype = if device.is_cuda() {
+            DType::BF16
+        } else {
+            DType::F32
+        };
+        let (mut loaded, tokenizer) = load_model(model, dtype, device)?;
+        if let Some(adapter) = adapter {
+            let decoder = match &mut loaded {
+                Model::Vl(vl) => vl.decoder_mut(),
+                Model::Text(decoder) => decoder.as_mut(),
+            };
+            decoder
+                .load_lora(adapter, 0)
+                .map_err(|source| RerankerError::Adapter {
+                    path: adapter.to_owned(),
+                    source,
+                })?;
+        }
+        let processor = match &loaded {
+            Model::Vl(vl) => Some(image_processor(model, vl)?),
+            Model::Text(_) => None,
+        };
+        let answers = tokenizer.yes_no_ids()?;
+        let pad_id = tokenizer.special_token_id(IM_END)?;
+        Ok(Self {
+            model: loaded,
+            tokenizer,
+            answers,
+            pad_id,
+            processor,
+            path: model.to_owned(),
+        })
+    }
+
+    /// Whether the model takes images.
+    pub fn is_multimodal(&self) -> bool {
+        self.processor.is_some()
+    }
+
+    /// Preprocesses one image for the vision tower (an error for a text-only model).
+    pub fn image(&self, image: ImageInput<'_>) -> Result<ImagePatches, RerankerError> {
+        let processor = self
+            .processor
+            .as_ref()
+            .ok_or_else(|| RerankerError::TextOnly(self.path.clone()))?;
+        let pixels = processor.preprocess(image)?;
+        let [t, h, w] = pixels.grid_thw;
+        let values = Tensor::from_vec(
+            pixels.patches,
+            (pixels.num_patches, pixels.patch_dim),
+            &Device::Cpu,
+        )?;
+        Ok(ImagePatches {
+            pixels: values.to_device(self.device())?,
+            grid: ImageGrid::new(t, h, w),
+        })
+    }
+
+    /// The prompt of one pair, at most `max_len` tokens: longer pairs lose document text first, then query text,
+    /// then instruction (see [`PromptBuilder::build`]).
+    pub fn prompt(
+        &self,
+        instruction: &str,
+        query: PairSide<'_>,
+        document: PairSide<'_>,
+        max_len: usize,
+    ) -> Result<PreparedPair, RerankerError> {
+        if (query.image.is_some() || document.image.is_some()) && !self.is_multimodal() {
+            return Err(RerankerError::TextOnly(self.path.clone()));
+        }
+        let merge = self
+            .processor
+            .as_ref()
+            .map_or(1, |p| p.params().merge_size as usize);
+        let input = RerankInput {
+            instruction,
+            query: prompt_side(query, merge),
+            document: prompt_side(document, merge),
+        };
+        let prompt = PromptBuilder::reranker(&self.tokenizer)?.build(&input, max_len)?;
+        let images = query
+            .image
+            .into_iter()
+            .chain(document.image)
+            .cloned()
+            .collect();
+        Ok(PreparedPair {
+            ids: prompt.ids,
+            images,
+        })
+    }
+
+    /// Scores `pairs`, `batch_size` at a time, in input order (inference: no dropout).
+    pub fn score(
+        &self,
+        pairs: &[PreparedPair],
+        batch_size: usize,
+    ) -> Result<Vec<PairScore>, RerankerError> {
+        let inputs: Vec<ScoreInput> = pairs
+            .iter()
+            .map(|pair| ScoreInput {
+                ids: &pair.ids,
+                images: &pair.images,
+            })
+            .collect();
+        let scores = match &self.model {
+            Model::Vl(model) => score(
+                model.as_ref(),
+                &inputs,
+                self.answers,
+                self.pad_id,
+                batch_size,
+            ),
+            Model::Text(decoder) => score(
+                decoder.as_ref(),
+                &inputs,
+                self.answers,
+                self.pad_id,
+                batch_size,
+            ),
+        }?;
+        Ok(scores)
+    }
+
+    fn device(&self) -> &Device {
+        match &self.model {
+            Model::Vl(model) => model.decoder().device(),
+            Model::Text(decoder) => decoder.device(),
+        }
+    }
+}
+
+/// A pair side as the prompt builder takes it: the text and the number of merged vision tokens of its image.
+fn prompt_side<'a>(side: PairSide<'a>, merge: usize) -> Side<'a> {
+    Side {
+        text: side.text.unwrap_or(""),
+        image_tokens: side.image.map(|image| image.grid.merged_tokens(merge)),
+    }
+}
+
+fn load_model(
+    path: &Path,
+    dtype: DType,
+    device: &Device,
+) -> Result<(Model, Tokenizer), RerankerError> {
+    if path.is_file() {
+        let checkpoint =
+            GgufCheckpoint::read(path, device).map_err(|e| RerankerError::load(path, e))?;
+        let decoder = checkpoint
+            .decoder(dtype, device)
+            .map_err(|e| RerankerError::load(path, e))?;
+        let tokenizer = gguf_tokenizer(checkpoint.tokenizer(), path)?;
+        return Ok((Model::Text(Box::new(decoder)), tokenizer));
+    }
+    let tokenizer = Tokenizer::from_dir(path)?;
+    let model = if Qwen2VlModel::is_vl_dir(path) {
+        let model = Qwen2VlModel::from_model_dir(path, dtype, device)
+            .map_err(|e| RerankerError::load(path, e))?;
+        Model::Vl(Box::new(model))
+    } else {
+        let decoder = Decoder::from_model_dir(path, dtype, device)
+            .map_err(|e| RerankerError::load(path, e))?;
+        Model::Text(Box::new(decoder))
+    };
+    Ok((model, tokenizer))
+}
+
+/// The model directory's image processor, or transformers' defaults (which are the inference bounds of DESIGN
+/// §4: 4 to 1280 merged tokens) with the vision tower's patch geometry when the directory has no
+/// `preprocessor_config.json`. The processor's patches must be the size the tower takes.
+fn image_processor(dir: &Path, model: &Qwen2VlModel) -> Result<Qwen2VlProcessor, RerankerError> {
+    let vision = model.vision_config();
+    let file = dir.join(PREPROCESSOR_CONFIG);
+    let processor = if file.is_file() {
+        Qwen2VlProcessor::from_config(&PreprocessorConfig::from_file(&file)?)?
+    } else {
+        Qwen2VlProcessor::new(Qwen2VlParams {
+            patch_size: to_u32(vision.patch_size),
+            merge_size: to_u32(vision.spatial_merge_size),
+            temporal_patch_size: to_u32(vision.temporal_patch_size),
+            ..Qwen2VlParams::default()
+        })?
+    };
+    let params = processor.params();
+    let processor_dim = 3
+        * params.temporal_patch_size as usize
+        * params.patch_size as usize
+        * params.patch_size as usize;
+    if processor_dim != vision.patch_dim()
+        || params.merge_size as usize != vision.spatial_merge_size
+    {
+        return Err(RerankerError::PatchSize {
+            processor: processor_dim,
+            tower: vision.patch_dim(),
+        });
+    }
+    Ok(processor)
+}
+
+/// A vision config value as the processor's type; configs hold small numbers, so saturating never bites and a
+/// wrong value is caught by the patch-size check.
+fn to_u32(value: usize) -> u32 {
+    u32::try_from(value).unwrap_or(u32::MAX)
+}
+
+/// The GGUF's vocabulary as our [`Tokenizer`], which loads only from a file: written to a temporary
+/// tokenizer.json, read back, removed.
+fn gguf_tokenizer(
+    tokenizer: &tokenizers::Tokenizer,
+    gguf: &Path,
+) -> Result<Tokenizer, RerankerError> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let file = std::env::temp_dir().join(format!(
+        "umrank-gguf-tokenizer-{}-{}.json",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    tokenizer
+        .save(&file, false)
+        .map_err(|e| RerankerError::Load {
+            path: gguf.to_owned(),
+            source: format!("cannot write its tokenizer to {}: {e}", file.display()).into(),
+        })?;
+    let loaded = Tokenizer::from_file(&file);
+    // The copy is scratch: failing to remove it loses nothing.
+    let _ = std::fs::remove_file(&file);
+    Ok(loaded?)
+}

@@ -1,0 +1,105 @@
+//! The `report` stage: a pipeline's last step, writing `report.md`, `report.html` and `plots/` from the stages
+//! it names (eval, mine and train stages; see [`super::collect`]).
+//!
+//! The stages are named explicitly rather than discovered, so that each is a declared input: the report is
+//! rewritten exactly when one of them changed.
+
+use serde::{Deserialize, Serialize};
+
+use super::{write_report, ReportSettings, PLOTS_DIR, REPORT_HTML, REPORT_MD};
+use crate::eval::DEFAULT_PERMUTATIONS;
+use crate::pipeline::{Input, Output, PipelineError, Stage, StageContext, StageError};
+
+/// The `[report]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportConfig {
+    /// The stages to report on, in report order.
+    pub stages: Vec<String>,
+    /// The report's title.
+    #[serde(default = "default_title")]
+    pub title: String,
+    /// Permutations of the paired tests between rerankers.
+    #[serde(default = "default_permutations")]
+    pub permutations: usize,
+}
+
+fn default_title() -> String {
+    "umrank report".to_owned()
+}
+
+fn default_permutations() -> usize {
+    DEFAULT_PERMUTATIONS
+}
+
+/// The report stage; see the module docs.
+pub struct ReportStage {
+    config: ReportConfig,
+}
+
+impl ReportStage {
+    pub fn new(config: ReportConfig) -> Result<Self, PipelineError> {
+        let bad = |message: &str| PipelineError::Config {
+            path: Default::default(),
+            message: format!("[report]: {message}"),
+        };
+        if config.stages.is_empty() {
+            return Err(bad(
+                "`stages` is empty: name the eval, mine and train stages to report on",
+            ));
+        }
+        if config.permutations == 0 {
+            return Err(bad("`permutations` must be at least 1"));
+        }
+        Ok(Self { config })
+    }
+}
+
+impl Stage for ReportStage {
+    fn name(&self) -> &'static str {
+        "report"
+    }
+
+    fn config(&self) -> serde_json::Value {
+        serde_json::to_value(&self.config).unwrap_or_default()
+    }
+
+    fn inputs(&self) -> Vec<Input> {
+        self.config
+            .stages
+            .iter()
+            .map(|stage| Input::Stage(stage.clone()))
+            .collect()
+    }
+
+    fn outputs(&self) -> Vec<Output> {
+        vec![
+            Output::tree(REPORT_MD),
+            Output::tree(REPORT_HTML),
+            Output::tree(PLOTS_DIR),
+        ]
+    }
+
+    fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
+        let stages = self
+            .config
+            .stages
+            .iter()
+            .map(|stage| Ok((stage.clone(), ctx.upstream_dir(stage)?.to_path_buf())))
+            .collect::<Result<Vec<_>, PipelineError>>()?;
+        let settings = ReportSettings {
+            title: self.config.title.clone(),
+            permutations: self.config.permutations,
+            seed: ctx.seed(),
+        };
+        let files = write_report(&stages, &settings, ctx.dir())?;
+        tracing::info!(
+            "{}: wrote {} and {} with {} charts",
+            ctx.name(),
+            files.markdown.display(),
+            files.html.display(),
+            files.plots.len()
+        );
+        Ok(())
+    }
+}
