@@ -22,6 +22,7 @@ pub mod modality;
 pub mod models;
 pub mod pipeline;
 pub mod progress;
+pub mod release;
 pub mod schema;
 pub mod shard;
 pub mod stages;

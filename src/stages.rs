@@ -2,6 +2,7 @@
 
 use crate::ingest::IngestStage;
 use crate::pipeline::StageRegistry;
+use crate::release::ReleaseStage;
 use crate::world::stage::WorldStage;
 
 /// Every stage kind umrank ships.
@@ -9,5 +10,6 @@ pub fn registry() -> StageRegistry {
     let mut registry = StageRegistry::new();
     registry.register("world", WorldStage::new);
     registry.register("ingest", IngestStage::new);
+    registry.register("release", ReleaseStage::new);
     registry
 }

@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch. Library errors become `anyhow` errors here, printed with their causes.
 
 mod inspect;
+mod release;
 mod run;
 mod score;
 mod stages;
@@ -71,6 +72,8 @@ pub enum Command {
     World(stages::WorldArgs),
     Ingest(stages::IngestArgs),
     Score(score::ScoreArgs),
+    Release(release::ReleaseArgs),
+    Verify(release::VerifyArgs),
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {
@@ -92,6 +95,8 @@ pub fn main() -> ExitCode {
         Command::World(args) => stages::world(args, &cli.global),
         Command::Ingest(args) => stages::ingest(args, &cli.global),
         Command::Score(args) => score::score_pairs(args),
+        Command::Release(args) => release::release(args, &cli.global),
+        Command::Verify(args) => release::verify_release(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
