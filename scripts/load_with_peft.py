@@ -81,6 +81,11 @@ def prompt_inputs(tokenizer, image_processor, pair, image):
     text = (f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n<Instruct>: {pair['instruction']}"
             f"<Query>:{pair['query_text']}\n<Document>:{pad}{pair['doc_text']}<|im_end|>\n<|im_start|>assistant\n")
     ids = tokenizer(text, return_tensors="pt")
+    if image is not None:
+        # transformers 5 places the 3-D (M-RoPE) positions of image tokens from this mask; without it the image
+        # tokens get text positions and the scores are not the model's.
+        image_pad = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+        extra["mm_token_type_ids"] = (ids["input_ids"] == image_pad).long()
     return {"input_ids": ids["input_ids"], "attention_mask": ids["attention_mask"], **extra}
 
 

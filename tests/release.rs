@@ -111,13 +111,7 @@ fn write_adapter(base: &Path, dir: &Path) {
 }
 
 /// A finished stage directory: its manifest (the runner's format) over the files already in it.
-fn write_stage(
-    dir: &Path,
-    kind: &str,
-    seed: u64,
-    config: serde_json::Value,
-    upstream: &[&Path],
-) {
+fn write_stage(dir: &Path, kind: &str, seed: u64, config: serde_json::Value, upstream: &[&Path]) {
     fs::create_dir_all(dir).unwrap();
     let mut files = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
@@ -189,7 +183,13 @@ fn write_ingest(dir: &Path) {
     let mut writer = DatasetWriter::create(&dir.join("queries"), "queries", Shard::ALL).unwrap();
     writer.write(&batch).unwrap();
     writer.finish().unwrap();
-    write_stage(dir, "ingest", 3, serde_json::json!({"format": "mbeir"}), &[]);
+    write_stage(
+        dir,
+        "ingest",
+        3,
+        serde_json::json!({"format": "mbeir"}),
+        &[],
+    );
 }
 
 /// ingest -> mine -> shards -> train (with its adapter), and an eval stage; returns (train, eval) directories.
@@ -230,7 +230,13 @@ fn write_pipeline(work: &Path, base: &Path) -> (PathBuf, PathBuf) {
         r#"{"aggregates": {"first_stage": {"ndcg@10": 0.4102, "mrr@10": 0.38}, "reranked": {"ndcg@10": 0.5234, "mrr@10": 0.4911}}}"#,
     )
     .unwrap();
-    write_stage(&eval, "eval", 3, serde_json::json!({"score": "p_yes"}), &[&train]);
+    write_stage(
+        &eval,
+        "eval",
+        3,
+        serde_json::json!({"score": "p_yes"}),
+        &[&train],
+    );
     (train, eval)
 }
 
@@ -278,8 +284,12 @@ struct Released {
 }
 
 fn release(merged: bool, eval: bool, license: Option<&str>) -> Released {
+    release_of("vlm/qwen2_5_vl", merged, eval, license)
+}
+
+fn release_of(fixture: &str, merged: bool, eval: bool, license: Option<&str>) -> Released {
     let tmp = tempfile::tempdir().unwrap();
-    let base = base_model(tmp.path(), license);
+    let base = base_model_from(fixture, tmp.path(), license);
     let (train, eval_dir) = write_pipeline(&tmp.path().join("work"), &base);
     let out = tmp.path().join("work/release");
     let mut args = vec!["release", "--out", s(&out), "--train", s(&train)];
@@ -332,6 +342,32 @@ fn release_verifies_and_scores_like_base_plus_adapter() {
     assert!(out.contains("release verified"), "{out}");
 }
 
+/// transformers >= 4.52 keeps a Qwen2-VL decoder under `model.language_model.`, and peft matches adapter keys to
+/// module paths literally: an adapter trained on a checkpoint in the flat layout is released in the nested one,
+/// tensors unchanged, and still verifies.
+#[test]
+fn a_flat_layout_vl_adapter_is_released_in_the_nested_layout() {
+    let r = release_of("vlm/qwen2_vl", false, false, None);
+    let keys = |path: &Path| {
+        let bytes = fs::read(path).unwrap();
+        safetensors::SafeTensors::deserialize(&bytes)
+            .unwrap()
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| (name, view.data().to_vec()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let trained = keys(&r.train.join("adapter/adapter_model.safetensors"));
+    let released = keys(&r.release.join("adapter_model.safetensors"));
+    assert_eq!(trained.len(), released.len());
+    for (name, data) in &trained {
+        let rest = name.strip_prefix("base_model.model.model.layers.").unwrap();
+        let nested = format!("base_model.model.model.language_model.layers.{rest}");
+        assert_eq!(released.get(&nested), Some(data), "{nested}");
+    }
+    verify(&r.release, None, &Device::Cpu).unwrap();
+}
+
 #[test]
 fn merged_weights_keep_names_and_untouched_tensors() {
     let r = release(true, false, None);
@@ -341,7 +377,12 @@ fn merged_weights_keep_names_and_untouched_tensors() {
             .unwrap()
             .tensors()
             .into_iter()
-            .map(|(name, view)| (name, (view.dtype(), view.shape().to_vec(), view.data().to_vec())))
+            .map(|(name, view)| {
+                (
+                    name,
+                    (view.dtype(), view.shape().to_vec(), view.data().to_vec()),
+                )
+            })
             .collect::<BTreeMap<_, _>>();
         tensors
     };
@@ -453,12 +494,24 @@ fn model_card_carries_front_matter_metrics_and_provenance() {
         ["\"reranker\"", "\"multimodal\"", "\"umrank\"", "\"sft\""]
     );
     assert_eq!(yaml["datasets"], ["\"CIRR\"", "\"VisualNews\""]);
-    assert!(card.contains("| eval | reranked | 0.5234 | 0.4911 |"), "{card}");
-    assert!(card.contains("| eval | first_stage | 0.4102 | 0.3800 |"), "{card}");
+    assert!(
+        card.contains("| eval | reranked | 0.5234 | 0.4911 |"),
+        "{card}"
+    );
+    assert!(
+        card.contains("| eval | first_stage | 0.4102 | 0.3800 |"),
+        "{card}"
+    );
     assert!(card.contains("- Seed: 3"), "{card}");
-    assert!(card.contains("- Mining model: `\"gme-qwen2-vl-2b\"`"), "{card}");
+    assert!(
+        card.contains("- Mining model: `\"gme-qwen2-vl-2b\"`"),
+        "{card}"
+    );
     assert!(card.contains("\"relative_margin\":0.05"), "{card}");
-    assert!(card.contains("- Shards config: `{\"format\":\"sft\",\"negatives\":16}`"), "{card}");
+    assert!(
+        card.contains("- Shards config: `{\"format\":\"sft\",\"negatives\":16}`"),
+        "{card}"
+    );
     assert!(card.contains("| train | train | 3 | `config-of-train` | `fingerprint-of-train` |"));
     assert!(card.contains("| ingest | ingest |"), "{card}");
     assert!(card.contains("from its model card"), "{card}");
@@ -506,7 +559,14 @@ fn the_same_inputs_give_the_same_release_and_a_rerun_is_skipped() {
     let first = fs::read(r.release.join("release.json")).unwrap();
     let again = succeed(&["release", "--out", s(&r.out), "--train", s(&r.train)]);
     assert!(again.contains("up to date"), "{again}");
-    let forced = succeed(&["release", "--out", s(&r.out), "--train", s(&r.train), "--force"]);
+    let forced = succeed(&[
+        "release",
+        "--out",
+        s(&r.out),
+        "--train",
+        s(&r.train),
+        "--force",
+    ]);
     assert!(forced.contains(" ran "), "{forced}");
     assert_eq!(fs::read(r.release.join("release.json")).unwrap(), first);
 }
@@ -517,15 +577,33 @@ fn missing_inputs_are_clear_errors() {
     let base = base_model(tmp.path(), None);
     let train = tmp.path().join("train");
     write_adapter(&base, &train.join("adapter"));
-    write_stage(&train, "train", 0, serde_json::json!({"objective": "cl"}), &[]);
+    write_stage(
+        &train,
+        "train",
+        0,
+        serde_json::json!({"objective": "cl"}),
+        &[],
+    );
     let out = tmp.path().join("release");
     let stderr = fail(&["release", "--out", s(&out), "--train", s(&train)]);
     assert!(stderr.contains("model = DIR"), "{stderr}");
 
     fs::remove_file(train.join("adapter/adapter_model.safetensors")).unwrap();
-    write_stage(&train, "train", 0, serde_json::json!({"objective": "cl"}), &[]);
+    write_stage(
+        &train,
+        "train",
+        0,
+        serde_json::json!({"objective": "cl"}),
+        &[],
+    );
     let stderr = fail(&[
-        "release", "--out", s(&out), "--train", s(&train), "--model", s(&base),
+        "release",
+        "--out",
+        s(&out),
+        "--train",
+        s(&train),
+        "--model",
+        s(&base),
     ]);
     assert!(stderr.contains("adapter_model.safetensors"), "{stderr}");
     assert!(!out.join("model").exists());
@@ -559,8 +637,16 @@ fn help_documents_every_option() {
         (
             "release",
             &[
-                "--out", "--train", "--eval", "--model", "--base-model", "--license", "--merged",
-                "--no-verify", "--force", "--device",
+                "--out",
+                "--train",
+                "--eval",
+                "--model",
+                "--base-model",
+                "--license",
+                "--merged",
+                "--no-verify",
+                "--force",
+                "--device",
             ][..],
         ),
         ("verify", &["--base", "--device"][..]),
@@ -607,7 +693,14 @@ fn write_release_for_peft_script() {
     let (train, eval) = write_pipeline(&root.join("work"), &base);
     let out = root.join("work/release");
     succeed(&[
-        "release", "--out", s(&out), "--train", s(&train), "--eval", s(&eval), "--merged",
+        "release",
+        "--out",
+        s(&out),
+        "--train",
+        s(&train),
+        "--eval",
+        s(&eval),
+        "--merged",
     ]);
     println!("{}", succeed(&["verify", s(&out)]));
 }

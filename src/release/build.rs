@@ -23,8 +23,7 @@ use super::card::{self, CardInput, LicenseSource};
 use super::check::{CheckPair, Reranker};
 use super::files::{base_license, copy_model_files, weight_files};
 use super::manifest::{
-    describe_files, list_files, BaseModel, ReleaseManifest, ScoreCheck, MERGED_DIR,
-    RELEASE_FORMAT,
+    describe_files, list_files, BaseModel, ReleaseManifest, ScoreCheck, MERGED_DIR, RELEASE_FORMAT,
 };
 use super::merge::write_merged;
 use super::metrics::MetricsTable;
@@ -83,7 +82,7 @@ pub fn write_release(
         fs::remove_dir_all(&tmp).map_err(ReleaseError::io(&tmp))?;
     }
     let copied = copy_model_files(&base, &tmp)?;
-    copy_adapter(&adapter, &tmp, &base_name)?;
+    copy_adapter(&adapter, &tmp, &base_name, Qwen2VlModel::is_vl_dir(&base))?;
     let lora = PeftAdapter::read(&tmp, &Device::Cpu)?.config().clone();
 
     let pair = CheckPair::builtin(Qwen2VlModel::is_vl_dir(&base));
@@ -178,20 +177,31 @@ fn base_from_train(provenance: &Provenance, train_dir: &Path) -> Result<PathBuf,
 
 /// `.NAME.tmp` next to `out`: the pipeline's temporary-name convention, so a leftover is cleaned up by reruns.
 fn temporary_sibling(out: &Path) -> Result<PathBuf, ReleaseError> {
-    let name = out
-        .file_name()
-        .ok_or_else(|| ReleaseError::Config(format!("{} is not a directory name", out.display())))?;
+    let name = out.file_name().ok_or_else(|| {
+        ReleaseError::Config(format!("{} is not a directory name", out.display()))
+    })?;
     let parent = out.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(parent).map_err(ReleaseError::io(parent))?;
     Ok(parent.join(format!(".{}.tmp", name.to_string_lossy())))
 }
 
-/// Copies the adapter weights as they are and its config with `base_model_name_or_path` set to the base's name,
-/// which is what peft's `from_pretrained` of the release directory will look up.
-fn copy_adapter(adapter: &Path, out: &Path, base_name: &str) -> Result<(), ReleaseError> {
+/// Copies the adapter with its config's `base_model_name_or_path` set to the base's name, which is what peft's
+/// `from_pretrained` of the release directory will look up. A vision-language adapter is written in the layout of
+/// transformers >= 4.52, whose Qwen2-VL classes keep the decoder under `model.language_model.`: peft matches keys
+/// to module paths literally, and silently leaves an adapter saved under `model.layers.` unapplied there.
+fn copy_adapter(
+    adapter: &Path,
+    out: &Path,
+    base_name: &str,
+    vision: bool,
+) -> Result<(), ReleaseError> {
     let weights = adapter.join(ADAPTER_WEIGHTS);
     let to = out.join(ADAPTER_WEIGHTS);
-    fs::copy(&weights, &to).map_err(ReleaseError::io(&weights))?;
+    if vision {
+        write_nested_layout(&weights, &to)?;
+    } else {
+        fs::copy(&weights, &to).map_err(ReleaseError::io(&weights))?;
+    }
     let config_path = adapter.join(ADAPTER_CONFIG);
     let text = fs::read_to_string(&config_path).map_err(ReleaseError::io(&config_path))?;
     let mut config: serde_json::Value = serde_json::from_str(&text)
@@ -207,4 +217,31 @@ fn copy_adapter(adapter: &Path, out: &Path, base_name: &str) -> Result<(), Relea
         .map_err(|e| ReleaseError::invalid(&config_path, e.to_string()))?;
     let to = out.join(ADAPTER_CONFIG);
     fs::write(&to, text + "\n").map_err(ReleaseError::io(&to))
+}
+
+/// Adapter keys of the flat decoder layout and their nested-layout names.
+const FLAT_ADAPTER_PREFIX: &str = "base_model.model.model.layers.";
+const NESTED_ADAPTER_PREFIX: &str = "base_model.model.model.language_model.layers.";
+
+/// Rewrites the adapter at `from` to `to` with every flat-layout key renamed to the nested layout; the tensors
+/// themselves are copied byte for byte.
+fn write_nested_layout(from: &Path, to: &Path) -> Result<(), ReleaseError> {
+    let bytes = fs::read(from).map_err(ReleaseError::io(from))?;
+    let tensors = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| ReleaseError::invalid(from, e.to_string()))?;
+    let renamed: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .tensors()
+        .into_iter()
+        .map(
+            |(name, view)| match name.strip_prefix(FLAT_ADAPTER_PREFIX) {
+                Some(rest) => (format!("{NESTED_ADAPTER_PREFIX}{rest}"), view),
+                None => (name, view),
+            },
+        )
+        .collect();
+    let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize_to_file(renamed, Some(metadata), to).map_err(|e| ReleaseError::Write {
+        path: to.to_path_buf(),
+        reason: e.to_string(),
+    })
 }

@@ -152,7 +152,13 @@ fn metrics(card: &mut String, table: &MetricsTable) {
                 .iter()
                 .map(|c| row.values.get(c).map_or("".into(), |v| format!("{v:.4}")))
                 .collect();
-            let _ = writeln!(card, "| {} | {} | {} |", row.stage, row.run, cells.join(" | "));
+            let _ = writeln!(
+                card,
+                "| {} | {} | {} |",
+                row.stage,
+                row.run,
+                cells.join(" | ")
+            );
         }
     }
     for note in &table.notes {
@@ -200,7 +206,10 @@ fn training(card: &mut String, input: &CardInput) {
                 let _ = writeln!(card, "- {label} config: {}", compact(&stage.config));
             }
             None => {
-                let _ = writeln!(card, "- {label} config: no `{kind}` stage upstream of training");
+                let _ = writeln!(
+                    card,
+                    "- {label} config: no `{kind}` stage upstream of training"
+                );
             }
         }
     }

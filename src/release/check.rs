@@ -160,10 +160,13 @@ impl Reranker {
             Model::Text(decoder) => score(decoder.as_ref(), &inputs, answers, pad_id, 1),
         }
         .map_err(ReleaseError::model(scoring()))?;
-        scores.into_iter().next().ok_or_else(|| ReleaseError::Model {
-            context: scoring(),
-            source: "the model returned no score".into(),
-        })
+        scores
+            .into_iter()
+            .next()
+            .ok_or_else(|| ReleaseError::Model {
+                context: scoring(),
+                source: "the model returned no score".into(),
+            })
     }
 
     /// The document image as the vision tower takes it, with its number of merged tokens; none for text pairs.
@@ -180,12 +183,22 @@ impl Reranker {
         let image = DynamicImage::ImageRgb8(check_image(width, height));
         let pixels = processor
             .preprocess_image(&image)
-            .map_err(ReleaseError::model(format!("preprocessing the check image for {}", self.name)))?;
+            .map_err(ReleaseError::model(format!(
+                "preprocessing the check image for {}",
+                self.name
+            )))?;
         let tokens = pixels.num_vision_tokens();
         let [t, h, w] = pixels.grid_thw;
         let device = model.decoder().device();
-        let tensor = Tensor::from_vec(pixels.patches, (pixels.num_patches, pixels.patch_dim), device)
-            .map_err(ReleaseError::model(format!("the check image for {}", self.name)))?;
+        let tensor = Tensor::from_vec(
+            pixels.patches,
+            (pixels.num_patches, pixels.patch_dim),
+            device,
+        )
+        .map_err(ReleaseError::model(format!(
+            "the check image for {}",
+            self.name
+        )))?;
         Ok(vec![(
             ImagePatches {
                 pixels: tensor,
@@ -197,14 +210,18 @@ impl Reranker {
 }
 
 /// The image processor of `files_dir`, which must agree with the vision tower on the patch layout.
-fn image_processor(files_dir: &Path, model: &Qwen2VlModel) -> Result<Qwen2VlProcessor, ReleaseError> {
+fn image_processor(
+    files_dir: &Path,
+    model: &Qwen2VlModel,
+) -> Result<Qwen2VlProcessor, ReleaseError> {
     let path = files_dir.join(PREPROCESSOR_CONFIG);
     let config = PreprocessorConfig::from_file(&path).map_err(ReleaseError::model(format!(
         "reading the image processor config {}",
         path.display()
     )))?;
-    let processor = Qwen2VlProcessor::from_config(&config)
-        .map_err(ReleaseError::model(format!("the image processor of {}", path.display())))?;
+    let processor = Qwen2VlProcessor::from_config(&config).map_err(ReleaseError::model(
+        format!("the image processor of {}", path.display()),
+    ))?;
     let params = processor.params();
     let vision = model.vision_config();
     let ours = (

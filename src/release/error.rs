@@ -34,8 +34,8 @@ pub enum ReleaseError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("{path}: cannot write merged weights: {reason}")]
-    Merge { path: PathBuf, reason: String },
+    #[error("{path}: cannot write safetensors: {reason}")]
+    Write { path: PathBuf, reason: String },
     #[error("{dir}: the release does not match its release.json: {}", .problems.join("; "))]
     Tampered { dir: PathBuf, problems: Vec<String> },
     #[error(

@@ -170,7 +170,10 @@ pub fn shard_names(index: &Path) -> Result<Vec<String>, ReleaseError> {
 pub fn base_license(base: &Path) -> Option<String> {
     let text = fs::read_to_string(base.join("README.md")).ok()?;
     front_matter(&text)?.lines().find_map(|line| {
-        let value = line.strip_prefix("license:")?.trim().trim_matches(['"', '\'']);
+        let value = line
+            .strip_prefix("license:")?
+            .trim()
+            .trim_matches(['"', '\'']);
         (!value.is_empty()).then(|| value.to_string())
     })
 }
@@ -190,7 +193,11 @@ mod tests {
     fn license_comes_from_the_front_matter_only() {
         let dir = tempfile::tempdir().unwrap();
         let readme = dir.path().join("README.md");
-        fs::write(&readme, "---\nlanguage: en\nlicense: apache-2.0\n---\nlicense: mit\n").unwrap();
+        fs::write(
+            &readme,
+            "---\nlanguage: en\nlicense: apache-2.0\n---\nlicense: mit\n",
+        )
+        .unwrap();
         assert_eq!(base_license(dir.path()).as_deref(), Some("apache-2.0"));
         fs::write(&readme, "# A model\nlicense: mit\n").unwrap();
         assert_eq!(base_license(dir.path()), None);

@@ -132,9 +132,11 @@ fn merge_file(
     }
     let count = entries.len();
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize_to_file(entries, Some(metadata), to).map_err(|e| ReleaseError::Merge {
-        path: to.to_path_buf(),
-        reason: e.to_string(),
+    safetensors::serialize_to_file(entries, Some(metadata), to).map_err(|e| {
+        ReleaseError::Write {
+            path: to.to_path_buf(),
+            reason: e.to_string(),
+        }
     })?;
     Ok(MergeSummary {
         tensors: count,
@@ -158,7 +160,7 @@ fn merged_entry<'a>(
     mapped: &MmapedSafetensors,
     peft: &mut PeftAdapter,
 ) -> Result<Entry<'a>, ReleaseError> {
-    let failed = |e: candle_core::Error| ReleaseError::Merge {
+    let failed = |e: candle_core::Error| ReleaseError::Write {
         path: PathBuf::from(file),
         reason: format!("`{name}`: {e}"),
     };
@@ -183,8 +185,16 @@ fn merged_entry<'a>(
 fn tensor_bytes(tensor: &Tensor) -> candle_core::Result<Vec<u8>> {
     let flat = tensor.flatten_all()?;
     Ok(match tensor.dtype() {
-        DType::F32 => flat.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DType::F64 => flat.to_vec1::<f64>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DType::F32 => flat
+            .to_vec1::<f32>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::F64 => flat
+            .to_vec1::<f64>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
         DType::F16 => flat
             .to_vec1::<half::f16>()?
             .iter()

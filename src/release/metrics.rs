@@ -14,7 +14,14 @@ use serde_json::{Map, Value};
 pub const METRICS_FILE: &str = "metrics.json";
 
 /// Metrics shown first, in this order (DESIGN §6); others follow alphabetically.
-const PREFERRED: [&str; 6] = ["ndcg@10", "mrr@10", "map@100", "recall@10", "recall@100", "hit@10"];
+const PREFERRED: [&str; 6] = [
+    "ndcg@10",
+    "mrr@10",
+    "map@100",
+    "recall@10",
+    "recall@100",
+    "hit@10",
+];
 
 /// Where the run-level keys may sit in metrics.json, tried in order before the top level.
 const CONTAINERS: [&str; 3] = ["aggregates", "overall", "runs"];
@@ -46,11 +53,13 @@ impl MetricsTable {
                 .and_then(|text| serde_json::from_str::<Value>(&text).map_err(|e| e.to_string()));
             match parsed.map(|json| rows_of(&json)) {
                 Ok(rows) if !rows.is_empty() => {
-                    table.rows.extend(rows.into_iter().map(|(run, values)| MetricsRow {
-                        stage: stage.clone(),
-                        run,
-                        values,
-                    }))
+                    table
+                        .rows
+                        .extend(rows.into_iter().map(|(run, values)| MetricsRow {
+                            stage: stage.clone(),
+                            run,
+                            values,
+                        }))
                 }
                 Ok(_) => table.notes.push(format!(
                     "eval stage `{stage}`: {} holds no aggregate metrics umrank could read",

@@ -177,9 +177,9 @@ fn dataset_names(queries: &Path) -> Result<BTreeSet<String>, ReleaseError> {
         let column = batch.column_by_name("dataset").ok_or_else(|| {
             ReleaseError::invalid(queries, "the queries dataset has no `dataset` column")
         })?;
-        let strings = column.as_string_opt::<i32>().ok_or_else(|| {
-            ReleaseError::invalid(queries, "the `dataset` column is not utf8")
-        })?;
+        let strings = column
+            .as_string_opt::<i32>()
+            .ok_or_else(|| ReleaseError::invalid(queries, "the `dataset` column is not utf8"))?;
         for i in 0..strings.len() {
             if strings.is_valid(i) {
                 names.insert(strings.value(i).to_string());

@@ -132,10 +132,16 @@ fn check_base(base: &Path, manifest: &ReleaseManifest) -> Result<(), ReleaseErro
             });
         }
     }
-    let base_config = manifest.base_model.files.iter().find(|f| f.path == "config.json");
+    let base_config = manifest
+        .base_model
+        .files
+        .iter()
+        .find(|f| f.path == "config.json");
     let release_config = manifest.files.iter().find(|f| f.path == "config.json");
     match (base_config, release_config) {
-        (Some(base_config), Some(release_config)) if base_config.sha256 == release_config.sha256 => {
+        (Some(base_config), Some(release_config))
+            if base_config.sha256 == release_config.sha256 =>
+        {
             Ok(())
         }
         _ => Err(ReleaseError::invalid(
