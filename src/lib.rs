@@ -13,6 +13,7 @@
 pub mod dataset;
 pub mod device;
 pub mod digest;
+pub mod embed;
 pub mod eval;
 pub mod ingest;
 pub mod inspect;
@@ -25,5 +26,7 @@ pub mod progress;
 pub mod release;
 pub mod schema;
 pub mod shard;
+pub mod shards;
 pub mod stages;
+pub mod train;
 pub mod world;

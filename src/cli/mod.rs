@@ -4,6 +4,7 @@ mod inspect;
 mod release;
 mod run;
 mod score;
+mod shards;
 mod stages;
 
 use std::process::ExitCode;
@@ -71,9 +72,12 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     World(stages::WorldArgs),
     Ingest(stages::IngestArgs),
+    Embed(stages::EmbedArgs),
     Score(score::ScoreArgs),
     Release(release::ReleaseArgs),
     Verify(release::VerifyArgs),
+    Shards(shards::ShardsArgs),
+    Export(shards::ExportArgs),
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {
@@ -94,9 +98,12 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => inspect::inspect(args),
         Command::World(args) => stages::world(args, &cli.global),
         Command::Ingest(args) => stages::ingest(args, &cli.global),
+        Command::Embed(args) => stages::embed(args, &cli.global),
         Command::Score(args) => score::score_pairs(args),
         Command::Release(args) => release::release(args, &cli.global),
         Command::Verify(args) => release::verify_release(args),
+        Command::Shards(args) => shards::shards(args, &cli.global),
+        Command::Export(args) => shards::export_shards(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

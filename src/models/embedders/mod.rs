@@ -15,6 +15,7 @@
 pub mod bert;
 mod checkpoint;
 pub mod clip;
+pub mod clip_towers;
 mod error;
 pub mod init;
 mod preprocess;
