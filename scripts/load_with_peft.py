@@ -18,7 +18,8 @@ It is not part of CI (it needs torch, transformers and peft). Usage:
     python scripts/load_with_peft.py RELEASE_DIR --merged --check   # the same through merged/ without peft
     python scripts/load_with_peft.py RELEASE_DIR --instruction I --query Q --doc D [--doc-image PNG]
 
-The base model is read from --base, else from the path release.json records. Every adapter tensor must land on a
+A full release (a fully fine-tuned model, no adapter) loads with transformers alone. For an adapter release the
+base model is read from --base, else from the path release.json records. Every adapter tensor must land on a
 module of the model: an adapter that peft silently skips (a key-layout mismatch) is an error, not a score.
 Tested with transformers 5.24, peft 0.21, torch 2.15 (CPU, float32).
 """
@@ -110,7 +111,9 @@ def main():
 
     with open(os.path.join(args.release, "release.json")) as f:
         manifest = json.load(f)
-    base = args.base or manifest["base_model"]["path"]
+    full = manifest["kind"] == "full"
+    if args.merged and not manifest["merged"]:
+        sys.exit("the release has no merged weights")
     with open(os.path.join(args.release, "config.json")) as f:
         vision = "vision_config" in json.load(f)
 
@@ -129,9 +132,10 @@ def main():
         pair = {"instruction": args.instruction, "query_text": args.query, "doc_text": args.doc}
         image = Image.open(args.doc_image).convert("RGB") if args.doc_image else None
 
-    if args.merged:
+    if args.merged or full:
         model = load_model(files_dir, vision)
     else:
+        base = args.base or manifest["base_model"]["path"]
         model = apply_adapter(load_model(base, vision), args.release)
 
     inputs = prompt_inputs(tokenizer, image_processor, pair, image)

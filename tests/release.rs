@@ -21,7 +21,7 @@ use umrank::models::lora::{LoraAdapter, LoraConfig, DECODER_TARGETS};
 use umrank::models::peft;
 use umrank::models::qwen2_vl::PairScore;
 use umrank::pipeline::{InputRecord, Manifest, OutputRecord, PipelineConfig};
-use umrank::release::{verify, ReleaseError, ReleaseManifest, MERGED_DIR};
+use umrank::release::{verify, ReleaseError, ReleaseKind, ReleaseManifest, MERGED_DIR};
 use umrank::schema;
 use umrank::shard::Shard;
 
@@ -192,10 +192,22 @@ fn write_ingest(dir: &Path) {
     );
 }
 
-/// ingest -> mine -> shards -> train (with its adapter), and an eval stage; returns (train, eval) directories.
-fn write_pipeline(work: &Path, base: &Path) -> (PathBuf, PathBuf) {
-    let (ingest, mine, shards, train, eval) = (
+/// What the train stage of [`write_pipeline`] leaves.
+#[derive(Clone, Copy, PartialEq)]
+enum Tuned {
+    /// LoRA on `base`: `adapter/`, with `model = base` in its config.
+    Adapter,
+    /// Full fine-tuning from a random initialisation: `model/`, a complete model directory (here a copy of the
+    /// base fixture, which has the layout the train stage writes).
+    Full,
+}
+
+/// ingest -> embed -> mine -> shards -> train, and an eval stage of the train stage's output whose metrics.json
+/// has the eval stage's layout; returns (train, eval) directories.
+fn write_pipeline(work: &Path, base: &Path, tuned: Tuned) -> (PathBuf, PathBuf) {
+    let (ingest, embed, mine, shards, train, eval) = (
         work.join("ingest"),
+        work.join("embed"),
         work.join("mine"),
         work.join("shards"),
         work.join("train"),
@@ -203,33 +215,68 @@ fn write_pipeline(work: &Path, base: &Path) -> (PathBuf, PathBuf) {
     );
     write_ingest(&ingest);
     write_stage(
+        &embed,
+        "embed",
+        3,
+        serde_json::json!({"from": "ingest", "model": "gme-qwen2-vl-2b", "batch_size": 8}),
+        &[&ingest],
+    );
+    write_stage(
         &mine,
         "mine",
         3,
-        serde_json::json!({"model": "gme-qwen2-vl-2b", "hard": 8, "random": 8, "relative_margin": 0.05}),
-        &[&ingest],
+        serde_json::json!({"from": "ingest", "embeddings_from": "embed", "negatives_per_group": 16,
+                           "filter": {"relative_margin": 0.05}}),
+        &[&embed, &ingest],
     );
     write_stage(
         &shards,
         "shards",
         3,
-        serde_json::json!({"format": "sft", "negatives": 16}),
+        serde_json::json!({"ingest": "ingest", "mine": "mine"}),
         &[&mine, &ingest],
     );
-    write_adapter(base, &train.join("adapter"));
-    write_stage(
-        &train,
-        "train",
-        3,
-        serde_json::json!({"model": s(base), "objective": "sft", "lr": 1e-4}),
-        &[&shards],
-    );
+    let (config, model, adapter) = match tuned {
+        Tuned::Adapter => {
+            write_adapter(base, &train.join("adapter"));
+            let config = serde_json::json!({"model": s(base), "objective": "sft", "tune": "lora", "lr": 1e-4});
+            (config, base.to_path_buf(), Some(train.join("adapter")))
+        }
+        Tuned::Full => {
+            let model = train.join("model");
+            fs::create_dir_all(&model).unwrap();
+            for name in [
+                "config.json",
+                "model.safetensors",
+                "tokenizer.json",
+                "tokenizer_config.json",
+            ] {
+                fs::copy(base.join(name), model.join(name)).unwrap();
+            }
+            let config = serde_json::json!({"init": "tiny", "tokenizer": s(base), "objective": "cl", "tune": "full"});
+            (config, model, None)
+        }
+    };
+    write_stage(&train, "train", 3, config, &[&shards]);
     fs::create_dir_all(&eval).unwrap();
-    fs::write(
-        eval.join("metrics.json"),
-        r#"{"aggregates": {"first_stage": {"ndcg@10": 0.4102, "mrr@10": 0.38}, "reranked": {"ndcg@10": 0.5234, "mrr@10": 0.4911}}}"#,
-    )
-    .unwrap();
+    let averages = |ndcg: f64, mrr: f64| {
+        serde_json::json!({
+            "mean": {"ndcg@10": ndcg, "mrr@10": mrr},
+            "macro_average": {"ndcg@10": ndcg - 0.01, "mrr@10": mrr - 0.01},
+            "per_task": {"text->image": {"ndcg@10": ndcg, "mrr@10": mrr}},
+            "per_query": {"1:2": {"ndcg@10": ndcg, "mrr@10": mrr}}
+        })
+    };
+    let test = |d: f64, p: f64| serde_json::json!({"mean_difference": d, "p_value": p, "permutations": 1000});
+    let metrics = serde_json::json!({
+        "model": model, "adapter": adapter, "score": "p_yes", "k": 10, "splits": ["test"],
+        "retrievers": ["gme"], "scored_pairs": 10, "rejected_pairs": 0,
+        "metrics": ["ndcg@10", "mrr@10"], "queries": 1, "task_queries": {"text->image": 1},
+        "baseline": "first_stage", "candidate": "reranked",
+        "runs": {"first_stage": averages(0.4102, 0.38), "reranked": averages(0.5234, 0.4911)},
+        "significance": {"all": {"ndcg@10": test(0.1132, 0.01), "mrr@10": test(0.1111, 0.02)}}
+    });
+    fs::write(eval.join("metrics.json"), metrics.to_string()).unwrap();
     write_stage(
         &eval,
         "eval",
@@ -288,9 +335,19 @@ fn release(merged: bool, eval: bool, license: Option<&str>) -> Released {
 }
 
 fn release_of(fixture: &str, merged: bool, eval: bool, license: Option<&str>) -> Released {
+    release_tuned(fixture, Tuned::Adapter, merged, eval, license)
+}
+
+fn release_tuned(
+    fixture: &str,
+    tuned: Tuned,
+    merged: bool,
+    eval: bool,
+    license: Option<&str>,
+) -> Released {
     let tmp = tempfile::tempdir().unwrap();
     let base = base_model_from(fixture, tmp.path(), license);
-    let (train, eval_dir) = write_pipeline(&tmp.path().join("work"), &base);
+    let (train, eval_dir) = write_pipeline(&tmp.path().join("work"), &base, tuned);
     let out = tmp.path().join("work/release");
     let mut args = vec!["release", "--out", s(&out), "--train", s(&train)];
     if eval {
@@ -494,24 +551,22 @@ fn model_card_carries_front_matter_metrics_and_provenance() {
         ["\"reranker\"", "\"multimodal\"", "\"umrank\"", "\"sft\""]
     );
     assert_eq!(yaml["datasets"], ["\"CIRR\"", "\"VisualNews\""]);
-    assert!(
-        card.contains("| eval | reranked | 0.5234 | 0.4911 |"),
-        "{card}"
-    );
-    assert!(
-        card.contains("| eval | first_stage | 0.4102 | 0.3800 |"),
-        "{card}"
-    );
-    assert!(card.contains("- Seed: 3"), "{card}");
-    assert!(
-        card.contains("- Mining model: `\"gme-qwen2-vl-2b\"`"),
-        "{card}"
-    );
-    assert!(card.contains("\"relative_margin\":0.05"), "{card}");
-    assert!(
-        card.contains("- Shards config: `{\"format\":\"sft\",\"negatives\":16}`"),
-        "{card}"
-    );
+    for row in [
+        "| eval | first_stage | mean | 0.4102 | 0.3800 |",
+        "| eval | first_stage | macro | 0.4002 | 0.3700 |",
+        "| eval | reranked | mean | 0.5234 | 0.4911 |",
+        "| eval | reranked | macro | 0.5134 | 0.4811 |",
+        "- eval stage `eval`, reranked against first_stage over 1 queries: ndcg@10 +0.1132 (p = 0.0100), \
+         mrr@10 +0.1111 (p = 0.0200)",
+        "- Seed: 3",
+        "- LoRA: rank 4, alpha 8, on ",
+        "- Mining model: `\"gme-qwen2-vl-2b\"`",
+        "\"relative_margin\":0.05",
+        "- Shards config: `{\"ingest\":\"ingest\",\"mine\":\"mine\"}`",
+    ] {
+        assert!(card.contains(row), "`{row}` not in:\n{card}");
+    }
+    assert!(!card.contains("not the weights of this release"), "{card}");
     assert!(card.contains("| train | train | 3 | `config-of-train` | `fingerprint-of-train` |"));
     assert!(card.contains("| ingest | ingest |"), "{card}");
     assert!(card.contains("from its model card"), "{card}");
@@ -524,7 +579,7 @@ fn model_card_carries_front_matter_metrics_and_provenance() {
         .iter()
         .map(|s| s.kind.as_str())
         .collect();
-    assert_eq!(kinds, ["shards", "ingest", "mine"]);
+    assert_eq!(kinds, ["shards", "ingest", "mine", "embed"]);
     assert_eq!(manifest.provenance.evals.len(), 1);
     let adapter_config: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(r.release.join("adapter_config.json")).unwrap())
@@ -551,6 +606,103 @@ fn a_release_without_eval_or_license_says_so() {
     assert_eq!(front_matter(&card)["license"], ["\"other\""]);
     assert!(card.contains("neither the release config nor the base model's card names a license"));
     assert!(card.contains("No evaluation metrics"), "{card}");
+}
+
+/// A train stage that fine-tuned every weight (from a random initialisation) leaves `model/`: the release holds
+/// that model whole, scores like it, verifies without a base, and says in its card where it came from.
+#[test]
+fn a_fully_fine_tuned_model_is_released_whole() {
+    let r = release_tuned("vlm/qwen2_5_vl", Tuned::Full, false, true, None);
+    let report = verify(&r.release, None, &Device::Cpu).unwrap();
+    assert_eq!(report.kind, ReleaseKind::Full);
+    assert!(report.base.is_none());
+    assert_eq!(report.scores.len(), 1);
+    assert_eq!(report.scores[0].0, "full");
+
+    let trained = r.train.join("model");
+    assert_eq!(
+        sha256_file(&r.release.join("model.safetensors")).unwrap(),
+        sha256_file(&trained.join("model.safetensors")).unwrap()
+    );
+    assert!(!r.release.join("adapter_config.json").exists());
+    let pairs = write_pairs(r._tmp.path());
+    let score = |model: &Path| {
+        scores(&succeed(&[
+            "score",
+            "--pairs",
+            s(&pairs),
+            "--batch",
+            "2",
+            "--model",
+            s(model),
+        ]))
+    };
+    assert_close(&score(&r.release), &score(&trained), 1e-6);
+
+    let card = fs::read_to_string(r.release.join("README.md")).unwrap();
+    let yaml = front_matter(&card);
+    assert!(!yaml.contains_key("base_model"), "{card}");
+    assert_eq!(yaml["library_name"], ["transformers"]);
+    assert_eq!(
+        yaml["tags"],
+        ["\"reranker\"", "\"multimodal\"", "\"umrank\"", "\"cl\""]
+    );
+    for text in [
+        "trained from scratch",
+        "random initialisation (`\"tiny\"`)",
+        "- Tuning: every weight (full fine-tuning)",
+        "| eval | reranked | mean | 0.5234 | 0.4911 |",
+    ] {
+        assert!(card.contains(text), "`{text}` not in:\n{card}");
+    }
+    assert!(!card.contains("not the weights of this release"), "{card}");
+
+    let stderr = fail(&["verify", s(&r.release), "--base", s(&r.base)]);
+    assert!(stderr.contains("loads without a base"), "{stderr}");
+    let stderr = fail(&[
+        "release",
+        "--out",
+        s(&r.out),
+        "--train",
+        s(&r.train),
+        "--merged",
+        "--force",
+    ]);
+    assert!(stderr.contains("adapter releases only"), "{stderr}");
+}
+
+/// An eval stage that scored other weights than the released ones is named in the card, not hidden.
+#[test]
+fn metrics_of_other_weights_are_flagged() {
+    let r = release(false, true, None);
+    let metrics_path = r.train.parent().unwrap().join("eval/metrics.json");
+    let mut metrics: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&metrics_path).unwrap()).unwrap();
+    metrics["adapter"] = serde_json::Value::Null;
+    fs::write(&metrics_path, metrics.to_string()).unwrap();
+    let eval = metrics_path.parent().unwrap();
+    write_stage(
+        eval,
+        "eval",
+        3,
+        serde_json::json!({"score": "p_yes"}),
+        &[&r.train],
+    );
+    succeed(&[
+        "release",
+        "--out",
+        s(&r.out),
+        "--train",
+        s(&r.train),
+        "--eval",
+        s(eval),
+    ]);
+    let card = fs::read_to_string(r.release.join("README.md")).unwrap();
+    assert!(
+        card.contains("eval stage `eval` scored with model")
+            && card.contains("without an adapter, not the weights of this release"),
+        "{card}"
+    );
 }
 
 #[test]
@@ -588,6 +740,40 @@ fn missing_inputs_are_clear_errors() {
     let stderr = fail(&["release", "--out", s(&out), "--train", s(&train)]);
     assert!(stderr.contains("model = DIR"), "{stderr}");
 
+    write_stage(
+        &train,
+        "train",
+        0,
+        serde_json::json!({"objective": "cl", "init": "tiny", "tune": "lora"}),
+        &[],
+    );
+    let stderr = fail(&["release", "--out", s(&out), "--train", s(&train)]);
+    assert!(stderr.contains("randomly initialised"), "{stderr}");
+
+    let extra = train.join("adapter/extra_weights.safetensors");
+    fs::write(&extra, b"").unwrap();
+    write_stage(
+        &train,
+        "train",
+        0,
+        serde_json::json!({"objective": "cl"}),
+        &[],
+    );
+    let stderr = fail(&[
+        "release",
+        "--out",
+        s(&out),
+        "--train",
+        s(&train),
+        "--model",
+        s(&base),
+    ]);
+    assert!(
+        stderr.contains("extra_weights.safetensors") && stderr.contains("train_lm_head"),
+        "{stderr}"
+    );
+    fs::remove_file(&extra).unwrap();
+
     fs::remove_file(train.join("adapter/adapter_model.safetensors")).unwrap();
     write_stage(
         &train,
@@ -614,7 +800,7 @@ fn the_release_stage_is_registered_and_refuses_unknown_keys() {
     let registry = umrank::stages::registry();
     let ok = PipelineConfig::parse(
         Path::new("p.toml"),
-        "[pipeline]\nname = 'p'\nworkdir = 'w'\n[release]\neval = ['eval']\nmerged = true\n",
+        "[pipeline]\nname = 'p'\nworkdir = 'w'\n[release]\nfrom = 'train_cl'\neval_from = ['eval']\nmerged = true\n",
     )
     .unwrap();
     assert!(registry.build(&ok.stages[0], &ok.path).is_ok());
@@ -690,7 +876,7 @@ fn write_release_for_peft_script() {
     let root = PathBuf::from(std::env::var("UMRANK_RELEASE_OUT").expect("set UMRANK_RELEASE_OUT"));
     let name = std::env::var("UMRANK_RELEASE_BASE").unwrap_or("vlm/qwen2_5_vl".into());
     let base = base_model_from(&name, &root, Some("apache-2.0"));
-    let (train, eval) = write_pipeline(&root.join("work"), &base);
+    let (train, eval) = write_pipeline(&root.join("work"), &base, Tuned::Adapter);
     let out = root.join("work/release");
     succeed(&[
         "release",

@@ -12,15 +12,16 @@ use super::Global;
 
 /// Write a release of a trained reranker: a Hugging Face model directory (OUT/model) with the base model's
 /// config, tokenizer, chat template and image processor config, the adapter in PEFT format, optionally merged
-/// weights, a model card (README.md) and release.json with the sha256 of every file. The release is loaded back
-/// and checked before the command succeeds.
+/// weights (or, for a fully fine-tuned model, its weights), a model card (README.md) and release.json with the
+/// sha256 of every file. The release is loaded back and checked before the command succeeds.
 #[derive(Debug, clap::Args)]
 pub struct ReleaseArgs {
     /// The stage directory: the release goes to OUT/model, the stage's manifest to OUT/manifest.json.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
 
-    /// The train stage directory: its manifest.json and adapter/ (PEFT format).
+    /// The train stage directory: its manifest.json and adapter/ (PEFT format), or model/ for a fully fine-tuned
+    /// model.
     #[arg(long, value_name = "DIR")]
     pub train: PathBuf,
 
@@ -28,7 +29,7 @@ pub struct ReleaseArgs {
     #[arg(long, value_name = "DIR")]
     pub eval: Vec<PathBuf>,
 
-    /// The base model directory [default: the `model` the train stage's config records].
+    /// The base model directory of the adapter [default: the `model` the train stage's config records].
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
 
@@ -40,7 +41,8 @@ pub struct ReleaseArgs {
     #[arg(long, value_name = "ID")]
     pub license: Option<String>,
 
-    /// Also write the base weights with the adapter merged in, under OUT/model/merged, loadable without peft.
+    /// Also write the base weights with the adapter merged in, under OUT/model/merged, loadable without peft
+    /// (adapter releases only).
     #[arg(long)]
     pub merged: bool,
 
@@ -65,7 +67,7 @@ pub struct VerifyArgs {
     /// The release directory (or a release stage directory holding it under model/).
     pub release: PathBuf,
 
-    /// The base model directory [default: the path recorded in release.json].
+    /// The base model directory of an adapter release [default: the path recorded in release.json].
     #[arg(long, value_name = "DIR")]
     pub base: Option<PathBuf>,
 
@@ -80,8 +82,8 @@ const TRAIN: &str = "train";
 pub fn release(args: &ReleaseArgs, global: &Global) -> anyhow::Result<()> {
     let eval_names: Vec<String> = (0..args.eval.len()).map(|i| format!("eval-{i}")).collect();
     let config = ReleaseConfig {
-        train: TRAIN.into(),
-        eval: eval_names.clone(),
+        from: TRAIN.into(),
+        eval_from: eval_names.clone(),
         model: args.model.clone(),
         base_model: args.base_model.clone(),
         license: args.license.clone(),
@@ -119,7 +121,9 @@ pub fn verify_release(args: &VerifyArgs) -> anyhow::Result<()> {
         report.files,
         report.bytes
     );
-    println!("base model {}: hashes match", report.base.display());
+    if let Some(base) = &report.base {
+        println!("base model {}: hashes match", base.display());
+    }
     let e = report.expected;
     println!(
         "check pair as released: p_yes {:.6} z_yes {:.6} z_no {:.6}",

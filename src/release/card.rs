@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 
+use super::manifest::ReleaseKind;
 use super::metrics::MetricsTable;
 use super::provenance::{Provenance, StageRecord};
 use crate::models::lora::LoraConfig;
@@ -20,10 +21,13 @@ pub enum LicenseSource {
 
 /// Everything the card shows.
 pub struct CardInput<'a> {
-    pub base_model: &'a str,
+    pub kind: ReleaseKind,
+    /// The model trained from; none for a random initialisation.
+    pub base_model: Option<&'a str>,
     pub license: &'a str,
     pub license_source: LicenseSource,
-    pub lora: &'a LoraConfig,
+    /// The adapter's settings, for adapter releases.
+    pub lora: Option<&'a LoraConfig>,
     pub merged: bool,
     pub generated_preprocessor: bool,
     pub provenance: &'a Provenance,
@@ -61,9 +65,15 @@ fn tags(provenance: &Provenance) -> Vec<String> {
 
 fn front_matter(card: &mut String, input: &CardInput) {
     card.push_str("---\n");
-    let _ = writeln!(card, "base_model: {}", yaml(input.base_model));
+    if let Some(base) = input.base_model {
+        let _ = writeln!(card, "base_model: {}", yaml(base));
+    }
     let _ = writeln!(card, "license: {}", yaml(input.license));
-    card.push_str("library_name: peft\ntags:\n");
+    let library = match input.kind {
+        ReleaseKind::Adapter => "peft",
+        ReleaseKind::Full => "transformers",
+    };
+    let _ = writeln!(card, "library_name: {library}\ntags:");
     for tag in tags(input.provenance) {
         let _ = writeln!(card, "- {}", yaml(&tag));
     }
@@ -83,19 +93,46 @@ fn overview(card: &mut String, input: &CardInput) {
         .provenance
         .objective_name()
         .unwrap_or_else(|| "an unrecorded".to_string());
-    let _ = writeln!(
-        card,
-        "# Multimodal reranker: LoRA adapter for `{}`\n\nA pointwise (instruction, query, document) reranker trained by \
-         umrank with the **{objective}** objective (Dai et al., arXiv 2510.14824). This directory holds the adapter in \
-         PEFT format (`adapter_config.json`, `adapter_model.safetensors`) with the base model's configuration, \
-         tokenizer, chat template and image processor{}.",
-        input.base_model,
-        if input.merged {
-            "; `merged/` holds the base weights with the adapter merged in, loadable without peft"
-        } else {
-            ""
-        }
+    let trained = format!(
+        "A pointwise (instruction, query, document) reranker trained by umrank with the **{objective}** objective \
+         (Dai et al., arXiv 2510.14824)."
     );
+    match (input.kind, input.base_model) {
+        (ReleaseKind::Adapter, base) => {
+            let _ = writeln!(
+                card,
+                "# Multimodal reranker: LoRA adapter for `{}`\n\n{trained} This directory holds the adapter in PEFT \
+                 format (`adapter_config.json`, `adapter_model.safetensors`) with the base model's configuration, \
+                 tokenizer, chat template and image processor{}.",
+                base.unwrap_or("an unnamed base"),
+                if input.merged {
+                    "; `merged/` holds the base weights with the adapter merged in, loadable without peft"
+                } else {
+                    ""
+                }
+            );
+        }
+        (ReleaseKind::Full, Some(base)) => {
+            let _ = writeln!(
+                card,
+                "# Multimodal reranker fine-tuned from `{base}`\n\n{trained} Every weight was tuned; this directory \
+                 is a complete model (configuration, weights, tokenizer, image processor) that loads without a base."
+            );
+        }
+        (ReleaseKind::Full, None) => {
+            let init = input
+                .provenance
+                .train
+                .config_value("init")
+                .map_or("an unrecorded architecture".to_string(), compact);
+            let _ = writeln!(
+                card,
+                "# Multimodal reranker trained from scratch\n\n{trained} The model started from a random \
+                 initialisation ({init}); this directory is the complete trained model (configuration, weights, \
+                 tokenizer, image processor)."
+            );
+        }
+    }
     if input.generated_preprocessor {
         card.push_str(
             "\nThe base model directory had no `preprocessor_config.json`; umrank wrote a Qwen2-VL image processor \
@@ -116,6 +153,23 @@ fn overview(card: &mut String, input: &CardInput) {
 }
 
 fn usage(card: &mut String, input: &CardInput) {
+    let umrank = match input.kind {
+        ReleaseKind::Adapter => format!(
+            "`umrank score --model BASE --adapter DIR --pairs PAIRS.jsonl` scores pairs{}. With transformers and \
+             peft: `scripts/load_with_peft.py` in the umrank repository loads the base with this adapter and scores \
+             a pair.",
+            if input.merged {
+                ", and `umrank score --model DIR/merged` does the same without the adapter"
+            } else {
+                ""
+            }
+        ),
+        ReleaseKind::Full => {
+            "`umrank score --model DIR --pairs PAIRS.jsonl` scores pairs; transformers loads the directory with \
+             `from_pretrained`."
+                .to_string()
+        }
+    };
     let _ = writeln!(
         card,
         "## Usage\n\nThe score of a pair is `p_yes = sigmoid(z_yes - z_no)`, from the logits of the tokens `yes` and \
@@ -123,16 +177,9 @@ fn usage(card: &mut String, input: &CardInput) {
          the Document meets the requirements based on the Query and the Instruct provided. Note that the answer can \
          only be \"yes\" or \"no\".<|im_end|>\n<|im_start|>user\n<Instruct>: {{instruction}}<Query>:{{query image}}\
          {{query text}}\n<Document>:{{document image}}{{document text}}<|im_end|>\n<|im_start|>assistant\n```\n\n\
-         With umrank: `umrank verify DIR` checks every file's hash and scores a built-in pair; `umrank score --model \
-         BASE --adapter DIR --pairs PAIRS.jsonl` scores pairs{}. With transformers and peft: \
-         `scripts/load_with_peft.py` in the umrank repository loads the base with this adapter and scores a pair.\n\n\
+         With umrank: `umrank verify DIR` checks every file's hash and scores a built-in pair; {umrank}\n\n\
          The built-in check pair (see `release.json`) scored p_yes = {:.6} (z_yes = {:.6}, z_no = {:.6}) when this \
          release was made.\n",
-        if input.merged {
-            ", and `umrank score --model DIR/merged` does the same without the adapter"
-        } else {
-            ""
-        },
         input.check.p_yes,
         input.check.z_yes,
         input.check.z_no
@@ -141,12 +188,21 @@ fn usage(card: &mut String, input: &CardInput) {
 
 fn metrics(card: &mut String, table: &MetricsTable) {
     card.push_str("## Metrics\n\n");
-    if table.rows.is_empty() {
+    if table.rows.is_empty() && table.notes.is_empty() {
         card.push_str("No evaluation metrics: no eval stage was given to the release.\n");
+    } else if table.rows.is_empty() {
+        card.push_str("No evaluation metrics could be read.\n");
     } else {
-        let columns = table.columns();
-        let _ = writeln!(card, "| eval stage | run | {} |", columns.join(" | "));
-        let _ = writeln!(card, "|---|---|{}", "---:|".repeat(columns.len()));
+        card.push_str(
+            "Averages over the evaluated queries (`mean`, what trec_eval reports) and over tasks (`macro`).\n\n",
+        );
+        let columns = &table.columns;
+        let _ = writeln!(
+            card,
+            "| eval stage | run | average | {} |",
+            columns.join(" | ")
+        );
+        let _ = writeln!(card, "|---|---|---|{}", "---:|".repeat(columns.len()));
         for row in &table.rows {
             let cells: Vec<String> = columns
                 .iter()
@@ -154,11 +210,18 @@ fn metrics(card: &mut String, table: &MetricsTable) {
                 .collect();
             let _ = writeln!(
                 card,
-                "| {} | {} | {} |",
+                "| {} | {} | {} | {} |",
                 row.stage,
                 row.run,
+                row.average,
                 cells.join(" | ")
             );
+        }
+        if !table.tests.is_empty() {
+            card.push_str("\nPaired randomisation tests (mean difference and p-value):\n\n");
+            for test in &table.tests {
+                let _ = writeln!(card, "- {test}");
+            }
         }
     }
     for note in &table.notes {
@@ -180,26 +243,21 @@ fn training(card: &mut String, input: &CardInput) {
         .map_or("not recorded in the train config".to_string(), compact);
     let _ = writeln!(card, "- Objective: {objective}");
     let _ = writeln!(card, "- Seed: {}", train.seed);
-    let lora = input.lora;
-    let _ = writeln!(
-        card,
-        "- LoRA: rank {}, alpha {}, on {}{}",
-        lora.r,
-        lora.alpha,
-        lora.target_modules.join(", "),
-        if lora.use_rslora { " (rsLoRA)" } else { "" }
-    );
-    let _ = writeln!(card, "- Train config: {}", compact(&train.config));
-    let mining_model = ["embed", "mine"]
-        .iter()
-        .filter_map(|kind| provenance.stage_of_kind(kind))
-        .find_map(|stage| stage.config_value("model"));
-    match mining_model {
-        Some(model) => {
-            let _ = writeln!(card, "- Mining model: {}", compact(model));
+    match input.lora {
+        Some(lora) => {
+            let _ = writeln!(
+                card,
+                "- LoRA: rank {}, alpha {}, on {}{}",
+                lora.r,
+                lora.alpha,
+                lora.target_modules.join(", "),
+                if lora.use_rslora { " (rsLoRA)" } else { "" }
+            );
         }
-        None => card.push_str("- Mining model: not recorded\n"),
+        None => card.push_str("- Tuning: every weight (full fine-tuning)\n"),
     }
+    let _ = writeln!(card, "- Train config: {}", compact(&train.config));
+    let _ = writeln!(card, "- Mining model: {}", mining_model(provenance));
     for (kind, label) in [("mine", "Negatives"), ("shards", "Shards")] {
         match provenance.stage_of_kind(kind) {
             Some(stage) => {
@@ -214,6 +272,21 @@ fn training(card: &mut String, input: &CardInput) {
         }
     }
     card.push('\n');
+}
+
+/// The embedder the negatives were mined with: the embed stage's `model` directory, or the stage it took its
+/// model from (`model_from`).
+fn mining_model(provenance: &Provenance) -> String {
+    let Some(embed) = provenance.stage_of_kind("embed") else {
+        return "not recorded (no `embed` stage upstream of training)".to_string();
+    };
+    if let Some(model) = embed.config_value("model").filter(|m| !m.is_null()) {
+        return compact(model);
+    }
+    match embed.config_value("model_from").and_then(|m| m.as_str()) {
+        Some(stage) => format!("the model trained by stage `{stage}`"),
+        None => "not recorded in the embed config".to_string(),
+    }
 }
 
 fn provenance(card: &mut String, provenance: &Provenance) {

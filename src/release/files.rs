@@ -66,20 +66,35 @@ pub fn copy_model_files(base: &Path, out: &Path) -> Result<CopiedFiles, ReleaseE
             });
         }
     }
-    let mut result = CopiedFiles::default();
-    for name in MODEL_FILES.iter().chain(&LICENSE_FILES) {
-        let from = base.join(name);
-        if from.is_file() {
-            let to = out.join(name);
-            fs::copy(&from, &to).map_err(ReleaseError::io(&to))?;
-            result.copied.push(name.to_string());
-        }
-    }
+    let mut result = CopiedFiles {
+        copied: copy_present(base, out, &MODEL_FILES)?,
+        generated_preprocessor: false,
+    };
+    result.copied.extend(copy_license_files(base, out)?);
     if Qwen2VlModel::is_vl_dir(base) && !base.join(PREPROCESSOR_CONFIG).is_file() {
         write_preprocessor_config(&base.join("config.json"), &out.join(PREPROCESSOR_CONFIG))?;
         result.generated_preprocessor = true;
     }
     Ok(result)
+}
+
+/// Copies the license texts `from` has into `out`; returns their names.
+pub fn copy_license_files(from: &Path, out: &Path) -> Result<Vec<String>, ReleaseError> {
+    copy_present(from, out, &LICENSE_FILES)
+}
+
+/// Copies each of `names` that is a file in `from`; returns the names copied, in order.
+fn copy_present(from: &Path, out: &Path, names: &[&str]) -> Result<Vec<String>, ReleaseError> {
+    let mut copied = Vec::new();
+    for name in names {
+        let source = from.join(name);
+        if source.is_file() {
+            let to = out.join(name);
+            fs::copy(&source, &to).map_err(ReleaseError::io(&to))?;
+            copied.push(name.to_string());
+        }
+    }
+    Ok(copied)
 }
 
 /// A Qwen2-VL image processor config matching the model's vision tower, with DESIGN §4's pixel bounds.

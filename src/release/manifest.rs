@@ -30,7 +30,12 @@ pub const MERGED_DIR: &str = "merged";
 pub struct ReleaseManifest {
     pub format: u32,
     pub umrank_version: String,
-    pub base_model: BaseModel,
+    pub kind: ReleaseKind,
+    /// The model the release derives from, by name (a Hub id when configured, else its local path); none for a
+    /// model trained from a random initialisation.
+    pub base_model_name: Option<String>,
+    /// For an adapter release, the model the adapter applies to.
+    pub base_model: Option<BaseModel>,
     /// Whether `merged/` holds merged weights.
     pub merged: bool,
     /// Every file of the release but release.json, sorted by path.
@@ -39,13 +44,21 @@ pub struct ReleaseManifest {
     pub check: ScoreCheck,
 }
 
-/// The model the adapter applies to. Its weights are not part of the release; their hashes are, so that verify
+/// What the train stage produced, and so what the release holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReleaseKind {
+    /// A LoRA adapter in PEFT format for a base model that is not part of the release.
+    Adapter,
+    /// A fully fine-tuned model: its weights are in the release.
+    Full,
+}
+
+/// The model an adapter applies to. Its weights are not part of the release; their hashes are, so that verify
 /// can tell whether the base it loads is the one the adapter was trained on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BaseModel {
-    /// The name in the model card and in adapter_config.json (a Hub id when configured, else the local path).
-    pub name: String,
     /// The local directory the release was made from, where verify looks for it unless told otherwise.
     pub path: PathBuf,
     /// config.json and the weight files, relative to `path`.
@@ -61,14 +74,15 @@ pub struct FileEntry {
     pub sha256: String,
 }
 
-/// The pair verify scores, and what base + adapter scored on it when the release was made.
+/// The pair verify scores, and what the trained model (base + adapter, or the fine-tuned weights) scored on it
+/// when the release was made.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScoreCheck {
     pub pair: CheckPair,
     pub expected: PairScore,
-    /// Largest accepted difference, relative to max(1, |expected|), of each of p_yes, z_yes and z_no, when base +
-    /// adapter are loaded back: the same computation as when the release was made.
+    /// Largest accepted difference, relative to max(1, |expected|), of each of p_yes, z_yes and z_no, when the
+    /// release is loaded back: the same computation as when it was made.
     pub tolerance: f32,
     /// The same for the merged weights, which are rounded once to the base's dtype (loose for 16-bit bases).
     pub merged_tolerance: Option<f32>,
@@ -89,7 +103,8 @@ impl ReleaseManifest {
                 ),
             ));
         }
-        for entry in manifest.files.iter().chain(&manifest.base_model.files) {
+        let base_files = manifest.base_model.iter().flat_map(|b| &b.files);
+        for entry in manifest.files.iter().chain(base_files) {
             check_relative(&entry.path).map_err(|reason| ReleaseError::invalid(&path, reason))?;
         }
         Ok(manifest)

@@ -3,9 +3,9 @@
 //!
 //! ```toml
 //! [release]
-//! train = "train"          # the train stage (default "train")
-//! eval = ["eval"]          # eval stages for the metrics table (default none)
-//! merged = true            # also write merged weights
+//! from = "train"              # the train stage (default "train")
+//! eval_from = ["eval"]        # eval stages for the metrics table (default none)
+//! merged = true               # also write merged weights (adapter releases)
 //! base_model = "Qwen/Qwen2.5-VL-3B-Instruct"
 //! license = "apache-2.0"
 //! ```
@@ -25,13 +25,13 @@ pub const OUTPUT: &str = "model";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseConfig {
-    /// The train stage whose adapter is released.
+    /// The train stage whose adapter (or fully fine-tuned model) is released.
     #[serde(default = "default_train")]
-    pub train: String,
+    pub from: String,
     /// Eval stages whose metrics.json go into the model card.
     #[serde(default)]
-    pub eval: Vec<String>,
-    /// The base model directory, when the train stage's config does not name it.
+    pub eval_from: Vec<String>,
+    /// The base model directory of an adapter, when the train stage's config does not name it.
     #[serde(default)]
     pub model: Option<PathBuf>,
     /// The base model's name in the card and adapter_config.json, e.g. a Hub id.
@@ -40,7 +40,7 @@ pub struct ReleaseConfig {
     /// License id for the card.
     #[serde(default)]
     pub license: Option<String>,
-    /// Also write merged weights under `merged/`.
+    /// Also write merged weights under `merged/` (adapter releases only).
     #[serde(default)]
     pub merged: bool,
     /// Load the written release back and score the check pair before finishing.
@@ -59,8 +59,8 @@ fn default_verify() -> bool {
 impl Default for ReleaseConfig {
     fn default() -> Self {
         Self {
-            train: default_train(),
-            eval: Vec::new(),
+            from: default_train(),
+            eval_from: Vec::new(),
             model: None,
             base_model: None,
             license: None,
@@ -76,12 +76,12 @@ pub struct ReleaseStage {
 
 impl ReleaseStage {
     pub fn new(config: ReleaseConfig) -> Result<Self, PipelineError> {
-        if config.eval.contains(&config.train) {
+        if config.eval_from.contains(&config.from) {
             return Err(PipelineError::Config {
                 path: PathBuf::new(),
                 message: format!(
                     "[release]: stage `{}` is named both as train and as eval",
-                    config.train
+                    config.from
                 ),
             });
         }
@@ -99,8 +99,8 @@ impl Stage for ReleaseStage {
     }
 
     fn inputs(&self) -> Vec<Input> {
-        std::iter::once(&self.config.train)
-            .chain(&self.config.eval)
+        std::iter::once(&self.config.from)
+            .chain(&self.config.eval_from)
             .map(|stage| Input::Stage(stage.clone()))
             .collect()
     }
@@ -112,12 +112,12 @@ impl Stage for ReleaseStage {
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
         let eval_dirs = self
             .config
-            .eval
+            .eval_from
             .iter()
             .map(|stage| ctx.upstream_dir(stage).map(PathBuf::from))
             .collect::<Result<Vec<_>, _>>()?;
         let spec = ReleaseSpec {
-            train_dir: ctx.upstream_dir(&self.config.train)?.to_path_buf(),
+            train_dir: ctx.upstream_dir(&self.config.from)?.to_path_buf(),
             eval_dirs,
             base: self.config.model.clone(),
             base_model_name: self.config.base_model.clone(),
@@ -127,8 +127,10 @@ impl Stage for ReleaseStage {
         let out = ctx.output_path(OUTPUT);
         let device = ctx.device().candle()?;
         let manifest = write_release(&spec, &out, &device)?;
-        for file in &manifest.base_model.files {
-            ctx.observe(&manifest.base_model.path.join(&file.path))?;
+        if let Some(base) = &manifest.base_model {
+            for file in &base.files {
+                ctx.observe(&base.path.join(&file.path))?;
+            }
         }
         ctx.add_records(1);
         if self.config.verify {

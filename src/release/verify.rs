@@ -1,6 +1,7 @@
 //! `umrank verify`: a release is intact when every file release.json lists is there with its size and sha256 and
 //! nothing else is; it works when the base it names (same hashes) loads with the release's adapter, and the
-//! merged weights load on their own, and both score the check pair as the release recorded.
+//! merged weights load on their own, and both score the check pair as the release recorded. A full release
+//! (fine-tuned weights, no adapter) must load on its own and score the pair as recorded.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -8,7 +9,10 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 
 use super::check::Reranker;
-use super::manifest::{describe_files, list_files, FileEntry, ReleaseManifest, MERGED_DIR};
+use super::manifest::{
+    describe_files, list_files, BaseModel, FileEntry, ReleaseKind, ReleaseManifest, MERGED_DIR,
+    RELEASE_MANIFEST,
+};
 use super::ReleaseError;
 use crate::models::qwen2_vl::PairScore;
 
@@ -17,14 +21,16 @@ use crate::models::qwen2_vl::PairScore;
 pub struct VerifyReport {
     pub files: usize,
     pub bytes: u64,
-    /// The base model directory that was loaded.
-    pub base: PathBuf,
+    pub kind: ReleaseKind,
+    /// The base model directory that was loaded, for an adapter release.
+    pub base: Option<PathBuf>,
     pub expected: PairScore,
-    /// Each variant loaded (`adapter`, `merged`) and its score of the check pair.
+    /// Each variant loaded (`adapter`, `merged`, `full`) and its score of the check pair.
     pub scores: Vec<(String, PairScore)>,
 }
 
-/// Verifies the release in `dir`, loading the base from `base` or from where release.json says it was.
+/// Verifies the release in `dir`. An adapter release loads its base from `base` or from where release.json says
+/// it was; a full release holds its weights and takes no base.
 pub fn verify(
     dir: &Path,
     base: Option<&Path>,
@@ -32,18 +38,45 @@ pub fn verify(
 ) -> Result<VerifyReport, ReleaseError> {
     let manifest = ReleaseManifest::read(dir)?;
     check_files(dir, &manifest.files)?;
-    let base = base.map_or_else(|| manifest.base_model.path.clone(), Path::to_path_buf);
-    check_base(&base, &manifest)?;
     let check = &manifest.check;
+    let manifest_path = || dir.join(RELEASE_MANIFEST);
     let mut scores = Vec::new();
-    let adapter = Reranker::load(&base, dir, Some(dir), device)?.score(&check.pair)?;
-    compare("adapter", adapter, check.expected, check.tolerance)?;
-    scores.push(("adapter".to_string(), adapter));
+    let loaded_base = match (manifest.kind, &manifest.base_model) {
+        (ReleaseKind::Adapter, Some(recorded)) => {
+            let base = base.map_or_else(|| recorded.path.clone(), Path::to_path_buf);
+            check_base(&base, recorded, &manifest.files)?;
+            let adapter = Reranker::load(&base, dir, Some(dir), device)?.score(&check.pair)?;
+            compare("adapter", adapter, check.expected, check.tolerance)?;
+            scores.push(("adapter".to_string(), adapter));
+            Some(base)
+        }
+        (ReleaseKind::Full, None) => {
+            if let Some(base) = base {
+                return Err(ReleaseError::Config(format!(
+                    "{} holds a fully fine-tuned model, which loads without a base; {} is not used",
+                    dir.display(),
+                    base.display()
+                )));
+            }
+            let full = Reranker::load(dir, dir, None, device)?.score(&check.pair)?;
+            compare("full", full, check.expected, check.tolerance)?;
+            scores.push(("full".to_string(), full));
+            None
+        }
+        (kind, _) => {
+            return Err(ReleaseError::invalid(
+                manifest_path(),
+                format!(
+                    "a {kind:?} release must record a base model exactly when it holds an adapter"
+                ),
+            ))
+        }
+    };
     if manifest.merged {
         let merged_dir = dir.join(MERGED_DIR);
         let tolerance = check.merged_tolerance.ok_or_else(|| {
             ReleaseError::invalid(
-                dir.join(super::manifest::RELEASE_MANIFEST),
+                manifest_path(),
                 "the release has merged weights but no tolerance for them",
             )
         })?;
@@ -54,7 +87,8 @@ pub fn verify(
     Ok(VerifyReport {
         files: manifest.files.len(),
         bytes: manifest.files.iter().map(|f| f.bytes).sum(),
-        base,
+        kind: manifest.kind,
+        base: loaded_base,
         expected: check.expected,
         scores,
     })
@@ -113,17 +147,13 @@ pub fn check_files(dir: &Path, listed: &[FileEntry]) -> Result<(), ReleaseError>
 
 /// The base's config and weights must be the ones the release was made from, and the release's config.json
 /// the base's: otherwise the adapter would be applied to a different model.
-fn check_base(base: &Path, manifest: &ReleaseManifest) -> Result<(), ReleaseError> {
-    let names: Vec<String> = manifest
-        .base_model
-        .files
-        .iter()
-        .map(|f| f.path.clone())
-        .collect();
-    for (found, want) in describe_files(base, &names)?
-        .iter()
-        .zip(&manifest.base_model.files)
-    {
+fn check_base(
+    base: &Path,
+    recorded: &BaseModel,
+    release_files: &[FileEntry],
+) -> Result<(), ReleaseError> {
+    let names: Vec<String> = recorded.files.iter().map(|f| f.path.clone()).collect();
+    for (found, want) in describe_files(base, &names)?.iter().zip(&recorded.files) {
         if found.sha256 != want.sha256 {
             return Err(ReleaseError::BaseChanged {
                 path: base.join(&found.path),
@@ -132,12 +162,8 @@ fn check_base(base: &Path, manifest: &ReleaseManifest) -> Result<(), ReleaseErro
             });
         }
     }
-    let base_config = manifest
-        .base_model
-        .files
-        .iter()
-        .find(|f| f.path == "config.json");
-    let release_config = manifest.files.iter().find(|f| f.path == "config.json");
+    let base_config = recorded.files.iter().find(|f| f.path == "config.json");
+    let release_config = release_files.iter().find(|f| f.path == "config.json");
     match (base_config, release_config) {
         (Some(base_config), Some(release_config))
             if base_config.sha256 == release_config.sha256 =>
