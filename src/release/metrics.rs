@@ -221,7 +221,9 @@ mod tests {
         })
     }
 
-    const OURS: Released = Released::Adapter(Path::new("/x/adapter"));
+    fn ours() -> Released<'static> {
+        Released::Adapter(Path::new("/x/adapter"))
+    }
 
     fn table_of(json: &serde_json::Value, released: Released) -> MetricsTable {
         let dir = tempfile::tempdir().unwrap();
@@ -231,7 +233,7 @@ mod tests {
 
     #[test]
     fn the_eval_summary_gives_mean_and_macro_rows_in_report_order() {
-        let table = table_of(&summary(Some("/x/adapter")), OURS);
+        let table = table_of(&summary(Some("/x/adapter")), ours());
         assert_eq!(table.columns, ["ndcg@10", "mrr@10"]);
         let rows: Vec<(&str, &str, f64)> = table
             .rows
@@ -258,7 +260,7 @@ mod tests {
     #[test]
     fn absent_unreadable_and_foreign_metrics_are_notes() {
         let dir = tempfile::tempdir().unwrap();
-        let absent = MetricsTable::read(&[("eval".to_string(), dir.path())], OURS);
+        let absent = MetricsTable::read(&[("eval".to_string(), dir.path())], ours());
         assert!(absent.rows.is_empty());
         assert!(
             absent.notes[0].contains("metrics.json"),
@@ -266,7 +268,7 @@ mod tests {
             absent.notes
         );
 
-        let other = table_of(&json!({"ndcg@10": 0.5}), OURS);
+        let other = table_of(&json!({"ndcg@10": 0.5}), ours());
         assert!(other.rows.is_empty());
         assert!(
             other.notes[0].contains("not an eval stage summary"),
@@ -274,7 +276,7 @@ mod tests {
             other.notes
         );
 
-        let zero_shot = table_of(&summary(None), OURS);
+        let zero_shot = table_of(&summary(None), ours());
         assert_eq!(zero_shot.rows.len(), 4);
         assert!(
             zero_shot.notes[0].contains("scored with model m without an adapter"),
