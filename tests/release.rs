@@ -863,8 +863,9 @@ fn help_documents_every_option() {
     }
 }
 
-/// Not a check: writes a merged release of fixture `$UMRANK_RELEASE_BASE` (default `vlm/qwen2_5_vl`) under
-/// `$UMRANK_RELEASE_OUT`, for running scripts/load_with_peft.py against `umrank verify` by hand:
+/// Not a check: writes a release of fixture `$UMRANK_RELEASE_BASE` (default `vlm/qwen2_5_vl`) under
+/// `$UMRANK_RELEASE_OUT`, for running scripts/load_with_peft.py against `umrank verify` by hand: an adapter
+/// release with merged weights, or with `UMRANK_RELEASE_FULL=1` a full release.
 ///
 /// ```text
 /// UMRANK_RELEASE_OUT=/tmp/rel cargo test --release --test release -- --ignored write_release_for_peft_script
@@ -875,10 +876,14 @@ fn help_documents_every_option() {
 fn write_release_for_peft_script() {
     let root = PathBuf::from(std::env::var("UMRANK_RELEASE_OUT").expect("set UMRANK_RELEASE_OUT"));
     let name = std::env::var("UMRANK_RELEASE_BASE").unwrap_or("vlm/qwen2_5_vl".into());
+    let tuned = match std::env::var_os("UMRANK_RELEASE_FULL") {
+        Some(_) => Tuned::Full,
+        None => Tuned::Adapter,
+    };
     let base = base_model_from(&name, &root, Some("apache-2.0"));
-    let (train, eval) = write_pipeline(&root.join("work"), &base, Tuned::Adapter);
+    let (train, eval) = write_pipeline(&root.join("work"), &base, tuned);
     let out = root.join("work/release");
-    succeed(&[
+    let mut args = vec![
         "release",
         "--out",
         s(&out),
@@ -886,7 +891,10 @@ fn write_release_for_peft_script() {
         s(&train),
         "--eval",
         s(&eval),
-        "--merged",
-    ]);
+    ];
+    if tuned == Tuned::Adapter {
+        args.push("--merged");
+    }
+    succeed(&args);
     println!("{}", succeed(&["verify", s(&out)]));
 }
