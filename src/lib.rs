@@ -23,6 +23,7 @@ pub mod modality;
 pub mod models;
 pub mod pipeline;
 pub mod progress;
+pub mod release;
 pub mod report;
 pub mod schema;
 pub mod shard;

@@ -5,10 +5,11 @@ use crate::eval::EvalStage;
 use crate::ingest::IngestStage;
 use crate::mine::MineStage;
 use crate::pipeline::StageRegistry;
+use crate::release::ReleaseStage;
 use crate::report::ReportStage;
 use crate::shards::ShardsStage;
-use crate::train::TrainStage;
 use crate::train::dual_encoder::DualEncoderStage;
+use crate::train::TrainStage;
 use crate::world::stage::WorldStage;
 
 /// Every stage kind umrank ships.
@@ -23,5 +24,6 @@ pub fn registry() -> StageRegistry {
     registry.register("train", TrainStage::new);
     registry.register("eval", EvalStage::new);
     registry.register("report", ReportStage::new);
+    registry.register("release", ReleaseStage::new);
     registry
 }

@@ -4,6 +4,7 @@ mod embedder;
 mod eval;
 mod inspect;
 mod mine;
+mod release;
 mod report;
 mod run;
 mod score;
@@ -81,6 +82,8 @@ pub enum Command {
     Mine(mine::MineArgs),
     Score(score::ScoreArgs),
     Train(train::TrainArgs),
+    Release(release::ReleaseArgs),
+    Verify(release::VerifyArgs),
     Shards(shards::ShardsArgs),
     Export(shards::ExportArgs),
     Eval(eval::EvalArgs),
@@ -110,6 +113,8 @@ pub fn main() -> ExitCode {
         Command::Mine(args) => mine::mine(args, &cli.global),
         Command::Score(args) => score::score_pairs(args),
         Command::Train(args) => train::train(args, &cli.global),
+        Command::Release(args) => release::release(args, &cli.global),
+        Command::Verify(args) => release::verify_release(args),
         Command::Shards(args) => shards::shards(args, &cli.global),
         Command::Export(args) => shards::export_shards(args),
         Command::Eval(args) => eval::eval(args),

@@ -1,0 +1,238 @@
+//! The base model's non-weight files that a release carries: configuration, tokenizer, chat template and image
+//! processor, so that the release directory loads with transformers' `from_pretrained` like the base does. Its
+//! license files come along too, since a derivative is bound by them.
+
+use std::fs;
+use std::path::Path;
+
+use serde_json::json;
+
+use super::check::PREPROCESSOR_CONFIG;
+use super::ReleaseError;
+use crate::models::qwen2_vl::{Qwen2VlModel, VisionConfig};
+use crate::models::weights::{INDEX_FILE, SINGLE_FILE};
+
+/// Files of a Hugging Face model directory that describe the model without being its weights. config.json and
+/// tokenizer.json are required; the others are copied when the base has them.
+pub const MODEL_FILES: [&str; 14] = [
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.json",
+    "chat_template.jinja",
+    PREPROCESSOR_CONFIG,
+    "video_preprocessor_config.json",
+    "processor_config.json",
+];
+
+const REQUIRED_FILES: [&str; 2] = ["config.json", "tokenizer.json"];
+
+/// License texts a model directory may carry.
+pub const LICENSE_FILES: [&str; 5] = ["LICENSE", "LICENSE.txt", "LICENSE.md", "LICENCE", "NOTICE"];
+
+/// DESIGN §4's inference bounds on image size, in merged tokens: `min_pixels = 4 * f^2`, `max_pixels = 1280 *
+/// f^2` for `f = patch_size * merge_size` (28 for the released checkpoints).
+const MIN_MERGED_TOKENS: usize = 4;
+const MAX_MERGED_TOKENS: usize = 1280;
+
+/// What [`copy_model_files`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CopiedFiles {
+    /// Names copied from the base, in [`MODEL_FILES`] then [`LICENSE_FILES`] order.
+    pub copied: Vec<String>,
+    /// Whether preprocessor_config.json was written by umrank because the base had none.
+    pub generated_preprocessor: bool,
+}
+
+/// Copies the base's model and license files into `out`. A vision-language base without an image processor
+/// config gets one written from its vision config, so that the release can be loaded with its processor.
+pub fn copy_model_files(base: &Path, out: &Path) -> Result<CopiedFiles, ReleaseError> {
+    fs::create_dir_all(out).map_err(ReleaseError::io(out))?;
+    for required in REQUIRED_FILES {
+        let path = base.join(required);
+        if !path.is_file() {
+            return Err(ReleaseError::Io {
+                path,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "a release needs the base model's config and tokenizer",
+                ),
+            });
+        }
+    }
+    let mut result = CopiedFiles {
+        copied: copy_present(base, out, &MODEL_FILES)?,
+        generated_preprocessor: false,
+    };
+    result.copied.extend(copy_license_files(base, out)?);
+    if Qwen2VlModel::is_vl_dir(base) && !base.join(PREPROCESSOR_CONFIG).is_file() {
+        write_preprocessor_config(&base.join("config.json"), &out.join(PREPROCESSOR_CONFIG))?;
+        result.generated_preprocessor = true;
+    }
+    Ok(result)
+}
+
+/// Copies the license texts `from` has into `out`; returns their names.
+pub fn copy_license_files(from: &Path, out: &Path) -> Result<Vec<String>, ReleaseError> {
+    copy_present(from, out, &LICENSE_FILES)
+}
+
+/// Copies each of `names` that is a file in `from`; returns the names copied, in order.
+fn copy_present(from: &Path, out: &Path, names: &[&str]) -> Result<Vec<String>, ReleaseError> {
+    let mut copied = Vec::new();
+    for name in names {
+        let source = from.join(name);
+        if source.is_file() {
+            let to = out.join(name);
+            fs::copy(&source, &to).map_err(ReleaseError::io(&to))?;
+            copied.push(name.to_string());
+        }
+    }
+    Ok(copied)
+}
+
+/// A Qwen2-VL image processor config matching the model's vision tower, with DESIGN §4's pixel bounds.
+fn write_preprocessor_config(model_config: &Path, out: &Path) -> Result<(), ReleaseError> {
+    let text = fs::read_to_string(model_config).map_err(ReleaseError::io(model_config))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| ReleaseError::invalid(model_config, e.to_string()))?;
+    let vision = VisionConfig::from_model_config(&json)
+        .map_err(|e| ReleaseError::invalid(model_config, e.to_string()))?;
+    let factor = vision.patch_size * vision.spatial_merge_size;
+    let (min_pixels, max_pixels) = (
+        MIN_MERGED_TOKENS * factor * factor,
+        MAX_MERGED_TOKENS * factor * factor,
+    );
+    let processor_class = match json.get("model_type").and_then(|t| t.as_str()) {
+        Some("qwen2_5_vl") => "Qwen2_5_VLProcessor",
+        _ => "Qwen2VLProcessor",
+    };
+    let config = json!({
+        "do_convert_rgb": true,
+        "do_normalize": true,
+        "do_rescale": true,
+        "do_resize": true,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_processor_type": "Qwen2VLImageProcessor",
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "max_pixels": max_pixels,
+        "merge_size": vision.spatial_merge_size,
+        "min_pixels": min_pixels,
+        "patch_size": vision.patch_size,
+        "processor_class": processor_class,
+        "resample": 3,
+        "rescale_factor": 1.0 / 255.0,
+        "size": {"longest_edge": max_pixels, "shortest_edge": min_pixels},
+        "temporal_patch_size": vision.temporal_patch_size,
+    });
+    let text = serde_json::to_string_pretty(&config)
+        .map_err(|e| ReleaseError::invalid(out, e.to_string()))?;
+    fs::write(out, text + "\n").map_err(ReleaseError::io(out))
+}
+
+/// The weight files of a model directory: the shards its index names (and the index), or model.safetensors.
+pub fn weight_files(dir: &Path) -> Result<Vec<String>, ReleaseError> {
+    let index = dir.join(INDEX_FILE);
+    if index.is_file() {
+        let mut files = shard_names(&index)?;
+        files.push(INDEX_FILE.to_string());
+        return Ok(files);
+    }
+    if dir.join(SINGLE_FILE).is_file() {
+        return Ok(vec![SINGLE_FILE.to_string()]);
+    }
+    Err(ReleaseError::Io {
+        path: dir.join(SINGLE_FILE),
+        source: std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no weights ({SINGLE_FILE} or {INDEX_FILE})"),
+        ),
+    })
+}
+
+/// The distinct shard files a `model.safetensors.index.json` maps tensors to, sorted; each must be a plain file
+/// name next to the index.
+pub fn shard_names(index: &Path) -> Result<Vec<String>, ReleaseError> {
+    let text = fs::read_to_string(index).map_err(ReleaseError::io(index))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| ReleaseError::invalid(index, e.to_string()))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| ReleaseError::invalid(index, "no `weight_map` object"))?;
+    let mut names = Vec::new();
+    for (tensor, file) in map {
+        let file = file
+            .as_str()
+            .filter(|f| !f.is_empty() && !f.contains(['/', '\\']) && *f != "..")
+            .ok_or_else(|| {
+                ReleaseError::invalid(index, format!("`weight_map.{tensor}` is not a file name"))
+            })?;
+        names.push(file.to_string());
+    }
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+/// The license named in the base's README.md front matter (`license: ...`), if any.
+pub fn base_license(base: &Path) -> Option<String> {
+    let text = fs::read_to_string(base.join("README.md")).ok()?;
+    front_matter(&text)?.lines().find_map(|line| {
+        let value = line
+            .strip_prefix("license:")?
+            .trim()
+            .trim_matches(['"', '\'']);
+        (!value.is_empty()).then(|| value.to_string())
+    })
+}
+
+/// The YAML between a leading `---` line and the next `---` line.
+fn front_matter(text: &str) -> Option<&str> {
+    let rest = text.strip_prefix("---\n")?;
+    let end = rest.find("\n---")?;
+    Some(&rest[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn license_comes_from_the_front_matter_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let readme = dir.path().join("README.md");
+        fs::write(
+            &readme,
+            "---\nlanguage: en\nlicense: apache-2.0\n---\nlicense: mit\n",
+        )
+        .unwrap();
+        assert_eq!(base_license(dir.path()).as_deref(), Some("apache-2.0"));
+        fs::write(&readme, "# A model\nlicense: mit\n").unwrap();
+        assert_eq!(base_license(dir.path()), None);
+    }
+
+    #[test]
+    fn shard_names_refuse_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = dir.path().join(INDEX_FILE);
+        fs::write(
+            &index,
+            r#"{"weight_map": {"a": "m-2.safetensors", "b": "m-1.safetensors", "c": "m-1.safetensors"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            shard_names(&index).unwrap(),
+            ["m-1.safetensors", "m-2.safetensors"]
+        );
+        fs::write(&index, r#"{"weight_map": {"a": "../x.safetensors"}}"#).unwrap();
+        let err = shard_names(&index).unwrap_err().to_string();
+        assert!(err.contains("weight_map.a"), "{err}");
+    }
+}

@@ -1,0 +1,146 @@
+//! The `release` stage: `<stage>/model/` is the release of the train stage it names, verified before the stage
+//! counts as done.
+//!
+//! ```toml
+//! [release]
+//! from = "train"              # the train stage (default "train")
+//! eval_from = ["eval"]        # eval stages for the metrics table (default none)
+//! merged = true               # also write merged weights (adapter releases)
+//! base_model = "Qwen/Qwen2.5-VL-3B-Instruct"
+//! license = "apache-2.0"
+//! ```
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::build::{write_release, ReleaseSpec};
+use super::verify::verify;
+use crate::pipeline::{Input, Output, PipelineError, Stage, StageContext, StageError};
+
+/// The stage's output: the release directory.
+pub const OUTPUT: &str = "model";
+
+/// The `[release]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseConfig {
+    /// The train stage whose adapter (or fully fine-tuned model) is released.
+    #[serde(default = "default_train")]
+    pub from: String,
+    /// Eval stages whose metrics.json go into the model card.
+    #[serde(default)]
+    pub eval_from: Vec<String>,
+    /// The base model directory of an adapter, when the train stage's config does not name it.
+    #[serde(default)]
+    pub model: Option<PathBuf>,
+    /// The base model's name in the card and adapter_config.json, e.g. a Hub id.
+    #[serde(default)]
+    pub base_model: Option<String>,
+    /// License id for the card.
+    #[serde(default)]
+    pub license: Option<String>,
+    /// Also write merged weights under `merged/` (adapter releases only).
+    #[serde(default)]
+    pub merged: bool,
+    /// Load the written release back and score the check pair before finishing.
+    #[serde(default = "default_verify")]
+    pub verify: bool,
+}
+
+fn default_train() -> String {
+    "train".into()
+}
+
+fn default_verify() -> bool {
+    true
+}
+
+impl Default for ReleaseConfig {
+    fn default() -> Self {
+        Self {
+            from: default_train(),
+            eval_from: Vec::new(),
+            model: None,
+            base_model: None,
+            license: None,
+            merged: false,
+            verify: default_verify(),
+        }
+    }
+}
+
+pub struct ReleaseStage {
+    config: ReleaseConfig,
+}
+
+impl ReleaseStage {
+    pub fn new(config: ReleaseConfig) -> Result<Self, PipelineError> {
+        if config.eval_from.contains(&config.from) {
+            return Err(PipelineError::Config {
+                path: PathBuf::new(),
+                message: format!(
+                    "[release]: stage `{}` is named both as train and as eval",
+                    config.from
+                ),
+            });
+        }
+        Ok(Self { config })
+    }
+}
+
+impl Stage for ReleaseStage {
+    fn name(&self) -> &'static str {
+        "release"
+    }
+
+    fn config(&self) -> serde_json::Value {
+        serde_json::to_value(&self.config).unwrap_or_default()
+    }
+
+    fn inputs(&self) -> Vec<Input> {
+        std::iter::once(&self.config.from)
+            .chain(&self.config.eval_from)
+            .map(|stage| Input::Stage(stage.clone()))
+            .collect()
+    }
+
+    fn outputs(&self) -> Vec<Output> {
+        vec![Output::tree(OUTPUT)]
+    }
+
+    fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
+        let eval_dirs = self
+            .config
+            .eval_from
+            .iter()
+            .map(|stage| ctx.upstream_dir(stage).map(PathBuf::from))
+            .collect::<Result<Vec<_>, _>>()?;
+        let spec = ReleaseSpec {
+            train_dir: ctx.upstream_dir(&self.config.from)?.to_path_buf(),
+            eval_dirs,
+            base: self.config.model.clone(),
+            base_model_name: self.config.base_model.clone(),
+            license: self.config.license.clone(),
+            merged: self.config.merged,
+        };
+        let out = ctx.output_path(OUTPUT);
+        let device = ctx.device().candle()?;
+        let manifest = write_release(&spec, &out, &device)?;
+        if let Some(base) = &manifest.base_model {
+            for file in &base.files {
+                ctx.observe(&base.path.join(&file.path))?;
+            }
+        }
+        ctx.add_records(1);
+        if self.config.verify {
+            let report = verify(&out, None, &device)?;
+            tracing::info!(
+                "release verified: {} files, check pair p_yes {:.6}",
+                report.files,
+                report.expected.p_yes
+            );
+        }
+        Ok(())
+    }
+}
