@@ -262,13 +262,11 @@ fn run_eval(workdir: &Path, config: EvalConfig) -> PathBuf {
     workdir.join("eval")
 }
 
-/// The run dataset as `run name -> run`, and the ranks it gives, `(run, qid) -> dids in rank order`.
-fn read_run_dataset(
-    dir: &Path,
-) -> (
-    BTreeMap<String, Run>,
-    BTreeMap<(String, String), Vec<String>>,
-) {
+/// `(run name, qid) -> dids in rank order`.
+type Rankings = BTreeMap<(String, String), Vec<String>>;
+
+/// The run dataset as `run name -> run`, and the ranks it gives.
+fn read_run_dataset(dir: &Path) -> (BTreeMap<String, Run>, Rankings) {
     let mut runs: BTreeMap<String, Run> = BTreeMap::new();
     let mut ranked: BTreeMap<(String, String), Vec<(u32, String)>> = BTreeMap::new();
     for batch in Dataset::open(&dir.join("run")).unwrap().batches().unwrap() {
