@@ -3,9 +3,12 @@
 use crate::embed::EmbedStage;
 use crate::eval::EvalStage;
 use crate::ingest::IngestStage;
+use crate::mine::MineStage;
 use crate::pipeline::StageRegistry;
 use crate::report::ReportStage;
 use crate::shards::ShardsStage;
+use crate::train::TrainStage;
+use crate::train::dual_encoder::DualEncoderStage;
 use crate::world::stage::WorldStage;
 
 /// Every stage kind umrank ships.
@@ -13,8 +16,11 @@ pub fn registry() -> StageRegistry {
     let mut registry = StageRegistry::new();
     registry.register("world", WorldStage::new);
     registry.register("ingest", IngestStage::new);
+    registry.register("embedder", DualEncoderStage::new);
     registry.register("embed", EmbedStage::new);
+    registry.register("mine", MineStage::new);
     registry.register("shards", ShardsStage::new);
+    registry.register("train", TrainStage::new);
     registry.register("eval", EvalStage::new);
     registry.register("report", ReportStage::new);
     registry

@@ -1,12 +1,15 @@
 //! Command-line parsing and dispatch. Library errors become `anyhow` errors here, printed with their causes.
 
+mod embedder;
 mod eval;
 mod inspect;
+mod mine;
 mod report;
 mod run;
 mod score;
 mod shards;
 mod stages;
+mod train;
 
 use std::process::ExitCode;
 
@@ -73,8 +76,11 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     World(stages::WorldArgs),
     Ingest(stages::IngestArgs),
+    Embedder(embedder::EmbedderArgs),
     Embed(stages::EmbedArgs),
+    Mine(mine::MineArgs),
     Score(score::ScoreArgs),
+    Train(train::TrainArgs),
     Shards(shards::ShardsArgs),
     Export(shards::ExportArgs),
     Eval(eval::EvalArgs),
@@ -99,8 +105,11 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => inspect::inspect(args),
         Command::World(args) => stages::world(args, &cli.global),
         Command::Ingest(args) => stages::ingest(args, &cli.global),
+        Command::Embedder(args) => embedder::embedder(args, &cli.global),
         Command::Embed(args) => stages::embed(args, &cli.global),
+        Command::Mine(args) => mine::mine(args, &cli.global),
         Command::Score(args) => score::score_pairs(args),
+        Command::Train(args) => train::train(args, &cli.global),
         Command::Shards(args) => shards::shards(args, &cli.global),
         Command::Export(args) => shards::export_shards(args),
         Command::Eval(args) => eval::eval(args),

@@ -187,6 +187,20 @@ impl LoraAdapter {
     pub fn scaling(&self) -> f64 {
         self.scaling
     }
+
+    /// How far the dropout generator has advanced (`None` without dropout): a training checkpoint stores it so
+    /// that a resumed run draws the same masks as an uninterrupted one.
+    pub fn dropout_position(&self) -> Result<Option<u128>> {
+        self.dropout.as_ref().map(Dropout::position).transpose()
+    }
+
+    /// Moves the dropout generator to a position [`Self::dropout_position`] returned; without dropout, nothing.
+    pub fn set_dropout_position(&self, position: u128) -> Result<()> {
+        match &self.dropout {
+            Some(dropout) => dropout.set_position(position),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Inverted dropout (`x * mask / (1 - p)`) with a private generator.
@@ -197,13 +211,25 @@ struct Dropout {
 }
 
 impl Dropout {
+    fn generator(&self) -> Result<std::sync::MutexGuard<'_, ChaCha8Rng>> {
+        self.rng
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("lora dropout generator poisoned".into()))
+    }
+
+    fn position(&self) -> Result<u128> {
+        Ok(self.generator()?.get_word_pos())
+    }
+
+    fn set_position(&self, position: u128) -> Result<()> {
+        self.generator()?.set_word_pos(position);
+        Ok(())
+    }
+
     fn apply(&self, xs: &Tensor) -> Result<Tensor> {
         let keep = (1.0 / (1.0 - self.p)) as f32;
         let mask: Vec<f32> = {
-            let mut rng = self
-                .rng
-                .lock()
-                .map_err(|_| candle_core::Error::Msg("lora dropout generator poisoned".into()))?;
+            let mut rng = self.generator()?;
             (0..xs.elem_count())
                 .map(|_| {
                     if rng.random::<f64>() < self.p {

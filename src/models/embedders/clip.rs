@@ -1,10 +1,10 @@
-//! CLIP dual encoders: candle-transformers' CLIP text and vision towers, with the projections and the text
+//! CLIP dual encoders: the differentiable towers of [`super::clip_towers`], with the projections and the text
 //! pooling done as transformers does them.
 //!
-//! candle's `ClipModel` pools text at the largest token id, which is only transformers' behaviour for configs
-//! whose `eos_token_id` is the legacy 2; newer configs pool at the first `eos_token_id`, which works for any
-//! vocabulary. [`ClipModel`] implements both rules on candle's towers, loads the same weight names as transformers'
-//! `CLIPModel`, and can also be built with seeded random weights ([`ClipModel::random`]).
+//! Text is pooled at the first `eos_token_id`, as transformers does for current configs (any vocabulary), or at
+//! the largest token id for configs whose `eos_token_id` is the legacy 2. [`ClipModel`] loads the same weight names
+//! as transformers' `CLIPModel`, and can also be built with seeded random weights ([`ClipModel::random`]) and
+//! trained (the demo's embedder, [`crate::train::dual_encoder`]).
 
 use std::path::Path;
 

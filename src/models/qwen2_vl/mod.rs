@@ -20,7 +20,7 @@ pub mod vision;
 pub use config::{VisionConfig, VisionConfigError, VisionVariant, WindowAttention};
 pub use gme::{gme_embed, GmeInput, GmePromptBuilder, GME_DEFAULT_INSTRUCTION};
 pub use grid::{GridError, ImageGrid};
-pub use model::{Qwen2VlModel, VlBatch, VlInputError, VlLoadError};
+pub use model::{splice_image_tokens, Qwen2VlModel, VlBatch, VlInputError, VlLoadError};
 pub use rope_index::{packed_rope_index, rope_index, MropePositions, MropeTokens, RopeIndexError};
 pub use score::{
     score, score_batch, Backbone, ImagePatches, PaddedBatch, PairScore, ScoreInput, Scores,

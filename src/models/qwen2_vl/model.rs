@@ -15,6 +15,7 @@ use crate::models::decoder::{AttentionLayout, Decoder};
 use crate::models::hf_config::{ConfigError, DecoderConfig};
 use crate::models::weights::{Weights, WeightsError};
 use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::VarBuilder;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -107,11 +108,22 @@ impl Qwen2VlModel {
         device: &Device,
     ) -> std::result::Result<Self, VlLoadError> {
         let config_path = dir.join("config.json");
-        let decoder_config = DecoderConfig::from_file(&config_path)?;
         let json = read_json(&config_path)?;
+        let vb = Weights::from_model_dir(dir)?.into_var_builder(dtype, device);
+        Self::from_var_builder(&json, &config_path, vb)
+    }
+
+    /// Builds the model a parsed config.json describes from the tensors `vb` serves (a checkpoint, or a seeded
+    /// initialiser for training from scratch); `config_path` names the source in errors.
+    pub fn from_var_builder(
+        json: &Value,
+        config_path: &Path,
+        vb: VarBuilder,
+    ) -> std::result::Result<Self, VlLoadError> {
+        let decoder_config = DecoderConfig::from_json(json, config_path)?;
         let vision_config =
-            VisionConfig::from_model_config(&json).map_err(|source| VlLoadError::VisionConfig {
-                path: config_path.clone(),
+            VisionConfig::from_model_config(json).map_err(|source| VlLoadError::VisionConfig {
+                path: config_path.to_path_buf(),
                 source,
             })?;
         let token_id = |key: &'static str| {
@@ -119,7 +131,7 @@ impl Qwen2VlModel {
                 .and_then(Value::as_u64)
                 .and_then(|id| u32::try_from(id).ok())
                 .ok_or_else(|| VlLoadError::TokenId {
-                    path: config_path.clone(),
+                    path: config_path.to_path_buf(),
                     key,
                 })
         };
@@ -128,16 +140,14 @@ impl Qwen2VlModel {
             vision_start_token_id: token_id("vision_start_token_id")?,
             spatial_merge_size: vision_config.spatial_merge_size,
         };
-        let vb = Weights::from_model_dir(dir)?.into_var_builder(dtype, device);
+        let dir = config_path.parent().unwrap_or(Path::new("")).to_path_buf();
         let visual = VISUAL_PREFIXES
             .iter()
             .map(|prefix| vb.pp(*prefix))
             .find(|vb| vb.contains_tensor(VISUAL_PROBE))
-            .ok_or_else(|| VlLoadError::NoVisionWeights {
-                dir: dir.to_path_buf(),
-            })?;
+            .ok_or_else(|| VlLoadError::NoVisionWeights { dir: dir.clone() })?;
         let build = |source: candle_core::Error| VlLoadError::Build {
-            dir: dir.to_path_buf(),
+            dir: dir.clone(),
             source: Box::new(source),
         };
         let vision = VisionTransformer::new(&vision_config, visual).map_err(build)?;
@@ -188,27 +198,8 @@ impl Qwen2VlModel {
         let pixels = batch.pixels.ok_or(VlInputError::NoPixels {
             placeholders: placeholders.len(),
         })?;
-        let images = self
-            .embed_images(pixels, batch.grids)?
-            .to_dtype(text.dtype())?;
-        let embeddings = images.dim(0)?;
-        if embeddings != placeholders.len() {
-            return Err(VlInputError::PlaceholderCount {
-                placeholders: placeholders.len(),
-                embeddings,
-            }
-            .into());
-        }
-        let (rows, seq, hidden) = text.dims3()?;
-        let flat = rows * seq;
-        let mut index: Vec<u32> = (0..flat as u32).collect();
-        for (k, &position) in placeholders.iter().enumerate() {
-            index[position] = (flat + k) as u32;
-        }
-        let index = Tensor::new(index.as_slice(), text.device())?;
-        Tensor::cat(&[text.reshape((flat, hidden))?, images], 0)?
-            .index_select(&index, 0)?
-            .reshape((rows, seq, hidden))
+        let images = self.embed_images(pixels, batch.grids)?;
+        splice_image_tokens(&text, &placeholders, &images)
     }
 
     /// The final-norm hidden states `(batch, seq, hidden)` of the decoder. `train` enables LoRA dropout.
@@ -259,8 +250,37 @@ impl Qwen2VlModel {
     }
 }
 
+/// The embedded sequence `text` `(rows, seq, hidden)` with the rows at the flat `row * seq + column` positions
+/// `placeholders` replaced, in order, by the rows of `images` `(placeholders, hidden)`. One `index_select` over
+/// `[text; images]`, so gradients reach both and nothing is written in place.
+pub fn splice_image_tokens(
+    text: &Tensor,
+    placeholders: &[usize],
+    images: &Tensor,
+) -> Result<Tensor> {
+    let images = images.to_dtype(text.dtype())?;
+    let embeddings = images.dim(0)?;
+    if embeddings != placeholders.len() {
+        return Err(VlInputError::PlaceholderCount {
+            placeholders: placeholders.len(),
+            embeddings,
+        }
+        .into());
+    }
+    let (rows, seq, hidden) = text.dims3()?;
+    let flat = rows * seq;
+    let mut index: Vec<u32> = (0..flat as u32).collect();
+    for (k, &position) in placeholders.iter().enumerate() {
+        index[position] = (flat + k) as u32;
+    }
+    let index = Tensor::new(index.as_slice(), text.device())?;
+    Tensor::cat(&[text.reshape((flat, hidden))?, images], 0)?
+        .index_select(&index, 0)?
+        .reshape((rows, seq, hidden))
+}
+
 /// Rows of equal length as a `(rows, len)` u32 tensor.
-pub(crate) fn ids_tensor(rows: &[Vec<u32>], device: &Device) -> Result<Tensor> {
+pub fn ids_tensor(rows: &[Vec<u32>], device: &Device) -> Result<Tensor> {
     let len = rows.first().map_or(0, Vec::len);
     if let Some((row, bad)) = rows.iter().enumerate().find(|(_, r)| r.len() != len) {
         candle_core::bail!(

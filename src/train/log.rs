@@ -1,0 +1,75 @@
+//! The per-step training log, one JSON object per optimizer step (`train_log.jsonl`).
+//!
+//! Every step reports the true SFT and CL losses of its groups whatever the objective, so that runs with
+//! different objectives compare on the same two numbers, and the mean W+ / W- of the unified view. Throughput
+//! fields are wall-clock measurements and so the only fields that differ between two runs of the same job.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::failure::TrainRunError;
+
+/// File name of the log in the stage directory.
+pub const TRAIN_LOG: &str = "train_log.jsonl";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepLog {
+    /// 1-based optimizer step.
+    pub step: u64,
+    /// Epochs of data seen at the end of the step (groups seen / groups in the data).
+    pub epoch: f64,
+    /// The optimised objective, averaged over the step's groups.
+    pub loss: f64,
+    pub sft_loss: f64,
+    pub cl_loss: f64,
+    /// The learning rate the step's update used.
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    pub w_pos: f64,
+    pub w_neg: f64,
+    /// Examples whose weight the tau-mask zeroed.
+    pub masked: u64,
+    pub groups: u64,
+    pub seq_per_s: f64,
+    pub tokens_per_s: f64,
+}
+
+/// Writes the log atomically: all rows to a temporary file, renamed into place.
+pub fn write_log(path: &Path, rows: &[StepLog]) -> Result<(), TrainRunError> {
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ));
+    let mut out =
+        std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(TrainRunError::io(&tmp))?);
+    for row in rows {
+        serde_json::to_writer(&mut out, row).map_err(|e| TrainRunError::Data {
+            path: tmp.clone(),
+            message: e.to_string(),
+        })?;
+        out.write_all(b"\n").map_err(TrainRunError::io(&tmp))?;
+    }
+    out.flush().map_err(TrainRunError::io(&tmp))?;
+    drop(out);
+    std::fs::rename(&tmp, path).map_err(TrainRunError::io(path))
+}
+
+/// Reads a log written by [`write_log`].
+pub fn read_log(path: &Path) -> Result<Vec<StepLog>, TrainRunError> {
+    let text = std::fs::read_to_string(path).map_err(TrainRunError::io(path))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| {
+            serde_json::from_str(line).map_err(|e| TrainRunError::Data {
+                path: path.to_path_buf(),
+                message: format!("line {}: {e}", i + 1),
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,512 @@
+//! The reranker being trained: a Qwen2-VL / Qwen2.5-VL model or a text-only decoder, its tokenizer, and the list
+//! of variables the optimiser may touch.
+//!
+//! The model layer loads base weights as plain (frozen) tensors. Training needs some of them as `Var`s instead:
+//! every decoder weight for full fine-tuning, the LM head when it is unfrozen, the vision tower when it is tuned.
+//! [`ParamSource`] sits between the checkpoint (or a seeded random initialiser) and the model's `VarBuilder` and
+//! hands out a `Var` for exactly the names the [`Trainable`] rule selects, a frozen tensor for the rest, and
+//! remembers every tensor by its checkpoint name so that a fully fine-tuned model can be written back out.
+//! LoRA adapters live in the decoder's projections and are always trainable.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Shape, Tensor, Var};
+use candle_nn::init::Init;
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{VarBuilder, VarMap};
+use serde_json::{json, Value};
+
+use super::config::{ModelSource, TrainConfig, Tuning};
+use super::failure::TrainRunError;
+use crate::models::decoder::Decoder;
+use crate::models::embedders::init::seeded_var_builder;
+use crate::models::hf_config::DecoderConfig;
+use crate::models::prompt::{IMAGE_PAD, IM_END, VISION_END, VISION_START};
+use crate::models::qwen2_vl::Qwen2VlModel;
+use crate::models::tokenizer::{AnswerIds, Tokenizer};
+use crate::models::weights::Weights;
+
+/// The file a fully fine-tuned model's weights are written to, next to its config.json.
+pub const FULL_WEIGHTS: &str = "model.safetensors";
+/// Trained weights that are not LoRA adapters (a tuned vision tower, an unfrozen LM head), written next to a
+/// PEFT adapter under their checkpoint names. PEFT itself ignores the file.
+pub const EXTRA_WEIGHTS: &str = "extra_weights.safetensors";
+
+/// The network: with a vision tower or without.
+#[derive(Debug)]
+pub enum Backbone {
+    Text(Box<Decoder>),
+    Vl(Box<Qwen2VlModel>),
+}
+
+/// Which base weights train, by checkpoint name.
+#[derive(Debug, Clone, Copy)]
+pub struct Trainable {
+    pub full: bool,
+    pub lm_head: bool,
+    pub vision: bool,
+    /// The LM head is the token embedding matrix: it trains only when both the head and the body do.
+    pub tied: bool,
+}
+
+impl Trainable {
+    pub fn of(config: &TrainConfig, tied: bool) -> Self {
+        Self {
+            full: config.tune == Tuning::Full,
+            lm_head: config.train_lm_head,
+            vision: config.train_vision,
+            tied,
+        }
+    }
+
+    pub fn selects(&self, name: &str) -> bool {
+        if is_vision(name) {
+            self.vision
+        } else if name == "lm_head.weight" {
+            self.lm_head
+        } else if name.ends_with("embed_tokens.weight") && self.tied {
+            self.lm_head && self.full
+        } else {
+            self.full
+        }
+    }
+}
+
+fn is_vision(name: &str) -> bool {
+    name.starts_with("visual.") || name.starts_with("model.visual.")
+}
+
+/// Where base tensors come from.
+enum Origin {
+    Checkpoint(VarBuilder<'static>),
+    /// Seeded random values, with the variables kept in `_vars` (the builder creates each once).
+    Random {
+        builder: VarBuilder<'static>,
+        _vars: VarMap,
+    },
+}
+
+/// One tensor handed to the model.
+#[derive(Clone)]
+struct Served {
+    name: String,
+    tensor: Tensor,
+    var: Option<Var>,
+}
+
+/// A `VarBuilder` backend that serves base tensors, trainable ones as `Var`s, and records them all.
+#[derive(Clone)]
+struct ParamSource {
+    origin: Arc<Origin>,
+    rule: Trainable,
+    served: Arc<Mutex<Vec<Served>>>,
+}
+
+impl ParamSource {
+    fn served(&self) -> Result<Vec<Served>, TrainRunError> {
+        self.served
+            .lock()
+            .map(|served| served.clone())
+            .map_err(|_| TrainRunError::model("the parameter list's lock is poisoned"))
+    }
+}
+
+/// Initial values of a model trained from scratch: norms at one, biases at zero, every other weight normal with
+/// standard deviation 0.02 (transformers' `initializer_range` for Qwen2).
+fn random_init(name: &str) -> Init {
+    let leaf = name
+        .trim_end_matches(".weight")
+        .rsplit('.')
+        .next()
+        .unwrap_or("");
+    if name.ends_with(".bias") {
+        Init::Const(0.0)
+    } else if leaf.contains("norm") || leaf.starts_with("ln") {
+        Init::Const(1.0)
+    } else {
+        Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
+        }
+    }
+}
+
+impl SimpleBackend for ParamSource {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        _init: Init,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let mut served = self
+            .served
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("the parameter list's lock is poisoned".into()))?;
+        if let Some(known) = served.iter().find(|s| s.name == name) {
+            return Ok(known.tensor.clone());
+        }
+        let base = match self.origin.as_ref() {
+            Origin::Checkpoint(vb) => vb.get(shape, name)?,
+            Origin::Random { builder, .. } => builder
+                .get_with_hints(shape, name, random_init(name))?
+                .detach(),
+        }
+        .to_dtype(dtype)?
+        .to_device(device)?;
+        let (tensor, var) = if self.rule.selects(name) {
+            let var = Var::from_tensor(&base)?;
+            (var.as_tensor().clone(), Some(var))
+        } else {
+            (base.detach(), None)
+        };
+        served.push(Served {
+            name: name.to_string(),
+            tensor: tensor.clone(),
+            var,
+        });
+        Ok(tensor)
+    }
+
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        match self.origin.as_ref() {
+            Origin::Checkpoint(vb) => vb.get_unchecked_dtype(name, dtype)?.to_device(device),
+            Origin::Random { .. } => {
+                candle_core::bail!(
+                    "{name}: a randomly initialised model needs the shape to create it"
+                )
+            }
+        }
+    }
+
+    /// A random model is laid out as a transformers-4 checkpoint: `model.*`, `visual.*`, `lm_head`.
+    fn contains_tensor(&self, name: &str) -> bool {
+        match self.origin.as_ref() {
+            Origin::Checkpoint(vb) => vb.contains_tensor(name),
+            Origin::Random { .. } => {
+                !name.starts_with("model.language_model.") && !name.starts_with("model.visual.")
+            }
+        }
+    }
+}
+
+/// The model being trained and what scoring needs besides it.
+pub struct Reranker {
+    backbone: Backbone,
+    tokenizer: Tokenizer,
+    tokenizer_dir: PathBuf,
+    answers: AnswerIds,
+    pad_id: u32,
+    config_json: Value,
+    base_name: String,
+    served: Vec<Served>,
+}
+
+impl Reranker {
+    /// Builds the base model of `config` on `device`, attaches LoRA adapters when tuning with LoRA, and marks the
+    /// trainable base weights. Random initialisation and adapter initialisation both follow `seed`.
+    pub fn build(config: &TrainConfig, seed: u64, device: &Device) -> Result<Self, TrainRunError> {
+        let dtype = config.precision_on(device).dtype();
+        let source = config.model_source()?;
+        let (config_json, config_path, tokenizer_dir, base_name) = match &source {
+            ModelSource::Pretrained(dir) => {
+                let path = dir.join("config.json");
+                (
+                    read_json(&path)?,
+                    path,
+                    dir.clone(),
+                    dir.display().to_string(),
+                )
+            }
+            ModelSource::Tiny { vision, tokenizer } => {
+                let loaded = Tokenizer::from_dir(tokenizer)?;
+                let name = if *vision {
+                    "umrank-tiny"
+                } else {
+                    "umrank-tiny-text"
+                };
+                (
+                    tiny_config(&loaded, *vision)?,
+                    PathBuf::from(name),
+                    tokenizer.clone(),
+                    name.to_string(),
+                )
+            }
+            ModelSource::Config { config, tokenizer } => (
+                read_json(config)?,
+                config.clone(),
+                tokenizer.clone(),
+                config.display().to_string(),
+            ),
+        };
+        let origin = match &source {
+            ModelSource::Pretrained(dir) => Origin::Checkpoint(
+                Weights::from_model_dir(dir)
+                    .map_err(TrainRunError::model)?
+                    .into_var_builder(dtype, device),
+            ),
+            _ => {
+                let vars = VarMap::new();
+                Origin::Random {
+                    builder: seeded_var_builder(&vars, seed, dtype, device),
+                    _vars: vars,
+                }
+            }
+        };
+        let decoder_config =
+            DecoderConfig::from_json(&config_json, &config_path).map_err(TrainRunError::model)?;
+        let params = ParamSource {
+            origin: Arc::new(origin),
+            rule: Trainable::of(config, decoder_config.tie_word_embeddings),
+            served: Arc::new(Mutex::new(Vec::new())),
+        };
+        let vb = VarBuilder::from_backend(Box::new(params.clone()), dtype, device.clone());
+        let mut backbone = if config_json.get("vision_config").is_some() {
+            Backbone::Vl(Box::new(
+                Qwen2VlModel::from_var_builder(&config_json, &config_path, vb)
+                    .map_err(TrainRunError::model)?,
+            ))
+        } else {
+            Backbone::Text(Box::new(
+                Decoder::new(&decoder_config, vb).map_err(TrainRunError::model)?,
+            ))
+        };
+        if config.tune == Tuning::Lora {
+            let attached = decoder_mut(&mut backbone).add_lora(&config.lora_config(), seed)?;
+            if attached == 0 {
+                return Err(TrainRunError::model(format!(
+                    "no projection matches lora_targets {:?}",
+                    config.lora_targets
+                )));
+            }
+        }
+        let tokenizer = Tokenizer::from_dir(&tokenizer_dir)?;
+        let answers = tokenizer.yes_no_ids()?;
+        let pad_id = tokenizer.special_token_id(IM_END)?;
+        let served = params.served()?;
+        Ok(Self {
+            backbone,
+            tokenizer,
+            tokenizer_dir,
+            answers,
+            pad_id,
+            config_json,
+            base_name,
+            served,
+        })
+    }
+
+    pub fn backbone(&self) -> &Backbone {
+        &self.backbone
+    }
+
+    pub fn decoder(&self) -> &Decoder {
+        match &self.backbone {
+            Backbone::Text(decoder) => decoder,
+            Backbone::Vl(model) => model.decoder(),
+        }
+    }
+
+    pub fn vl(&self) -> Option<&Qwen2VlModel> {
+        match &self.backbone {
+            Backbone::Vl(model) => Some(model),
+            Backbone::Text(_) => None,
+        }
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn answers(&self) -> AnswerIds {
+        self.answers
+    }
+
+    /// The id right-padded rows are filled with (masked out, never an image placeholder).
+    pub fn pad_id(&self) -> u32 {
+        self.pad_id
+    }
+
+    /// Every trainable variable with a stable name: LoRA matrices as `<projection>.lora_A` / `.lora_B`, base
+    /// weights by checkpoint name. The order is fixed by the model, so optimizer state lines up across runs.
+    pub fn trainable(&self) -> Vec<(String, Var)> {
+        let mut vars = Vec::new();
+        for linear in self.decoder().linears() {
+            if let Some(adapter) = linear.lora() {
+                vars.push((format!("{}.lora_A", linear.path()), adapter.a().clone()));
+                vars.push((format!("{}.lora_B", linear.path()), adapter.b().clone()));
+            }
+        }
+        vars.extend(
+            self.served
+                .iter()
+                .filter_map(|s| s.var.as_ref().map(|v| (s.name.clone(), v.clone()))),
+        );
+        vars
+    }
+
+    /// Every base tensor by checkpoint name (trained ones with their current values), LoRA excluded.
+    pub fn base_weights(&self) -> Vec<(String, Tensor)> {
+        self.served
+            .iter()
+            .map(|s| (s.name.clone(), s.tensor.clone()))
+            .collect()
+    }
+
+    /// Whether a vision tower is being trained (its output cannot then be cached).
+    pub fn trains_vision(&self) -> bool {
+        self.served
+            .iter()
+            .any(|s| s.var.is_some() && is_vision(&s.name))
+    }
+
+    /// Where each adapter's dropout generator stands, in projection order.
+    pub fn dropout_positions(&self) -> candle_core::Result<Vec<Option<u128>>> {
+        self.decoder()
+            .linears()
+            .iter()
+            .filter_map(|l| l.lora())
+            .map(|adapter| adapter.dropout_position())
+            .collect()
+    }
+
+    /// Restores positions [`Self::dropout_positions`] returned.
+    pub fn set_dropout_positions(&self, positions: &[Option<u128>]) -> Result<(), TrainRunError> {
+        let adapters: Vec<_> = self
+            .decoder()
+            .linears()
+            .into_iter()
+            .filter_map(|l| l.lora())
+            .collect();
+        if adapters.len() != positions.len() {
+            return Err(TrainRunError::model(format!(
+                "{} dropout positions for {} adapters",
+                positions.len(),
+                adapters.len()
+            )));
+        }
+        for (adapter, position) in adapters.iter().zip(positions) {
+            if let Some(position) = position {
+                adapter.set_dropout_position(*position)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the LoRA adapters in PEFT's format into `dir`, plus [`EXTRA_WEIGHTS`] when base weights trained too.
+    pub fn save_adapter(&self, dir: &Path) -> Result<(), TrainRunError> {
+        self.decoder().save_lora(dir, Some(&self.base_name))?;
+        let extra: Vec<(String, Tensor)> = self
+            .served
+            .iter()
+            .filter(|s| s.var.is_some())
+            .map(|s| (s.name.clone(), s.tensor.clone()))
+            .collect();
+        if !extra.is_empty() {
+            write_safetensors(&dir.join(EXTRA_WEIGHTS), &extra)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a complete Hugging Face model directory: config.json, [`FULL_WEIGHTS`] and the tokenizer files.
+    pub fn save_full(&self, dir: &Path) -> Result<(), TrainRunError> {
+        std::fs::create_dir_all(dir).map_err(TrainRunError::io(dir))?;
+        let config_path = dir.join("config.json");
+        let text = serde_json::to_string_pretty(&self.config_json)
+            .map_err(|e| TrainRunError::model(format!("config.json: {e}")))?;
+        std::fs::write(&config_path, text + "\n").map_err(TrainRunError::io(&config_path))?;
+        write_safetensors(&dir.join(FULL_WEIGHTS), &self.base_weights())?;
+        for file in ["tokenizer.json", "tokenizer_config.json"] {
+            let from = self.tokenizer_dir.join(file);
+            if from.is_file() {
+                let to = dir.join(file);
+                std::fs::copy(&from, &to).map_err(TrainRunError::io(&to))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn decoder_mut(backbone: &mut Backbone) -> &mut Decoder {
+    match backbone {
+        Backbone::Text(decoder) => decoder,
+        Backbone::Vl(model) => model.decoder_mut(),
+    }
+}
+
+/// Named tensors into one safetensors file, sorted by name so the bytes depend on the values only.
+pub(crate) fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+) -> Result<(), TrainRunError> {
+    let sorted: BTreeMap<String, Tensor> = tensors
+        .iter()
+        .map(|(name, tensor)| Ok((name.clone(), tensor.detach().to_device(&Device::Cpu)?)))
+        .collect::<candle_core::Result<_>>()?;
+    safetensors::serialize_to_file(&sorted, None, path).map_err(|e| TrainRunError::Checkpoint {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+fn read_json(path: &Path) -> Result<Value, TrainRunError> {
+    let text = std::fs::read_to_string(path).map_err(TrainRunError::io(path))?;
+    serde_json::from_str(&text).map_err(|e| TrainRunError::Data {
+        path: path.to_path_buf(),
+        message: format!("invalid JSON: {e}"),
+    })
+}
+
+/// The built-in tiny architecture over `tokenizer`'s vocabulary: a 2-layer Qwen2 decoder of width 64 with an
+/// untied (so separately freezable) LM head, and for the VL variant a 2-block vision tower of width 32 with
+/// Qwen2-VL's patching (14 px patches, 2 x 2 merge). Small enough to train on a CPU in a minute.
+pub fn tiny_config(tokenizer: &Tokenizer, vision: bool) -> Result<Value, TrainRunError> {
+    let vocab = tokenizer.vocab_size(true);
+    let mut config = json!({
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "vocab_size": vocab,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "hidden_act": "silu",
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0,
+        "max_position_embeddings": 4096,
+        "tie_word_embeddings": false,
+        "torch_dtype": "float32",
+    });
+    if vision {
+        let id = |token: &str| tokenizer.special_token_id(token);
+        config["architectures"] = json!(["Qwen2VLForConditionalGeneration"]);
+        config["model_type"] = json!("qwen2_vl");
+        config["rope_scaling"] = json!({"type": "mrope", "mrope_section": [2, 3, 3]});
+        config["image_token_id"] = json!(id(IMAGE_PAD)?);
+        config["vision_start_token_id"] = json!(id(VISION_START)?);
+        config["vision_end_token_id"] = json!(id(VISION_END)?);
+        config["vision_config"] = json!({
+            "model_type": "qwen2_vl",
+            "depth": 2,
+            "embed_dim": 32,
+            "hidden_size": 64,
+            "num_heads": 2,
+            "mlp_ratio": 2,
+            "hidden_act": "quick_gelu",
+            "in_chans": 3,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        });
+    }
+    Ok(config)
+}

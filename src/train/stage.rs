@@ -1,0 +1,179 @@
+//! The `train` stage: the shards stage's groups and the ingest stage's corpus and images in; the trained adapter
+//! (or model), the per-step log and checkpoints out.
+//!
+//! Outputs are trees: `adapter/` (PEFT) or `model/` (full fine-tuning) and `train_log.jsonl`. `checkpoints/` is
+//! working state, not an output: the runner clears outputs before a stage runs, and checkpoints must survive a
+//! crash so that the rerun continues from them (with `resume`, the default). Groups that cannot be trained on
+//! (broken group structure, too few negatives, a document that cannot fit `max_len`, a missing image) are
+//! rejects.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::config::{DataFormat, ModelSource, TrainConfig};
+use super::log::TRAIN_LOG;
+use super::trainer::{output_dir, train, RunSettings, TrainInputs};
+use super::TrainRunError;
+use crate::dataset::Dataset;
+use crate::digest::Fingerprint;
+use crate::pipeline::{Input, Manifest, Output, PipelineError, Stage, StageContext, StageError};
+
+/// Trains a reranker on the groups of the shards stage.
+pub struct TrainStage {
+    config: TrainConfig,
+}
+
+impl TrainStage {
+    pub fn new(config: TrainConfig) -> Result<Self, PipelineError> {
+        config.validate().map_err(|e| PipelineError::Config {
+            path: Default::default(),
+            message: e.to_string(),
+        })?;
+        Ok(Self { config })
+    }
+
+    /// The model files the run depends on, outside the pipeline.
+    fn model_files(&self) -> Vec<PathBuf> {
+        match self.config.model_source() {
+            Ok(ModelSource::Pretrained(dir)) => vec![dir],
+            Ok(ModelSource::Tiny { tokenizer, .. }) => vec![tokenizer],
+            Ok(ModelSource::Config { config, tokenizer }) => vec![config, tokenizer],
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// A hash of everything that determines the run: config, seed, the upstream stages' outputs and the model
+    /// files (by size and modification time). Checkpoints of a run with another key are not resumed from.
+    fn run_key(&self, ctx: &StageContext) -> Result<String, StageError> {
+        let mut fp = Fingerprint::new();
+        fp.part("config", self.config().to_string().as_bytes())
+            .part("seed", &ctx.seed().to_le_bytes());
+        for stage in self.upstream() {
+            let manifests =
+                Manifest::read_complete(ctx.upstream_dir(&stage)?).map_err(|reason| {
+                    PipelineError::MissingUpstream {
+                        stage: ctx.name().to_string(),
+                        upstream: stage.clone(),
+                        reason,
+                    }
+                })?;
+            fp.part("stage", stage.as_bytes())
+                .part("hash", Manifest::combined_hash(&manifests).as_bytes());
+        }
+        for root in self.model_files() {
+            for (path, size, mtime) in file_stamps(&root)? {
+                fp.part("file", path.to_string_lossy().as_bytes())
+                    .part("size", &size.to_le_bytes())
+                    .part("mtime", &mtime.to_le_bytes());
+            }
+        }
+        Ok(fp.finish())
+    }
+
+    fn upstream(&self) -> Vec<String> {
+        let mut stages = vec![self.config.shards.clone()];
+        if self.config.ingest != self.config.shards {
+            stages.push(self.config.ingest.clone());
+        }
+        stages
+    }
+}
+
+impl Stage for TrainStage {
+    fn name(&self) -> &'static str {
+        "train"
+    }
+
+    /// The config without `resume`, which decides how to get to the outputs, not what they are.
+    fn config(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(&self.config).unwrap_or_default();
+        if let Some(table) = value.as_object_mut() {
+            table.remove("resume");
+        }
+        value
+    }
+
+    fn inputs(&self) -> Vec<Input> {
+        let mut inputs: Vec<Input> = self.upstream().into_iter().map(Input::Stage).collect();
+        let files = self.model_files();
+        if !files.is_empty() {
+            inputs.push(Input::Files(files));
+        }
+        inputs
+    }
+
+    fn outputs(&self) -> Vec<Output> {
+        let model = output_dir(&self.config, Path::new(""));
+        vec![
+            Output::tree(&model.to_string_lossy()),
+            Output::tree(TRAIN_LOG),
+        ]
+    }
+
+    fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
+        let shards = ctx.upstream_dir(&self.config.shards)?.to_path_buf();
+        let ingest = ctx.upstream_dir(&self.config.ingest)?.to_path_buf();
+        let images = ingest.join("images");
+        let inputs = TrainInputs {
+            groups: Dataset::open(&shards.join(self.config.data.dir_name()))?,
+            corpus: match self.config.data {
+                DataFormat::Cl => Some(Dataset::open(&ingest.join("corpus"))?),
+                DataFormat::Sft => None,
+            },
+            images: if images.exists() {
+                Some(Dataset::open(&images)?)
+            } else {
+                None
+            },
+        };
+        let settings = RunSettings {
+            seed: ctx.seed(),
+            device: ctx.device().candle()?,
+            out_dir: ctx.dir().to_path_buf(),
+            run_key: self.run_key(ctx)?,
+            stop_after: None,
+        };
+        let outcome = train(&self.config, &inputs, &settings)?;
+        ctx.add_records(outcome.records);
+        for reject in outcome.rejects {
+            ctx.reject(reject)?;
+        }
+        if let Some(last) = outcome.log.last() {
+            tracing::info!(
+                "{} steps on {} groups of 1 + {} (resumed at step {}); last loss {:.4} (sft {:.4}, cl {:.4}); {} images cached",
+                last.step,
+                outcome.groups,
+                outcome.negatives,
+                outcome.resumed_from,
+                last.loss,
+                last.sft_loss,
+                last.cl_loss,
+                outcome.cached_images
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `(path, size, mtime in ns)` of a file or of every file under a directory, sorted by path.
+fn file_stamps(root: &Path) -> Result<Vec<(PathBuf, u64, i128)>, TrainRunError> {
+    let mut stamps = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let meta = fs::metadata(&path).map_err(TrainRunError::io(&path))?;
+        if meta.is_dir() {
+            for entry in fs::read_dir(&path).map_err(TrainRunError::io(&path))? {
+                pending.push(entry.map_err(TrainRunError::io(&path))?.path());
+            }
+            continue;
+        }
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as i128);
+        stamps.push((path, meta.len(), mtime));
+    }
+    stamps.sort();
+    Ok(stamps)
+}
