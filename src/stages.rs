@@ -7,8 +7,8 @@ use crate::mine::MineStage;
 use crate::pipeline::StageRegistry;
 use crate::report::ReportStage;
 use crate::shards::ShardsStage;
-use crate::train::TrainStage;
 use crate::train::dual_encoder::DualEncoderStage;
+use crate::train::TrainStage;
 use crate::world::stage::WorldStage;
 
 /// Every stage kind umrank ships.

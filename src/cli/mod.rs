@@ -80,7 +80,7 @@ pub enum Command {
     Embed(stages::EmbedArgs),
     Mine(mine::MineArgs),
     Score(score::ScoreArgs),
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
     Shards(shards::ShardsArgs),
     Export(shards::ExportArgs),
     Eval(eval::EvalArgs),
