@@ -23,7 +23,9 @@ use umrank::media::preprocess::ImageInput;
 use umrank::models::lora::LoraConfig;
 use umrank::models::qwen2_vl::Qwen2VlModel;
 use umrank::models::reranker::{PairSide, Reranker};
-use umrank::pipeline::{RejectPolicy, RunOptions, Runner, Stage};
+use umrank::pipeline::{
+    Input, Output, RejectPolicy, RunOptions, Runner, Stage, StageContext, StageError,
+};
 use umrank::report::{ReportConfig, ReportStage};
 use umrank::shard::Shard;
 
@@ -262,13 +264,11 @@ fn run_eval(workdir: &Path, config: EvalConfig) -> PathBuf {
     workdir.join("eval")
 }
 
-/// The run dataset as `run name -> run`, and the ranks it gives, `(run, qid) -> dids in rank order`.
-fn read_run_dataset(
-    dir: &Path,
-) -> (
-    BTreeMap<String, Run>,
-    BTreeMap<(String, String), Vec<String>>,
-) {
+/// `(run name, qid) -> dids in rank order`.
+type Rankings = BTreeMap<(String, String), Vec<String>>;
+
+/// The run dataset as `run name -> run`, and the ranks it gives.
+fn read_run_dataset(dir: &Path) -> (BTreeMap<String, Run>, Rankings) {
     let mut runs: BTreeMap<String, Run> = BTreeMap::new();
     let mut ranked: BTreeMap<(String, String), Vec<(u32, String)>> = BTreeMap::new();
     for batch in Dataset::open(&dir.join("run")).unwrap().batches().unwrap() {
@@ -638,10 +638,24 @@ fn bad_settings_fail_before_any_work() {
         ),
         (
             EvalConfig {
-                model: PathBuf::new(),
+                model: Some(PathBuf::new()),
                 ..base()
             },
             "`model`",
+        ),
+        (
+            EvalConfig {
+                model_from: Some("train".into()),
+                ..base()
+            },
+            "`model` and `model_from`",
+        ),
+        (
+            EvalConfig {
+                model: None,
+                ..base()
+            },
+            "`model_from`",
         ),
     ];
     for (config, needle) in cases {
@@ -658,6 +672,88 @@ fn bad_settings_fail_before_any_work() {
         permutations: 10
     })
     .is_err());
+}
+
+/// A stand-in for a train stage: its outputs are the fixture model as `model/` (full fine-tuning) and an
+/// adapter as `adapter/` (LoRA), where the eval stage looks for them.
+struct FakeTrain;
+
+impl Stage for FakeTrain {
+    fn name(&self) -> &'static str {
+        "fake_train"
+    }
+
+    fn config(&self) -> Value {
+        Value::Null
+    }
+
+    fn inputs(&self) -> Vec<Input> {
+        Vec::new()
+    }
+
+    fn outputs(&self) -> Vec<Output> {
+        vec![Output::tree("model"), Output::tree("adapter")]
+    }
+
+    fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
+        let model = ctx.output_path("model");
+        std::fs::create_dir_all(&model)?;
+        for entry in std::fs::read_dir(model_dir())? {
+            let entry = entry?;
+            std::fs::copy(entry.path(), model.join(entry.file_name()))?;
+        }
+        write_adapter(&ctx.output_path("adapter"));
+        Ok(())
+    }
+}
+
+#[test]
+fn model_from_and_adapter_from_read_a_train_stage_outputs() {
+    let root = tempfile::tempdir().unwrap();
+    let (ingest, candidates) = write_inputs(root.path(), None);
+    let full = EvalConfig {
+        model: None,
+        model_from: Some("train".into()),
+        ..config(&ingest, &candidates)
+    };
+    let lora = EvalConfig {
+        adapter_from: Some("train".into()),
+        ..config(&ingest, &candidates)
+    };
+    let workdir = root.path().join("work");
+    run_pipeline(
+        &workdir,
+        vec![
+            ("train".into(), Box::new(FakeTrain)),
+            ("eval_full".into(), Box::new(EvalStage::new(full).unwrap())),
+            ("eval_lora".into(), Box::new(EvalStage::new(lora).unwrap())),
+        ],
+        0.01,
+    );
+    let adapter = workdir.join("train/adapter");
+    for (stage, scores) in [
+        ("eval_full", library_scores(None)),
+        ("eval_lora", library_scores(Some(&adapter))),
+    ] {
+        let dir = workdir.join(stage);
+        let (runs, _) = read_run_dataset(&dir);
+        for ((qid, did), score) in &scores {
+            let got = runs[RERANKED][qid][did];
+            assert_close(
+                got,
+                f64::from(score.p_yes),
+                1e-5,
+                &format!("{stage} {qid} {did}"),
+            );
+        }
+        let summary = EvalSummary::read(&dir.join("metrics.json")).unwrap();
+        let want_model = if stage == "eval_full" {
+            workdir.join("train/model")
+        } else {
+            model_dir()
+        };
+        assert_eq!(summary.model, want_model);
+    }
 }
 
 fn eval_fixture(name: &str) -> PathBuf {

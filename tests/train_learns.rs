@@ -10,7 +10,7 @@
 #[path = "common/train_data.rs"]
 mod train_data;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device};
@@ -104,7 +104,7 @@ fn mrr(model_dir: &Path, data: &DemoData, dataset: &str, ranking: Ranking) -> f6
             Ranking::ZYes => f64::from(s.z_yes),
         };
         run.entry(qid.clone())
-            .or_insert_with(BTreeMap::new)
+            .or_default()
             .insert(did.clone(), value);
     }
     evaluate(&run, &qrels, &[Metric::Mrr(10)]).unwrap().mean[&Metric::Mrr(10)]

@@ -81,7 +81,7 @@ pub enum Command {
     Embed(stages::EmbedArgs),
     Mine(mine::MineArgs),
     Score(score::ScoreArgs),
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
     Release(release::ReleaseArgs),
     Verify(release::VerifyArgs),
     Shards(shards::ShardsArgs),

@@ -1,8 +1,8 @@
 //! The `eval` stage: rerank each query's first-stage list with a reranker and compare the two rankings.
 //!
 //! Inputs: the ingest stage (queries with task and split, corpus, qrels, images), a stage with a `candidates`
-//! dataset (the mine stage), and the reranker: a base model directory, optionally with a PEFT adapter (from a
-//! train stage's `adapter/`, or a directory), else zero-shot. Each (query, document) pair of the top-K is scored
+//! dataset (the mine stage), and the reranker: a base model directory (or a train stage's fully fine-tuned
+//! `model/`), optionally with a PEFT adapter (from a train stage's `adapter/`, or a directory), else zero-shot. Each (query, document) pair of the top-K is scored
 //! ([`crate::models::reranker`]) with `p_yes` (SFT) or `z_yes` (CL) as the reranked score.
 //!
 //! Outputs: the `run` dataset (both runs), `first_stage.trec` and `reranked.trec`, the `metrics` dataset and
@@ -31,6 +31,7 @@ use crate::models::qwen2_vl::{ImagePatches, PairScore};
 use crate::models::reranker::{PairSide, PreparedPair, Reranker};
 use crate::pipeline::{Input, Output, PipelineError, Reject, Stage, StageContext, StageError};
 use crate::progress;
+use crate::train::trainer::{ADAPTER, MODEL};
 
 /// Run name (TREC tag) of the retriever's ranking.
 pub const FIRST_STAGE: &str = "first_stage";
@@ -39,8 +40,6 @@ pub const RERANKED: &str = "reranked";
 pub const FIRST_STAGE_TREC: &str = "first_stage.trec";
 pub const RERANKED_TREC: &str = "reranked.trec";
 pub const METRICS_JSON: &str = "metrics.json";
-/// Where a train stage puts its adapter.
-pub const ADAPTER_DIR: &str = "adapter";
 
 /// Which reranker output ranks the documents.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -87,7 +86,11 @@ pub struct EvalConfig {
     #[serde(default)]
     pub candidates_dir: Option<PathBuf>,
     /// The base model: a Qwen2-VL / Qwen2.5-VL directory, a text decoder directory, or a GGUF file.
-    pub model: PathBuf,
+    #[serde(default)]
+    pub model: Option<PathBuf>,
+    /// A train stage that fine-tuned a whole model: its `model/` directory, instead of `model`.
+    #[serde(default)]
+    pub model_from: Option<String>,
     /// A train stage whose `adapter/` (PEFT) is applied to the model.
     #[serde(default)]
     pub adapter_from: Option<String>,
@@ -131,14 +134,15 @@ fn default_permutations() -> usize {
 }
 
 impl EvalConfig {
-    /// A config for `model`, everything else default.
+    /// A config for the model directory `model`, everything else default.
     pub fn new(model: PathBuf) -> Self {
         Self {
             from: None,
             ingest_dir: None,
             candidates_from: None,
             candidates_dir: None,
-            model,
+            model: Some(model),
+            model_from: None,
             adapter_from: None,
             adapter: None,
             score: ScoreField::default(),
@@ -216,8 +220,19 @@ impl EvalStage {
                 "give one of `adapter_from` and `adapter`, not both".into()
             ));
         }
-        if config.model.as_os_str().is_empty() {
-            return Err(bad("`model` is empty".into()));
+        match (&config.model, &config.model_from) {
+            (Some(_), Some(_)) => {
+                return Err(bad("give one of `model` and `model_from`, not both".into()))
+            }
+            (None, None) => {
+                return Err(bad(
+                    "give `model` (a model directory) or `model_from` (a train stage)".into(),
+                ))
+            }
+            (Some(model), None) if model.as_os_str().is_empty() => {
+                return Err(bad("`model` is empty".into()))
+            }
+            _ => {}
         }
         for (field, value) in [
             ("k", config.k),
@@ -249,9 +264,17 @@ impl EvalStage {
         )
     }
 
+    fn model_dir(&self, ctx: &StageContext) -> Result<PathBuf, PipelineError> {
+        let dir = source_dir(ctx, &self.config.model_from, &self.config.model)?;
+        Ok(match &self.config.model_from {
+            Some(_) => dir.join(MODEL),
+            None => dir,
+        })
+    }
+
     fn adapter_dir(&self, ctx: &StageContext) -> Result<Option<PathBuf>, PipelineError> {
         Ok(match (&self.config.adapter_from, &self.config.adapter) {
-            (Some(stage), _) => Some(ctx.upstream_dir(stage)?.join(ADAPTER_DIR)),
+            (Some(stage), _) => Some(ctx.upstream_dir(stage)?.join(ADAPTER)),
             (None, dir) => dir.clone(),
         })
     }
@@ -283,16 +306,15 @@ impl Stage for EvalStage {
 
     fn inputs(&self) -> Vec<Input> {
         let c = &self.config;
-        let mut inputs: Vec<Input> = [&c.from, &c.candidates_from, &c.adapter_from]
+        let mut inputs: Vec<Input> = [&c.from, &c.candidates_from, &c.model_from, &c.adapter_from]
             .into_iter()
             .flatten()
             .map(|stage| Input::Stage(stage.clone()))
             .collect();
-        let files: Vec<PathBuf> = [&c.ingest_dir, &c.candidates_dir, &c.adapter]
+        let files: Vec<PathBuf> = [&c.ingest_dir, &c.candidates_dir, &c.model, &c.adapter]
             .into_iter()
             .flatten()
             .cloned()
-            .chain([c.model.clone()])
             .collect();
         inputs.push(Input::Files(files));
         inputs
@@ -314,8 +336,9 @@ impl Stage for EvalStage {
         let adapter = self.adapter_dir(ctx)?;
         let evaluated = Evaluated::read(&ingest, &candidates, &self.config)?;
         let device = ctx.device().candle().map_err(EvalStageError::Device)?;
-        let reranker = Reranker::load(&self.config.model, adapter.as_deref(), &device)
-            .map_err(EvalStageError::from)?;
+        let model = self.model_dir(ctx)?;
+        let reranker =
+            Reranker::load(&model, adapter.as_deref(), &device).map_err(EvalStageError::from)?;
         let pairs: usize = evaluated.lists.iter().map(|l| l.ranked.len()).sum();
         ctx.add_records(pairs as u64);
         let (reranked, rejects) = rerank(ctx, &reranker, &evaluated, &self.config)?;
@@ -337,7 +360,7 @@ impl Stage for EvalStage {
         )
         .map_err(EvalStageError::from)?;
         let summary = EvalSummary {
-            model: self.config.model.clone(),
+            model,
             adapter,
             score: self.config.score,
             k: self.config.k,

@@ -35,8 +35,15 @@ pub enum EvalStageError {
     Dataset(#[from] DatasetError),
     #[error(transparent)]
     Eval(#[from] EvalError),
+    /// Boxed: the reranker's errors are large and this one travels up every read function.
     #[error(transparent)]
-    Reranker(#[from] RerankerError),
+    Reranker(Box<RerankerError>),
+}
+
+impl From<RerankerError> for EvalStageError {
+    fn from(error: RerankerError) -> Self {
+        Self::Reranker(Box::new(error))
+    }
 }
 
 impl EvalStageError {

@@ -14,11 +14,10 @@ use serde::Deserialize;
 use super::ReportError;
 use crate::eval::stage::{EvalSummary, METRICS_JSON};
 use crate::pipeline::Manifest;
+use crate::train::log::TRAIN_LOG;
 
 /// File name of the mine stage's statistics (a sharded run writes `stats.part-I-of-N.json` instead).
 pub const STATS_JSON: &str = "stats.json";
-/// File name of a train stage's per-step log.
-pub const TRAIN_LOG: &str = "train_log.jsonl";
 
 /// One stage's contribution.
 #[derive(Debug, Clone, PartialEq)]
