@@ -115,7 +115,7 @@ fn mrr(
             Ranking::ZYes => f64::from(s.z_yes),
         };
         run.entry(qid.clone())
-            .or_insert_with(BTreeMap::new)
+            .or_default()
             .insert(did.clone(), value);
     }
     evaluate(&run, &qrels, &[Metric::Mrr(10)])

@@ -74,7 +74,7 @@ pub enum Command {
     Ingest(stages::IngestArgs),
     Embed(stages::EmbedArgs),
     Score(score::ScoreArgs),
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
     Shards(shards::ShardsArgs),
     Export(shards::ExportArgs),
 }
