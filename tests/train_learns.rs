@@ -15,7 +15,7 @@
 #[path = "common/train_data.rs"]
 mod train_data;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use candle_core::{DType, Device};
