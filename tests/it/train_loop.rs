@@ -3,8 +3,7 @@
 //! groups become rejects with their reason, the stage runs in a pipeline, and `umrank train --help` documents
 //! every key of the `[train]` table.
 
-#[path = "common/train_data.rs"]
-mod train_data;
+use crate::common::train_data;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -1,8 +1,7 @@
 //! Reranker scoring through a text-only decoder (the tiny Qwen2 fixture of `tests/fixtures/models`): the yes/no
 //! logits at each prompt's last token equal transformers' full logits there, whatever the batching.
 
-#[path = "common/reference.rs"]
-mod reference;
+use crate::common::reference;
 
 use reference::{get, load, rel_error, Batch};
 use umrank::models::qwen2_vl::{score, ScoreInput};

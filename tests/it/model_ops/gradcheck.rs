@@ -1,6 +1,6 @@
 //! The checker itself: it must pass exact gradients and catch wrong or missing ones.
 
-use crate::common::{project, uniform};
+use crate::model_ops::common::{project, uniform};
 use candle_core::DType;
 use umrank::models::activation::gelu_tanh;
 use umrank::models::gradcheck::GradCheck;

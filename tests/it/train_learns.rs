@@ -12,8 +12,7 @@
 //! From scratch, the frozen random LM head gives yes/no logits of a tiny scale, which slows learning: the SFT run
 //! trains the head too, and the CL run uses temperature 0.5 (both are ordinary `[train]` keys).
 
-#[path = "common/train_data.rs"]
-mod train_data;
+use crate::common::train_data;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;

@@ -5,8 +5,7 @@
 //! differ per row, input embeddings with spliced-in "image" rows). Also packed sequences, selected logit rows,
 //! bf16, gradients, and the loader's errors.
 
-#[path = "common/reference.rs"]
-mod reference;
+use crate::common::reference;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use reference::{fixture, get, load, rel_error, rel_error_at, to_f64, Batch};

@@ -1,4 +1,4 @@
-use crate::common::{assert_close, assert_gradients, project, uniform};
+use crate::model_ops::common::{assert_close, assert_gradients, project, uniform};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 use std::collections::HashMap;

@@ -1,4 +1,4 @@
-use crate::common::{assert_close, assert_gradients, project, uniform};
+use crate::model_ops::common::{assert_close, assert_gradients, project, uniform};
 use candle_core::DType;
 use umrank::models::activation::{gelu_erf, gelu_tanh, quick_gelu, swiglu, Activation};
 

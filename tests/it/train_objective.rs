@@ -16,8 +16,7 @@
 //! Then: the unified view reproduces SFT's and CL's gradients, on logits and through a tiny LoRA decoder; the
 //! tau-mask zeroes exactly the learned examples of crafted groups; bad input gives errors that say what is wrong.
 
-#[path = "common/reference.rs"]
-mod reference;
+use crate::common::reference;
 
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};

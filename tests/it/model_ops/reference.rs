@@ -1,7 +1,7 @@
 //! Forward passes against `tests/fixtures/model_ops/reference.safetensors`, written by `gen_reference.py` next to
 //! it from numpy ports of the transformers functions.
 
-use crate::common::assert_close;
+use crate::model_ops::common::assert_close;
 use candle_core::{DType, Device, Module, Tensor};
 use std::collections::HashMap;
 use umrank::models::activation::Activation;

@@ -1,4 +1,4 @@
-use crate::common::{assert_close, assert_gradients, project, uniform};
+use crate::model_ops::common::{assert_close, assert_gradients, project, uniform};
 use candle_core::{DType, Device, Tensor};
 use umrank::models::attention::scaled_dot_product_attention;
 use umrank::models::mask::AttentionMask;

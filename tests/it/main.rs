@@ -1,0 +1,40 @@
+//! umrank's integration tests, built as one test binary: one link instead of one per file keeps the suite's
+//! build time and disk use down (each binary statically links candle, arrow and the rest).
+//!
+//! Run one module with `cargo test --release --test it <module>::`.
+
+mod common;
+mod cli;
+mod dataset;
+mod decoder;
+mod decoder_gguf;
+mod dual_encoder;
+mod embed;
+mod embedders;
+mod eval_metrics;
+mod eval_stage;
+mod ingest;
+mod ingest_formats;
+mod lora;
+mod media_sources;
+mod mine;
+mod mine_stage;
+mod pipeline;
+mod preprocess_parity;
+mod prompt;
+mod release;
+mod report;
+mod score_cli;
+mod score_text;
+mod shards;
+mod tokenizer;
+mod tokenizer_chat_template;
+mod train_learns;
+mod train_loop;
+mod train_objective;
+mod train_optim;
+mod vision;
+mod vision_rope_index;
+mod vlm;
+mod world;
+mod model_ops;
