@@ -42,7 +42,7 @@ impl Default for TopKConfig {
 }
 
 impl TopKConfig {
-    fn validate(&self) -> Result<(), MineError> {
+    pub(super) fn validate(&self) -> Result<(), MineError> {
         if self.chunk_docs == 0 {
             return Err(MineError::ZeroConfig {
                 field: "chunk_docs",
@@ -140,7 +140,7 @@ impl Exclusions {
         &self.lists[query]
     }
 
-    fn validate(&self, queries: usize, order: &DocOrder) -> Result<(), MineError> {
+    pub(super) fn validate(&self, queries: usize, order: &DocOrder) -> Result<(), MineError> {
         if self.lists.len() != queries {
             return Err(MineError::ExclusionCount {
                 lists: self.lists.len(),
