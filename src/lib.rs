@@ -13,6 +13,7 @@
 pub mod dataset;
 pub mod device;
 pub mod digest;
+pub mod embed;
 pub mod eval;
 pub mod ingest;
 pub mod inspect;
@@ -24,5 +25,7 @@ pub mod pipeline;
 pub mod progress;
 pub mod schema;
 pub mod shard;
+pub mod shards;
 pub mod stages;
+pub mod train;
 pub mod world;

@@ -16,6 +16,10 @@ const SOURCES: &[(&str, &str)] = &[
     ("candidates", include_str!("../schemas/candidates.json")),
     ("cl", include_str!("../schemas/cl.json")),
     ("corpus", include_str!("../schemas/corpus.json")),
+    (
+        "embedding_cache",
+        include_str!("../schemas/embedding_cache.json"),
+    ),
     ("embeddings", include_str!("../schemas/embeddings.json")),
     ("images", include_str!("../schemas/images.json")),
     ("metrics", include_str!("../schemas/metrics.json")),

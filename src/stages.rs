@@ -1,7 +1,11 @@
 //! The built-in stage kinds, as pipeline files name them.
 
+use crate::embed::EmbedStage;
 use crate::ingest::IngestStage;
+use crate::mine::MineStage;
 use crate::pipeline::StageRegistry;
+use crate::shards::ShardsStage;
+use crate::train::dual_encoder::DualEncoderStage;
 use crate::world::stage::WorldStage;
 
 /// Every stage kind umrank ships.
@@ -9,5 +13,9 @@ pub fn registry() -> StageRegistry {
     let mut registry = StageRegistry::new();
     registry.register("world", WorldStage::new);
     registry.register("ingest", IngestStage::new);
+    registry.register("embedder", DualEncoderStage::new);
+    registry.register("embed", EmbedStage::new);
+    registry.register("mine", MineStage::new);
+    registry.register("shards", ShardsStage::new);
     registry
 }

@@ -481,20 +481,20 @@ fn missing_and_malformed_files_are_named() {
 }
 
 #[test]
-fn configs_candle_cannot_run_are_refused_with_the_field() {
+fn configs_the_towers_cannot_run_are_refused_with_the_field() {
     type Edit = fn(&mut serde_json::Value);
     let cases: [(&str, &str, Edit, &str); 5] = [
         (
             "clip",
             "config.json",
-            |v| v["text_config"]["hidden_act"] = "gelu".into(),
+            |v| v["text_config"]["hidden_act"] = "swiglu_plus".into(),
             "text_config.hidden_act",
         ),
         (
             "clip",
             "config.json",
-            |v| v["vision_config"]["layer_norm_eps"] = 1e-6.into(),
-            "vision_config.layer_norm_eps",
+            |v| v["vision_config"]["num_attention_heads"] = 3.into(),
+            "vision_config.num_attention_heads",
         ),
         (
             "siglip",

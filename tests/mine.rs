@@ -664,7 +664,7 @@ fn no_positive_is_ever_a_negative() {
             ..FilterConfig::default()
         };
         let sample = SampleConfig {
-            negatives_per_positive: rng.random_range(1..24),
+            negatives_per_group: rng.random_range(1..24),
             hard_ratio: rng.random_range(0..3),
             random_ratio: rng.random_range(1..3),
             seed,
@@ -672,25 +672,23 @@ fn no_positive_is_ever_a_negative() {
         let k = rng.random_range(1..docs + 3);
         for (query, (_, _, negatives)) in world.mine(k, &filter, &sample).iter().enumerate() {
             let positives = &world.positives[query];
-            for group in &negatives.groups {
-                assert!(positives.contains(&group.positive));
-                let mut docs: Vec<u32> = group
-                    .negatives
-                    .iter()
-                    .map(|negative| negative.doc)
-                    .collect();
-                assert!(
-                    docs.iter().all(|doc| !positives.contains(doc)),
-                    "seed {seed}: positive sampled as negative"
-                );
-                docs.sort_unstable();
-                docs.dedup();
-                assert_eq!(
-                    docs.len(),
-                    group.negatives.len(),
-                    "seed {seed}: duplicate negative"
-                );
-            }
+            assert!(negatives.positives.iter().all(|p| positives.contains(p)));
+            let mut docs: Vec<u32> = negatives
+                .negatives
+                .iter()
+                .map(|negative| negative.doc)
+                .collect();
+            assert!(
+                docs.iter().all(|doc| !positives.contains(doc)),
+                "seed {seed}: positive sampled as negative"
+            );
+            docs.sort_unstable();
+            docs.dedup();
+            assert_eq!(
+                docs.len(),
+                negatives.negatives.len(),
+                "seed {seed}: duplicate negative"
+            );
         }
     }
 }
@@ -742,9 +740,8 @@ fn sampling_is_deterministic_per_seed_and_qid_and_independent_of_numbering() {
                  negatives: &QueryNegatives|
      -> Vec<(String, NegativeKind, u32, Option<u32>)> {
         negatives
-            .groups
+            .negatives
             .iter()
-            .flat_map(|group| &group.negatives)
             .map(|n| {
                 (
                     world.ids[n.doc as usize].clone(),
@@ -764,13 +761,7 @@ fn sampling_is_deterministic_per_seed_and_qid_and_independent_of_numbering() {
 fn sampling_respects_the_ratio_and_reports_shortfalls() {
     let mut rng = ChaCha8Rng::seed_from_u64(8);
     let world = World::random(&mut rng, 500, 3, 6);
-    let count = |negatives: &QueryNegatives, kind| {
-        negatives
-            .groups
-            .iter()
-            .map(|g| g.negatives.iter().filter(|n| n.kind == kind).count())
-            .collect::<Vec<_>>()
-    };
+    let count = |negatives: &QueryNegatives, kind| negatives.of_kind(kind).count();
     let filter = FilterConfig {
         relative_margin: None,
         ..FilterConfig::default()
@@ -783,27 +774,27 @@ fn sampling_respects_the_ratio_and_reports_shortfalls() {
         (1, 2, 7, 2),
     ] {
         let sample = SampleConfig {
-            negatives_per_positive: n,
+            negatives_per_group: n,
             hard_ratio,
             random_ratio,
             seed: 4,
         };
         assert_eq!(sample.split(), (hard, n - hard));
         for (_, _, negatives) in world.mine(100, &filter, &sample) {
-            assert!(count(&negatives, NegativeKind::Hard)
-                .iter()
-                .all(|&c| c == hard));
-            assert!(count(&negatives, NegativeKind::Random)
-                .iter()
-                .all(|&c| c == n - hard));
+            assert_eq!(count(&negatives, NegativeKind::Hard), hard);
+            assert_eq!(count(&negatives, NegativeKind::Random), n - hard);
             assert_eq!(negatives.short(), 0);
-            for group in &negatives.groups {
-                let hard_ranks: Vec<u32> = group.negatives.iter().filter_map(|n| n.rank).collect();
-                assert!(
-                    hard_ranks.windows(2).all(|pair| pair[0] < pair[1]),
-                    "hard negatives in rank order"
-                );
-            }
+            let hard_ranks: Vec<u32> = negatives.negatives.iter().filter_map(|n| n.rank).collect();
+            assert!(
+                hard_ranks.windows(2).all(|pair| pair[0] < pair[1]),
+                "hard negatives in rank order"
+            );
+            assert!(
+                negatives.negatives[..hard]
+                    .iter()
+                    .all(|n| n.kind == NegativeKind::Hard),
+                "hard negatives first"
+            );
         }
     }
 
@@ -837,17 +828,14 @@ fn sampling_respects_the_ratio_and_reports_shortfalls() {
         filtered: &filtered,
     };
     let sample = SampleConfig {
-        negatives_per_positive: 10,
+        negatives_per_group: 10,
         ..SampleConfig::default()
     };
     let negatives =
         sample_negatives(&input, &pool, &order, &sample, |doc| Ok(doc as f32 / 10.0)).unwrap();
-    let group = &negatives.groups[0];
-    assert_eq!((group.short_hard, group.short_random), (2, 2));
-    let mut randoms: Vec<(u32, f32)> = group
-        .negatives
-        .iter()
-        .filter(|n| n.kind == NegativeKind::Random)
+    assert_eq!((negatives.short_hard, negatives.short_random), (2, 2));
+    let mut randoms: Vec<(u32, f32)> = negatives
+        .of_kind(NegativeKind::Random)
         .map(|n| (n.doc, n.score))
         .collect();
     randoms.sort_by_key(|&(doc, _)| doc);
@@ -859,7 +847,7 @@ fn sampling_respects_the_ratio_and_reports_shortfalls() {
 
 #[test]
 fn statistics_equal_hand_computed_values() {
-    use umrank::mine::{Group, Negative};
+    use umrank::mine::Negative;
     let negative = |doc, kind, score: f32| Negative {
         doc,
         kind,
@@ -886,30 +874,26 @@ fn statistics_equal_hand_computed_values() {
         config: FilterConfig::default(),
     };
     let query_one = QueryNegatives {
-        groups: vec![Group {
-            positive: 1,
-            negatives: vec![
-                negative(2, NegativeKind::Hard, 0.5),
-                negative(3, NegativeKind::Hard, 0.7),
-                negative(4, NegativeKind::Random, 0.1),
-            ],
-            short_hard: 0,
-            short_random: 1,
-        }],
+        positives: vec![1, 9],
+        negatives: vec![
+            negative(2, NegativeKind::Hard, 0.5),
+            negative(3, NegativeKind::Hard, 0.7),
+            negative(4, NegativeKind::Random, 0.1),
+        ],
+        short_hard: 0,
+        short_random: 1,
         filter: FilterConfig::default(),
         ceiling: None,
     };
     let query_two = QueryNegatives {
-        groups: vec![Group {
-            positive: 5,
-            negatives: vec![
-                negative(6, NegativeKind::Hard, 0.3),
-                negative(7, NegativeKind::Random, 0.2),
-                negative(8, NegativeKind::Random, 0.0),
-            ],
-            short_hard: 2,
-            short_random: 0,
-        }],
+        positives: vec![5],
+        negatives: vec![
+            negative(6, NegativeKind::Hard, 0.3),
+            negative(7, NegativeKind::Random, 0.2),
+            negative(8, NegativeKind::Random, 0.0),
+        ],
+        short_hard: 2,
+        short_random: 0,
         filter: FilterConfig::default(),
         ceiling: None,
     };
@@ -928,11 +912,15 @@ fn statistics_equal_hand_computed_values() {
         &[],
         &filtered(vec![]),
         &QueryNegatives {
-            groups: vec![],
+            positives: vec![],
+            negatives: vec![],
+            short_hard: 0,
+            short_random: 0,
             filter: FilterConfig::default(),
             ceiling: None,
         },
     );
+    builder.add_query_without_positives();
     let stats = builder.finish();
 
     // Positives 0, 0.25, 0.5, 0.75, 1: p5 at position 0.2 -> 0.05, p95 at 3.8 -> 0.95.
@@ -965,9 +953,10 @@ fn statistics_equal_hand_computed_values() {
     assert_eq!(stats.dropped.relative_margin, 2);
     assert_eq!(stats.dropped.rank_window, 1);
     assert_eq!(stats.dropped.total(), 3);
-    assert_eq!((stats.queries, stats.groups), (3, 2));
+    assert_eq!((stats.queries, stats.groups), (3, 3));
+    assert_eq!(stats.queries_without_positives, 1);
     assert_eq!((stats.queries_short, stats.total_short), (2, 3));
-    // Group gaps: (0.6 - 0.1) and (0.3 - 0.1): mean 0.35.
+    // Per-query gaps: (0.6 - 0.1) and (0.3 - 0.1): mean 0.35.
     let f = |score: f32| f64::from(score);
     let first_gap = (f(0.5) + f(0.7)) / 2.0 - f(0.1);
     let second_gap = f(0.3) - (f(0.2) + f(0.0)) / 2.0;
@@ -985,6 +974,8 @@ fn statistics_equal_hand_computed_values() {
     assert!(lines[1].starts_with("positives") && lines[1].contains("0.9500"));
     assert!(table.contains("relative margin 2"));
     assert!(table.contains("queries short of negatives: 2 of 3 (total shortfall 3)"));
+    assert!(table.contains("queries with negatives: 3 (3 groups, one per positive)"));
+    assert!(table.contains("queries without positives (no negatives): 1"));
     let json = serde_json::to_value(&stats).unwrap();
     assert_eq!(json["dropped"]["relative_margin"], 2);
     assert_eq!(json["total_short"], 3);

@@ -1,8 +1,11 @@
 //! Command-line parsing and dispatch. Library errors become `anyhow` errors here, printed with their causes.
 
+mod embedder;
 mod inspect;
+mod mine;
 mod run;
 mod score;
+mod shards;
 mod stages;
 
 use std::process::ExitCode;
@@ -70,7 +73,12 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     World(stages::WorldArgs),
     Ingest(stages::IngestArgs),
+    Embedder(embedder::EmbedderArgs),
+    Embed(stages::EmbedArgs),
+    Mine(mine::MineArgs),
     Score(score::ScoreArgs),
+    Shards(shards::ShardsArgs),
+    Export(shards::ExportArgs),
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {
@@ -91,7 +99,12 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => inspect::inspect(args),
         Command::World(args) => stages::world(args, &cli.global),
         Command::Ingest(args) => stages::ingest(args, &cli.global),
+        Command::Embedder(args) => embedder::embedder(args, &cli.global),
+        Command::Embed(args) => stages::embed(args, &cli.global),
+        Command::Mine(args) => mine::mine(args, &cli.global),
         Command::Score(args) => score::score_pairs(args),
+        Command::Shards(args) => shards::shards(args, &cli.global),
+        Command::Export(args) => shards::export_shards(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

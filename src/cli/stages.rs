@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use umrank::device::DeviceSpec;
+use umrank::embed::{EmbedConfig, EmbedStage, Precision};
 use umrank::ingest::{Format, IngestConfig, IngestStage};
 use umrank::pipeline::{RunOptions, Runner, Stage};
 use umrank::shard::Shard;
@@ -93,6 +95,54 @@ pub struct IngestArgs {
     pub max_pixels: u64,
 }
 
+/// Embed the corpus and queries of an ingest with an embedding model (CLIP, SigLIP, BERT-family sentence
+/// encoders, or GME on a Qwen2-VL directory), into OUT/doc_embeddings and OUT/query_embeddings.
+///
+/// Vectors are cached under OUT/cache/<key>, keyed by the model fingerprint, the batch plan and each record's
+/// content: a killed run, started again, embeds only what is missing and writes the same bytes an undisturbed
+/// run would. Deleting OUT/cache is always safe; it only costs recomputation.
+#[derive(Debug, clap::Args)]
+pub struct EmbedArgs {
+    #[command(flatten)]
+    pub stage: StageArgs,
+
+    /// An ingest stage directory: its corpus, queries and images datasets are embedded.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["corpus", "queries", "images"], required_unless_present_all = ["corpus", "queries"])]
+    pub from: Option<PathBuf>,
+
+    /// The corpus dataset directory (instead of --from).
+    #[arg(long, value_name = "DIR", requires = "queries")]
+    pub corpus: Option<PathBuf>,
+
+    /// The queries dataset directory (instead of --from).
+    #[arg(long, value_name = "DIR", requires = "corpus")]
+    pub queries: Option<PathBuf>,
+
+    /// The images dataset directory the records' image_id keys point into (instead of --from).
+    #[arg(long, value_name = "DIR")]
+    pub images: Option<PathBuf>,
+
+    /// The model directory (Hugging Face layout): CLIP, SigLIP, BERT (sentence-transformers) or Qwen2-VL (GME).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+
+    /// Inputs per forward pass; inputs are grouped by modality and length so that batches pad little.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub batch_size: usize,
+
+    /// Where the model runs: cpu, cuda or cuda:K.
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    pub device: DeviceSpec,
+
+    /// Precision of the weights and activations (vectors are written as f32).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: Precision,
+
+    /// Vectors per cache chunk: at most this much work is lost when the run is killed.
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    pub cache_rows: usize,
+}
+
 pub fn world(args: &WorldArgs, global: &Global) -> anyhow::Result<()> {
     let stage = WorldStage::new(WorldStageConfig {
         size: args.size,
@@ -121,6 +171,44 @@ pub fn ingest(args: &IngestArgs, global: &Global) -> anyhow::Result<()> {
         &args.stage,
         global,
     )
+}
+
+pub fn embed(args: &EmbedArgs, global: &Global) -> anyhow::Result<()> {
+    /// The name the --from directory goes by in the stage's manifest.
+    const UPSTREAM: &str = "ingest";
+    let mut config = EmbedConfig::new(UPSTREAM, args.model.clone());
+    if args.from.is_none() {
+        config.from = None;
+        config.corpus = args.corpus.clone();
+        config.queries = args.queries.clone();
+        config.images = args.images.clone();
+    }
+    config.batch_size = args.batch_size;
+    config.dtype = args.dtype;
+    config.cache_rows = args.cache_rows;
+    let mut dirs: std::collections::BTreeMap<String, PathBuf> =
+        [("embed".to_string(), args.stage.out.clone())].into();
+    if let Some(from) = &args.from {
+        dirs.insert(UPSTREAM.to_string(), from.clone());
+    }
+    let options = RunOptions {
+        force: args.stage.force,
+        shard: args.stage.shard,
+        device: args.device,
+        policy: global.policy(),
+        dirs,
+        ..Default::default()
+    };
+    let stage: Box<dyn Stage> = Box::new(EmbedStage::new(config)?);
+    let workdir = args
+        .stage
+        .out
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let reports = Runner::new(workdir, 0, vec![("embed".to_string(), stage)], options).run()?;
+    print_summary("embed", &reports);
+    Ok(())
 }
 
 fn run_one(

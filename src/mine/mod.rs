@@ -1,8 +1,9 @@
 //! Hard-negative mining: exact top-k retrieval, the positive-aware false-negative filter, negative sampling and
 //! the statistics the mine stage reports (DESIGN §5).
 //!
-//! Everything here is a pure function over in-memory f32 matrices and document indices; the stage reads the
-//! embeddings and qrels datasets and writes candidates and negatives. Documents are numbered `0..N` over the
+//! The library is pure functions over in-memory f32 matrices and document indices; [`stage`] is the `mine`
+//! pipeline stage built on it, which reads the ingest and embed stages' datasets and writes `candidates` and
+//! `negatives`, and [`top_k_on`] is where it picks the device a search runs on. Documents are numbered `0..N` over the
 //! whole corpus; [`DocOrder`] ranks their ids, which breaks score ties the way trec_eval does. The flow:
 //!
 //! ```
@@ -29,7 +30,7 @@
 //!         gold[query].iter().map(|&doc| corpus.score(vector, doc)).collect::<Result<_, _>>()?;
 //!     let filtered = filter_candidates("q0", hits, &positive_scores, &FilterConfig::default())?;
 //!     let input = QueryInput { qid: "q0", positives: &gold[query], filtered: &filtered };
-//!     let sample = SampleConfig { negatives_per_positive: 2, ..SampleConfig::default() };
+//!     let sample = SampleConfig { negatives_per_group: 2, ..SampleConfig::default() };
 //!     let negatives = sample_negatives(&input, &pool, &order, &sample, |doc| corpus.score(vector, doc))?;
 //!     stats.add_query(&positive_scores, &filtered, &negatives);
 //! }
@@ -48,7 +49,9 @@ mod kernel;
 mod matrix;
 mod order;
 pub mod sample;
+mod search;
 mod select;
+pub mod stage;
 pub mod stats;
 pub mod topk;
 
@@ -57,9 +60,10 @@ pub use filter::{filter_candidates, Candidate, FilterConfig, FilterKind, Filtere
 pub use matrix::Matrix;
 pub use order::DocOrder;
 pub use sample::{
-    sample_negatives, Group, Negative, NegativeKind, QueryInput, QueryNegatives, RandomPool,
-    SampleConfig,
+    sample_negatives, Negative, NegativeKind, QueryInput, QueryNegatives, RandomPool, SampleConfig,
 };
+pub use search::top_k_on;
 pub use select::Hit;
+pub use stage::{MineConfig, MineStage, Scope};
 pub use stats::{DropCounts, MiningStats, ScoreSummary, StatsBuilder};
 pub use topk::{exact_top_k, merge_top_k, CorpusPart, Exclusions, TopKConfig};

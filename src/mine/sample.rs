@@ -1,5 +1,5 @@
-//! Negative sampling: per positive, hard negatives from the filtered candidates and random negatives from a pool,
-//! in a configured ratio (the paper: 16 per positive, half hard, half random).
+//! Negative sampling: per query, hard negatives from the filtered candidates and random negatives from a pool, in
+//! a configured ratio (the paper: groups of 1 positive + 16 negatives, half hard, half random).
 //!
 //! Each query draws from its own ChaCha8 stream seeded by a hash of (seed, qid), and every set it draws from is in
 //! a canonical order (candidates by rank, pools and positives by document id), so a query gets the same negatives
@@ -14,11 +14,11 @@ use super::error::MineError;
 use super::filter::{Candidate, FilterConfig, FilterKind, Filtered};
 use super::order::DocOrder;
 
-/// How many negatives each positive gets, split between hard and random.
+/// How many negatives a query gets (the N of its 1 + N groups), split between hard and random.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SampleConfig {
-    pub negatives_per_positive: usize,
+    pub negatives_per_group: usize,
     /// Hard : random = `hard_ratio : random_ratio`; hard gets `N x hard / (hard + random)` rounded down.
     pub hard_ratio: u32,
     pub random_ratio: u32,
@@ -28,7 +28,7 @@ pub struct SampleConfig {
 impl Default for SampleConfig {
     fn default() -> Self {
         Self {
-            negatives_per_positive: 16,
+            negatives_per_group: 16,
             hard_ratio: 1,
             random_ratio: 1,
             seed: 0,
@@ -38,9 +38,9 @@ impl Default for SampleConfig {
 
 impl SampleConfig {
     pub fn validate(&self) -> Result<(), MineError> {
-        if self.negatives_per_positive == 0 {
+        if self.negatives_per_group == 0 {
             return Err(MineError::SampleConfig {
-                reason: "negatives_per_positive must be at least 1",
+                reason: "negatives_per_group must be at least 1",
             });
         }
         if self.hard_ratio == 0 && self.random_ratio == 0 {
@@ -53,7 +53,7 @@ impl SampleConfig {
 
     /// (hard, random) negatives wanted per positive.
     pub fn split(&self) -> (usize, usize) {
-        let total = self.negatives_per_positive;
+        let total = self.negatives_per_group;
         let ratio_sum = u64::from(self.hard_ratio) + u64::from(self.random_ratio);
         let hard = (total as u64 * u64::from(self.hard_ratio) / ratio_sum.max(1)) as usize;
         (hard, total - hard)
@@ -123,36 +123,35 @@ pub struct Negative {
     pub rank: Option<u32>,
 }
 
-/// One positive and the negatives sampled for it: hard ones first (in rank order), then random ones.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Group {
-    pub positive: u32,
+/// A query's negatives. Each positive forms one training group with all of them (1 + N, the paper's layout), so
+/// a query with several positives shares one set of negatives, none of which is any of its positives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryNegatives {
+    /// The query's positives, deduplicated, in id order.
+    pub positives: Vec<u32>,
+    /// Hard negatives first (in rank order), then random ones (in draw order).
     pub negatives: Vec<Negative>,
     /// Hard negatives wanted but not available (too few eligible candidates).
     pub short_hard: usize,
     /// Random negatives wanted but not available (pool too small once positives and the rest are removed).
     pub short_random: usize,
-}
-
-impl Group {
-    pub fn short(&self) -> usize {
-        self.short_hard + self.short_random
-    }
-}
-
-/// A query's groups, one per positive in id order, with the filter that chose the hard candidates.
-#[derive(Debug, Clone, PartialEq)]
-pub struct QueryNegatives {
-    pub groups: Vec<Group>,
+    /// The filter that chose the hard candidates.
     pub filter: FilterConfig,
     /// The score ceiling the filter applied to this query.
     pub ceiling: Option<f32>,
 }
 
 impl QueryNegatives {
-    /// Negatives wanted but not found, over all groups.
+    /// Negatives wanted but not found.
     pub fn short(&self) -> usize {
-        self.groups.iter().map(Group::short).sum()
+        self.short_hard + self.short_random
+    }
+
+    /// The negatives of one kind, in their order.
+    pub fn of_kind(&self, kind: NegativeKind) -> impl Iterator<Item = &Negative> {
+        self.negatives
+            .iter()
+            .filter(move |negative| negative.kind == kind)
     }
 }
 
@@ -165,10 +164,10 @@ pub struct QueryInput<'a> {
     pub filtered: &'a Filtered,
 }
 
-/// Samples each positive's negatives: hard ones uniformly from the eligible candidates, random ones uniformly
-/// from `pool` minus the query's positives, the group's hard negatives and the candidates the score rules
-/// dropped as likely false negatives. No positive is ever a negative, and nothing tops a short group up.
-/// `score` gives a random negative's score (e.g. [`CorpusPart::score`](super::CorpusPart::score)).
+/// Samples the query's negatives: hard ones uniformly from the eligible candidates, random ones uniformly from
+/// `pool` minus the query's positives, its hard picks and the candidates the score rules dropped as likely false
+/// negatives. No positive is ever a negative, and nothing tops a short set up. `score` gives a random negative's
+/// score (e.g. [`CorpusPart::score`](super::CorpusPart::score)).
 pub fn sample_negatives(
     query: &QueryInput<'_>,
     pool: &RandomPool,
@@ -178,18 +177,56 @@ pub fn sample_negatives(
 ) -> Result<QueryNegatives, MineError> {
     config.validate()?;
     check_docs(query, order)?;
-    // Positives in id order, so that groups draw from the stream in the same order on every shard.
     let mut positives = query.positives.to_vec();
     positives.sort_unstable_by_key(|&doc| order.rank(doc));
     positives.dedup();
-    let sources = Sources::new(query.filtered, &positives);
-    let mut rng = query_rng(config.seed, query.qid);
-    let groups = positives
+    let (hard_wanted, random_wanted) = config.split();
+    let mut blocked = positives.clone();
+    blocked.sort_unstable();
+    let hard: Vec<&Candidate> = query
+        .filtered
+        .eligible
         .iter()
-        .map(|&positive| sources.group(positive, &mut rng, pool, order, config, &mut score))
-        .collect::<Result<_, _>>()?;
+        .filter(|candidate| blocked.binary_search(&candidate.doc).is_err())
+        .collect();
+    let mut rng = query_rng(config.seed, query.qid);
+    let mut picks = choose(&mut rng, hard.len(), hard_wanted);
+    picks.sort_unstable();
+    let mut negatives: Vec<Negative> = picks
+        .iter()
+        .map(|&index| Negative {
+            doc: hard[index].doc,
+            kind: NegativeKind::Hard,
+            score: hard[index].score,
+            rank: Some(hard[index].rank),
+        })
+        .collect();
+    // Suspected false negatives (dropped by a score rule; the rank window says nothing about them) and the hard
+    // picks are no random negatives either.
+    let suspects = query
+        .filtered
+        .dropped
+        .iter()
+        .filter(|(_, kind)| *kind != FilterKind::RankWindow)
+        .map(|(candidate, _)| candidate.doc);
+    blocked.extend(suspects.chain(negatives.iter().map(|negative| negative.doc)));
+    blocked.sort_unstable();
+    blocked.dedup();
+    let randoms = draw_random(&mut rng, pool, order, &blocked, random_wanted);
+    let random_found = randoms.len();
+    for doc in randoms {
+        negatives.push(Negative {
+            doc,
+            kind: NegativeKind::Random,
+            score: score(doc)?,
+            rank: None,
+        });
+    }
     Ok(QueryNegatives {
-        groups,
+        positives,
+        negatives,
+        short_hard: hard_wanted - picks.len(),
+        short_random: random_wanted - random_found,
         filter: query.filtered.config,
         ceiling: query.filtered.ceiling,
     })
@@ -208,80 +245,6 @@ fn check_docs(query: &QueryInput<'_>, order: &DocOrder) -> Result<(), MineError>
         })?;
     }
     Ok(())
-}
-
-/// What a query's groups sample from.
-struct Sources<'a> {
-    /// Eligible candidates that are not positives, in rank order.
-    hard: Vec<&'a Candidate>,
-    /// Sorted documents no random negative may be: the positives and the suspected false negatives (dropped by a
-    /// score rule; the rank window says nothing about them).
-    blocked: Vec<u32>,
-}
-
-impl<'a> Sources<'a> {
-    fn new(filtered: &'a Filtered, positives: &[u32]) -> Self {
-        let mut blocked = positives.to_vec();
-        blocked.sort_unstable();
-        let hard = filtered
-            .eligible
-            .iter()
-            .filter(|candidate| blocked.binary_search(&candidate.doc).is_err())
-            .collect();
-        let suspects = filtered
-            .dropped
-            .iter()
-            .filter(|(_, kind)| *kind != FilterKind::RankWindow)
-            .map(|(candidate, _)| candidate.doc);
-        blocked.extend(suspects);
-        blocked.sort_unstable();
-        blocked.dedup();
-        Self { hard, blocked }
-    }
-
-    /// One positive's negatives: its hard picks (in rank order), then its random draws.
-    fn group(
-        &self,
-        positive: u32,
-        rng: &mut ChaCha8Rng,
-        pool: &RandomPool,
-        order: &DocOrder,
-        config: &SampleConfig,
-        score: &mut impl FnMut(u32) -> Result<f32, MineError>,
-    ) -> Result<Group, MineError> {
-        let (hard_wanted, random_wanted) = config.split();
-        let mut picks = choose(rng, self.hard.len(), hard_wanted);
-        picks.sort_unstable();
-        let mut negatives: Vec<Negative> = picks
-            .iter()
-            .map(|&index| Negative {
-                doc: self.hard[index].doc,
-                kind: NegativeKind::Hard,
-                score: self.hard[index].score,
-                rank: Some(self.hard[index].rank),
-            })
-            .collect();
-        let mut blocked = self.blocked.clone();
-        blocked.extend(negatives.iter().map(|negative| negative.doc));
-        blocked.sort_unstable();
-        blocked.dedup();
-        let randoms = draw_random(rng, pool, order, &blocked, random_wanted);
-        let random_found = randoms.len();
-        for doc in randoms {
-            negatives.push(Negative {
-                doc,
-                kind: NegativeKind::Random,
-                score: score(doc)?,
-                rank: None,
-            });
-        }
-        Ok(Group {
-            positive,
-            negatives,
-            short_hard: hard_wanted - picks.len(),
-            short_random: random_wanted - random_found,
-        })
-    }
 }
 
 /// The query's own random stream: a stable hash of (seed, qid), so shards agree.

@@ -88,8 +88,12 @@ impl DropCounts {
 /// The mine stage's statistics.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MiningStats {
+    /// Queries sampled for (each with its negatives row).
     pub queries: usize,
+    /// Training groups those rows make: one per positive.
     pub groups: usize,
+    /// Queries that could not be sampled for because they have no positive to score against (no negatives row).
+    pub queries_without_positives: usize,
     /// Scores of the queries' positives.
     pub positives: Option<ScoreSummary>,
     pub hard_negatives: Option<ScoreSummary>,
@@ -99,8 +103,8 @@ pub struct MiningStats {
     pub queries_short: usize,
     /// Negatives wanted but not found, over all queries.
     pub total_short: usize,
-    /// Mean over groups holding both kinds of (mean hard score - mean random score): how much harder the mined
-    /// negatives are, measured within each group so that easy and hard queries do not mix.
+    /// Mean over queries holding both kinds of (mean hard score - mean random score): how much harder the mined
+    /// negatives are, measured within each query so that easy and hard queries do not mix.
     pub mean_gap: Option<f64>,
 }
 
@@ -109,6 +113,7 @@ pub struct MiningStats {
 pub struct StatsBuilder {
     queries: usize,
     groups: usize,
+    queries_without_positives: usize,
     positives: Vec<f32>,
     hard: Vec<f32>,
     random: Vec<f32>,
@@ -116,7 +121,7 @@ pub struct StatsBuilder {
     queries_short: usize,
     total_short: usize,
     gap_sum: f64,
-    gap_groups: usize,
+    gap_queries: usize,
 }
 
 impl StatsBuilder {
@@ -132,6 +137,7 @@ impl StatsBuilder {
         negatives: &QueryNegatives,
     ) {
         self.queries += 1;
+        self.groups += negatives.positives.len();
         self.positives.extend_from_slice(positive_scores);
         for (_, kind) in &filtered.dropped {
             self.dropped.count(*kind);
@@ -141,38 +147,35 @@ impl StatsBuilder {
             self.queries_short += 1;
             self.total_short += short;
         }
-        for group in &negatives.groups {
-            self.groups += 1;
-            let scores_of = |kind| {
-                group
-                    .negatives
-                    .iter()
-                    .filter(move |negative| negative.kind == kind)
-                    .map(|negative| negative.score)
-            };
-            self.hard.extend(scores_of(NegativeKind::Hard));
-            self.random.extend(scores_of(NegativeKind::Random));
-            if let (Some(hard), Some(random)) = (
-                mean(scores_of(NegativeKind::Hard)),
-                mean(scores_of(NegativeKind::Random)),
-            ) {
-                self.gap_sum += hard - random;
-                self.gap_groups += 1;
-            }
+        let scores_of = |kind| negatives.of_kind(kind).map(|negative| negative.score);
+        self.hard.extend(scores_of(NegativeKind::Hard));
+        self.random.extend(scores_of(NegativeKind::Random));
+        if let (Some(hard), Some(random)) = (
+            mean(scores_of(NegativeKind::Hard)),
+            mean(scores_of(NegativeKind::Random)),
+        ) {
+            self.gap_sum += hard - random;
+            self.gap_queries += 1;
         }
+    }
+
+    /// Counts a query left without negatives because it has no positive.
+    pub fn add_query_without_positives(&mut self) {
+        self.queries_without_positives += 1;
     }
 
     pub fn finish(self) -> MiningStats {
         MiningStats {
             queries: self.queries,
             groups: self.groups,
+            queries_without_positives: self.queries_without_positives,
             positives: ScoreSummary::of(&self.positives),
             hard_negatives: ScoreSummary::of(&self.hard),
             random_negatives: ScoreSummary::of(&self.random),
             dropped: self.dropped,
             queries_short: self.queries_short,
             total_short: self.total_short,
-            mean_gap: (self.gap_groups > 0).then(|| self.gap_sum / self.gap_groups as f64),
+            mean_gap: (self.gap_queries > 0).then(|| self.gap_sum / self.gap_queries as f64),
         }
     }
 }
@@ -220,12 +223,22 @@ impl fmt::Display for MiningStats {
         writeln!(f, " (total {})", self.dropped.total())?;
         writeln!(
             f,
+            "queries with negatives: {} ({} groups, one per positive)",
+            self.queries, self.groups
+        )?;
+        writeln!(
+            f,
             "queries short of negatives: {} of {} (total shortfall {})",
             self.queries_short, self.queries, self.total_short
         )?;
+        writeln!(
+            f,
+            "queries without positives (no negatives): {}",
+            self.queries_without_positives
+        )?;
         match self.mean_gap {
-            Some(gap) => write!(f, "mean score gap, hard - random (per group): {gap:.4}"),
-            None => write!(f, "mean score gap, hard - random (per group): n/a"),
+            Some(gap) => write!(f, "mean score gap, hard - random (per query): {gap:.4}"),
+            None => write!(f, "mean score gap, hard - random (per query): n/a"),
         }
     }
 }

@@ -42,7 +42,7 @@ impl Default for TopKConfig {
 }
 
 impl TopKConfig {
-    pub(super) fn validate(&self) -> Result<(), MineError> {
+    pub fn validate(&self) -> Result<(), MineError> {
         if self.chunk_docs == 0 {
             return Err(MineError::ZeroConfig {
                 field: "chunk_docs",

@@ -1,31 +1,27 @@
-//! CLIP dual encoders: candle-transformers' CLIP text and vision towers, with the projections and the text
+//! CLIP dual encoders: the differentiable towers of [`super::clip_towers`], with the projections and the text
 //! pooling done as transformers does them.
 //!
-//! candle's `ClipModel` pools text at the largest token id, which is only transformers' behaviour for configs
-//! whose `eos_token_id` is the legacy 2; newer configs pool at the first `eos_token_id`, which works for any
-//! vocabulary. [`ClipModel`] implements both rules on candle's towers, loads the same weight names as transformers'
-//! `CLIPModel`, and can also be built with seeded random weights ([`ClipModel::random`]).
+//! Text is pooled at the first `eos_token_id`, as transformers does for current configs (any vocabulary), or at
+//! the largest token id for configs whose `eos_token_id` is the legacy 2. [`ClipModel`] loads the same weight names
+//! as transformers' `CLIPModel`, and can also be built with seeded random weights ([`ClipModel::random`]) and
+//! trained (the demo's embedder, [`crate::train::dual_encoder`]).
 
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::init::Init;
 use candle_nn::{Linear, Module, VarBuilder, VarMap};
-use candle_transformers::models::clip::text_model::{
-    Activation, ClipTextConfig as CandleTextConfig, ClipTextTransformer,
-};
-use candle_transformers::models::clip::vision_model::{
-    ClipVisionConfig as CandleVisionConfig, ClipVisionTransformer,
-};
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::ModelDir;
+use super::clip_towers::{flat_positions, EncoderShape, TextTower, VisionTower};
 use super::error::{compute, EmbedderError};
 use super::init::seeded_var_builder;
 use super::preprocess::ImagePreprocess;
 use super::text::{Padding, TextEncoder, TextSettings};
 use super::{in_batches, l2_normalised_rows, Embedder, EmbedderOptions, Modality, CONFIG_FILE};
+use crate::models::activation::Activation;
 
 const WEIGHTS_FILE: &str = "model.safetensors";
 const TOKENIZER_FILE: &str = "tokenizer.json";
@@ -164,25 +160,15 @@ impl ClipConfig {
         Ok(config)
     }
 
-    /// What candle's towers cannot represent, as `(field, reason)`: they hard-code QuickGELU, a LayerNorm epsilon
-    /// of 1e-5 and (for the preprocessing here) RGB input.
+    /// What the towers cannot represent, as `(field, reason)`: an unknown activation, heads that do not divide
+    /// the width, non-RGB input, a patch larger than the image.
     pub fn check(&self) -> Result<(), (&'static str, String)> {
         let (text, vision) = (&self.text_config, &self.vision_config);
         for (field, act) in [
             ("text_config.hidden_act", &text.hidden_act),
             ("vision_config.hidden_act", &vision.hidden_act),
         ] {
-            if act != "quick_gelu" {
-                return Err((field, format!("`{act}` is not supported, only quick_gelu")));
-            }
-        }
-        for (field, eps) in [
-            ("text_config.layer_norm_eps", text.layer_norm_eps),
-            ("vision_config.layer_norm_eps", vision.layer_norm_eps),
-        ] {
-            if eps != 1e-5 {
-                return Err((field, format!("{eps} is not supported, only 1e-5")));
-            }
+            parse_activation(act).map_err(|reason| (field, reason))?;
         }
         for (field, hidden, heads) in [
             (
@@ -224,42 +210,42 @@ impl ClipConfig {
         Ok(())
     }
 
-    fn candle_text(&self) -> CandleTextConfig {
+    fn text_shape(&self) -> Result<EncoderShape, String> {
         let text = &self.text_config;
-        CandleTextConfig {
-            vocab_size: text.vocab_size,
-            embed_dim: text.hidden_size,
-            activation: Activation::QuickGelu,
-            intermediate_size: text.intermediate_size,
-            max_position_embeddings: text.max_position_embeddings,
-            pad_with: None,
-            num_hidden_layers: text.num_hidden_layers,
-            num_attention_heads: text.num_attention_heads,
-            projection_dim: self.projection_dim,
-        }
+        Ok(EncoderShape {
+            hidden: text.hidden_size,
+            intermediate: text.intermediate_size,
+            heads: text.num_attention_heads,
+            layers: text.num_hidden_layers,
+            eps: text.layer_norm_eps,
+            activation: parse_activation(&text.hidden_act)?,
+        })
     }
 
-    fn candle_vision(&self) -> CandleVisionConfig {
+    fn vision_shape(&self) -> Result<EncoderShape, String> {
         let vision = &self.vision_config;
-        CandleVisionConfig {
-            embed_dim: vision.hidden_size,
-            activation: Activation::QuickGelu,
-            intermediate_size: vision.intermediate_size,
-            num_hidden_layers: vision.num_hidden_layers,
-            num_attention_heads: vision.num_attention_heads,
-            projection_dim: self.projection_dim,
-            num_channels: vision.num_channels,
-            image_size: vision.image_size,
-            patch_size: vision.patch_size,
-        }
+        Ok(EncoderShape {
+            hidden: vision.hidden_size,
+            intermediate: vision.intermediate_size,
+            heads: vision.num_attention_heads,
+            layers: vision.num_hidden_layers,
+            eps: vision.layer_norm_eps,
+            activation: parse_activation(&vision.hidden_act)?,
+        })
     }
 }
 
-/// transformers' `CLIPModel` on candle's towers: unnormalised projected features and the logit scale.
+/// A transformers `hidden_act` name as the model layer's activation.
+fn parse_activation(name: &str) -> Result<Activation, String> {
+    serde_json::from_value(serde_json::Value::String(name.to_string()))
+        .map_err(|_| format!("activation `{name}` is not supported"))
+}
+
+/// transformers' `CLIPModel` on the model layer's differentiable towers: unnormalised projected features and the logit scale.
 #[derive(Debug, Clone)]
 pub struct ClipModel {
-    text: ClipTextTransformer,
-    vision: ClipVisionTransformer,
+    text: TextTower,
+    vision: VisionTower,
     text_projection: Linear,
     visual_projection: Linear,
     logit_scale: Tensor,
@@ -270,8 +256,20 @@ impl ClipModel {
     /// Builds the model from `vb` with transformers' weight names (`text_model.*`, `vision_model.*`,
     /// `text_projection`, `visual_projection`, `logit_scale`). `config` must pass [`ClipConfig::check`].
     pub fn new(config: &ClipConfig, vb: VarBuilder) -> candle_core::Result<Self> {
-        let text = ClipTextTransformer::new(vb.pp("text_model"), &config.candle_text())?;
-        let vision = ClipVisionTransformer::new(vb.pp("vision_model"), &config.candle_vision())?;
+        let text_shape = config.text_shape().map_err(candle_core::Error::Msg)?;
+        let vision_shape = config.vision_shape().map_err(candle_core::Error::Msg)?;
+        let text = TextTower::new(
+            &text_shape,
+            config.text_config.vocab_size,
+            config.text_config.max_position_embeddings,
+            vb.pp("text_model"),
+        )?;
+        let vision = VisionTower::new(
+            &vision_shape,
+            config.vision_config.image_size,
+            config.vision_config.patch_size,
+            vb.pp("vision_model"),
+        )?;
         let text_projection = candle_nn::linear_no_bias(
             config.text_config.hidden_size,
             config.projection_dim,
@@ -307,18 +305,6 @@ impl ClipModel {
     ) -> candle_core::Result<(Self, VarMap)> {
         let varmap = VarMap::new();
         let vb = seeded_var_builder(&varmap, seed, dtype, device);
-        // candle's vision embeddings take the class embedding from the builder only if it already holds one and
-        // otherwise draw it from the unseeded global RNG, outside the VarMap: create it first. The scale is
-        // transformers' initialisation, hidden_size^-0.5.
-        let hidden = config.vision_config.hidden_size;
-        vb.pp("vision_model.embeddings").get_with_hints(
-            hidden,
-            "class_embedding",
-            Init::Randn {
-                mean: 0.,
-                stdev: (hidden as f64).powf(-0.5),
-            },
-        )?;
         let model = Self::new(config, vb)?;
         Ok((model, varmap))
     }
@@ -346,13 +332,8 @@ impl ClipModel {
                 "pooling positions {positions:?} do not fit token ids of shape ({batch}, {len})"
             )
         }
-        let hidden = self.text.forward_with_mask(input_ids, usize::MAX)?;
-        let flat_index: Vec<u32> = positions
-            .iter()
-            .enumerate()
-            .map(|(row, p)| (row * len + p) as u32)
-            .collect();
-        let flat_index = Tensor::new(flat_index, input_ids.device())?;
+        let hidden = self.text.forward(input_ids)?;
+        let flat_index = Tensor::new(flat_positions(positions, len), input_ids.device())?;
         let pooled = hidden.flatten_to(1)?.index_select(&flat_index, 0)?;
         self.text_projection.forward(&pooled)
     }

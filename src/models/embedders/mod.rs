@@ -8,13 +8,15 @@
 //!   weights, for training from scratch.
 //! - [`siglip`]: SigLIP dual encoders in transformers layout.
 //!
-//! The architectures are candle-transformers' inference models, checked against transformers by the parity
-//! fixtures in tests/fixtures/models/embedders; what they lack (CLIP's pooling at the first end-of-text token,
-//! SigLIP's full-length padding, tokenizer and pooling settings from the sentence-transformers files) is here.
+//! BERT and SigLIP run candle-transformers' inference models; CLIP runs this crate's differentiable towers so that
+//! it can also be trained. All are checked against transformers by the parity fixtures in
+//! tests/fixtures/models/embedders; what candle's models lack (SigLIP's full-length padding, tokenizer and pooling
+//! settings from the sentence-transformers files) is here.
 
 pub mod bert;
 mod checkpoint;
 pub mod clip;
+pub mod clip_towers;
 mod error;
 pub mod init;
 mod preprocess;

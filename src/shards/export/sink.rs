@@ -1,0 +1,59 @@
+//! A jsonl file written under a hidden temporary name and renamed into place when complete.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::ExportError;
+
+pub struct JsonlSink {
+    path: PathBuf,
+    tmp: PathBuf,
+    out: BufWriter<File>,
+}
+
+/// The hidden temporary sibling of `path` (`.name.tmp`).
+pub fn temporary(path: &Path) -> Result<PathBuf, ExportError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(ExportError::io(dir))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| ExportError::Malformed {
+            path: path.to_path_buf(),
+            message: "the output must be a file name".into(),
+        })?;
+    Ok(dir.join(format!(".{name}.tmp")))
+}
+
+impl JsonlSink {
+    pub fn create(path: &Path) -> Result<Self, ExportError> {
+        let tmp = temporary(path)?;
+        let file = File::create(&tmp).map_err(ExportError::io(&tmp))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            tmp,
+            out: BufWriter::with_capacity(1 << 20, file),
+        })
+    }
+
+    /// Appends one value as a line.
+    pub fn write(&mut self, line: &impl Serialize) -> Result<(), ExportError> {
+        serde_json::to_writer(&mut self.out, line)?;
+        self.out
+            .write_all(b"\n")
+            .map_err(ExportError::io(&self.tmp))
+    }
+
+    pub fn finish(self) -> Result<(), ExportError> {
+        let file = self.out.into_inner().map_err(|e| ExportError::Io {
+            path: self.tmp.clone(),
+            source: e.into_error(),
+        })?;
+        file.sync_all().map_err(ExportError::io(&self.tmp))?;
+        drop(file);
+        fs::rename(&self.tmp, &self.path).map_err(ExportError::io(&self.path))
+    }
+}

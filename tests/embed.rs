@@ -1,0 +1,811 @@
+//! The embed stage on the small demo world (through ingest) with the tiny CLIP, BERT and Qwen2-VL (GME) fixtures:
+//! vectors equal to the model layer's, a crash that resumes from the cache and ends byte-identical, reruns,
+//! shards, rejects, configuration errors and the CLI.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, LargeBinaryArray, RecordBatch, StringArray, UInt32Array, UInt64Array,
+};
+use arrow::datatypes::Float32Type;
+use candle_core::{DType, Device, Tensor};
+use umrank::dataset::{Dataset, DatasetWriter};
+use umrank::digest::sha256_file;
+use umrank::embed::{
+    embed_into, load_model, EmbedConfig, EmbedError, EmbedModel, EmbedReport, EmbedSources,
+    EmbedStage, ModelOptions, Prepared, PreparedImage, DOC_EMBEDDINGS, QUERY_EMBEDDINGS,
+};
+use umrank::ingest::{Format, IngestConfig, IngestStage};
+use umrank::media::preprocess::{
+    ImagePreprocessor, PreprocessError, Qwen2VlParams, Qwen2VlProcessor,
+};
+use umrank::modality::Modality;
+use umrank::models::embedders::{self, EmbedderOptions};
+use umrank::models::prompt::IM_END;
+use umrank::models::qwen2_vl::{
+    gme_embed, GmeInput, GmePromptBuilder, ImageGrid, ImagePatches, Qwen2VlModel, ScoreInput,
+};
+use umrank::models::tokenizer::Tokenizer;
+use umrank::pipeline::{
+    Input, Output, RejectPolicy, RunOptions, Runner, Stage, StageContext, StageError,
+};
+use umrank::shard::Shard;
+use umrank::world::{generate, WorldConfig, WorldSize};
+
+fn fixture(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(path)
+}
+
+fn clip_dir() -> PathBuf {
+    fixture("embedders/clip")
+}
+
+/// The small demo world, ingested once per test binary into a directory every test reads (never writes).
+fn ingested() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let root = dir.join("world");
+        generate(
+            &WorldConfig {
+                seed: 3,
+                size: WorldSize::Small,
+                image_side: 56,
+            },
+            &root,
+        )
+        .unwrap();
+        let out = dir.join("ingest");
+        let stage = IngestStage::new(IngestConfig::new(Format::Mbeir, root)).unwrap();
+        let options = RunOptions {
+            dirs: [("ingest".to_string(), out.clone())].into(),
+            ..Default::default()
+        };
+        Runner::new(
+            dir.clone(),
+            1,
+            vec![("ingest".into(), Box::new(stage))],
+            options,
+        )
+        .run()
+        .unwrap();
+        out
+    })
+}
+
+/// An embed stage run through the pipeline runner, with the model injected: the stage under test is the library
+/// function [`embed_into`], the same one `EmbedStage` calls.
+struct Injected {
+    stage: EmbedStage,
+    config: EmbedConfig,
+    model: Arc<dyn EmbedModel>,
+    report: Arc<Mutex<Option<EmbedReport>>>,
+}
+
+impl Stage for Injected {
+    fn name(&self) -> &'static str {
+        "embed"
+    }
+
+    fn config(&self) -> serde_json::Value {
+        self.stage.config()
+    }
+
+    fn inputs(&self) -> Vec<Input> {
+        vec![Input::Stage("ingest".into())]
+    }
+
+    fn outputs(&self) -> Vec<Output> {
+        self.stage.outputs()
+    }
+
+    fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
+        let upstream = ctx.upstream_dir("ingest")?.to_path_buf();
+        let sources = EmbedSources {
+            corpus: upstream.join("corpus"),
+            queries: upstream.join("queries"),
+            images: Some(upstream.join("images")),
+        };
+        let report = embed_into(ctx, &self.config, &sources, self.model.as_ref())?;
+        *self.report.lock().unwrap() = Some(report);
+        Ok(())
+    }
+}
+
+/// A model that fails at its `fail_at`-th batch (counting from 1), as a crashed forward pass would.
+struct FailingModel {
+    inner: Arc<dyn EmbedModel>,
+    fail_at: usize,
+    calls: AtomicUsize,
+}
+
+impl EmbedModel for FailingModel {
+    fn fingerprint(&self) -> &str {
+        self.inner.fingerprint()
+    }
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+    fn supports(&self, modality: Modality) -> bool {
+        self.inner.supports(modality)
+    }
+    fn takes_instructions(&self) -> bool {
+        self.inner.takes_instructions()
+    }
+    fn length(&self, text: Option<&str>, image_size: Option<(u32, u32)>) -> usize {
+        self.inner.length(text, image_size)
+    }
+    fn prepare_image(&self, bytes: &[u8]) -> Result<PreparedImage, PreprocessError> {
+        self.inner.prepare_image(bytes)
+    }
+    fn embed(&self, batch: &[Prepared<'_>]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) + 1 == self.fail_at {
+            return Err(EmbedError::Batch(
+                "simulated crash in the forward pass".into(),
+            ));
+        }
+        self.inner.embed(batch)
+    }
+}
+
+fn cpu_model(dir: &Path, batch_size: usize) -> Arc<dyn EmbedModel> {
+    let options = ModelOptions {
+        device: Device::Cpu,
+        dtype: DType::F32,
+        batch_size,
+    };
+    Arc::from(load_model(dir, &options).unwrap())
+}
+
+fn config(batch_size: usize, cache_rows: usize) -> EmbedConfig {
+    let mut config = EmbedConfig::new("ingest", clip_dir());
+    config.batch_size = batch_size;
+    config.cache_rows = cache_rows;
+    config
+}
+
+fn run_injected(
+    out: &Path,
+    config: &EmbedConfig,
+    model: Arc<dyn EmbedModel>,
+    shard: Option<Shard>,
+    force: bool,
+) -> Result<EmbedReport, String> {
+    let report = Arc::new(Mutex::new(None));
+    let stage = Injected {
+        stage: EmbedStage::new(config.clone()).unwrap(),
+        config: config.clone(),
+        model,
+        report: report.clone(),
+    };
+    let options = RunOptions {
+        force,
+        shard,
+        dirs: [
+            ("embed".to_string(), out.to_path_buf()),
+            ("ingest".to_string(), ingested().to_path_buf()),
+        ]
+        .into(),
+        ..Default::default()
+    };
+    Runner::new(
+        out.to_path_buf(),
+        1,
+        vec![("embed".into(), Box::new(stage))],
+        options,
+    )
+    .run()
+    .map_err(|e| e.to_string())?;
+    let report = report.lock().unwrap().clone();
+    report.ok_or_else(|| "the stage did not run".to_string())
+}
+
+/// The rows of an embeddings dataset: id -> (kind, vector, model), and the ids in order.
+struct Embeddings {
+    ids: Vec<String>,
+    rows: BTreeMap<String, (String, Vec<f32>, String)>,
+}
+
+fn read_embeddings(dir: &Path) -> Embeddings {
+    let mut ids = Vec::new();
+    let mut rows = BTreeMap::new();
+    for batch in Dataset::open(dir).unwrap().batches().unwrap() {
+        let batch = batch.unwrap();
+        let id = batch.column(0).as_string::<i32>();
+        let kind = batch.column(1).as_string::<i32>();
+        let vector = batch.column(2).as_fixed_size_list();
+        let model = batch.column(3).as_string::<i32>();
+        for row in 0..batch.num_rows() {
+            let values = vector.value(row);
+            let values = values.as_primitive::<Float32Type>().values().to_vec();
+            ids.push(id.value(row).to_string());
+            rows.insert(
+                id.value(row).to_string(),
+                (
+                    kind.value(row).to_string(),
+                    values,
+                    model.value(row).to_string(),
+                ),
+            );
+        }
+    }
+    Embeddings { ids, rows }
+}
+
+/// Every column of a dataset as strings by name, row by row.
+fn column(dir: &Path, name: &str) -> Vec<Option<String>> {
+    let mut out = Vec::new();
+    for batch in Dataset::open(dir).unwrap().batches().unwrap() {
+        let batch = batch.unwrap();
+        let col = batch.column_by_name(name).unwrap().as_string::<i32>();
+        out.extend((0..col.len()).map(|i| (!col.is_null(i)).then(|| col.value(i).to_string())));
+    }
+    out
+}
+
+fn part_hashes(out: &Path) -> Vec<String> {
+    [DOC_EMBEDDINGS, QUERY_EMBEDDINGS]
+        .iter()
+        .map(|name| sha256_file(&out.join(name).join("part-00000-of-00001.parquet")).unwrap())
+        .collect()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+}
+
+fn normalised_sum(a: &[f32], b: &[f32]) -> Vec<f32> {
+    let sum: Vec<f32> = a.iter().zip(b).map(|(x, y)| x + y).collect();
+    let norm = sum.iter().map(|v| v * v).sum::<f32>().sqrt();
+    sum.iter().map(|v| v / norm).collect()
+}
+
+#[test]
+fn clip_vectors_are_the_embedders_in_input_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("embed");
+    let report =
+        run_injected(&out, &config(8, 64), cpu_model(&clip_dir(), 8), None, false).unwrap();
+    assert_eq!(report.records, 375, "300 documents and 75 queries");
+    assert_eq!(report.rejected, 0);
+    assert_eq!((report.cached, report.embedded), (0, report.inputs));
+
+    let ingest = ingested();
+    let docs = read_embeddings(&out.join(DOC_EMBEDDINGS));
+    let queries = read_embeddings(&out.join(QUERY_EMBEDDINGS));
+    let dids: Vec<String> = column(&ingest.join("corpus"), "did")
+        .into_iter()
+        .flatten()
+        .collect();
+    let qids: Vec<String> = column(&ingest.join("queries"), "qid")
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(docs.ids, dids, "documents in corpus order");
+    assert_eq!(queries.ids, qids, "queries in queries order");
+    assert!(docs.rows.values().all(|(kind, _, _)| kind == "doc"));
+    assert!(queries.rows.values().all(|(kind, _, _)| kind == "query"));
+
+    // Every vector against the embedder run on its own (the reference embedder preprocesses images with its own
+    // code, so a few 1e-6 of rounding apart at most).
+    let embedder = embedders::load(&clip_dir(), &EmbedderOptions::default()).unwrap();
+    let model = cpu_model(&clip_dir(), 8);
+    let images = image_bytes(&ingest.join("images"));
+    let mut seen = [0usize; 3];
+    for (dataset, id_column, got) in [("corpus", "did", &docs), ("queries", "qid", &queries)] {
+        let source = ingest.join(dataset);
+        let (ids, modality, text, image) = (
+            column(&source, id_column),
+            column(&source, "modality"),
+            column(&source, "text"),
+            column(&source, "image_id"),
+        );
+        for (i, id) in ids.iter().flatten().enumerate() {
+            let (_, got, fingerprint) = &got.rows[id];
+            assert_eq!(fingerprint, model.fingerprint());
+            let norm: f32 = got.iter().map(|v| v * v).sum::<f32>().sqrt();
+            assert!((norm - 1.0).abs() < 1e-5, "{id}: norm {norm}");
+            let text_vector = || {
+                embedder
+                    .embed_texts(&[text[i].as_deref().unwrap()])
+                    .unwrap()
+                    .remove(0)
+            };
+            let image_vector = || {
+                let bytes = &images[image[i].as_ref().unwrap()];
+                let rgb = image::load_from_memory(bytes).unwrap().to_rgb8();
+                embedder.embed_images(&[rgb]).unwrap().remove(0)
+            };
+            let expected = match modality[i].as_deref().unwrap() {
+                "text" => {
+                    seen[0] += 1;
+                    text_vector()
+                }
+                "image" => {
+                    seen[1] += 1;
+                    image_vector()
+                }
+                _ => {
+                    seen[2] += 1;
+                    normalised_sum(&text_vector(), &image_vector())
+                }
+            };
+            let diff = max_abs_diff(got, &expected);
+            assert!(diff < 1e-5, "{id} ({:?}): off by {diff}", modality[i]);
+        }
+    }
+    assert!(
+        seen.iter().all(|&n| n > 0),
+        "all three modalities covered: {seen:?}"
+    );
+}
+
+/// image_id -> encoded bytes.
+fn image_bytes(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for batch in Dataset::open(dir).unwrap().batches().unwrap() {
+        let batch = batch.unwrap();
+        let ids = batch.column(0).as_string::<i32>();
+        let bytes = batch
+            .column(1)
+            .as_any()
+            .downcast_ref::<LargeBinaryArray>()
+            .unwrap();
+        for row in 0..batch.num_rows() {
+            out.insert(ids.value(row).to_string(), bytes.value(row).to_vec());
+        }
+    }
+    out
+}
+
+#[test]
+fn a_crash_resumes_from_the_cache_and_ends_byte_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(4, 4);
+    let model = cpu_model(&clip_dir(), 4);
+
+    let undisturbed = dir.path().join("undisturbed");
+    let full = run_injected(&undisturbed, &config, model.clone(), None, false).unwrap();
+    assert_eq!(full.cached, 0);
+    let expected = part_hashes(&undisturbed);
+
+    // The fifth batch fails: four batches of four inputs were embedded and, one chunk each, cached.
+    let crashed = dir.path().join("crashed");
+    let failing = Arc::new(FailingModel {
+        inner: model.clone(),
+        fail_at: 5,
+        calls: AtomicUsize::new(0),
+    });
+    let err = run_injected(&crashed, &config, failing, None, false).unwrap_err();
+    assert!(err.contains("simulated crash"), "{err}");
+    assert!(
+        !crashed.join("manifest.json").exists(),
+        "a failed stage is not finished"
+    );
+    assert!(!crashed
+        .join(DOC_EMBEDDINGS)
+        .join("part-00000-of-00001.parquet")
+        .exists());
+    let cache_dir = crashed
+        .join("cache")
+        .join(full.cache_dir.file_name().unwrap());
+    let chunks = fs::read_dir(&cache_dir).unwrap().count();
+    assert_eq!(chunks, 4);
+
+    // The same command again: only what is missing goes through the model, and the outputs are the same bytes.
+    let resumed = run_injected(&crashed, &config, model.clone(), None, false).unwrap();
+    assert_eq!(resumed.cached, 16);
+    assert_eq!(resumed.embedded, full.inputs - 16);
+    assert_eq!(resumed.batches_skipped, 4);
+    assert_eq!(resumed.cache_dir, cache_dir);
+    assert_eq!(part_hashes(&crashed), expected);
+
+    // A forced rerun embeds nothing and is byte-identical too.
+    let rerun = run_injected(&crashed, &config, model.clone(), None, true).unwrap();
+    assert_eq!((rerun.cached, rerun.embedded), (full.inputs, 0));
+    assert_eq!(part_hashes(&crashed), expected);
+
+    // Another batch size is another plan: its cache starts empty, and its vectors agree to rounding.
+    let mut other = config.clone();
+    other.batch_size = 8;
+    let replanned = run_injected(&crashed, &other, cpu_model(&clip_dir(), 8), None, false).unwrap();
+    assert_eq!(replanned.cached, 0);
+    assert_ne!(replanned.cache_dir, cache_dir);
+    let (a, b) = (
+        read_embeddings(&undisturbed.join(DOC_EMBEDDINGS)),
+        read_embeddings(&crashed.join(DOC_EMBEDDINGS)),
+    );
+    for (id, (_, v, _)) in &a.rows {
+        assert!(max_abs_diff(v, &b.rows[id].1) < 1e-5, "{id}");
+    }
+}
+
+#[test]
+fn shards_partition_the_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("embed");
+    let config = config(8, 64);
+    let model = cpu_model(&clip_dir(), 8);
+    let whole = dir.path().join("whole");
+    run_injected(&whole, &config, model.clone(), None, false).unwrap();
+    let mut records = 0;
+    for index in 0..2 {
+        let shard = Shard::new(index, 2).unwrap();
+        records += run_injected(&out, &config, model.clone(), Some(shard), false)
+            .unwrap()
+            .records;
+    }
+    assert_eq!(records, 375);
+    for name in [DOC_EMBEDDINGS, QUERY_EMBEDDINGS] {
+        let parts = Dataset::open(&out.join(name)).unwrap();
+        assert_eq!(parts.parts().len(), 2);
+        let (sharded, unsharded) = (
+            read_embeddings(&out.join(name)),
+            read_embeddings(&whole.join(name)),
+        );
+        assert_eq!(sharded.rows.len(), unsharded.rows.len());
+        for (id, (_, v, _)) in &unsharded.rows {
+            assert!(max_abs_diff(v, &sharded.rows[id].1) < 1e-5, "{id}");
+        }
+    }
+}
+
+#[test]
+fn a_model_that_cannot_embed_a_modality_fails_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("embed");
+    let mut config = config(8, 64);
+    config.model = Some(fixture("embedders/bert"));
+    let err = run_injected(
+        &out,
+        &config,
+        cpu_model(&fixture("embedders/bert"), 8),
+        None,
+        false,
+    )
+    .unwrap_err();
+    assert!(err.contains("the model cannot embed"), "{err}");
+    assert!(err.contains("image docs"), "{err}");
+    assert!(!out.join("cache").exists(), "nothing was embedded");
+}
+
+/// A hand-written corpus: two text documents, an image document whose bytes are not an image, and one whose
+/// image is missing from the images dataset.
+fn broken_inputs(dir: &Path) -> EmbedConfig {
+    let schema = |kind: &str| umrank::schema::get(kind).unwrap().arrow();
+    let strings = |v: Vec<Option<&str>>| Arc::new(StringArray::from(v)) as ArrayRef;
+    let corpus = dir.join("corpus");
+    let mut writer = DatasetWriter::create(&corpus, "corpus", Shard::ALL).unwrap();
+    let batch = RecordBatch::try_new(
+        schema("corpus"),
+        vec![
+            strings(vec![Some("d1"), Some("d2"), Some("d3"), Some("d4")]),
+            strings(vec![
+                Some("text"),
+                Some("image"),
+                Some("image"),
+                Some("text"),
+            ]),
+            strings(vec![
+                Some("a red square"),
+                None,
+                None,
+                Some("a blue circle"),
+            ]),
+            strings(vec![None, Some("bad"), Some("absent"), None]),
+            strings(vec![Some("t"); 4]),
+            strings(vec![Some("pool.jsonl"); 4]),
+            Arc::new(UInt64Array::from(vec![1, 2, 3, 4])),
+        ],
+    )
+    .unwrap();
+    writer.write(&batch).unwrap();
+    writer.finish().unwrap();
+    let queries = dir.join("queries");
+    let mut writer = DatasetWriter::create(&queries, "queries", Shard::ALL).unwrap();
+    let batch = RecordBatch::try_new(
+        schema("queries"),
+        vec![
+            strings(vec![Some("q1")]),
+            strings(vec![Some("text")]),
+            strings(vec![Some("red")]),
+            strings(vec![None]),
+            strings(vec![Some("Find the shape.")]),
+            Arc::new(arrow::array::Int32Array::from(vec![Some(0)])),
+            strings(vec![Some("text->image")]),
+            strings(vec![Some("t")]),
+            strings(vec![Some("test")]),
+            strings(vec![Some("q.jsonl")]),
+            Arc::new(UInt64Array::from(vec![1])),
+        ],
+    )
+    .unwrap();
+    writer.write(&batch).unwrap();
+    writer.finish().unwrap();
+    let images = dir.join("images");
+    let mut writer = DatasetWriter::create(&images, "images", Shard::ALL).unwrap();
+    let batch = RecordBatch::try_new(
+        schema("images"),
+        vec![
+            strings(vec![Some("bad")]),
+            Arc::new(LargeBinaryArray::from(vec![&b"not an image"[..]])),
+            Arc::new(UInt32Array::from(vec![8])),
+            Arc::new(UInt32Array::from(vec![8])),
+            strings(vec![Some("png")]),
+        ],
+    )
+    .unwrap();
+    writer.write(&batch).unwrap();
+    writer.finish().unwrap();
+    EmbedConfig {
+        from: None,
+        corpus: Some(corpus),
+        queries: Some(queries),
+        images: Some(images),
+        ..config(8, 64)
+    }
+}
+
+#[test]
+fn records_without_a_usable_image_are_rejects_with_their_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = broken_inputs(dir.path());
+    let out = dir.path().join("embed");
+    let options = RunOptions {
+        policy: RejectPolicy {
+            max_fraction: 0.5,
+            strict: false,
+        },
+        dirs: [("embed".to_string(), out.clone())].into(),
+        ..Default::default()
+    };
+    let stage = EmbedStage::new(config).unwrap();
+    let reports = Runner::new(
+        out.clone(),
+        0,
+        vec![("embed".into(), Box::new(stage))],
+        options,
+    )
+    .run()
+    .unwrap();
+    assert_eq!((reports[0].records, reports[0].rejects), (5, 2));
+    let rejects = out.join("rejects.parquet");
+    let reasons: Vec<Option<String>> = column(&rejects, "reason");
+    let ids: Vec<Option<String>> = column(&rejects, "record_id");
+    assert_eq!(
+        reasons,
+        [
+            Some("image_unusable".to_string()),
+            Some("image_not_found".to_string())
+        ]
+    );
+    assert_eq!(ids, [Some("d2".to_string()), Some("d3".to_string())]);
+    let docs = read_embeddings(&out.join(DOC_EMBEDDINGS));
+    assert_eq!(docs.ids, ["d1", "d4"]);
+    assert_eq!(read_embeddings(&out.join(QUERY_EMBEDDINGS)).ids, ["q1"]);
+}
+
+/// GME on the tiny Qwen2-VL: a query's vector is the model layer's embedding of GME's prompt with the query's
+/// instruction; documents take the default instruction.
+#[test]
+fn gme_embeds_queries_with_their_instruction() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("embed");
+    let gme_dir = fixture("vlm/qwen2_vl");
+    let mut config = config(8, 64);
+    config.model = Some(gme_dir.clone());
+    let model = cpu_model(&gme_dir, 8);
+    assert!(model.takes_instructions());
+    let report = run_injected(&out, &config, model, None, false).unwrap();
+    assert_eq!((report.records, report.rejected), (375, 0));
+
+    let ingest = ingested();
+    let queries = ingest.join("queries");
+    let (qids, modality, text, image, instruction) = (
+        column(&queries, "qid"),
+        column(&queries, "modality"),
+        column(&queries, "text"),
+        column(&queries, "image_id"),
+        column(&queries, "instruction"),
+    );
+    let got = read_embeddings(&out.join(QUERY_EMBEDDINGS));
+    let images = image_bytes(&ingest.join("images"));
+    let vl = Qwen2VlModel::from_model_dir(&gme_dir, DType::F32, &Device::Cpu).unwrap();
+    let tokenizer = Tokenizer::from_dir(&gme_dir).unwrap();
+    let builder = GmePromptBuilder::new(&tokenizer).unwrap();
+    let processor = Qwen2VlProcessor::new(Qwen2VlParams::default()).unwrap();
+    let pad = tokenizer.special_token_id(IM_END).unwrap();
+    // One query of each modality.
+    for wanted in ["text", "image", "image,text"] {
+        let i = modality
+            .iter()
+            .position(|m| m.as_deref() == Some(wanted))
+            .unwrap();
+        let patches = image[i].as_ref().map(|id| {
+            let pixels = processor.preprocess_bytes(&images[id]).unwrap();
+            let [t, h, w] = pixels.grid_thw;
+            ImagePatches {
+                pixels: Tensor::from_vec(
+                    pixels.patches,
+                    (pixels.num_patches, pixels.patch_dim),
+                    &Device::Cpu,
+                )
+                .unwrap(),
+                grid: ImageGrid::new(t, h, w),
+            }
+        });
+        let embed = |instruction: Option<&str>| -> Vec<f32> {
+            let ids = builder
+                .build(&GmeInput {
+                    instruction,
+                    text: text[i].as_deref(),
+                    image_tokens: patches.as_ref().map(|p| p.grid.merged_tokens(2)),
+                })
+                .unwrap();
+            let images: Vec<ImagePatches> = patches.iter().cloned().collect();
+            let input = [ScoreInput {
+                ids: &ids,
+                images: &images,
+            }];
+            gme_embed(&vl, &input, pad)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap()
+                .remove(0)
+        };
+        let qid = qids[i].as_ref().unwrap();
+        let vector = &got.rows[qid].1;
+        let with = embed(instruction[i].as_deref());
+        assert!(max_abs_diff(vector, &with) < 1e-5, "{qid} ({wanted})");
+        assert!(
+            max_abs_diff(vector, &embed(None)) > 1e-3,
+            "{qid}: the instruction matters"
+        );
+    }
+}
+
+fn umrank(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_umrank"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_cli_embeds_an_ingest_dir_and_a_rerun_is_up_to_date() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("embed");
+    let (out_s, from, model) = (
+        out.to_str().unwrap(),
+        ingested().to_str().unwrap(),
+        clip_dir(),
+    );
+    let args = [
+        "embed",
+        "--out",
+        out_s,
+        "--from",
+        from,
+        "--model",
+        model.to_str().unwrap(),
+        "--batch-size",
+        "16",
+    ];
+    let (ok, stdout, stderr) = umrank(&args);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("ran"), "{stdout}");
+    assert!(stderr.contains(", 0 from the cache"), "{stderr}");
+    let first = part_hashes(&out);
+    let (ok, stdout, _) = umrank(&args);
+    assert!(ok && stdout.contains("up to date"), "{stdout}");
+    let mut forced = args.to_vec();
+    forced.push("--force");
+    let (ok, _, stderr) = umrank(&forced);
+    assert!(ok && stderr.contains(", 0 embedded"), "{stderr}");
+    assert_eq!(part_hashes(&out), first);
+
+    let (ok, _, stderr) = umrank(&["embed", "--out", out_s, "--model", "x"]);
+    assert!(!ok && stderr.contains("--from"), "{stderr}");
+}
+
+/// A stage that writes a model directory, as a stage that trains an embedder does: here, a copy of the tiny CLIP.
+struct CopyModel;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoConfig {}
+
+impl Stage for CopyModel {
+    fn name(&self) -> &'static str {
+        "copy_model"
+    }
+    fn config(&self) -> serde_json::Value {
+        serde_json::json!({})
+    }
+    fn inputs(&self) -> Vec<Input> {
+        vec![Input::Files(vec![clip_dir()])]
+    }
+    fn outputs(&self) -> Vec<Output> {
+        vec![Output::tree("model")]
+    }
+    fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
+        let to = ctx.output_path("model");
+        fs::create_dir_all(&to)?;
+        for entry in fs::read_dir(clip_dir())? {
+            let entry = entry?;
+            fs::copy(entry.path(), to.join(entry.file_name()))?;
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_pipeline_embeds_with_the_model_an_upstream_stage_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+        [pipeline]
+        name = "t"
+        workdir = "{}"
+        [ingest]
+        root = "not read: the ingest below is already done"
+        [trained]
+        kind = "copy_model"
+        [embed]
+        from = "ingest"
+        model_from = "trained"
+        model = "model"
+        batch_size = 8
+        "#,
+        dir.path().display()
+    );
+    let config = umrank::pipeline::PipelineConfig::parse(Path::new("t.toml"), &text).unwrap();
+    let mut registry = umrank::stages::registry();
+    registry.register("copy_model", |_: NoConfig| Ok(CopyModel));
+    let options = RunOptions {
+        from: Some("trained".into()),
+        dirs: [("ingest".to_string(), ingested().to_path_buf())].into(),
+        ..Default::default()
+    };
+    let runner = Runner::from_config(&config, &registry, options).unwrap();
+    let reports = runner.run().unwrap();
+    assert_eq!(reports[2].records, 375);
+    let docs = read_embeddings(&dir.path().join("embed").join(DOC_EMBEDDINGS));
+    let fingerprint = cpu_model(&clip_dir(), 8).fingerprint().to_string();
+    assert!(docs
+        .rows
+        .values()
+        .all(|(_, _, model)| *model == fingerprint));
+    let manifest = fs::read_to_string(dir.path().join("embed/manifest.json")).unwrap();
+    assert!(
+        manifest.contains("\"trained\""),
+        "the model stage is an input"
+    );
+
+    // A second run finds the stage up to date.
+    let runner = Runner::from_config(
+        &config,
+        &registry,
+        RunOptions {
+            from: Some("trained".into()),
+            dirs: [("ingest".to_string(), ingested().to_path_buf())].into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let again = runner.run().unwrap();
+    assert_eq!(again[2].outcome, umrank::pipeline::StageOutcome::UpToDate);
+}
