@@ -34,6 +34,15 @@ fn compile_ptx(source: &str, output: &str) {
         .arg("-o")
         .arg(&out)
         .status()
-        .unwrap_or_else(|error| panic!("cannot run {}: {error} (set NVCC or CUDA_ROOT)", nvcc.display()));
-    assert!(status.success(), "{} failed on {source} ({status})", nvcc.display());
+        .unwrap_or_else(|error| {
+            panic!(
+                "cannot run {}: {error} (set NVCC or CUDA_ROOT)",
+                nvcc.display()
+            )
+        });
+    assert!(
+        status.success(),
+        "{} failed on {source} ({status})",
+        nvcc.display()
+    );
 }

@@ -8,10 +8,7 @@ pub enum CudaTopKError {
     #[error(transparent)]
     Mine(#[from] MineError),
     #[error("{what}: {problem}")]
-    Input {
-        what: &'static str,
-        problem: String,
-    },
+    Input { what: &'static str, problem: String },
     #[error("k = {k} is above the CUDA selection's limit of {max} hits per query")]
     KTooLarge { k: usize, max: usize },
     /// A failure of candle's CUDA backend or of the driver (allocation, launch, copy).

@@ -1,9 +1,11 @@
 //! Launchers for the kernels of `topk.cu`, compiled to PTX by build.rs and loaded once per device through
 //! candle's module cache, so that they run on candle's stream, ordered after the matrix products that feed them.
 
+use std::cell::RefCell;
+
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::WrapErr;
-use candle_core::CudaDevice;
+use candle_core::{CpuStorage, CudaDevice, CudaStorage, InplaceOp1, Layout};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/mine_topk.ptx"));
 const MODULE: &str = "umrank_mine_topk";
@@ -42,7 +44,10 @@ pub(super) fn scan_values(
     let mut max_bits = stream.alloc_zeros::<u32>(1).w()?;
     let mut first_bad = stream.clone_htod(&[u64::MAX]).w()?;
     let len = values.len() as u64;
-    let blocks = values.len().div_ceil(SCAN_THREADS as usize).min(SCAN_MAX_BLOCKS) as u32;
+    let blocks = values
+        .len()
+        .div_ceil(SCAN_THREADS as usize)
+        .min(SCAN_MAX_BLOCKS) as u32;
     let func = device.get_or_load_custom_func("scan_values", MODULE, PTX)?;
     let mut launch = func.builder();
     launch.arg(values);
@@ -64,11 +69,11 @@ pub(super) fn scan_values(
     })
 }
 
-/// One chunk of scores and what the selection needs to know about it.
-pub(super) struct ScoredChunk<'a> {
-    /// `rows x cols` scores, row-major: the wave's queries against the chunk's documents. The kernel overwrites
-    /// excluded entries with -inf, so this must be a buffer nothing else reads.
-    pub(super) scores: CudaView<'a, f32>,
+/// Merges one chunk of scores into a wave's running lists. It runs as an in-place op on the chunk's score tensor
+/// (`rows x cols`, the wave's queries against the chunk's documents), because the kernel overwrites the excluded
+/// entries with -inf: candle then hands it the scores mutably, on the tensor's own stream. The tensor must be one
+/// that nothing else reads.
+pub(super) struct MergeChunk<'a> {
     pub(super) rows: u32,
     pub(super) cols: u32,
     /// Tie ranks of the chunk's documents.
@@ -78,33 +83,59 @@ pub(super) struct ScoredChunk<'a> {
     /// `rows + 1` offsets into `exclusion_docs`: the wave's exclusion lists.
     pub(super) exclusion_offsets: CudaView<'a, u64>,
     pub(super) exclusion_docs: &'a CudaSlice<u32>,
+    /// `rows x k` rank keys, best first, updated in place. A cell because candle lends the op by shared
+    /// reference.
+    pub(super) kept: RefCell<&'a mut CudaSlice<u64>>,
+    /// Hits per query, in `1..=MAX_K`.
+    pub(super) k: u32,
 }
 
-/// Merges a chunk into the wave's running lists: `kept` holds `rows x k` rank keys, best first, and is updated in
-/// place. `k` must be in `1..=MAX_K`.
-pub(super) fn merge_chunk(
-    device: &CudaDevice,
-    chunk: &ScoredChunk<'_>,
-    kept: &mut CudaSlice<u64>,
-    k: u32,
-) -> candle_core::Result<()> {
-    let func = device.get_or_load_custom_func("topk_merge_chunk", MODULE, PTX)?;
-    let mut launch = func.builder();
-    launch.arg(&chunk.scores);
-    launch.arg(&chunk.cols);
-    launch.arg(&chunk.ties);
-    launch.arg(&chunk.first_doc);
-    launch.arg(&chunk.exclusion_offsets);
-    launch.arg(chunk.exclusion_docs);
-    launch.arg(kept);
-    launch.arg(&k);
-    let config = LaunchConfig {
-        grid_dim: (chunk.rows, 1, 1),
-        block_dim: (SELECT_THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    // SAFETY: the argument list matches topk_merge_chunk in topk.cu; the caller sizes scores (rows x cols), ties
-    // (cols), the offsets (rows + 1, within exclusion_docs) and kept (rows x k), and keeps k within MAX_K.
-    unsafe { launch.launch(config) }.w()?;
-    Ok(())
+impl InplaceOp1 for MergeChunk<'_> {
+    fn name(&self) -> &'static str {
+        "umrank_mine_topk_merge_chunk"
+    }
+
+    fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout) -> candle_core::Result<()> {
+        candle_core::bail!("{}: the scores are not on a CUDA device", self.name())
+    }
+
+    fn cuda_fwd(&self, storage: &mut CudaStorage, layout: &Layout) -> candle_core::Result<()> {
+        let expected = self.rows as usize * self.cols as usize;
+        let (start, end) = match layout.contiguous_offsets() {
+            Some((start, end)) if end - start == expected => (start, end),
+            _ => candle_core::bail!(
+                "{}: scores must be a contiguous {} x {} matrix",
+                self.name(),
+                self.rows,
+                self.cols
+            ),
+        };
+        let kept_len = self.rows as usize * self.k as usize;
+        let mut kept = self.kept.borrow_mut();
+        if kept.len() != kept_len || self.ties.len() != self.cols as usize {
+            candle_core::bail!("{}: running lists or tie ranks mis-sized", self.name());
+        }
+        let device = storage.device.clone();
+        let func = device.get_or_load_custom_func("topk_merge_chunk", MODULE, PTX)?;
+        let mut scores = storage.as_cuda_slice_mut::<f32>()?.slice_mut(start..end);
+        let mut launch = func.builder();
+        launch.arg(&mut scores);
+        launch.arg(&self.cols);
+        launch.arg(&self.ties);
+        launch.arg(&self.first_doc);
+        launch.arg(&self.exclusion_offsets);
+        launch.arg(self.exclusion_docs);
+        launch.arg(&mut **kept);
+        launch.arg(&self.k);
+        let config = LaunchConfig {
+            grid_dim: (self.rows, 1, 1),
+            block_dim: (SELECT_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the argument list matches topk_merge_chunk in topk.cu. Sizes: scores rows x cols and kept
+        // rows x k (both checked above), ties cols (checked); the caller passes rows + 1 offsets that stay within
+        // exclusion_docs and keeps k within MAX_K (the kernel's shared buffer holds 2 x MAX_K candidates).
+        unsafe { launch.launch(config) }.w()?;
+        Ok(())
+    }
 }

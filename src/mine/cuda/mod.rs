@@ -15,11 +15,15 @@ pub mod rank_key;
 #[cfg(feature = "cuda")]
 mod error;
 #[cfg(feature = "cuda")]
+mod host;
+#[cfg(feature = "cuda")]
 mod kernels;
 #[cfg(feature = "cuda")]
 mod search;
 
 #[cfg(feature = "cuda")]
 pub use error::CudaTopKError;
+#[cfg(feature = "cuda")]
+pub(crate) use host::top_k_from_host;
 #[cfg(feature = "cuda")]
 pub use search::{exact_top_k_cuda, CUDA_TOP_K_DEFAULTS};

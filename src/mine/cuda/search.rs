@@ -2,12 +2,14 @@
 //! a time, and the selection kernel merges each chunk into the queries' running lists on the device. Only the
 //! final `queries x k` keys come back to the host.
 
+use std::cell::RefCell;
+
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView};
 use candle_core::cuda_backend::WrapErr;
 use candle_core::{CudaDevice, DType, Storage, Tensor};
 
 use super::error::CudaTopKError;
-use super::kernels::{self, ScoredChunk, MAX_K};
+use super::kernels::{self, MergeChunk, MAX_K};
 use super::rank_key;
 use crate::mine::matrix::check_score_range;
 use crate::mine::{DocOrder, Exclusions, Hit, MineError, TopKConfig};
@@ -22,6 +24,8 @@ pub const CUDA_TOP_K_DEFAULTS: TopKConfig = TopKConfig {
 
 /// Chunks are cut to this many documents so that the kernel's u32 candidate counts cannot overflow.
 const MAX_CHUNK_DOCS: usize = 1 << 30;
+/// Waves are cut to this many queries, well inside the launch grid's limit of 2^31 - 1 blocks (one per query).
+const MAX_WAVE_QUERIES: usize = 1 << 24;
 
 /// The `config.k` best documents of `corpus` for each of `queries`, best first, leaving out each query's
 /// exclusions: the same lists as [`exact_top_k`](crate::mine::exact_top_k) returns for the same scores, ties
@@ -88,12 +92,29 @@ pub fn exact_top_k_cuda(
     let search = Search::upload(
         &device, &corpus, first_doc, order, exclusions, query_rows, config,
     )?;
+    warn_if_reduced_precision();
+    let wave = config.query_block.min(MAX_WAVE_QUERIES);
     let mut hits = Vec::with_capacity(query_rows);
-    for start in (0..query_rows).step_by(config.query_block) {
-        let rows = config.query_block.min(query_rows - start);
+    for start in (0..query_rows).step_by(wave) {
+        let rows = wave.min(query_rows - start);
         hits.extend(search.wave(&queries.narrow(0, start, rows)?, start)?);
     }
     Ok(hits)
+}
+
+/// TF32 products (a process-wide candle switch that training may turn on) round the inputs to 10-bit mantissas:
+/// lists stay exact for the scores computed, but those scores drift from the CPU path's by about 1e-3 relative
+/// and reorder near ties. Mining does not flip the switch itself (other threads may rely on it); it says so.
+fn warn_if_reduced_precision() {
+    if candle_core::cuda::gemm_reduced_precision_f32() {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!(
+                "mine: candle's f32 matrix products run in TF32 (reduced precision); top-k scores will differ \
+                 from the CPU path's by about 1e-3 relative"
+            )
+        });
+    }
 }
 
 /// The corpus side of a search, uploaded once and shared by every wave of queries.
@@ -151,20 +172,17 @@ impl<'a> Search<'a> {
         for start in (0..doc_rows).step_by(self.chunk_docs) {
             let cols = self.chunk_docs.min(doc_rows - start);
             let scores = queries.matmul(&self.corpus.narrow(0, start, cols)?.t()?)?;
-            with_view(&scores, |scores| {
-                let chunk = ScoredChunk {
-                    scores,
-                    rows: rows as u32,
-                    cols: cols as u32,
-                    ties: self.ties.slice(start..start + cols),
-                    first_doc: (self.first_doc + start) as u32,
-                    exclusion_offsets: self
-                        .exclusion_offsets
-                        .slice(first_query..first_query + rows + 1),
-                    exclusion_docs: &self.exclusion_docs,
-                };
-                kernels::merge_chunk(self.device, &chunk, &mut kept, self.k as u32)?;
-                Ok(())
+            scores.inplace_op1(&MergeChunk {
+                rows: rows as u32,
+                cols: cols as u32,
+                ties: self.ties.slice(start..start + cols),
+                first_doc: (self.first_doc + start) as u32,
+                exclusion_offsets: self
+                    .exclusion_offsets
+                    .slice(first_query..first_query + rows + 1),
+                exclusion_docs: &self.exclusion_docs,
+                kept: RefCell::new(&mut kept),
+                k: self.k as u32,
             })?;
         }
         let keys = stream.clone_dtoh(&kept).w()?;
@@ -185,7 +203,11 @@ impl<'a> Search<'a> {
 
 /// The exclusion lists of `queries` queries as one flat array with per-query offsets. The array is never empty (a
 /// device allocation needs a length): an entry past the last document, which no query's range covers, pads it.
-fn exclusion_lists(exclusions: &Exclusions, queries: usize, order: &DocOrder) -> (Vec<u64>, Vec<u32>) {
+fn exclusion_lists(
+    exclusions: &Exclusions,
+    queries: usize,
+    order: &DocOrder,
+) -> (Vec<u64>, Vec<u32>) {
     let mut offsets = vec![0u64];
     let mut docs = Vec::new();
     for query in 0..queries {

@@ -1,10 +1,6 @@
-//! CUDA exact top-k: a check against the CPU miner and a timing on the DESIGN §10 shape. Needs a CUDA GPU.
-//!
-//!     cargo build --release --features cuda --example topk_gpu
-//!     target/release/examples/topk_gpu [--repeat 5] [--chunk-docs 131072] [--skip-bench]
-//!
-//! Prints one JSON line per result (`"kind": "check"` or `"kind": "bench"`); exits non-zero when a check fails.
-//! benches/topk_gpu_torch.py times torch.topk on the same shapes with the same method.
+//! `gpu_bench topk`: the CUDA exact top-k checked against the CPU miner, then timed on the DESIGN §10 shape.
+//! benches/topk_gpu_torch.py times torch.topk on the same shapes with the same method; benches/gpu/run.sh runs
+//! both. Prints one JSON line per result (`"kind": "check"` or `"kind": "bench"`); fails when a check fails.
 //!
 //! Checks (CPU reference: `umrank::mine::exact_top_k`, all cores):
 //! - `integer`: vectors of quarter-integers, whose inner products are exact in f32 whatever the summation order,
@@ -13,23 +9,27 @@
 //! - `float`: unit vectors with planted exact duplicates near some queries. cuBLAS sums in another order than the
 //!   CPU kernel, so a position may hold another document only when the two paths' scores there agree within
 //!   1e-5 (a near tie); equal GPU scores must still be ordered by id.
+//! - `host`: the stage's entry point, `top_k_on(cuda, ...)` on host matrices, against the CPU on the `float` data.
 
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use clap::Parser;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
+use umrank::device::DeviceSpec;
 use umrank::mine::cuda::{exact_top_k_cuda, CUDA_TOP_K_DEFAULTS};
-use umrank::mine::{exact_top_k, CorpusPart, DocOrder, Exclusions, Hit, Matrix, TopKConfig};
+use umrank::mine::{
+    exact_top_k, top_k_on, CorpusPart, DocOrder, Exclusions, Hit, Matrix, TopKConfig,
+};
 
-#[derive(Parser)]
-struct Args {
-    /// CUDA device ordinal.
-    #[arg(long, default_value_t = 0)]
-    device: usize,
+/// Shapes of the checks and the timing. The defaults are the ones benches/topk_gpu_torch.py uses.
+#[derive(clap::Args)]
+pub struct TopkArgs {
+    /// The CUDA device (cuda or cuda:K).
+    #[arg(long, default_value = "cuda")]
+    device: DeviceSpec,
     /// Hits per query, in the checks and the timing.
     #[arg(long, default_value_t = 100)]
     k: usize,
@@ -65,18 +65,20 @@ struct Args {
     skip_bench: bool,
 }
 
-fn main() -> Result<()> {
-    let args = Args::parse();
-    let device = Device::new_cuda(args.device).context("opening the CUDA device")?;
+pub fn run(args: &TopkArgs) -> Result<()> {
+    if args.device == DeviceSpec::Cpu {
+        bail!("topk compares the CUDA kernel with the CPU: --device must be cuda or cuda:K");
+    }
+    let device = args.device.candle().context("opening the CUDA device")?;
     let config = TopKConfig {
         k: args.k,
         chunk_docs: args.chunk_docs,
         query_block: args.query_block,
     };
-    let integer_ok = check_integer(&args, &device, &config)?;
-    let float_ok = check_float(&args, &device, &config)?;
+    let integer_ok = check_integer(args, &device, &config)?;
+    let float_ok = check_float(args, &device, &config)?;
     if !args.skip_bench {
-        bench(&args, &device, &config)?;
+        bench(args, &device, &config)?;
     }
     if !(integer_ok && float_ok) {
         bail!("the CUDA top-k disagrees with the CPU path (see the check lines above)");
@@ -100,7 +102,13 @@ impl Data {
             k,
             ..TopKConfig::default()
         };
-        Ok(exact_top_k(&queries, &corpus, &self.order, exclusions, &config)?)
+        Ok(exact_top_k(
+            &queries,
+            &corpus,
+            &self.order,
+            exclusions,
+            &config,
+        )?)
     }
 
     fn gpu(
@@ -111,11 +119,33 @@ impl Data {
     ) -> Result<(Vec<Vec<Hit>>, f64)> {
         let docs = self.corpus.len() / self.dim;
         let corpus = Tensor::from_slice(&self.corpus, (docs, self.dim), device)?;
-        let queries = Tensor::from_slice(&self.queries, (self.queries.len() / self.dim, self.dim), device)?;
+        let queries = Tensor::from_slice(
+            &self.queries,
+            (self.queries.len() / self.dim, self.dim),
+            device,
+        )?;
         device.synchronize()?;
         let started = Instant::now();
         let hits = exact_top_k_cuda(&queries, &corpus, 0, &self.order, exclusions, config)?;
         Ok((hits, started.elapsed().as_secs_f64() * 1e3))
+    }
+
+    /// The mine stage's call: [`top_k_on`] with host matrices.
+    fn host(&self, device: DeviceSpec, exclusions: &Exclusions, k: usize) -> Result<Vec<Vec<Hit>>> {
+        let corpus = CorpusPart::whole(Matrix::new("corpus", &self.corpus, self.dim)?);
+        let queries = Matrix::new("queries", &self.queries, self.dim)?;
+        let config = TopKConfig {
+            k,
+            ..TopKConfig::default()
+        };
+        Ok(top_k_on(
+            device,
+            &queries,
+            &corpus,
+            &self.order,
+            exclusions,
+            &config,
+        )?)
     }
 }
 
@@ -127,7 +157,7 @@ fn shuffled_order(rng: &mut ChaCha8Rng, docs: usize) -> Result<DocOrder> {
     Ok(DocOrder::from_ids(&ids)?)
 }
 
-fn check_integer(args: &Args, device: &Device, config: &TopKConfig) -> Result<bool> {
+fn check_integer(args: &TopkArgs, device: &Device, config: &TopKConfig) -> Result<bool> {
     let mut rng = ChaCha8Rng::seed_from_u64(20_251_127);
     let quarters = |rng: &mut ChaCha8Rng, len: usize| -> Vec<f32> {
         (0..len)
@@ -159,7 +189,11 @@ fn check_integer(args: &Args, device: &Device, config: &TopKConfig) -> Result<bo
         .collect();
     let tied_positions: usize = cpu
         .iter()
-        .map(|hits| hits.windows(2).filter(|pair| pair[0].score == pair[1].score).count())
+        .map(|hits| {
+            hits.windows(2)
+                .filter(|pair| pair[0].score == pair[1].score)
+                .count()
+        })
         .sum();
     let ok = mismatched.is_empty() && gpu.len() == cpu.len();
     println!(
@@ -184,7 +218,9 @@ fn same_bits(a: &[Hit], b: &[Hit]) -> bool {
 
 /// Unit vectors (uniform entries, normalised).
 fn unit_vectors(rng: &mut ChaCha8Rng, rows: usize, dim: usize) -> Vec<f32> {
-    let mut data: Vec<f32> = (0..rows * dim).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let mut data: Vec<f32> = (0..rows * dim)
+        .map(|_| rng.random_range(-1.0f32..1.0))
+        .collect();
     for row in data.chunks_exact_mut(dim) {
         let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
         row.iter_mut().for_each(|x| *x /= norm);
@@ -192,8 +228,10 @@ fn unit_vectors(rng: &mut ChaCha8Rng, rows: usize, dim: usize) -> Vec<f32> {
     data
 }
 
-fn check_float(args: &Args, device: &Device, config: &TopKConfig) -> Result<bool> {
-    const TOLERANCE: f32 = 1e-5;
+/// How far apart CPU and GPU scores of float vectors may be where the two lists hold different documents.
+const TOLERANCE: f32 = 1e-5;
+
+fn check_float(args: &TopkArgs, device: &Device, config: &TopKConfig) -> Result<bool> {
     let dim = args.check_dim;
     let mut rng = ChaCha8Rng::seed_from_u64(4_242);
     let mut corpus = unit_vectors(&mut rng, args.check_docs, dim);
@@ -222,13 +260,38 @@ fn check_float(args: &Args, device: &Device, config: &TopKConfig) -> Result<bool
     );
     let cpu = data.cpu(&exclusions, config.k)?;
     let (gpu, gpu_ms) = data.gpu(device, &exclusions, config)?;
+    let shape = json!({
+        "docs": args.check_docs, "dim": dim, "queries": args.check_queries, "k": config.k,
+        "chunk_docs": config.chunk_docs, "tolerance": TOLERANCE, "gpu_ms": gpu_ms,
+    });
+    let float_ok = report_near("float", &shape, &cpu, &gpu, &data.order);
+    // The stage's path: host matrices in, the device's own chunk sizes.
+    let host = data.host(args.device, &exclusions, config.k)?;
+    let shape = json!({
+        "docs": args.check_docs, "dim": dim, "queries": args.check_queries, "k": config.k,
+        "chunk_docs": CUDA_TOP_K_DEFAULTS.chunk_docs, "tolerance": TOLERANCE,
+    });
+    let host_ok = report_near("host", &shape, &cpu, &host, &data.order);
+    Ok(float_ok && host_ok)
+}
+
+/// Compares GPU lists with the CPU's where the scores are not exact: a position may hold another document only
+/// when the two scores there are within [`TOLERANCE`] (a near tie that the summation order decided), and equal GPU
+/// scores must be ordered by the tie order. Prints one check line; returns whether it passed.
+fn report_near(
+    check: &str,
+    shape: &serde_json::Value,
+    cpu: &[Vec<Hit>],
+    gpu: &[Vec<Hit>],
+    order: &DocOrder,
+) -> bool {
     let mut same_doc = 0usize;
     let mut near_ties = 0usize;
     let mut unexplained = Vec::new();
     let mut max_score_diff = 0f32;
     let mut tie_order_violations = 0usize;
     let mut gpu_exact_ties = 0usize;
-    for (query, (cpu, gpu)) in cpu.iter().zip(&gpu).enumerate() {
+    for (query, (cpu, gpu)) in cpu.iter().zip(gpu).enumerate() {
         if cpu.len() != gpu.len() {
             unexplained.push(json!({"query": query, "cpu_len": cpu.len(), "gpu_len": gpu.len()}));
             continue;
@@ -250,7 +313,7 @@ fn check_float(args: &Args, device: &Device, config: &TopKConfig) -> Result<bool
         for pair in gpu.windows(2) {
             if pair[0].score.to_bits() == pair[1].score.to_bits() {
                 gpu_exact_ties += 1;
-                if data.order.rank(pair[0].doc) < data.order.rank(pair[1].doc) {
+                if order.rank(pair[0].doc) < order.rank(pair[1].doc) {
                     tie_order_violations += 1;
                 }
             }
@@ -260,25 +323,25 @@ fn check_float(args: &Args, device: &Device, config: &TopKConfig) -> Result<bool
     println!(
         "{}",
         json!({
-            "kind": "check", "check": "float", "ok": ok,
-            "docs": args.check_docs, "dim": dim, "queries": args.check_queries, "k": config.k,
-            "chunk_docs": config.chunk_docs, "tolerance": TOLERANCE,
+            "kind": "check", "check": check, "ok": ok, "shape": shape,
             "same_doc_positions": same_doc, "near_tie_swaps": near_ties,
             "unexplained": unexplained.len(), "first_unexplained": &unexplained[..unexplained.len().min(5)],
             "max_score_diff": max_score_diff, "gpu_exact_ties": gpu_exact_ties,
-            "tie_order_violations": tie_order_violations, "gpu_ms": gpu_ms,
+            "tie_order_violations": tie_order_violations,
         })
     );
-    Ok(ok)
+    ok
 }
 
 /// Times the top-k on random normal data generated on the device (warm-up, then the median of `repeat` runs;
 /// each run ends with the lists on the host, which synchronises), in full f32 and with TF32 products, plus the
 /// matrix products alone, which bound what any selection can reach.
-fn bench(args: &Args, device: &Device, config: &TopKConfig) -> Result<()> {
+fn bench(args: &TopkArgs, device: &Device, config: &TopKConfig) -> Result<()> {
     let corpus = Tensor::randn(0f32, 1.0, (args.bench_docs, args.bench_dim), device)?;
     let queries = Tensor::randn(0f32, 1.0, (args.bench_queries, args.bench_dim), device)?;
-    let ids: Vec<String> = (0..args.bench_docs).map(|doc| format!("d{doc:08}")).collect();
+    let ids: Vec<String> = (0..args.bench_docs)
+        .map(|doc| format!("d{doc:08}"))
+        .collect();
     let order = DocOrder::from_ids(&ids)?;
     let exclusions = Exclusions::none(args.bench_queries);
     let shape = json!({
