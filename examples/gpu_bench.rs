@@ -5,8 +5,13 @@
 //! `train` times forward + backward + AdamW of a Qwen2.5-VL reranker built from a config alone (random weights,
 //! no download), with LoRA on the decoder and the vision tower frozen, on one group of prompts that each carry an
 //! image: the workload of DESIGN §10's PyTorch figure. `score` times inference scoring of a batch of such pairs.
-//! Every result is one JSON line on stdout. All of it also runs on the CPU with a tiny config, which is how it is
-//! tested before a GPU session.
+//! `topk` (built with the `cuda` feature only) checks the miner's CUDA exact top-k against the CPU's and times it
+//! (see gpu_bench/topk.rs). Every result is one JSON line on stdout. Everything but `topk` also runs on the CPU
+//! with a tiny config, which is how it is tested before a GPU session.
+
+#[cfg(feature = "cuda")]
+#[path = "gpu_bench/topk.rs"]
+mod topk;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -62,6 +67,9 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         repeats: usize,
     },
+    /// Check the CUDA exact top-k against the CPU miner, then time it on the DESIGN §10 shape.
+    #[cfg(feature = "cuda")]
+    Topk(topk::TopkArgs),
 }
 
 #[derive(clap::Args)]
@@ -93,6 +101,8 @@ fn main() -> Result<()> {
         Command::Parity { fixtures, device } => parity(&fixtures, &device.candle()?),
         Command::Train { shape, steps } => train(&shape, steps),
         Command::Score { shape, repeats } => score(&shape, repeats),
+        #[cfg(feature = "cuda")]
+        Command::Topk(args) => topk::run(&args),
     }
 }
 

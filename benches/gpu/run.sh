@@ -36,8 +36,11 @@ phase() {
 }
 
 phase parity 120 "$BIN" parity --device cuda
-phase topk 120 "$BIN" topk
-phase topk_torch 90 python3 benches/topk_gpu_torch.py
+# Exact top-k (DESIGN §10 shape): the CUDA selection kernel, checked against the CPU miner first, then timed;
+# torch.topk over the same chunked products with the same timing method. Keep the two argument lists in step.
+TOPK_SHAPE="--k 100 --chunk-docs 131072 --repeat 5"
+phase topk 120 "$BIN" topk --device cuda $TOPK_SHAPE --bench-docs 1000000 --bench-dim 1024 --bench-queries 1024
+phase topk_torch 90 python3 benches/topk_gpu_torch.py $TOPK_SHAPE --docs 1000000 --dim 1024 --queries 1024
 phase train 180 "$BIN" train --config "$CONFIG" --batch 17 --image-side 448 --steps 3
 phase train_torch 180 python3 benches/gpu/torch_baseline.py train --config "$CONFIG" --batch 17 --image-side 448 --steps 3
 phase score 120 "$BIN" score --config "$CONFIG" --batch 32 --image-side 448

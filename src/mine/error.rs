@@ -84,4 +84,6 @@ pub enum MineError {
         what: &'static str,
         value: f32,
     },
+    #[error("top-k search on {device} failed: {reason}")]
+    Device { device: String, reason: String },
 }

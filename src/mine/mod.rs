@@ -42,6 +42,7 @@
 //! # }
 //! ```
 
+pub mod cuda;
 mod error;
 pub mod filter;
 mod kernel;

@@ -8,8 +8,10 @@ use super::select::Hit;
 use super::topk::{exact_top_k, CorpusPart, Exclusions, TopKConfig};
 use crate::device::DeviceSpec;
 
-/// The exact top-k of [`exact_top_k`] on `device`. This build has no device path for top-k, so a CUDA device
-/// searches on the CPU (said once in the log): the results are the same lists, only slower.
+/// The exact top-k of [`exact_top_k`] on `device`. With the `cuda` feature a CUDA device runs the selection kernel
+/// of [`cuda`](super::cuda) (same lists for the same scores; scores from cuBLAS agree with the CPU kernel's to
+/// rounding, see [`exact_top_k_cuda`](super::cuda::exact_top_k_cuda)); without it a CUDA device searches on the
+/// CPU (said once in the log): the results are the same lists, only slower.
 pub fn top_k_on(
     device: DeviceSpec,
     queries: &Matrix<'_>,
@@ -18,12 +20,21 @@ pub fn top_k_on(
     exclusions: &Exclusions,
     config: &TopKConfig,
 ) -> Result<Vec<Vec<Hit>>, MineError> {
-    if let DeviceSpec::Cuda(_) = device {
-        warn_cpu_fallback(device);
+    match device {
+        DeviceSpec::Cpu => exact_top_k(queries, corpus, order, exclusions, config),
+        #[cfg(feature = "cuda")]
+        DeviceSpec::Cuda(ordinal) => {
+            super::cuda::top_k_from_host(ordinal, queries, corpus, order, exclusions, config)
+        }
+        #[cfg(not(feature = "cuda"))]
+        DeviceSpec::Cuda(_) => {
+            warn_cpu_fallback(device);
+            exact_top_k(queries, corpus, order, exclusions, config)
+        }
     }
-    exact_top_k(queries, corpus, order, exclusions, config)
 }
 
+#[cfg(not(feature = "cuda"))]
 fn warn_cpu_fallback(device: DeviceSpec) {
     static WARNED: std::sync::Once = std::sync::Once::new();
     WARNED.call_once(|| {

@@ -140,7 +140,7 @@ impl Exclusions {
         &self.lists[query]
     }
 
-    fn validate(&self, queries: usize, order: &DocOrder) -> Result<(), MineError> {
+    pub(super) fn validate(&self, queries: usize, order: &DocOrder) -> Result<(), MineError> {
         if self.lists.len() != queries {
             return Err(MineError::ExclusionCount {
                 lists: self.lists.len(),
