@@ -1,5 +1,5 @@
 // Runs the CUDA kernels of src/mine/cuda/topk.cu, unchanged, on the CPU, so that the selection logic is checked on
-// machines without a GPU (tests/mine_cuda_sim.rs builds and runs this with `-I src/mine/cuda`). Every CUDA thread is
+// machines without a GPU (tests/it/mine_cuda_sim.rs builds and runs this with `-I src/mine/cuda`). Every CUDA thread is
 // an OS thread, __syncthreads is a barrier, the warp intrinsics are a per-warp exchange, and blocks run one at a
 // time (so the kernels' __shared__ variables can be statics). The kernels only ever loop over blockDim.x, so blocks
 // of 32 or 64 threads exercise the same code paths as the 512 the host launches, much faster; one shape uses 512.

@@ -3,8 +3,8 @@
 //!
 //! Run one module with `cargo test --release --test it <module>::`.
 
-mod common;
 mod cli;
+mod common;
 mod dataset;
 mod decoder;
 mod decoder_gguf;
@@ -18,7 +18,11 @@ mod ingest_formats;
 mod lora;
 mod media_sources;
 mod mine;
+#[cfg(feature = "cuda")]
+mod mine_cuda;
+mod mine_cuda_sim;
 mod mine_stage;
+mod model_ops;
 mod pipeline;
 mod preprocess_parity;
 mod prompt;
@@ -37,4 +41,3 @@ mod vision;
 mod vision_rope_index;
 mod vlm;
 mod world;
-mod model_ops;

@@ -868,7 +868,7 @@ fn help_documents_every_option() {
 /// release with merged weights, or with `UMRANK_RELEASE_FULL=1` a full release.
 ///
 /// ```text
-/// UMRANK_RELEASE_OUT=/tmp/rel cargo test --release --test release -- --ignored write_release_for_peft_script
+/// UMRANK_RELEASE_OUT=/tmp/rel cargo test --release --test it -- --ignored release::write_release_for_peft_script
 /// python scripts/load_with_peft.py /tmp/rel/work/release/model --check
 /// ```
 #[test]

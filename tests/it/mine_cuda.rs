@@ -6,7 +6,6 @@
 //! of the selection kernel: a running list that fills over several small chunks, a first chunk too large to
 //! gather whole (the radix descent), a descent that must reach the tie-rank bits (every score equal), new chunks
 //! whose entrants overflow the gather buffer, waves of queries, corpus parts, and exclusions.
-#![cfg(feature = "cuda")]
 
 use candle_core::{DType, Device, Tensor};
 use rand::seq::SliceRandom;

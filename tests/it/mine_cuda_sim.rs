@@ -1,6 +1,6 @@
 //! The CUDA selection kernel's source (src/mine/cuda/topk.cu), run on the CPU by a C++ harness
 //! (tests/cuda_sim/topk_sim.cpp) that emulates blocks, barriers and warp intrinsics, against a brute-force top-k.
-//! This is what checks the kernel's logic on machines without a GPU; tests/mine_cuda.rs checks the real thing,
+//! This is what checks the kernel's logic on machines without a GPU; tests/it/mine_cuda.rs checks the real thing,
 //! cuBLAS products included, where one exists. Needs a C++20 compiler (`$CXX`, else `c++`).
 
 use std::path::Path;
