@@ -3,7 +3,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use umrank::device::DeviceSpec;
-use umrank::pipeline::{PipelineConfig, RunOptions, Runner, StageOutcome, StageReport};
+use umrank::pipeline::{PipelineConfig, RunOptions, Runner, StageOutcome, StagePlan, StageReport};
 use umrank::shard::Shard;
 
 use super::Global;
@@ -20,6 +20,13 @@ const DEMO_PIPELINE: &str = include_str!("../../pipelines/demo.toml");
 pub struct RunArgs {
     /// The pipeline TOML file ([pipeline] name, workdir, seed; then one table per stage).
     pub pipeline: PathBuf,
+
+    /// Check the pipeline and run nothing: build every stage from its table (an unknown key or a bad value is an
+    /// error naming the stage), check that each stage reads only stages above it and that --from/--until/--shard
+    /// fit, then print the stages in run order with what they read, whether they can be sharded, and their
+    /// resolved configs (defaults filled in). Reads no data; exits non-zero on the first problem.
+    #[arg(long)]
+    pub check: bool,
 
     #[command(flatten)]
     pub select: Selection,
@@ -69,6 +76,9 @@ pub struct DemoArgs {
 
 pub fn run(args: &RunArgs, global: &Global) -> anyhow::Result<()> {
     let config = PipelineConfig::load(&args.pipeline)?;
+    if args.check {
+        return check(config, &args.select, global);
+    }
     execute(config, &args.select, global)
 }
 
@@ -81,7 +91,12 @@ pub fn demo(args: &DemoArgs, global: &Global) -> anyhow::Result<()> {
     execute(config, &args.select, global)
 }
 
-fn execute(mut config: PipelineConfig, select: &Selection, global: &Global) -> anyhow::Result<()> {
+/// Builds the runner of a pipeline file with the command line's selection and workdir.
+fn runner(
+    config: &mut PipelineConfig,
+    select: &Selection,
+    global: &Global,
+) -> anyhow::Result<Runner> {
     if let Some(dir) = &select.workdir {
         config.workdir = dir.clone();
     }
@@ -94,7 +109,64 @@ fn execute(mut config: PipelineConfig, select: &Selection, global: &Global) -> a
         policy: global.policy(),
         dirs: Default::default(),
     };
-    let runner = Runner::from_config(&config, &umrank::stages::registry(), options)?;
+    Ok(Runner::from_config(
+        config,
+        &umrank::stages::registry(),
+        options,
+    )?)
+}
+
+fn check(mut config: PipelineConfig, select: &Selection, global: &Global) -> anyhow::Result<()> {
+    let plans = runner(&mut config, select, global)?.check()?;
+    println!(
+        "pipeline {} ({}): {} stages, workdir {}, seed {}",
+        config.name,
+        config.path.display(),
+        plans.len(),
+        config.workdir.display(),
+        config.seed
+    );
+    for (i, plan) in plans.iter().enumerate() {
+        print_plan(i + 1, plans.len(), plan)?;
+    }
+    println!("ok: the pipeline is valid");
+    Ok(())
+}
+
+fn print_plan(number: usize, total: usize, plan: &StagePlan) -> anyhow::Result<()> {
+    let mut reads: Vec<String> = plan.reads.clone();
+    reads.extend(plan.files.iter().map(|f| f.display().to_string()));
+    println!();
+    println!(
+        "[{number}/{total}] {} (kind {}){}",
+        plan.name,
+        plan.kind,
+        if plan.selected { "" } else { ": not selected" }
+    );
+    println!(
+        "  reads: {}",
+        if reads.is_empty() {
+            "-".to_owned()
+        } else {
+            reads.join(", ")
+        }
+    );
+    println!("  writes: {}", plan.dir.display());
+    println!(
+        "  shardable: {}",
+        if plan.shardable {
+            "yes (--shard I/N)"
+        } else {
+            "no (writes a directory tree; run it as one job)"
+        }
+    );
+    let config = serde_json::to_string_pretty(&plan.config)?;
+    println!("  config: {}", config.replace('\n', "\n  "));
+    Ok(())
+}
+
+fn execute(mut config: PipelineConfig, select: &Selection, global: &Global) -> anyhow::Result<()> {
+    let runner = runner(&mut config, select, global)?;
     let reports = runner.run().with_context(|| {
         format!(
             "pipeline `{}` ({}) stopped",

@@ -21,5 +21,5 @@ pub use error::{PipelineError, RejectFailure, StageError};
 pub use manifest::{manifest_path, InputRecord, Manifest, ObservedFile, OutputRecord};
 pub use registry::{StageFactory, StageRegistry};
 pub use rejects::{rejects_path, Reject, RejectPolicy};
-pub use runner::{RunOptions, Runner, StageOutcome, StageReport};
+pub use runner::{RunOptions, Runner, StageOutcome, StagePlan, StageReport};
 pub use stage::{Input, Output, Stage};

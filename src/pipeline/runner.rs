@@ -53,6 +53,27 @@ pub struct StageReport {
     pub seconds: f64,
 }
 
+/// One stage of a checked pipeline, as `umrank run --check` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StagePlan {
+    /// The stage's name in the pipeline (its table name and directory name).
+    pub name: String,
+    /// The stage kind.
+    pub kind: String,
+    /// The resolved configuration, defaults filled in: what the fingerprint hashes.
+    pub config: serde_json::Value,
+    /// The stages it reads, in the order it declares them.
+    pub reads: Vec<String>,
+    /// The files and directories from outside the pipeline it reads.
+    pub files: Vec<PathBuf>,
+    /// Where it writes.
+    pub dir: PathBuf,
+    /// Whether it can run under `--shard I/N` (it writes datasets only, no directory trees).
+    pub shardable: bool,
+    /// Whether `--from`/`--until` select it.
+    pub selected: bool,
+}
+
 /// A pipeline ready to run.
 pub struct Runner {
     workdir: PathBuf,
@@ -128,6 +149,80 @@ impl Runner {
             reports.push(self.run_stage(name, stage.as_ref())?);
         }
         Ok(reports)
+    }
+
+    /// Checks the pipeline without running or reading anything: the stages were built (so every table parsed, with
+    /// unknown keys refused), `--from`/`--until` name stages in the right order, every stage a stage reads comes
+    /// before it in the pipeline (or has a directory given in [`RunOptions::dirs`]), and no selected stage that
+    /// writes a directory tree is asked to run under `--shard`. Returns the stages in run order.
+    pub fn check(&self) -> Result<Vec<StagePlan>, PipelineError> {
+        let (first, last) = self.selection()?;
+        let shard = self.options.shard.unwrap_or(Shard::ALL);
+        let mut plans = Vec::with_capacity(self.stages.len());
+        for (i, (name, stage)) in self.stages.iter().enumerate() {
+            let mut reads = Vec::new();
+            let mut files = Vec::new();
+            for input in stage.inputs() {
+                match input {
+                    Input::Stage(up) => {
+                        self.check_upstream(i, name, &up)?;
+                        reads.push(up);
+                    }
+                    Input::Files(paths) => files.extend(paths),
+                }
+            }
+            let shardable = !stage
+                .outputs()
+                .iter()
+                .any(|o| matches!(o, Output::Tree { .. }));
+            let selected = (first..=last).contains(&i);
+            if selected && !shard.is_all() && !shardable {
+                return Err(self.config_error(format!(
+                    "stage `{name}` writes a directory tree and cannot be sharded; run it without --shard"
+                )));
+            }
+            plans.push(StagePlan {
+                name: name.clone(),
+                kind: stage.name().to_string(),
+                config: stage.config(),
+                reads,
+                files,
+                dir: self.stage_dir(name),
+                shardable,
+                selected,
+            });
+        }
+        Ok(plans)
+    }
+
+    /// An upstream stage must run before the stage at `position` reads it.
+    fn check_upstream(&self, position: usize, name: &str, up: &str) -> Result<(), PipelineError> {
+        if self.options.dirs.contains_key(up) {
+            return Ok(());
+        }
+        match self.stages.iter().position(|(n, _)| n == up) {
+            Some(at) if at < position => Ok(()),
+            Some(at) if at == position => {
+                Err(self.config_error(format!("[{name}] reads its own outputs (`{up}`)")))
+            }
+            Some(_) => Err(self.config_error(format!(
+                "[{name}] reads stage `{up}`, which comes after it; move [{up}] above [{name}]"
+            ))),
+            None => {
+                let names: Vec<&str> = self.stages.iter().map(|(n, _)| n.as_str()).collect();
+                Err(self.config_error(format!(
+                    "[{name}] reads stage `{up}`, which is not in the pipeline (stages: {})",
+                    names.join(", ")
+                )))
+            }
+        }
+    }
+
+    fn config_error(&self, message: String) -> PipelineError {
+        PipelineError::Config {
+            path: self.source.clone(),
+            message,
+        }
     }
 
     fn selection(&self) -> Result<(usize, usize), PipelineError> {

@@ -49,6 +49,42 @@ pub struct Table {
     pub rows: Vec<Vec<String>>,
 }
 
+impl Table {
+    /// The table as aligned plain text for a terminal: the first column (names) left-aligned, the others (numbers)
+    /// right-aligned, two spaces between columns.
+    pub fn to_text(&self) -> String {
+        let lines: Vec<&Vec<String>> = std::iter::once(&self.header).chain(&self.rows).collect();
+        let widths: Vec<usize> = (0..self.header.len())
+            .map(|i| {
+                lines
+                    .iter()
+                    .filter_map(|cells| cells.get(i))
+                    .map(|c| c.chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let mut out = String::new();
+        for cells in lines {
+            let row: Vec<String> = cells
+                .iter()
+                .zip(&widths)
+                .enumerate()
+                .map(|(i, (cell, &width))| {
+                    if i == 0 {
+                        format!("{cell:<width$}")
+                    } else {
+                        format!("{cell:>width$}")
+                    }
+                })
+                .collect();
+            out.push_str(row.join("  ").trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
 /// Settings of the report's own computations.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReportSettings {
@@ -148,35 +184,10 @@ impl Builder<'_> {
         self.blocks.push(Block::Image { file, alt });
     }
 
-    /// One row per reranker (and the first stage of the first eval stage): the macro average of every metric.
     fn summary(&mut self, evals: &[Named<EvalSummary>]) {
         self.heading(2, "Summary");
         self.paragraph("Macro averages over tasks (every task counts the same).");
-        let metrics = &evals[0].value.comparison.metrics;
-        let mut header = vec!["run".to_owned()];
-        header.extend(metrics.iter().cloned());
-        let row = |label: String, values: Option<&BTreeMap<String, f64>>| {
-            let mut cells = vec![label];
-            cells.extend(
-                metrics
-                    .iter()
-                    .map(|m| value_cell(values.and_then(|v| v.get(m)))),
-            );
-            cells
-        };
-        let first = &evals[0].value.comparison;
-        let mut rows = vec![row(
-            format!("first stage ({})", evals[0].stage),
-            first.runs.get(&first.baseline).map(|r| &r.macro_average),
-        )];
-        for eval in evals {
-            let c = &eval.value.comparison;
-            rows.push(row(
-                eval.stage.clone(),
-                c.runs.get(&c.candidate).map(|r| &r.macro_average),
-            ));
-        }
-        self.table(header, rows);
+        self.blocks.extend(summary_table(evals).map(Block::Table));
     }
 
     /// A paired test between the reranked runs of each two eval stages, on the queries they share.
@@ -507,6 +518,38 @@ fn json_cell(value: Option<&Value>) -> String {
     }
 }
 
+/// The report's summary: one row per reranker (and the first stage of the first eval stage), the macro average
+/// of every metric. It is the table that compares the rerankers of a pipeline (e.g. the probe's grid), so the
+/// report stage also prints it. `None` without eval stages.
+pub fn summary_table(evals: &[Named<EvalSummary>]) -> Option<Table> {
+    let first_eval = evals.first()?;
+    let metrics = &first_eval.value.comparison.metrics;
+    let mut header = vec!["run".to_owned()];
+    header.extend(metrics.iter().cloned());
+    let row = |label: String, values: Option<&BTreeMap<String, f64>>| {
+        let mut cells = vec![label];
+        cells.extend(
+            metrics
+                .iter()
+                .map(|m| value_cell(values.and_then(|v| v.get(m)))),
+        );
+        cells
+    };
+    let first = &first_eval.value.comparison;
+    let mut rows = vec![row(
+        format!("first stage ({})", first_eval.stage),
+        first.runs.get(&first.baseline).map(|r| &r.macro_average),
+    )];
+    for eval in evals {
+        let c = &eval.value.comparison;
+        rows.push(row(
+            eval.stage.clone(),
+            c.runs.get(&c.candidate).map(|r| &r.macro_average),
+        ));
+    }
+    Some(Table { header, rows })
+}
+
 /// Four decimals for values of order 1, scientific notation for tiny ones (a learning rate).
 fn format_value(value: f64) -> String {
     if value != 0.0 && value.abs() < 1e-3 {
@@ -559,4 +602,26 @@ fn comparison_row(
         },
     );
     vec![metric.to_owned(), value_cell(a), value_cell(b), delta, p]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_text_tables_align_names_left_and_numbers_right() {
+        let table = Table {
+            header: vec!["run".into(), "ndcg@10".into()],
+            rows: vec![
+                vec!["first stage (eval_a)".into(), "0.1031".into()],
+                vec!["eval_a".into(), "n/a".into()],
+            ],
+        };
+        assert_eq!(
+            table.to_text(),
+            "run                   ndcg@10\n\
+             first stage (eval_a)   0.1031\n\
+             eval_a                    n/a\n"
+        );
+    }
 }

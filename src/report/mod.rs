@@ -64,6 +64,8 @@ pub struct ReportFiles {
     pub markdown: PathBuf,
     pub html: PathBuf,
     pub plots: Vec<PathBuf>,
+    /// The summary table (one row per reranker) as plain text, when there were eval stages.
+    pub summary: Option<String>,
 }
 
 /// Writes the report of the `(stage name, directory)` pairs into `out`: `report.md`, `report.html` and
@@ -95,6 +97,7 @@ pub fn write_report(
         markdown,
         html,
         plots: document.plots,
+        summary: document::summary_table(&findings.evals).map(|t| t.to_text()),
     })
 }
 

@@ -2,13 +2,15 @@
 //! it names (eval, mine and train stages; see [`super::collect`]).
 //!
 //! The stages are named explicitly rather than discovered, so that each is a declared input: the report is
-//! rewritten exactly when one of them changed.
+//! rewritten exactly when one of them changed. The summary table (one row per reranker) is also printed, so that a
+//! pipeline comparing several rerankers (pipelines/probe.toml) ends with its comparison on the terminal.
 
 use serde::{Deserialize, Serialize};
 
 use super::{write_report, ReportSettings, PLOTS_DIR, REPORT_HTML, REPORT_MD};
 use crate::eval::DEFAULT_PERMUTATIONS;
 use crate::pipeline::{Input, Output, PipelineError, Stage, StageContext, StageError};
+use crate::progress;
 
 /// The `[report]` table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,6 +102,14 @@ impl Stage for ReportStage {
             files.html.display(),
             files.plots.len()
         );
+        if let Some(summary) = &files.summary {
+            let heading = format!(
+                "{}: {} (macro averages over tasks)",
+                ctx.name(),
+                self.config.title
+            );
+            progress::multi().suspend(|| println!("{heading}\n{summary}"));
+        }
         Ok(())
     }
 }

@@ -24,6 +24,7 @@ mod mine_cuda_sim;
 mod mine_stage;
 mod model_ops;
 mod pipeline;
+mod pipelines;
 mod preprocess_parity;
 mod prompt;
 mod release;
