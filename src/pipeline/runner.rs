@@ -549,6 +549,8 @@ fn clear_shard(dir: &Path, outputs: &[Output], shard: Shard) -> Result<(), Pipel
 }
 
 /// Removes temporary files, and shard-named files (as chosen by `ours`) of a shard count other than `shard`'s.
+/// Temporary files of the other shards of the same count are left alone: in a job array those shards may be
+/// running right now, writing them.
 fn remove_stale_in(
     dir: &Path,
     shard: Shard,
@@ -556,13 +558,15 @@ fn remove_stale_in(
 ) -> Result<(), PipelineError> {
     for entry in fs::read_dir(dir).map_err(PipelineError::io(dir))?.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let stale_count = name
+        let named = name
             .find("part-")
-            .and_then(|at| Shard::from_part_name(&name[at..]))
-            .is_some_and(|s| s.count != shard.count);
+            .and_then(|at| Shard::from_part_name(&name[at..]));
+        let stale_count = named.is_some_and(|s| s.count != shard.count);
+        let sibling = named.is_some_and(|s| s.count == shard.count && s.index != shard.index);
         let unsharded_leftover =
             !shard.is_all() && (name == "manifest.json" || name == "rejects.parquet");
-        if is_temporary(&name) || (ours(&name) && (stale_count || unsharded_leftover)) {
+        if (is_temporary(&name) && !sibling) || (ours(&name) && (stale_count || unsharded_leftover))
+        {
             remove_if_present(&entry.path())?;
         }
     }

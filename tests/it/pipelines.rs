@@ -390,3 +390,53 @@ fn run_check_refuses_unknown_keys_and_stages_that_read_what_has_not_run() {
         "{err}"
     );
 }
+
+/// A job array's shards start at different times; a shard starting must not delete the files another shard of
+/// the same array is writing (they are temporary until that shard finishes), while what a dead run of its own
+/// slice, or a run with another shard count, left must go.
+#[test]
+fn a_starting_shard_leaves_the_files_its_running_siblings_are_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[pipeline]\nname = \"t\"\nworkdir = \"{}\"\n[world]\nsize = \"small\"\n[ingest]\nfrom = \"world\"\n",
+        dir.path().join("w").display()
+    );
+    let config = PipelineConfig::parse(Path::new("t.toml"), &text).unwrap();
+    let run = |shard: Option<&str>, from: &str| {
+        let options = RunOptions {
+            from: Some(from.into()),
+            until: Some(from.into()),
+            shard: shard.map(|s| s.parse().unwrap()),
+            ..RunOptions::default()
+        };
+        Runner::from_config(&config, &umrank::stages::registry(), options)
+            .unwrap()
+            .run()
+            .unwrap();
+    };
+    run(None, "world");
+    let stage = dir.path().join("w/ingest");
+    let corpus = stage.join("corpus");
+    std::fs::create_dir_all(&corpus).unwrap();
+    let sibling = [
+        stage.join(".rejects.part-00001-of-00002.parquet.tmp"),
+        stage.join(".manifest.part-00001-of-00002.json.tmp"),
+        corpus.join(".part-00001-of-00002.parquet.tmp"),
+    ];
+    let stale = [
+        corpus.join(".part-00000-of-00002.parquet.tmp"),
+        corpus.join(".part-00003-of-00004.parquet.tmp"),
+        stage.join(".rejects.parquet.tmp"),
+    ];
+    for file in sibling.iter().chain(&stale) {
+        std::fs::write(file, b"partial").unwrap();
+    }
+    run(Some("0/2"), "ingest");
+    for file in &sibling {
+        assert!(file.exists(), "{} was removed", file.display());
+    }
+    for file in &stale {
+        assert!(!file.exists(), "{} was left", file.display());
+    }
+    assert!(corpus.join("part-00000-of-00002.parquet").is_file());
+}
