@@ -8,7 +8,7 @@
 //! The `train` stage around them: [`data`] reads the shards into groups, [`encode`] builds their prompts,
 //! [`images`] serves (and caches) image embeddings, [`model`] is the model being trained, [`forward`] runs a
 //! micro-batch (padded or packed), [`order`] fixes the data order, [`trainer`] is the loop with
-//! [`checkpoint`]s and the per-step [`log`], and [`stage`] puts it in the pipeline.
+//! [`checkpoint`]s, the per-step [`log`] and its [`plots`], and [`stage`] puts it in the pipeline.
 
 pub mod dual_encoder;
 pub mod error;
@@ -26,6 +26,7 @@ pub mod images;
 pub mod log;
 pub mod model;
 pub mod order;
+pub mod plots;
 pub mod stage;
 pub mod trainer;
 

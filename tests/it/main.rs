@@ -37,6 +37,7 @@ mod train_learns;
 mod train_loop;
 mod train_objective;
 mod train_optim;
+mod train_plots;
 mod vision;
 mod vision_rope_index;
 mod vlm;
