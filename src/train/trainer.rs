@@ -23,7 +23,7 @@ use super::config::{DataFormat, TrainConfig, Tuning};
 use super::data::{fix_negatives, read_cl, read_sft, Group, GroupSet};
 use super::encode::{Encoder, Sequence};
 use super::failure::TrainRunError;
-use super::forward::batch_logits;
+use super::forward::{batch_logits, BatchLayout};
 use super::images::ImageBank;
 use super::log::{write_log, StepLog, TRAIN_LOG};
 use super::model::Reranker;
@@ -379,7 +379,7 @@ impl<'a> Trainer<'a> {
                 prepared.images.as_mut(),
                 &sequences,
                 prepared.negatives + 1,
-                self.config.packing,
+                BatchLayout::of(self.config),
                 true,
             )?;
             let report = group_loss(&self.objective, &logits.z_yes, &logits.z_no)?;
