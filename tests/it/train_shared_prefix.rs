@@ -1,7 +1,7 @@
 //! Shared-prefix training (issue 6): running the prefix a group's prompts share once gives the plain padded
 //! path's logits at the scored token and the same parameter gradients, for the SFT and CL objectives, on the tiny
 //! VL model (query images in the shared prefix, document images in the suffixes, text-only groups) and on the
-//! tiny text decoder.
+//! tiny text decoder; and a short training run takes the same steps either way.
 
 use crate::common::train_data;
 
@@ -170,5 +170,64 @@ fn shared_prefix_gives_the_plain_paths_logits_and_gradients() {
         let mut prepared = prepare(&text_config, &text_inputs, 3, &Device::Cpu).unwrap();
         let batch = sequences(&prepared, |_| true);
         check_layouts(&mut prepared, &text_config, &batch);
+    }
+}
+
+/// Full fine-tuning at a high learning rate (the learning test's recipe), where differences would compound: the
+/// two layouts' losses and gradient norms stay together step after step.
+#[test]
+fn training_with_a_shared_prefix_follows_the_plain_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = demo_data(
+        tmp.path(),
+        WorldSize::Small,
+        28,
+        GroupsConfig {
+            datasets: vec!["t2t".into()],
+            negatives: NEGATIVES,
+            split: "train".into(),
+        },
+        7,
+    );
+    let inputs = TrainInputs {
+        groups: Dataset::open(&data.shards.join(DataFormat::Sft.dir_name())).unwrap(),
+        corpus: None,
+        images: None,
+    };
+    let run = |shared: bool| {
+        let mut config = train_config("tiny-text", "sft");
+        config.lr = 1e-2;
+        config.groups_per_batch = 8;
+        config.max_steps = Some(6);
+        config.checkpoint_every = 0;
+        config.shared_prefix = shared;
+        let settings = umrank::train::RunSettings {
+            seed: 3,
+            device: Device::Cpu,
+            out_dir: tmp.path().join(format!("run-{shared}")),
+            run_key: "shared".into(),
+            stop_after: None,
+        };
+        umrank::train::train(&config, &inputs, &settings)
+            .unwrap()
+            .log
+    };
+    let (plain, shared) = (run(false), run(true));
+    assert_eq!(plain.len(), 6);
+    for (a, b) in plain.iter().zip(&shared) {
+        assert!(
+            (a.loss - b.loss).abs() <= 1e-5 * (1.0 + a.loss.abs()),
+            "step {}: loss {} vs {}",
+            a.step,
+            a.loss,
+            b.loss
+        );
+        assert!(
+            (a.grad_norm - b.grad_norm).abs() <= 1e-3 * a.grad_norm,
+            "step {}: gradient norm {} vs {}",
+            a.step,
+            a.grad_norm,
+            b.grad_norm
+        );
     }
 }
