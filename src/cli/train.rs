@@ -203,6 +203,11 @@ pub struct TrainArgs {
     /// Pad a micro-batch's sequences to the longest instead of packing them into one row.
     #[arg(long)]
     pub no_packing: bool,
+
+    /// Run every prompt of a group whole instead of running the prefix they share (system turn, instruction,
+    /// query) once per group.
+    #[arg(long)]
+    pub no_shared_prefix: bool,
 }
 
 fn parse_weight(s: &str) -> Result<WeightSource, String> {
@@ -241,6 +246,10 @@ impl TrainArgs {
                 Some(toml::Value::Boolean(!self.no_vision_cache)),
             ),
             ("packing", Some(toml::Value::Boolean(!self.no_packing))),
+            (
+                "shared_prefix",
+                Some(toml::Value::Boolean(!self.no_shared_prefix)),
+            ),
             ("data", value(&self.data)?),
             ("model", value(&self.model)?),
             ("init", value(&self.init)?),

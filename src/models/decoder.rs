@@ -7,8 +7,9 @@
 //! the same forward pass serves training and scoring.
 //!
 //! Inputs are either token ids or embeddings (the VL model splices image features into the embedded sequence),
-//! laid out as a padded batch (per-row key padding plus causal mask) or as sequences packed into one row
-//! (`cu_seqlens`). The result is the final-norm hidden state; scoring then needs only a few LM-head rows
+//! laid out as a padded batch (per-row key padding plus causal mask), as sequences packed into one row
+//! (`cu_seqlens`), or as groups of sequences packed with their shared prefix once ([`SharedPrefixAttention`]).
+//! The result is the final-norm hidden state; scoring then needs only a few LM-head rows
 //! ([`Decoder::token_logits`], e.g. "yes" and "no"), never the full-vocabulary matmul.
 
 use super::activation::Activation;
@@ -22,6 +23,7 @@ use super::norm::RmsNorm;
 use super::packed::PackedAttention;
 use super::peft::{self, PeftAdapter, PeftError};
 use super::rope::{apply_rotary_emb, MropeSection, RotaryEmbedding};
+use super::shared_prefix::{PrefixGroup, SharedPrefixAttention};
 use super::weights::{Weights, WeightsError};
 use candle_core::{DType, Device, Module, Result, Tensor, Var, D};
 use candle_nn::VarBuilder;
@@ -38,6 +40,9 @@ pub enum AttentionLayout {
     Padded(AttentionMask),
     /// Several sequences concatenated into one `(1, total)` row, each attending causally only to itself.
     Packed(PackedAttention),
+    /// Groups of sequences with a shared prefix in one `(1, total)` row: each group's prefix once, then each
+    /// sequence's suffix attending to that prefix and causally to itself.
+    SharedPrefix(SharedPrefixAttention),
 }
 
 impl AttentionLayout {
@@ -62,6 +67,13 @@ impl AttentionLayout {
     pub fn packed(cu_seqlens: &[usize], dtype: DType, device: &Device) -> Result<Self> {
         Ok(Self::Packed(PackedAttention::new(
             cu_seqlens, true, dtype, device,
+        )?))
+    }
+
+    /// Groups with shared prefixes, tiling one row (see [`SharedPrefixAttention::new`]).
+    pub fn shared_prefix(groups: &[PrefixGroup], dtype: DType, device: &Device) -> Result<Self> {
+        Ok(Self::SharedPrefix(SharedPrefixAttention::new(
+            groups, dtype, device,
         )?))
     }
 }
@@ -162,15 +174,14 @@ impl Attention {
                 .transpose(1, 2)?
             }
             AttentionLayout::Packed(packed) => {
-                if batch != 1 {
-                    candle_core::bail!(
-                        "a packed layout takes one row of {} tokens, got a batch of {batch} rows",
-                        packed.total_tokens()
-                    );
-                }
-                packed
-                    .forward(&q.squeeze(0)?, &k.squeeze(0)?, &v.squeeze(0)?, scale)?
-                    .unsqueeze(0)?
+                one_row(batch, packed.total_tokens(), &q, &k, &v, |q, k, v| {
+                    packed.forward(q, k, v, scale)
+                })?
+            }
+            AttentionLayout::SharedPrefix(shared) => {
+                one_row(batch, shared.total_tokens(), &q, &k, &v, |q, k, v| {
+                    shared.forward(q, k, v, scale)
+                })?
             }
         };
         self.o_proj.forward_t(
@@ -178,6 +189,23 @@ impl Attention {
             train,
         )
     }
+}
+
+/// Runs a one-row layout's attention over `(1, total, heads, head_dim)` tensors.
+fn one_row(
+    batch: usize,
+    total: usize,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    attend: impl FnOnce(&Tensor, &Tensor, &Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    if batch != 1 {
+        candle_core::bail!(
+            "a packed layout takes one row of {total} tokens, got a batch of {batch} rows"
+        );
+    }
+    attend(&q.squeeze(0)?, &k.squeeze(0)?, &v.squeeze(0)?)?.unsqueeze(0)
 }
 
 #[derive(Debug)]

@@ -55,6 +55,8 @@ pub enum LayerError {
         got: usize,
         expected: usize,
     },
+    #[error("shared-prefix attention: group {group}: {reason}")]
+    PrefixGroups { group: usize, reason: String },
     #[error("gradient check: the function must return a single element, got shape {got:?}")]
     NotScalar { got: Shape },
 }

@@ -49,6 +49,28 @@ impl AttentionMask {
         Self::from_allowed(&causal.broadcast_mul(&keys)?, dtype)
     }
 
+    /// Per-row causal attention after a fully visible context, for `rows` rows of `q_len` queries over `kv_len`
+    /// keys laid out as `[context, own tokens, padding]`: query `i` of row `r` sees keys
+    /// `0..=context[r] + min(i, last[r])`, where `context` and `last` (the index of the row's last real query) are
+    /// u32 tensors of shape `(rows)`. Query slots past `last` are padding and see the same keys as the last one.
+    pub fn causal_after_context(
+        context: &Tensor,
+        last: &Tensor,
+        q_len: usize,
+        kv_len: usize,
+        dtype: DType,
+    ) -> Result<Self> {
+        let rows = context.dim(0)?;
+        let device = context.device();
+        let queries = Tensor::arange(0u32, q_len as u32, device)?.reshape((1, q_len))?;
+        let limit = queries
+            .broadcast_minimum(&last.reshape((rows, 1))?)?
+            .broadcast_add(&context.reshape((rows, 1))?)?
+            .reshape((rows, 1, q_len, 1))?;
+        let keys = Tensor::arange(0u32, kv_len as u32, device)?.reshape((1, 1, 1, kv_len))?;
+        Self::from_allowed(&keys.broadcast_le(&limit)?, dtype)
+    }
+
     /// The additive bias.
     pub fn bias(&self) -> &Tensor {
         &self.bias

@@ -26,6 +26,7 @@ pub mod pyjson;
 pub mod qwen2_vl;
 pub mod reranker;
 pub mod rope;
+pub mod shared_prefix;
 pub mod softmax;
 pub mod tokenizer;
 pub mod weights;

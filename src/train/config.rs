@@ -205,6 +205,11 @@ pub struct TrainConfig {
     /// Pack a micro-batch's sequences into one row instead of padding them to the longest.
     #[serde(default = "yes")]
     pub packing: bool,
+    /// Run the tokens a group's prompts begin with (system turn, instruction, query and its image) once per group
+    /// instead of once per prompt, each prompt's rest attending to them. Same logits; the row is packed whatever
+    /// `packing` says.
+    #[serde(default = "yes")]
+    pub shared_prefix: bool,
 }
 
 fn default_shards() -> String {

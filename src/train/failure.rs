@@ -40,6 +40,8 @@ pub enum TrainRunError {
     NothingToTrain { rejected: usize, first: String },
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Plot(Box<crate::report::plot::PlotError>),
 }
 
 impl TrainRunError {

@@ -1,20 +1,25 @@
 //! One micro-batch through the model: the yes/no logits at the last token of every sequence, as `[groups, 1 + N]`
 //! tensors for the objective.
 //!
-//! Two layouts give the same logits. Padded: sequences right-padded to the longest, a causal mask with padding
+//! Three layouts give the same logits. Padded: sequences right-padded to the longest, a causal mask with padding
 //! keys hidden. Packed: sequences concatenated into one row whose attention stays within each sequence and whose
-//! positions restart at each one, so no work is spent on padding. Image tokens are spliced into the embedded
-//! sequence from the vision tower's output (see [`ImageBank`] for the cache).
+//! positions restart at each one, so no work is spent on padding. Shared prefix: one row too, but the tokens a
+//! group's sequences begin with run once per group (see [`super::prefix`]). Image tokens are spliced into the
+//! embedded sequence from the vision tower's output (see [`ImageBank`] for the cache).
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 
+use super::config::TrainConfig;
 use super::encode::Sequence;
 use super::failure::TrainRunError;
 use super::images::ImageBank;
 use super::model::{Backbone, Reranker};
+use super::prefix::SharedRow;
 use crate::models::decoder::{select_positions, AttentionLayout};
 use crate::models::qwen2_vl::model::ids_tensor;
-use crate::models::qwen2_vl::{packed_rope_index, rope_index, splice_image_tokens, Qwen2VlModel};
+use crate::models::qwen2_vl::{
+    packed_rope_index, rope_index, splice_image_tokens, ImageGrid, Qwen2VlModel,
+};
 
 /// The logits of one micro-batch and what it cost.
 #[derive(Debug)]
@@ -22,8 +27,30 @@ pub struct BatchLogits {
     /// `[groups, 1 + N]`, f32.
     pub z_yes: Tensor,
     pub z_no: Tensor,
-    /// Real tokens (text and image) run through the decoder.
+    /// Real tokens (text and image) of the sequences.
     pub tokens: usize,
+}
+
+/// How a micro-batch's sequences are laid out for the decoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchLayout {
+    Padded,
+    Packed,
+    /// Packed, with each group's common prefix run once.
+    SharedPrefix,
+}
+
+impl BatchLayout {
+    /// The layout a config asks for: `shared_prefix` wins over `packing` (its row is packed anyway).
+    pub fn of(config: &TrainConfig) -> Self {
+        if config.shared_prefix {
+            Self::SharedPrefix
+        } else if config.packing {
+            Self::Packed
+        } else {
+            Self::Padded
+        }
+    }
 }
 
 /// Runs `sequences` (group after group, each positive first, `per_group` sequences each). `train` turns LoRA
@@ -33,7 +60,7 @@ pub fn batch_logits(
     images: Option<&mut ImageBank>,
     sequences: &[Sequence],
     per_group: usize,
-    packing: bool,
+    layout: BatchLayout,
     train: bool,
 ) -> Result<BatchLogits, TrainRunError> {
     if sequences.is_empty() || per_group == 0 || sequences.len() % per_group != 0 {
@@ -42,18 +69,20 @@ pub fn batch_logits(
             sequences.len()
         )));
     }
-    let rows = Rows::new(sequences, model.pad_id(), packing);
-    let hidden = match model.backbone() {
-        Backbone::Text(decoder) => {
-            let device = decoder.device();
-            let ids = ids_tensor(&rows.ids, device)?;
-            let positions = ids_tensor(&rows.text_positions(), device)?;
-            let layout = rows.layout(decoder.dtype(), device)?;
-            decoder.forward(&ids, &positions, &layout, train)?
+    let (hidden, last) = match layout {
+        BatchLayout::SharedPrefix => {
+            let image_token = model.vl().map(|vl| vl.tokens().image_token_id);
+            let row = SharedRow::new(sequences, per_group, image_token);
+            let hidden = shared_hidden(model, images, sequences, &row, train)?;
+            (hidden, row.last().iter().map(|&t| (0, t)).collect())
         }
-        Backbone::Vl(vl) => vl_hidden(model, vl, images, sequences, &rows, train)?,
+        plain => {
+            let rows = Rows::new(sequences, model.pad_id(), plain == BatchLayout::Packed);
+            let hidden = rows_hidden(model, images, sequences, &rows, train)?;
+            (hidden, rows.last)
+        }
     };
-    let last = select_positions(&hidden, &rows.last)?;
+    let last = select_positions(&hidden, &last)?;
     let answers = model.answers();
     let logits = model
         .decoder()
@@ -119,11 +148,7 @@ impl Rows {
         rows
     }
 
-    fn layout(
-        &self,
-        dtype: DType,
-        device: &candle_core::Device,
-    ) -> candle_core::Result<AttentionLayout> {
+    fn layout(&self, dtype: DType, device: &Device) -> candle_core::Result<AttentionLayout> {
         match &self.cu_seqlens {
             Some(cu) => AttentionLayout::packed(cu, dtype, device),
             None => AttentionLayout::padded(&ids_tensor(&self.mask, device)?, dtype),
@@ -160,43 +185,137 @@ impl Rows {
     }
 }
 
-fn vl_hidden(
+/// The final hidden states of the padded or packed rows.
+fn rows_hidden(
     model: &Reranker,
-    vl: &Qwen2VlModel,
     images: Option<&mut ImageBank>,
     sequences: &[Sequence],
     rows: &Rows,
     train: bool,
 ) -> Result<Tensor, TrainRunError> {
-    let decoder = vl.decoder();
+    match model.backbone() {
+        Backbone::Text(decoder) => {
+            let device = decoder.device();
+            let ids = ids_tensor(&rows.ids, device)?;
+            let positions = ids_tensor(&rows.text_positions(), device)?;
+            let layout = rows.layout(decoder.dtype(), device)?;
+            Ok(decoder.forward(&ids, &positions, &layout, train)?)
+        }
+        Backbone::Vl(vl) => {
+            let tokens = vl.tokens();
+            let image_ids = image_ids(sequences);
+            let grids = grids(images.as_deref(), &image_ids)?;
+            let embeds = embed_with_images(
+                model,
+                vl,
+                images,
+                &rows.ids,
+                &rows.placeholders(tokens.image_token_id),
+                &image_ids,
+            )?;
+            let device = vl.decoder().device();
+            let positions = match &rows.cu_seqlens {
+                Some(cu) => packed_rope_index(&rows.ids[0], cu, &grids, tokens),
+                None => rope_index(&rows.ids, Some(&rows.mask), &grids, tokens),
+            }
+            .map_err(TrainRunError::model)?
+            .to_tensor(device)?;
+            let layout = rows.layout(embeds.dtype(), device)?;
+            Ok(vl
+                .decoder()
+                .forward_embeds(&embeds, &positions, &layout, train)?)
+        }
+    }
+}
+
+/// The final hidden states of a shared-prefix row, `(1, row tokens, hidden)`.
+fn shared_hidden(
+    model: &Reranker,
+    images: Option<&mut ImageBank>,
+    sequences: &[Sequence],
+    row: &SharedRow,
+    train: bool,
+) -> Result<Tensor, TrainRunError> {
+    let decoder = model.decoder();
     let device = decoder.device();
-    let tokens = vl.tokens();
-    let image_ids: Vec<&str> = sequences
+    let ids = vec![row.ids().to_vec()];
+    let layout = AttentionLayout::shared_prefix(row.groups(), decoder.dtype(), device)?;
+    match model.backbone() {
+        Backbone::Text(decoder) => {
+            let positions = Tensor::from_slice(row.positions(), (1, row.ids().len()), device)?;
+            Ok(decoder.forward(&ids_tensor(&ids, device)?, &positions, &layout, train)?)
+        }
+        Backbone::Vl(vl) => {
+            let tokens = vl.tokens();
+            let all = image_ids(sequences);
+            let in_row: Vec<&str> = row.images().iter().map(|&i| all[i]).collect();
+            let placeholders: Vec<usize> = (0..row.ids().len())
+                .filter(|&t| row.ids()[t] == tokens.image_token_id)
+                .collect();
+            let grids = grids(images.as_deref(), &all)?;
+            let embeds = embed_with_images(model, vl, images, &ids, &placeholders, &in_row)?;
+            // The whole prompts' positions in the plain packed layout, gathered for the row's tokens.
+            let (concat, cu) = concatenated(sequences);
+            let source = Tensor::from_slice(row.source(), row.source().len(), device)?;
+            let positions = packed_rope_index(&concat, &cu, &grids, tokens)
+                .map_err(TrainRunError::model)?
+                .to_tensor(device)?
+                .index_select(&source, 2)?;
+            Ok(vl
+                .decoder()
+                .forward_embeds(&embeds, &positions, &layout, train)?)
+        }
+    }
+}
+
+/// The image ids of `sequences`, in prompt order.
+fn image_ids(sequences: &[Sequence]) -> Vec<&str> {
+    sequences
         .iter()
         .flat_map(|s| s.images.iter().map(String::as_str))
-        .collect();
-    let ids = ids_tensor(&rows.ids, device)?;
-    let mut embeds = decoder.embed(&ids)?;
-    let mut grids = Vec::with_capacity(image_ids.len());
-    if !image_ids.is_empty() {
-        let bank =
-            images.ok_or_else(|| TrainRunError::model("the batch has images but no image bank"))?;
-        for id in &image_ids {
-            grids.push(bank.grid(id).map_err(TrainRunError::model)?);
-        }
-        let image_embeds = bank.embed(vl.vision(), &image_ids, !model.trains_vision())?;
-        embeds = splice_image_tokens(
-            &embeds,
-            &rows.placeholders(tokens.image_token_id),
-            &image_embeds,
-        )?;
+        .collect()
+}
+
+/// The patch grid of each image; no bank is needed when there are no images.
+fn grids(bank: Option<&ImageBank>, ids: &[&str]) -> Result<Vec<ImageGrid>, TrainRunError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
     }
-    let positions = match &rows.cu_seqlens {
-        Some(cu) => packed_rope_index(&rows.ids[0], cu, &grids, tokens),
-        None => rope_index(&rows.ids, Some(&rows.mask), &grids, tokens),
+    let bank =
+        bank.ok_or_else(|| TrainRunError::model("the batch has images but no image bank"))?;
+    ids.iter()
+        .map(|id| bank.grid(id).map_err(TrainRunError::model))
+        .collect()
+}
+
+/// The embedded rows `ids` with the tower's output for `image_ids` spliced in at `placeholders` (flat
+/// `row * seq + column` indexes, in the order of `image_ids`' tokens).
+fn embed_with_images(
+    model: &Reranker,
+    vl: &Qwen2VlModel,
+    images: Option<&mut ImageBank>,
+    ids: &[Vec<u32>],
+    placeholders: &[usize],
+    image_ids: &[&str],
+) -> Result<Tensor, TrainRunError> {
+    let decoder = vl.decoder();
+    let embeds = decoder.embed(&ids_tensor(ids, decoder.device())?)?;
+    if image_ids.is_empty() {
+        return Ok(embeds);
     }
-    .map_err(TrainRunError::model)?
-    .to_tensor(device)?;
-    let layout = rows.layout(embeds.dtype(), device)?;
-    Ok(decoder.forward_embeds(&embeds, &positions, &layout, train)?)
+    let bank =
+        images.ok_or_else(|| TrainRunError::model("the batch has images but no image bank"))?;
+    let image_embeds = bank.embed(vl.vision(), image_ids, !model.trains_vision())?;
+    Ok(splice_image_tokens(&embeds, placeholders, &image_embeds)?)
+}
+
+/// The sequences' ids concatenated, with their offsets `[0, len_0, len_0 + len_1, ...]`.
+fn concatenated(sequences: &[Sequence]) -> (Vec<u32>, Vec<usize>) {
+    let mut ids = Vec::new();
+    let mut cu = vec![0];
+    for sequence in sequences {
+        ids.extend_from_slice(&sequence.ids);
+        cu.push(ids.len());
+    }
+    (ids, cu)
 }

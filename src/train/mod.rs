@@ -7,8 +7,9 @@
 //!
 //! The `train` stage around them: [`data`] reads the shards into groups, [`encode`] builds their prompts,
 //! [`images`] serves (and caches) image embeddings, [`model`] is the model being trained, [`forward`] runs a
-//! micro-batch (padded or packed), [`order`] fixes the data order, [`trainer`] is the loop with
-//! [`checkpoint`]s and the per-step [`log`], and [`stage`] puts it in the pipeline.
+//! micro-batch (padded, packed, or with each group's shared [`prefix`] run once), [`order`] fixes the data
+//! order, [`trainer`] is the loop with [`checkpoint`]s, the per-step [`log`] and its [`plots`], and [`stage`]
+//! puts it in the pipeline.
 
 pub mod dual_encoder;
 pub mod error;
@@ -26,6 +27,8 @@ pub mod images;
 pub mod log;
 pub mod model;
 pub mod order;
+pub mod plots;
+pub mod prefix;
 pub mod stage;
 pub mod trainer;
 

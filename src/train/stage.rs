@@ -1,9 +1,10 @@
 //! The `train` stage: the shards stage's groups and the ingest stage's corpus and images in; the trained adapter
 //! (or model), the per-step log and checkpoints out.
 //!
-//! Outputs are trees: `adapter/` (PEFT) or `model/` (full fine-tuning) and `train_log.jsonl`. `checkpoints/` is
-//! working state, not an output: the runner clears outputs before a stage runs, and checkpoints must survive a
-//! crash so that the rerun continues from them (with `resume`, the default). Groups that cannot be trained on
+//! Outputs are trees: `adapter/` (PEFT) or `model/` (full fine-tuning), `train_log.jsonl` and `plots/` (the
+//! loss and weight charts). `checkpoints/` is working state, not an output: the runner clears outputs before a
+//! stage runs, and checkpoints must survive a crash so that the rerun continues from them (with `resume`, the
+//! default). Groups that cannot be trained on
 //! (broken group structure, too few negatives, a document that cannot fit `max_len`, a missing image) are
 //! rejects.
 
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use super::config::{DataFormat, ModelSource, TrainConfig};
 use super::log::TRAIN_LOG;
+use super::plots::PLOTS;
 use super::trainer::{output_dir, train, RunSettings, TrainInputs};
 use super::TrainRunError;
 use crate::dataset::Dataset;
@@ -107,6 +109,7 @@ impl Stage for TrainStage {
         vec![
             Output::tree(&model.to_string_lossy()),
             Output::tree(TRAIN_LOG),
+            Output::tree(PLOTS),
         ]
     }
 

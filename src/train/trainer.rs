@@ -6,7 +6,7 @@
 //!   -> per step: `accumulation` micro-batches of `groups_per_batch` groups:
 //!        prompts -> forward -> z_yes, z_no [G, 1 + N] -> group_loss -> backward -> accumulate
 //!      AdamW step at the schedule's lr -> log row -> checkpoint every `checkpoint_every` steps
-//!   -> adapter/ (PEFT) or model/ (full fine-tuning), train_log.jsonl
+//!   -> adapter/ (PEFT) or model/ (full fine-tuning), train_log.jsonl, plots/
 //! ```
 //!
 //! Every random choice (initialisation, adapter init, dropout, data order) follows the seed, and a checkpoint holds
@@ -23,13 +23,14 @@ use super::config::{DataFormat, TrainConfig, Tuning};
 use super::data::{fix_negatives, read_cl, read_sft, Group, GroupSet};
 use super::encode::{Encoder, Sequence};
 use super::failure::TrainRunError;
-use super::forward::batch_logits;
+use super::forward::{batch_logits, BatchLayout};
 use super::images::ImageBank;
 use super::log::{write_log, StepLog, TRAIN_LOG};
 use super::model::Reranker;
 use super::objective::{group_loss, ObjectiveConfig};
 use super::optim::{AdamW, GradAccumulator};
 use super::order::DataOrder;
+use super::plots::{write_plots, PLOTS};
 use super::schedule::Schedule;
 use crate::dataset::Dataset;
 use crate::models::prompt::PromptBuilder;
@@ -57,7 +58,7 @@ pub struct TrainInputs {
 pub struct RunSettings {
     pub seed: u64,
     pub device: Device,
-    /// Outputs go here: adapter/ or model/, train_log.jsonl, checkpoints/.
+    /// Outputs go here: adapter/ or model/, train_log.jsonl, plots/, checkpoints/.
     pub out_dir: PathBuf,
     /// Identifies the run for checkpoints: a hash of config, seed and inputs.
     pub run_key: String,
@@ -378,7 +379,7 @@ impl<'a> Trainer<'a> {
                 prepared.images.as_mut(),
                 &sequences,
                 prepared.negatives + 1,
-                self.config.packing,
+                BatchLayout::of(self.config),
                 true,
             )?;
             let report = group_loss(&self.objective, &logits.z_yes, &logits.z_no)?;
@@ -454,6 +455,7 @@ impl<'a> Trainer<'a> {
             }
         };
         write_log(&out.join(TRAIN_LOG), &self.log)?;
+        write_plots(&out.join(PLOTS), &self.log)?;
         Ok(dir)
     }
 }

@@ -38,6 +38,8 @@ mod train_learns;
 mod train_loop;
 mod train_objective;
 mod train_optim;
+mod train_plots;
+mod train_shared_prefix;
 mod vision;
 mod vision_rope_index;
 mod vlm;

@@ -14,7 +14,7 @@ use umrank::dataset::Dataset;
 use umrank::pipeline::{RunOptions, Runner, Stage, StageOutcome};
 use umrank::train::config::DataFormat;
 use umrank::train::encode::Encoder;
-use umrank::train::forward::batch_logits;
+use umrank::train::forward::{batch_logits, BatchLayout};
 use umrank::train::log::{read_log, StepLog, TRAIN_LOG};
 use umrank::train::{
     prepare, train, train_prepared, RunSettings, TrainConfig, TrainInputs, TrainStage,
@@ -223,7 +223,7 @@ fn packing_and_the_vision_cache_give_the_logits_of_the_plain_path() {
                 .collect()
         };
         assert!(sequences.iter().any(|s| !s.images.is_empty()));
-        let packing = config.packing;
+        let layout = BatchLayout::of(&config);
         let mut out = Vec::new();
         // Twice, so that the second pass reads the cache the first one filled.
         for _ in 0..2 {
@@ -232,7 +232,7 @@ fn packing_and_the_vision_cache_give_the_logits_of_the_plain_path() {
                 prepared.images.as_mut(),
                 &sequences,
                 3,
-                packing,
+                layout,
                 false,
             )
             .unwrap();
@@ -242,9 +242,9 @@ fn packing_and_the_vision_cache_give_the_logits_of_the_plain_path() {
         assert_eq!(out[0], out[1]);
         (out.remove(0), prepared.images.map_or(0, |b| b.cached()))
     };
-    let (plain, cached) = logits("packing = false\nvision_cache = false");
+    let (plain, cached) = logits("packing = false\nvision_cache = false\nshared_prefix = false");
     assert_eq!(cached, 0);
-    let (fast, cached) = logits("packing = true\nvision_cache = true");
+    let (fast, cached) = logits("packing = true\nvision_cache = true\nshared_prefix = false");
     assert!(cached > 0);
     for (a, b) in plain
         .0
@@ -385,7 +385,9 @@ fn train_help_documents_every_key_of_the_train_table() {
         let flag = match key.as_str() {
             // The standalone command reads the upstream stages from these directories.
             "shards" | "ingest" => format!("--{key} <DIR>"),
-            "vision_cache" | "packing" => format!("--no-{}", key.replace('_', "-")),
+            "vision_cache" | "packing" | "shared_prefix" => {
+                format!("--no-{}", key.replace('_', "-"))
+            }
             other => format!("--{}", other.replace('_', "-")),
         };
         assert!(
