@@ -8,6 +8,7 @@ mod common;
 mod dataset;
 mod decoder;
 mod decoder_gguf;
+mod demo;
 mod dual_encoder;
 mod embed;
 mod embedders;

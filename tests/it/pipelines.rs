@@ -220,25 +220,13 @@ fn the_probe_builds_its_data_as_the_demo_does() {
     let probe = load("probe.toml");
     let demo = load("demo.toml");
     assert_eq!(probe.seed, demo.seed);
-    // The one deliberate difference: the probe mines hard negatives deeper, so that every training group is full.
-    let without_mining_k = |config: &PipelineConfig, name: &str| {
-        let mut table = stage(config, name).table.clone();
-        if name == "mine" {
-            table.remove("mining_k");
-        }
-        table
-    };
     for name in ["world", "ingest", "embedder", "embed", "mine", "shards"] {
         assert_eq!(
-            without_mining_k(&probe, name),
-            without_mining_k(&demo, name),
+            stage(&probe, name).table,
+            stage(&demo, name).table,
             "[{name}] of probe.toml and demo.toml differ: the probe is meant to run on the demo's data"
         );
     }
-    assert_eq!(
-        stage(&probe, "mine").table["mining_k"].as_integer(),
-        Some(400)
-    );
 }
 
 /// The stage tables of a pipeline by name.
@@ -356,7 +344,7 @@ fn run_check_prints_the_plan_and_runs_nothing() {
     ]);
     assert!(ok, "{err}");
     assert!(
-        out.contains("[1/6] world (kind world): not selected"),
+        out.contains("[1/12] world (kind world): not selected"),
         "{out}"
     );
 

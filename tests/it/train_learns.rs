@@ -1,16 +1,17 @@
-//! A tiny model trained from scratch on the demo world learns: after 100 steps of SFT, and 80 of CL, its reranking
+//! A tiny model trained from scratch on the demo world learns: after 200 steps of SFT and 200 of CL, its reranking
 //! of held-out queries is clearly better than the untrained model's: a margin in MRR@10 and a paired
 //! randomisation test over the queries.
 //!
 //! Data: the full demo world, ingested by the real ingest stage. The text -> text task (a scene's caption ->
 //! its paraphrase) is the one a text-only decoder can learn; groups pair each train query with its positive and
-//! four random negatives from the task's pool (random negatives, since the mine stage is not merged on this
-//! branch). Evaluation: each val and test query (never trained on; the world keeps the splits' scenes apart)
+//! four random negatives from the task's pool (random rather than mined, so that the test does not depend on a
+//! first-stage model). Evaluation: each val and test query (never trained on; the world keeps the splits' scenes apart)
 //! reranks its positive among 19 random documents of the pool, scored through the saved model directory with the
 //! reranker scoring path; MRR@10 by umrank's trec_eval-equal metrics.
 //!
 //! From scratch, the frozen random LM head gives yes/no logits of a tiny scale, which slows learning: the SFT run
-//! trains the head too, and the CL run uses temperature 0.5 (both are ordinary `[train]` keys).
+//! trains the head too (at lr 3e-3: at 1e-2 its ranking stalls), and the CL run uses temperature 0.5 (all
+//! ordinary `[train]` keys). Training uses the default shared-prefix layout.
 
 use crate::common::train_data;
 
@@ -48,7 +49,7 @@ fn task(data: &DemoData) -> String {
 
 fn config(extra: &str) -> TrainConfig {
     toml::from_str(&format!(
-        "init = 'tiny-text'\ntokenizer = '{}'\ntune = 'full'\nlr = 1e-2\nwarmup_steps = 10\n\
+        "init = 'tiny-text'\ntokenizer = '{}'\ntune = 'full'\nwarmup_steps = 10\n\
          groups_per_batch = 8\nmax_len = 192\ncheckpoint_every = 0\n{extra}",
         tokenizer_dir().display()
     ))
@@ -129,8 +130,8 @@ fn mean(values: &BTreeMap<String, f64>) -> f64 {
 }
 
 /// Asserts that `trained` beats `untrained` by at least 0.05 MRR@10 and that a paired randomisation test over the
-/// queries rejects "no difference" at p < 0.1 (SFT from scratch learns the slower of the two: at this
-/// budget its p is near 0.06, CL's near 0.02).
+/// queries rejects "no difference" at p < 0.05 (SFT from scratch learns the slower of the two: at this
+/// budget it measured +0.07 at p = 0.03, CL +0.14).
 fn assert_clearly_better(
     name: &str,
     trained: &BTreeMap<String, f64>,
@@ -144,7 +145,7 @@ fn assert_clearly_better(
         test.p_value
     );
     assert!(
-        t >= u + 0.05 && test.p_value < 0.1,
+        t >= u + 0.05 && test.p_value < 0.05,
         "{name}: MRR@10 {t:.3} vs untrained {u:.3} over {} queries, p = {}",
         a.len(),
         test.p_value
@@ -188,13 +189,13 @@ fn a_tiny_model_learns_the_demo_world_with_sft_and_with_cl() {
     let untrained_z = mrr(&untrained_dir, &data, &dataset, Ranking::ZYes);
 
     let sft = train(
-        &config("objective = 'sft'\ntrain_lm_head = true\nmax_steps = 100"),
+        &config("objective = 'sft'\ntrain_lm_head = true\nlr = 3e-3\nmax_steps = 200"),
         &inputs(DataFormat::Sft),
         &settings("sft"),
     )
     .unwrap();
     let cl = train(
-        &config("objective = 'cl'\ntemperature = 0.5\ndata = 'cl'\nmax_steps = 80"),
+        &config("objective = 'cl'\ntemperature = 0.5\ndata = 'cl'\nlr = 1e-2\nmax_steps = 200"),
         &inputs(DataFormat::Cl),
         &settings("cl"),
     )
