@@ -1,7 +1,7 @@
 //! The command line as a user meets it: help, inspect, and errors that name the file.
 
+use crate::common::cli::umrank;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 
 use arrow::array::{Int32Array, RecordBatch, StringArray};
@@ -9,18 +9,6 @@ use umrank::dataset::DatasetWriter;
 use umrank::pipeline::{Input, Output, RunOptions, Runner, Stage, StageContext, StageError};
 use umrank::schema;
 use umrank::shard::Shard;
-
-fn umrank(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_umrank"))
-        .args(args)
-        .output()
-        .expect("the umrank binary runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn judgements() -> RecordBatch {
     RecordBatch::try_new(

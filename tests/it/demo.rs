@@ -3,21 +3,8 @@
 //! binary through every stage from world to release; its final table names the first stage and both rerankers;
 //! a second run is a no-op.
 
+use crate::common::cli::umrank;
 use std::path::Path;
-use std::process::Command;
-
-fn umrank(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_umrank"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("the umrank binary runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// The built-in pipeline with the sizes turned down; every other key is the demo's.
 fn small_demo(workdir: &Path) -> String {

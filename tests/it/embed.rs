@@ -2,10 +2,10 @@
 //! vectors equal to the model layer's, a crash that resumes from the cache and ends byte-identical, reruns,
 //! shards, rejects, configuration errors and the CLI.
 
+use crate::common::cli::umrank;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -670,18 +670,6 @@ fn gme_embeds_queries_with_their_instruction() {
             "{qid}: the instruction matters"
         );
     }
-}
-
-fn umrank(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_umrank"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

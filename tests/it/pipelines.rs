@@ -3,9 +3,9 @@
 //! the whole unified-loss grid on one set of shards; the CL twin differs from the SFT pipeline only where it
 //! should; and `umrank run --check` says all this without running anything.
 
+use crate::common::cli::umrank;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use umrank::pipeline::{PipelineConfig, RunOptions, Runner, StageSpec};
 
@@ -276,19 +276,6 @@ fn the_cl_twin_shares_the_data_stages_and_differs_only_in_objective_data_and_sco
     // Different names for every stage that differs, so that one workdir holds both without clobbering.
     let sft_only: BTreeSet<&String> = sft.keys().filter(|k| !cl.contains_key(*k)).collect();
     assert_eq!(sft_only.len(), 4, "{sft_only:?}");
-}
-
-fn umrank(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_umrank"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("the umrank binary runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

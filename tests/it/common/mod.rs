@@ -2,5 +2,6 @@
 //! tiny training corpus.
 
 pub mod assets;
+pub mod cli;
 pub mod reference;
 pub mod train_data;
