@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Qwen2-VL image preprocessing, ours against transformers', images per second on one core.
 
-    python3 benches/preprocess_vs_transformers.py
+    python3 benches/preprocess_vs_transformers.py [--json RESULT.json]
 
 Runs `cargo bench --bench preprocess` (honouring CARGO_TARGET_DIR) and transformers' Qwen2VLImageProcessor on the
 same 640x480 JPEGs (tests/fixtures/preprocess/bench/), both doing decode + smart_resize + resize + normalise +
@@ -18,8 +18,10 @@ import os
 for var in ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS", "RAYON_NUM_THREADS"]:
     os.environ[var] = "1"
 
+import argparse
 import glob
 import io
+import json
 import re
 import subprocess
 import sys
@@ -97,6 +99,9 @@ def run_transformers(images):
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", help="also write the figures to this file (read by benches/all.py)")
+    args = parser.parse_args()
     build_ours()
     core = pin_to_one_core()
     paths = sorted(glob.glob(os.path.join(BENCH_IMAGES, "*.jpg")))
@@ -111,6 +116,9 @@ def main():
     print(f"transformers (Python):    {theirs:8.1f} images/s per core")
     print(f"ratio:                    {ours / theirs:8.1f}x")
     print(f"DESIGN.md bar (240/s):    {'met' if ours >= 240 else 'NOT met'}")
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump({"ours": ours, "transformers": theirs, "processor": "Qwen2VLImageProcessor"}, out)
 
 
 if __name__ == "__main__":

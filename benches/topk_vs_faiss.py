@@ -111,6 +111,7 @@ def main():
     parser.add_argument("--data-dir", type=Path, default=Path("/tmp/umrank-topk-bench"))
     parser.add_argument("--baseline", choices=["faiss", "numpy"], help=argparse.SUPPRESS)
     parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--json", type=Path, help="also write the figures to this file (read by benches/all.py)")
     args = parser.parse_args()
     if args.baseline:
         run_baseline(args.baseline, args.dir, args.k, args.threads, args.repeat)
@@ -121,6 +122,7 @@ def main():
           f"our top-k the baseline also returns)")
     print(f"{'shape':<8}{'ours':>10}{'faiss':>10}{'numpy':>10}{'ours/faiss':>12}{'ours/numpy':>12}"
           f"{'overlap faiss':>15}{'overlap numpy':>15}")
+    figures = {}
     for shape, result in results.items():
         directory = Path(result["dir"])
         ours_rate = result["queries_per_s"]
@@ -132,6 +134,9 @@ def main():
         print(f"{shape:<8}{ours_rate:>10.0f}{cell(rate['faiss'], '>10.0f'):>10}{cell(rate['numpy'], '>10.0f'):>10}"
               f"{cell(ratio(rate['faiss']), '>12.2f'):>12}{cell(ratio(rate['numpy']), '>12.2f'):>12}"
               f"{cell(overlap['faiss'], '>15.4f'):>15}{cell(overlap['numpy'], '>15.4f'):>15}")
+        figures[shape] = {"ours": ours_rate, **rate}
+    if args.json:
+        args.json.write_text(json.dumps({"k": args.k, "threads": args.threads, "shapes": figures}))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,11 @@
 //! world with random negatives, 2 groups per step, images of 56 and then 112 px. The prompt's shared part (system
 //! turn, instruction, query and its image) is most of each prompt, as in a reranker corpus.
 //!
-//!     cargo bench --bench train_levers -- [--steps 8] [--rounds 2] [--sides 56,112]
+//!     cargo bench --bench train_levers -- [--steps 8] [--rounds 2] [--sides 56,112] [--retain-freed-memory]
+//!
+//! `--retain-freed-memory` applies the allocator setting the `umrank` binary uses (see `umrank::malloc`); without
+//! it the process keeps glibc's defaults, so two runs, one with and one without, measure that lever too
+//! (`benches/all.py` does). Each variant's figure is also printed as a `RESULT {json}` line for scripts.
 //!
 //! (`cargo test --release --bench train_levers` runs the same program with the test build.) Throughput is
 //! sequences per second over the timed steps, after one untimed warm-up step per variant, the best of a few
@@ -36,6 +40,9 @@ struct Args {
     /// Image sides in pixels, one world each.
     #[arg(long, value_delimiter = ',', default_value = "56,112")]
     sides: Vec<u32>,
+    /// Keep freed memory in the process, as the `umrank` binary does.
+    #[arg(long)]
+    retain_freed_memory: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -69,7 +76,10 @@ const VARIANTS: [(&str, &str); 5] = [
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    describe_machine();
+    if args.retain_freed_memory {
+        umrank::malloc::retain_freed_memory();
+    }
+    describe_machine(args.retain_freed_memory);
     let tmp = tempfile::tempdir()?;
     for &side in &args.sides {
         let data = demo_data(
@@ -102,6 +112,10 @@ fn main() -> Result<()> {
             println!(
                 "  {name:<44} {seq_per_s:>7.1} seq/s  x{:.2} vs plain",
                 seq_per_s / best[0]
+            );
+            println!(
+                "RESULT {}",
+                serde_json::json!({"side": side, "variant": name, "seq_per_s": seq_per_s})
             );
         }
         println!("  ({tokens} prompt tokens per step)");
@@ -143,7 +157,7 @@ fn measure(data: &DemoData, keys: &str, steps: u64, out: &Path) -> Result<(f64, 
 }
 
 /// The machine the figures come from.
-fn describe_machine() {
+fn describe_machine(retain_freed_memory: bool) {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {
@@ -155,8 +169,13 @@ fn describe_machine() {
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let threads = std::env::var("CANDLE_NUM_THREADS").unwrap_or_else(|_| "unset".into());
+    let allocator = if retain_freed_memory {
+        "freed memory retained"
+    } else {
+        "glibc defaults"
+    };
     println!(
-        "train levers on {cpu}, {cores} cores available, CANDLE_NUM_THREADS={threads}; every variant in this one \
-         process, one after the other"
+        "train levers on {cpu}, {cores} cores available, CANDLE_NUM_THREADS={threads}, allocator: {allocator}; \
+         every variant in this one process, one after the other"
     );
 }

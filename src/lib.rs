@@ -17,6 +17,7 @@ pub mod embed;
 pub mod eval;
 pub mod ingest;
 pub mod inspect;
+pub mod malloc;
 pub mod media;
 pub mod mine;
 pub mod modality;

@@ -14,5 +14,6 @@ fn single_threaded_elementwise_ops() {
 
 fn main() -> std::process::ExitCode {
     single_threaded_elementwise_ops();
+    umrank::malloc::retain_freed_memory();
     cli::main()
 }

@@ -1,4 +1,4 @@
-//! A tiny model trained from scratch on the demo world learns: after 200 steps of SFT and 200 of CL, its reranking
+//! A tiny model trained from scratch on the demo world learns: after 100 steps of SFT and 100 of CL, its reranking
 //! of held-out queries is clearly better than the untrained model's: a margin in MRR@10 and a paired
 //! randomisation test over the queries.
 //!
@@ -9,9 +9,9 @@
 //! reranks its positive among 19 random documents of the pool, scored through the saved model directory with the
 //! reranker scoring path; MRR@10 by umrank's trec_eval-equal metrics.
 //!
-//! From scratch, the frozen random LM head gives yes/no logits of a tiny scale, which slows learning: the SFT run
-//! trains the head too (at lr 3e-3: at 1e-2 its ranking stalls), and the CL run uses temperature 0.5 (all
-//! ordinary `[train]` keys). Training uses the default shared-prefix layout.
+//! The built-in tiny model starts at weights of standard deviation 1/sqrt(width) (see `tiny_config`); the SFT run
+//! trains the LM head too, since from scratch its yes/no rows are random, and the CL run uses temperature 0.5
+//! (all ordinary `[train]` keys). Training uses the default shared-prefix layout.
 
 use crate::common::train_data;
 
@@ -129,9 +129,9 @@ fn mean(values: &BTreeMap<String, f64>) -> f64 {
     values.values().sum::<f64>() / values.len() as f64
 }
 
-/// Asserts that `trained` beats `untrained` by at least 0.05 MRR@10 and that a paired randomisation test over the
-/// queries rejects "no difference" at p < 0.05 (SFT from scratch learns the slower of the two: at this
-/// budget it measured +0.07 at p = 0.03, CL +0.14).
+/// Asserts that `trained` beats `untrained` by at least 0.07 MRR@10 and that a paired randomisation test over the
+/// queries rejects "no difference" at p < 0.05 (measured at this budget: SFT +0.10 at p = 0.02, CL +0.13 at
+/// p < 0.001).
 fn assert_clearly_better(
     name: &str,
     trained: &BTreeMap<String, f64>,
@@ -145,7 +145,7 @@ fn assert_clearly_better(
         test.p_value
     );
     assert!(
-        t >= u + 0.05 && test.p_value < 0.05,
+        t >= u + 0.07 && test.p_value < 0.05,
         "{name}: MRR@10 {t:.3} vs untrained {u:.3} over {} queries, p = {}",
         a.len(),
         test.p_value
@@ -154,6 +154,7 @@ fn assert_clearly_better(
 
 #[test]
 fn a_tiny_model_learns_the_demo_world_with_sft_and_with_cl() {
+    umrank::malloc::retain_freed_memory();
     let tmp = tempfile::tempdir().unwrap();
     let data = demo_data(
         &tmp.path().join("world"),
@@ -189,13 +190,13 @@ fn a_tiny_model_learns_the_demo_world_with_sft_and_with_cl() {
     let untrained_z = mrr(&untrained_dir, &data, &dataset, Ranking::ZYes);
 
     let sft = train(
-        &config("objective = 'sft'\ntrain_lm_head = true\nlr = 3e-3\nmax_steps = 200"),
+        &config("objective = 'sft'\ntrain_lm_head = true\nlr = 3e-3\nmax_steps = 100"),
         &inputs(DataFormat::Sft),
         &settings("sft"),
     )
     .unwrap();
     let cl = train(
-        &config("objective = 'cl'\ntemperature = 0.5\ndata = 'cl'\nlr = 1e-2\nmax_steps = 200"),
+        &config("objective = 'cl'\ntemperature = 0.5\ndata = 'cl'\nlr = 3e-3\nmax_steps = 100"),
         &inputs(DataFormat::Cl),
         &settings("cl"),
     )

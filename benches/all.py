@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""Every CPU benchmark of the project, one table: our figure, the peer's figure measured in the same run, the ratio.
+
+    python3 benches/all.py [--quick] [--json benches/results.json]
+
+From the repository root, with a Python that has transformers, pillow, numpy and faiss-cpu (a peer that does not
+import is reported as n/a). CARGO_TARGET_DIR is honoured; the Rust side runs through `cargo bench`, whose profile
+is the release profile, so a tree built for `cargo test --release` is reused.
+
+| benchmark | ours | peer |
+|---|---|---|
+| image preprocessing (decode + smart_resize + normalise + patchify), one core | preprocess bench | transformers Qwen2VLImageProcessor |
+| exact top-k, k = 100, 2 threads | topk bench | faiss-cpu IndexFlatIP, chunked numpy |
+| reranker training step, tiny Qwen2-VL, the default levers | train_levers bench | the same loop on the plain path (padded, no vision cache, no shared prefix) |
+| reranker training step, allocator keeping freed memory | train_levers bench | the same with glibc's defaults |
+
+The GPU part (candle CUDA against PyTorch, DESIGN.md section 10) is benches/gpu/run.sh, run on a device machine.
+Each sub-benchmark is also a command of its own (see the scripts and benches/*.rs); wall-clock figures move with
+whatever else the machine runs, so the table prints the date, the CPU and the load average beside them.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TOPK_SHAPES = {"small": "100k x 384-d corpus, 2000 queries", "large": "200k x 768-d corpus, 1000 queries"}
+
+
+def machine():
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()}"
+
+
+def load():
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def run(command, **kwargs):
+    print("running:", " ".join(str(c) for c in command), flush=True)
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, **kwargs)
+    if done.returncode != 0:
+        sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
+        raise SystemExit(f"{command[0]} failed with status {done.returncode}")
+    return done.stdout
+
+
+def preprocess(scratch):
+    out = scratch / "preprocess.json"
+    run([sys.executable, "benches/preprocess_vs_transformers.py", "--json", str(out)])
+    figures = json.loads(out.read_text())
+    return [("image preprocessing, one core", "images/s", figures["ours"],
+             f"transformers {figures['processor']}", figures["transformers"])]
+
+
+def topk(scratch, quick):
+    out = scratch / "topk.json"
+    shape = "small" if quick else "all"
+    run([sys.executable, "benches/topk_vs_faiss.py", "--shape", shape, "--json", str(out)])
+    figures = json.loads(out.read_text())
+    rows = []
+    for name, result in figures["shapes"].items():
+        label = f"exact top-{figures['k']}, {TOPK_SHAPES.get(name, name)}, {figures['threads']} threads"
+        for peer, peer_name in (("faiss", "faiss-cpu IndexFlatIP"), ("numpy", "chunked numpy matmul")):
+            rows.append((label, "queries/s", result["ours"], peer_name, result.get(peer)))
+    return rows
+
+
+def train_levers(quick):
+    steps = ["--steps", "4", "--rounds", "1", "--sides", "56"] if quick else ["--sides", "56"]
+
+    def figures(*extra):
+        stdout = run(["cargo", "bench", "--bench", "train_levers", "--", *steps, *extra])
+        return {(r["side"], r["variant"]): r["seq_per_s"]
+                for r in (json.loads(line[len("RESULT "):]) for line in stdout.splitlines()
+                          if line.startswith("RESULT "))}
+
+    default_malloc = figures()
+    retained = figures("--retain-freed-memory")
+    rows = []
+    for (side, variant), rate in sorted(retained.items()):
+        if variant.startswith("plain"):
+            continue
+        plain = next(r for (s, v), r in retained.items() if s == side and v.startswith("plain"))
+        rows.append((f"training step, tiny Qwen2-VL, {side} px, lever: {variant}", "seq/s", rate,
+                     "plain path (padded, no cache, no shared prefix)", plain))
+    for (side, variant), rate in sorted(retained.items()):
+        if variant.startswith("all three"):
+            rows.append((f"training step, tiny Qwen2-VL, {side} px, allocator keeping freed memory", "seq/s", rate,
+                         "glibc allocator defaults", default_malloc.get((side, variant))))
+    return rows
+
+
+def table(rows, when, where, loadavg):
+    lines = [f"benchmarks of {when} on {where} (load average before: {loadavg})", "",
+             "| benchmark | unit | ours | peer | peer's figure | ratio |", "|---|---|---|---|---|---|"]
+    for label, unit, ours, peer, theirs in rows:
+        ratio = f"x{ours / theirs:.2f}" if theirs else "n/a"
+        theirs_text = f"{theirs:.1f}" if theirs else "n/a"
+        lines.append(f"| {label} | {unit} | {ours:.1f} | {peer} | {theirs_text} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps and only the small top-k shape")
+    parser.add_argument("--json", type=Path, help="also write the rows, date and machine to this file")
+    args = parser.parse_args()
+    when = datetime.date.today().isoformat()
+    where = machine()
+    loadavg = load()
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        rows = preprocess(scratch) + topk(scratch, args.quick) + train_levers(args.quick)
+    print()
+    print(table(rows, when, where, loadavg))
+    if args.json:
+        args.json.write_text(json.dumps({"date": when, "machine": where, "load_before": loadavg, "rows": [
+            dict(zip(("benchmark", "unit", "ours", "peer", "peer_figure"), row)) for row in rows]}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
