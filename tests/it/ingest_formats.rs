@@ -5,68 +5,30 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
-use arrow::array::{Array, Int32Array, StringArray};
 use umrank::dataset::Dataset;
-use umrank::ingest::{Format, IngestConfig, IngestStage};
-use umrank::pipeline::{RejectPolicy, RunOptions, Runner, StageReport};
+use umrank::ingest::{Format, IngestConfig};
+use umrank::pipeline::{RejectPolicy, RunOptions, StageReport};
 
+use crate::common::datasets::{column, ingest_alone, qrels};
+
+/// The ingest stage alone under runner seed 1, accepting up to half the records as rejects.
 fn ingest(config: IngestConfig, out: &Path) -> StageReport {
     let options = RunOptions {
         policy: RejectPolicy {
             max_fraction: 0.5,
             strict: false,
         },
-        dirs: [("ingest".to_string(), out.to_path_buf())].into(),
         ..Default::default()
     };
-    let stage = IngestStage::new(config).unwrap();
-    Runner::new(
-        out.to_path_buf(),
-        1,
-        vec![("ingest".into(), Box::new(stage))],
-        options,
-    )
-    .run()
-    .unwrap()
-    .remove(0)
-}
-
-fn column(dir: &Path, name: &str) -> Vec<Option<String>> {
-    let mut out = Vec::new();
-    for batch in Dataset::open(dir).unwrap().batches().unwrap() {
-        let batch = batch.unwrap();
-        let col = batch.column_by_name(name).unwrap();
-        let col = col.as_any().downcast_ref::<StringArray>().unwrap();
-        out.extend((0..col.len()).map(|i| (!col.is_null(i)).then(|| col.value(i).to_string())));
-    }
-    out
+    ingest_alone(config, out, 1, options).unwrap()
 }
 
 /// (qid, did) -> relevance
 fn judgements(dir: &Path) -> BTreeMap<(String, String), i32> {
-    let mut out = BTreeMap::new();
-    for batch in Dataset::open(dir).unwrap().batches().unwrap() {
-        let batch = batch.unwrap();
-        let q = batch
-            .column(0)
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap();
-        let d = batch
-            .column(1)
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap();
-        let r = batch
-            .column(2)
-            .as_any()
-            .downcast_ref::<Int32Array>()
-            .unwrap();
-        for i in 0..batch.num_rows() {
-            out.insert((q.value(i).to_string(), d.value(i).to_string()), r.value(i));
-        }
-    }
-    out
+    qrels(dir)
+        .into_iter()
+        .map(|(qid, did, relevance)| ((qid, did), relevance))
+        .collect()
 }
 
 fn png(shade: u8) -> Vec<u8> {

@@ -10,21 +10,23 @@ use std::process::Command;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, Float32Array, Int32Array, ListArray, RecordBatch, StringArray,
-    StructArray, UInt32Array, UInt64Array,
+    ArrayRef, Float32Array, ListArray, RecordBatch, StringArray, StructArray, UInt32Array,
 };
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Fields};
 use umrank::dataset::Dataset;
 use umrank::digest::sha256_file;
-use umrank::ingest::{Format, IngestConfig, IngestStage};
+use umrank::ingest::{Format, IngestConfig};
 use umrank::pipeline::{
     Input, Output, RejectPolicy, RunOptions, Runner, Stage, StageContext, StageError,
 };
 use umrank::schema;
 use umrank::shards::export::{export, for_each_group, ExportFormat, ExportGroup, ExportOptions};
 use umrank::shards::{group_id, ShardIndex, ShardsConfig, ShardsStage};
-use umrank::world::{generate, WorldConfig, WorldSize};
+
+use crate::common::datasets::{
+    bool_column, column, ingest_alone, list_column, qrels, small_world, strings, u64_column,
+};
 
 /// One row of the fixture's negatives dataset.
 #[derive(Debug, Clone)]
@@ -145,22 +147,6 @@ fn string_list(rows: &[&Vec<String>], item: Field) -> ListArray {
     )
 }
 
-/// The string column `name` of a dataset, nulls as `None`.
-fn column(dir: &Path, name: &str) -> Vec<Option<String>> {
-    let mut out = Vec::new();
-    for batch in Dataset::open(dir).unwrap().batches().unwrap() {
-        let batch = batch.unwrap();
-        let col = batch.column_by_name(name).unwrap();
-        let col = col.as_any().downcast_ref::<StringArray>().unwrap();
-        out.extend((0..col.len()).map(|i| (!col.is_null(i)).then(|| col.value(i).to_string())));
-    }
-    out
-}
-
-fn strings(dir: &Path, name: &str) -> Vec<String> {
-    column(dir, name).into_iter().map(Option::unwrap).collect()
-}
-
 /// A document's (text, image_id).
 type DocParts = (Option<String>, Option<String>);
 /// A query's (instruction, text, image_id).
@@ -201,51 +187,11 @@ fn queries(ingest: &Path) -> BTreeMap<String, QueryParts> {
         .collect()
 }
 
-fn qrels(ingest: &Path) -> Vec<(String, String, i32)> {
-    let mut out = Vec::new();
-    for batch in Dataset::open(&ingest.join("qrels"))
-        .unwrap()
-        .batches()
-        .unwrap()
-    {
-        let batch = batch.unwrap();
-        let q = batch
-            .column(0)
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap();
-        let d = batch
-            .column(1)
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap();
-        let r = batch
-            .column(2)
-            .as_any()
-            .downcast_ref::<Int32Array>()
-            .unwrap();
-        for i in 0..batch.num_rows() {
-            out.push((q.value(i).to_string(), d.value(i).to_string(), r.value(i)));
-        }
-    }
-    out
-}
-
+/// The ingest stage alone under runner seed 0; its reject count.
 fn run_ingest(config: IngestConfig, out: &Path) -> u64 {
-    let options = RunOptions {
-        dirs: [("ingest".to_string(), out.to_path_buf())].into(),
-        ..Default::default()
-    };
-    let stage = IngestStage::new(config).unwrap();
-    let reports = Runner::new(
-        out.to_path_buf(),
-        0,
-        vec![("ingest".into(), Box::new(stage))],
-        options,
-    )
-    .run()
-    .unwrap();
-    reports[0].rejects
+    ingest_alone(config, out, 0, RunOptions::default())
+        .unwrap()
+        .rejects
 }
 
 /// The demo world, ingested, and negatives for 30 of its queries: one query with two positives, one short of
@@ -260,16 +206,7 @@ impl Setup {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let work = dir.path().to_path_buf();
-        let root = work.join("world");
-        generate(
-            &WorldConfig {
-                seed: 5,
-                size: WorldSize::Small,
-                image_side: 56,
-            },
-            &root,
-        )
-        .unwrap();
+        let (root, _) = small_world(&work, 5);
         assert_eq!(
             run_ingest(IngestConfig::new(Format::Mbeir, root), &work.join("ingest")),
             0
@@ -278,7 +215,7 @@ impl Setup {
         let ingest = work.join("ingest");
         let dids: Vec<String> = corpus(&ingest).into_keys().collect();
         let mut positives: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (qid, did, relevance) in qrels(&ingest) {
+        for (qid, did, relevance) in qrels(&ingest.join("qrels")) {
             if relevance > 0 {
                 positives.entry(qid).or_default().push(did);
             }
@@ -400,49 +337,6 @@ fn small_shards() -> ShardsConfig {
         max_rows_per_shard: 40,
         ..ShardsConfig::default()
     }
-}
-
-fn u64_column(dir: &Path, name: &str) -> Vec<u64> {
-    let mut out = Vec::new();
-    for batch in Dataset::open(dir).unwrap().batches().unwrap() {
-        let batch = batch.unwrap();
-        let col = batch.column_by_name(name).unwrap();
-        out.extend(
-            col.as_any()
-                .downcast_ref::<UInt64Array>()
-                .unwrap()
-                .values()
-                .iter()
-                .copied(),
-        );
-    }
-    out
-}
-
-fn bool_column(dir: &Path, name: &str) -> Vec<bool> {
-    let mut out = Vec::new();
-    for batch in Dataset::open(dir).unwrap().batches().unwrap() {
-        let batch = batch.unwrap();
-        let col = batch.column_by_name(name).unwrap();
-        let col = col.as_any().downcast_ref::<BooleanArray>().unwrap();
-        out.extend((0..col.len()).map(|i| col.value(i)));
-    }
-    out
-}
-
-fn list_column(dir: &Path, name: &str) -> Vec<Vec<String>> {
-    let mut out = Vec::new();
-    for batch in Dataset::open(dir).unwrap().batches().unwrap() {
-        let batch = batch.unwrap();
-        let col = batch.column_by_name(name).unwrap();
-        let col = col.as_any().downcast_ref::<ListArray>().unwrap();
-        for i in 0..col.len() {
-            let items = col.value(i);
-            let items = items.as_any().downcast_ref::<StringArray>().unwrap();
-            out.push(items.iter().map(|s| s.unwrap().to_string()).collect());
-        }
-    }
-    out
 }
 
 #[test]
@@ -722,7 +616,7 @@ fn read_back(format: Format, dir: &Path, stem: &str) -> ReadBack {
         .map(|(qid, parts)| (line_of(&qid), parts))
         .collect();
     let corpus = corpus(&ingest);
-    let qrels = qrels(&ingest);
+    let qrels = qrels(&ingest.join("qrels"));
     let mut judged: BTreeMap<u64, BTreeSet<_>> = BTreeMap::new();
     for (qid, did, relevance) in &qrels {
         judged

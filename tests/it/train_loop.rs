@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use train_data::{demo_data, tokenizer_dir, DemoData, GroupsConfig};
+use train_data::{small_demo_data, tokenizer_dir, DemoData};
 use umrank::dataset::Dataset;
 use umrank::pipeline::{RunOptions, Runner, Stage, StageOutcome};
 use umrank::train::config::DataFormat;
@@ -19,21 +19,6 @@ use umrank::train::log::{read_log, StepLog, TRAIN_LOG};
 use umrank::train::{
     prepare, train, train_prepared, RunSettings, TrainConfig, TrainInputs, TrainStage,
 };
-use umrank::world::WorldSize;
-
-fn small(dir: &Path, datasets: &[&str], negatives: usize) -> DemoData {
-    demo_data(
-        dir,
-        WorldSize::Small,
-        28,
-        GroupsConfig {
-            datasets: datasets.iter().map(|s| s.to_string()).collect(),
-            negatives,
-            split: "train".into(),
-        },
-        7,
-    )
-}
 
 /// The tiny VL test config, with the keys of `extra` overriding its defaults.
 fn config(extra: &str) -> TrainConfig {
@@ -86,7 +71,7 @@ fn values(tensor: &Tensor) -> Vec<f32> {
 #[test]
 fn a_resumed_run_equals_an_uninterrupted_one() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = small(tmp.path(), &[], 3);
+    let data = small_demo_data(tmp.path(), &[], 3);
     // Images (vision cache), LoRA dropout, accumulation and a cosine schedule all have to line up.
     let config = config("accumulation = 2\nmax_steps = 6\ncheckpoint_every = 2\nwarmup_steps = 1");
     let inputs = inputs(&data, DataFormat::Sft);
@@ -126,7 +111,7 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
 #[test]
 fn lora_training_changes_only_adapter_weights() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = small(tmp.path(), &[], 2);
+    let data = small_demo_data(tmp.path(), &[], 2);
     let config = config("max_steps = 3\ndata = 'cl'");
     let prepared = prepare(&config, &inputs(&data, DataFormat::Cl), 3, &Device::Cpu).unwrap();
     let before: BTreeMap<String, Vec<f32>> = prepared
@@ -167,7 +152,7 @@ fn lora_training_changes_only_adapter_weights() {
 #[test]
 fn full_tuning_keeps_the_lm_head_and_vision_tower_frozen_unless_asked() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = small(tmp.path(), &[], 2);
+    let data = small_demo_data(tmp.path(), &[], 2);
     let run = |extra: &str, out: &str| {
         let config = config(&format!("tune = 'full'\nmax_steps = 2\n{extra}"));
         let prepared = prepare(&config, &inputs(&data, DataFormat::Sft), 3, &Device::Cpu).unwrap();
@@ -207,7 +192,7 @@ fn full_tuning_keeps_the_lm_head_and_vision_tower_frozen_unless_asked() {
 #[test]
 fn packing_and_the_vision_cache_give_the_logits_of_the_plain_path() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = small(tmp.path(), &[], 2);
+    let data = small_demo_data(tmp.path(), &[], 2);
     let logits = |extra: &str| {
         let config = config(extra);
         let mut prepared =
@@ -259,7 +244,7 @@ fn packing_and_the_vision_cache_give_the_logits_of_the_plain_path() {
 #[test]
 fn unusable_groups_become_rejects_with_their_reason() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = small(tmp.path(), &[], 2);
+    let data = small_demo_data(tmp.path(), &[], 2);
     let inputs = inputs(&data, DataFormat::Sft);
     let text_model = toml::from_str::<TrainConfig>(&format!(
         "init = 'tiny-text'\ntokenizer = '{}'\nmax_len = 512\n",
@@ -302,7 +287,7 @@ fn unusable_groups_become_rejects_with_their_reason() {
 #[test]
 fn every_objective_reports_both_losses_and_the_unified_weights() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = small(tmp.path(), &[], 3);
+    let data = small_demo_data(tmp.path(), &[], 3);
     let inputs = inputs(&data, DataFormat::Cl);
     for (extra, check_weights) in [
         ("objective = 'cl'\ntemperature = 0.5", false),
@@ -338,7 +323,7 @@ fn every_objective_reports_both_losses_and_the_unified_weights() {
 #[test]
 fn the_train_stage_runs_in_a_pipeline_and_is_then_up_to_date() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = small(tmp.path(), &[], 2);
+    let data = small_demo_data(tmp.path(), &[], 2);
     let stage = |max_steps: u64| -> Box<dyn Stage> {
         Box::new(TrainStage::new(config(&format!("max_steps = {max_steps}\ndata = 'cl'"))).unwrap())
     };

@@ -6,7 +6,7 @@
 use crate::common::train_data;
 
 use candle_core::{DType, Device, Tensor};
-use train_data::{demo_data, tokenizer_dir, GroupsConfig};
+use train_data::{small_demo_data, tokenizer_dir};
 use umrank::dataset::Dataset;
 use umrank::models::prompt::PromptBuilder;
 use umrank::train::config::DataFormat;
@@ -15,7 +15,6 @@ use umrank::train::forward::{batch_logits, BatchLayout};
 use umrank::train::objective::group_loss;
 use umrank::train::prefix::{shared_part, SharedRow};
 use umrank::train::{prepare, Prepared, TrainConfig, TrainInputs};
-use umrank::world::WorldSize;
 
 const NEGATIVES: usize = 3;
 
@@ -116,17 +115,7 @@ fn check_layouts(prepared: &mut Prepared, config: &TrainConfig, sequences: &[Seq
 #[test]
 fn shared_prefix_gives_the_plain_paths_logits_and_gradients() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = demo_data(
-        tmp.path(),
-        WorldSize::Small,
-        28,
-        GroupsConfig {
-            datasets: vec![],
-            negatives: NEGATIVES,
-            split: "train".into(),
-        },
-        7,
-    );
+    let data = small_demo_data(tmp.path(), &[], NEGATIVES);
     let inputs = TrainInputs {
         groups: Dataset::open(&data.shards.join(DataFormat::Sft.dir_name())).unwrap(),
         corpus: None,
@@ -178,17 +167,7 @@ fn shared_prefix_gives_the_plain_paths_logits_and_gradients() {
 #[test]
 fn training_with_a_shared_prefix_follows_the_plain_run() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = demo_data(
-        tmp.path(),
-        WorldSize::Small,
-        28,
-        GroupsConfig {
-            datasets: vec!["t2t".into()],
-            negatives: NEGATIVES,
-            split: "train".into(),
-        },
-        7,
-    );
+    let data = small_demo_data(tmp.path(), &["t2t"], NEGATIVES);
     let inputs = TrainInputs {
         groups: Dataset::open(&data.shards.join(DataFormat::Sft.dir_name())).unwrap(),
         corpus: None,
