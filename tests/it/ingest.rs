@@ -12,7 +12,7 @@ use umrank::ingest::{Format, IngestConfig};
 use umrank::pipeline::{RejectPolicy, RunOptions, StageReport};
 use umrank::shard::Shard;
 
-use crate::common::datasets::{column, ingest_alone, qrels, small_world, strings};
+use crate::common::datasets::{column, ingest_alone, qrels, small_world, strings, ID_COLUMNS};
 
 /// The ingest stage alone under runner seed 11.
 fn ingest(
@@ -354,11 +354,7 @@ fn ingesting_twice_is_byte_identical_and_shards_union_to_the_whole() {
         .unwrap();
     }
     let set = |dir: &Path, column: &str| strings(dir, column).into_iter().collect::<BTreeSet<_>>();
-    for (dataset, column) in [
-        ("corpus", "did"),
-        ("queries", "qid"),
-        ("images", "image_id"),
-    ] {
+    for (dataset, column) in ID_COLUMNS {
         assert_eq!(
             set(&sharded.join(dataset), column),
             set(&a.join(dataset), column),

@@ -3,13 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use umrank::dataset::Dataset;
 use umrank::ingest::{Format, IngestConfig};
 use umrank::pipeline::{RejectPolicy, RunOptions, StageReport};
 
-use crate::common::datasets::{column, ingest_alone, qrels};
+use crate::common::datasets::{column, ingest_alone, qrels, ID_COLUMNS};
 
 /// The ingest stage alone under runner seed 1, accepting up to half the records as rejects.
 fn ingest(config: IngestConfig, out: &Path) -> StageReport {
@@ -40,6 +40,17 @@ fn png(shade: u8) -> Vec<u8> {
     )
     .unwrap();
     bytes
+}
+
+/// An ms-swift input directory `<dir>/in`: the jsonl file `name` of `lines`, and the images `img/q.png` and
+/// `img/d.png` they may point at.
+fn swift_input(dir: &Path, name: &str, lines: &[&str]) -> PathBuf {
+    let root = dir.join("in");
+    fs::create_dir_all(root.join("img")).unwrap();
+    fs::write(root.join("img/q.png"), png(1)).unwrap();
+    fs::write(root.join("img/d.png"), png(2)).unwrap();
+    fs::write(root.join(name), lines.join("\n")).unwrap();
+    root
 }
 
 #[test]
@@ -100,14 +111,10 @@ fn flag_embedding_jsonl_shares_documents_and_keeps_listed_negatives() {
 #[test]
 fn ms_swift_jsonl_with_images() {
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("in");
-    fs::create_dir_all(root.join("img")).unwrap();
-    fs::write(root.join("img/q.png"), png(1)).unwrap();
-    fs::write(root.join("img/d.png"), png(2)).unwrap();
     let lines = [
         r#"{"messages": [{"role": "system", "content": "Find the matching photo."}, {"role": "user", "content": "<image>a red square"}], "images": ["img/q.png"], "positive_messages": [[{"role": "user", "content": "<image>"}]], "positive_images": [["img/d.png"]], "negative_messages": [[{"role": "user", "content": "a blue circle"}], [{"role": "user", "content": "<image>"}]], "negative_images": [[], ["img/missing.png"]]}"#,
     ];
-    fs::write(root.join("rerank.jsonl"), lines.join("\n")).unwrap();
+    let root = swift_input(dir.path(), "rerank.jsonl", &lines);
     let out = dir.path().join("out");
     let report = ingest(IngestConfig::new(Format::Swift, root), &out);
     assert_eq!(report.rejects, 1, "the negative whose image is missing");
@@ -148,26 +155,18 @@ fn ms_swift_jsonl_with_images() {
 #[test]
 fn parquet_in_our_schema_round_trips_and_revalidates_images() {
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("in");
-    fs::create_dir_all(root.join("img")).unwrap();
-    fs::write(root.join("img/q.png"), png(1)).unwrap();
-    fs::write(root.join("img/d.png"), png(2)).unwrap();
     let lines = [
         r#"{"messages": [{"role": "user", "content": "<image>"}], "images": ["img/q.png"], "positive_messages": [[{"role": "user", "content": "<image>red"}]], "positive_images": [["img/d.png"]], "negative_messages": [[{"role": "user", "content": "blue"}]]}"#,
         r#"{"messages": [{"role": "user", "content": "green"}], "positive_messages": [[{"role": "user", "content": "blue"}]]}"#,
     ];
-    fs::write(root.join("a.jsonl"), lines.join("\n")).unwrap();
+    let root = swift_input(dir.path(), "a.jsonl", &lines);
     let first = dir.path().join("first");
     ingest(IngestConfig::new(Format::Swift, root), &first);
 
     let second = dir.path().join("second");
     let report = ingest(IngestConfig::new(Format::Parquet, first.clone()), &second);
     assert_eq!(report.rejects, 0);
-    for (dataset, col) in [
-        ("corpus", "did"),
-        ("queries", "qid"),
-        ("images", "image_id"),
-    ] {
+    for (dataset, col) in ID_COLUMNS {
         assert_eq!(
             column(&first.join(dataset), col),
             column(&second.join(dataset), col),

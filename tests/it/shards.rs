@@ -293,6 +293,13 @@ impl Setup {
     }
 
     /// Runs the shards stage into `out`; returns its reject count.
+    /// The shards stage with [`small_shards`] into `<work>/shards`, for the exporters to read.
+    fn small_shards(&self) -> PathBuf {
+        let shards = self.work.join("shards");
+        self.shards(&shards, small_shards());
+        shards
+    }
+
     fn shards(&self, out: &Path, config: ShardsConfig) -> u64 {
         let options = RunOptions {
             dirs: [("shards".to_string(), out.to_path_buf())].into(),
@@ -648,22 +655,47 @@ fn judged(group: &ExportGroup, with_images: bool) -> Judged {
         .collect()
 }
 
+/// Every record of a group: its query, positive and negatives.
+fn records(group: &ExportGroup) -> impl Iterator<Item = &umrank::shards::export::Record> {
+    [&group.query, &group.positive]
+        .into_iter()
+        .chain(group.negatives.iter().map(|(r, _)| r))
+}
+
+/// What ingest read back is `groups`, one per line: each query's instruction, text and (when the format carries
+/// images) image, and its judged documents; and no other judgement.
+fn assert_read_back(back: &ReadBack, groups: &[&ExportGroup], with_images: bool) {
+    assert_eq!(back.queries.len(), groups.len());
+    let mut expected_qrels = 0;
+    for (line, group) in (1u64..).zip(groups) {
+        let (instruction, text, image) = &back.queries[&line];
+        let want_image = if with_images {
+            &group.query.image_id
+        } else {
+            &None
+        };
+        assert_eq!(
+            (instruction, text, image),
+            (&group.instruction, &group.query.text, want_image),
+            "line {line}"
+        );
+        let want = judged(group, with_images);
+        expected_qrels += want.len();
+        assert_eq!(back.judged[&line], want, "line {line}");
+    }
+    assert_eq!(back.qrels, expected_qrels);
+}
+
 #[test]
 fn flag_export_round_trips_through_the_flag_ingest() {
     let setup = Setup::new();
-    let shards = setup.work.join("shards");
-    setup.shards(&shards, small_shards());
+    let shards = setup.small_shards();
     let dir = setup.work.join("flag");
     let summary = export_to(&shards, ExportFormat::Flag, &dir.join("train.jsonl"));
     let groups = read_groups(&shards);
     let text_only: Vec<&ExportGroup> = groups
         .iter()
-        .filter(|g| {
-            [&g.query, &g.positive]
-                .into_iter()
-                .chain(g.negatives.iter().map(|(r, _)| r))
-                .all(|r| r.text.is_some())
-        })
+        .filter(|g| records(g).all(|r| r.text.is_some()))
         .collect();
     assert!(
         !text_only.is_empty() && text_only.len() < groups.len(),
@@ -677,26 +709,13 @@ fn flag_export_round_trips_through_the_flag_ingest() {
     );
 
     let back = read_back(Format::Flag, &dir, "train");
-    assert_eq!(back.queries.len(), text_only.len());
-    let mut expected_qrels = 0;
-    for (line, group) in (1u64..).zip(&text_only) {
-        let (instruction, text, image) = &back.queries[&line];
-        assert_eq!(
-            (instruction, text, image),
-            (&group.instruction, &group.query.text, &None)
-        );
-        let want = judged(group, false);
-        expected_qrels += want.len();
-        assert_eq!(back.judged[&line], want, "line {line}");
-    }
-    assert_eq!(back.qrels, expected_qrels);
+    assert_read_back(&back, &text_only, false);
 }
 
 #[test]
 fn swift_export_round_trips_with_its_images_through_the_swift_ingest() {
     let setup = Setup::new();
-    let shards = setup.work.join("shards");
-    setup.shards(&shards, small_shards());
+    let shards = setup.small_shards();
     let dir = setup.work.join("swift");
     let summary = export_to(&shards, ExportFormat::Swift, &dir.join("train.jsonl"));
     let groups = read_groups(&shards);
@@ -706,13 +725,7 @@ fn swift_export_round_trips_with_its_images_through_the_swift_ingest() {
     );
     let image_ids: BTreeSet<String> = groups
         .iter()
-        .flat_map(|g| {
-            [&g.query, &g.positive]
-                .into_iter()
-                .chain(g.negatives.iter().map(|(r, _)| r))
-                .filter_map(|r| r.image_id.clone())
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|g| records(g).filter_map(|r| r.image_id.clone()))
         .collect();
     assert!(!image_ids.is_empty());
     assert_eq!(summary.images, image_ids.len() as u64);
@@ -726,27 +739,13 @@ fn swift_export_round_trips_with_its_images_through_the_swift_ingest() {
 
     // Ingest hashes the image files it reads: equal ids mean the very bytes came back.
     let back = read_back(Format::Swift, &dir, "train");
-    assert_eq!(back.queries.len(), groups.len());
-    let mut expected_qrels = 0;
-    for (line, group) in (1u64..).zip(&groups) {
-        let (instruction, text, image) = &back.queries[&line];
-        assert_eq!(
-            (instruction, text, image),
-            (&group.instruction, &group.query.text, &group.query.image_id),
-            "line {line}"
-        );
-        let want = judged(group, true);
-        expected_qrels += want.len();
-        assert_eq!(back.judged[&line], want, "line {line}");
-    }
-    assert_eq!(back.qrels, expected_qrels);
+    assert_read_back(&back, &groups.iter().collect::<Vec<_>>(), true);
 }
 
 #[test]
 fn sentence_transformers_export_reads_back_with_the_dataset_reader() {
     let setup = Setup::new();
-    let shards = setup.work.join("shards");
-    setup.shards(&shards, small_shards());
+    let shards = setup.small_shards();
     let dir = setup.work.join("st");
     let file = dir.join("train.parquet");
     let summary = export_to(&shards, ExportFormat::SentenceTransformers, &file);

@@ -3,12 +3,14 @@
 //! groups become rejects with their reason, the stage runs in a pipeline, and `umrank train --help` documents
 //! every key of the `[train]` table.
 
+use crate::common::cli::umrank_ok;
+use crate::common::reference::to_f32;
 use crate::common::train_data;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::Device;
 use train_data::{small_demo_data, tokenizer_dir, DemoData};
 use umrank::dataset::Dataset;
 use umrank::pipeline::{RunOptions, Runner, Stage, StageOutcome};
@@ -56,16 +58,6 @@ fn deterministic(row: &StepLog) -> StepLog {
         tokens_per_s: 0.0,
         ..row.clone()
     }
-}
-
-fn values(tensor: &Tensor) -> Vec<f32> {
-    tensor
-        .to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
 }
 
 #[test]
@@ -118,7 +110,7 @@ fn lora_training_changes_only_adapter_weights() {
         .model
         .base_weights()
         .iter()
-        .map(|(name, t)| (name.clone(), values(t)))
+        .map(|(name, t)| (name.clone(), to_f32(t)))
         .collect();
     let trainable = prepared.model.trainable();
     assert!(trainable
@@ -126,19 +118,19 @@ fn lora_training_changes_only_adapter_weights() {
         .all(|(name, _)| name.ends_with(".lora_A") || name.ends_with(".lora_B")));
     let b_before: Vec<Vec<f32>> = trainable
         .iter()
-        .map(|(_, v)| values(v.as_tensor()))
+        .map(|(_, v)| to_f32(v.as_tensor()))
         .collect();
 
     let (outcome, model) = train_prepared(&config, prepared, &settings(tmp.path(), None)).unwrap();
     assert_eq!(outcome.log.len(), 3);
     for (name, tensor) in model.base_weights() {
-        assert_eq!(values(&tensor), before[&name], "{name} changed");
+        assert_eq!(to_f32(&tensor), before[&name], "{name} changed");
     }
     let changed = model
         .trainable()
         .iter()
         .zip(&b_before)
-        .filter(|((_, v), old)| values(v.as_tensor()) != **old)
+        .filter(|((_, v), old)| to_f32(v.as_tensor()) != **old)
         .count();
     assert!(
         changed > model.trainable().len() / 2,
@@ -160,7 +152,7 @@ fn full_tuning_keeps_the_lm_head_and_vision_tower_frozen_unless_asked() {
             .model
             .base_weights()
             .iter()
-            .map(|(n, t)| (n.clone(), values(t)))
+            .map(|(n, t)| (n.clone(), to_f32(t)))
             .collect();
         let (_, model) =
             train_prepared(&config, prepared, &settings(&tmp.path().join(out), None)).unwrap();
@@ -168,7 +160,7 @@ fn full_tuning_keeps_the_lm_head_and_vision_tower_frozen_unless_asked() {
             .base_weights()
             .into_iter()
             .map(|(name, t)| {
-                let moved = values(&t) != before[&name];
+                let moved = to_f32(&t) != before[&name];
                 (name, moved)
             })
             .collect::<BTreeMap<String, bool>>()
@@ -222,7 +214,7 @@ fn packing_and_the_vision_cache_give_the_logits_of_the_plain_path() {
             )
             .unwrap();
             assert_eq!(batch.z_yes.dims(), &[4, 3]);
-            out.push((values(&batch.z_yes), values(&batch.z_no)));
+            out.push((to_f32(&batch.z_yes), to_f32(&batch.z_no)));
         }
         assert_eq!(out[0], out[1]);
         (out.remove(0), prepared.images.map_or(0, |b| b.cached()))
@@ -359,12 +351,7 @@ fn the_train_stage_runs_in_a_pipeline_and_is_then_up_to_date() {
 
 #[test]
 fn train_help_documents_every_key_of_the_train_table() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_umrank"))
-        .args(["train", "--help"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let help = String::from_utf8(out.stdout).unwrap();
+    let help = umrank_ok(&["train", "--help"]);
     let keys = serde_json::to_value(config("")).unwrap();
     for key in keys.as_object().unwrap().keys() {
         let flag = match key.as_str() {

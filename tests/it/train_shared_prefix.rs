@@ -3,9 +3,10 @@
 //! VL model (query images in the shared prefix, document images in the suffixes, text-only groups) and on the
 //! tiny text decoder; and a short training run takes the same steps either way.
 
+use crate::common::reference::to_f32;
 use crate::common::train_data;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::Device;
 use train_data::{small_demo_data, tokenizer_dir};
 use umrank::dataset::Dataset;
 use umrank::models::prompt::PromptBuilder;
@@ -25,16 +26,6 @@ fn train_config(init: &str, objective: &str) -> TrainConfig {
         tokenizer_dir().display()
     ))
     .unwrap()
-}
-
-fn values(tensor: &Tensor) -> Vec<f32> {
-    tensor
-        .to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
 }
 
 /// Every value of `b` within `tol` of `a`, relative to the largest magnitude of `a` (at least 1).
@@ -90,14 +81,14 @@ fn run(
     .unwrap();
     let grads = report.loss.backward().unwrap();
     let mut out = vec![
-        ("z_yes".to_string(), values(&logits.z_yes)),
-        ("z_no".to_string(), values(&logits.z_no)),
+        ("z_yes".to_string(), to_f32(&logits.z_yes)),
+        ("z_no".to_string(), to_f32(&logits.z_no)),
     ];
     for (name, var) in prepared.model.trainable() {
         let grad = grads
             .get(var.as_tensor())
             .unwrap_or_else(|| panic!("{name} has no gradient"));
-        out.push((name, values(grad)));
+        out.push((name, to_f32(grad)));
     }
     out
 }

@@ -10,6 +10,13 @@ use umrank::ingest::{IngestConfig, IngestStage};
 use umrank::pipeline::{RunOptions, Runner, StageReport};
 use umrank::world::{generate, WorldConfig, WorldSize, WorldSummary};
 
+/// Each ingest dataset that has an id column, with that column.
+pub const ID_COLUMNS: [(&str, &str); 3] = [
+    ("corpus", "did"),
+    ("queries", "qid"),
+    ("images", "image_id"),
+];
+
 /// Generates the small demo world (56-pixel images, fast to ingest) under `dir/world` and returns its root.
 pub fn small_world(dir: &Path, seed: u64) -> (PathBuf, WorldSummary) {
     let root = dir.join("world");
