@@ -12,7 +12,9 @@ use umrank::ingest::{Format, IngestConfig};
 use umrank::pipeline::{RejectPolicy, RunOptions, StageReport};
 use umrank::shard::Shard;
 
-use crate::common::datasets::{column, ingest_alone, qrels, small_world, strings, ID_COLUMNS};
+use crate::common::datasets::{
+    column, ingest_alone, qrels, small_world, solid_png, strings, ID_COLUMNS,
+};
 
 /// The ingest stage alone under runner seed 11.
 fn ingest(
@@ -121,16 +123,7 @@ fn broken_corpus(dir: &Path) -> PathBuf {
     ] {
         fs::create_dir_all(root.join(sub)).unwrap();
     }
-    let png = |w: u32, h: u32, shade: u8| {
-        let img = image::RgbImage::from_pixel(w, h, image::Rgb([shade, 10, 200]));
-        let mut bytes = Vec::new();
-        img.write_to(
-            &mut std::io::Cursor::new(&mut bytes),
-            image::ImageFormat::Png,
-        )
-        .unwrap();
-        bytes
-    };
+    let png = |w: u32, h: u32, shade: u8| solid_png(w, h, [shade, 10, 200]);
     fs::write(root.join("images/a.png"), png(8, 8, 1)).unwrap();
     fs::write(root.join("images/b.png"), png(8, 8, 2)).unwrap();
     fs::write(root.join("images/a-copy.png"), png(8, 8, 1)).unwrap();

@@ -9,7 +9,7 @@ use umrank::dataset::Dataset;
 use umrank::ingest::{Format, IngestConfig};
 use umrank::pipeline::{RejectPolicy, RunOptions, StageReport};
 
-use crate::common::datasets::{column, ingest_alone, qrels, ID_COLUMNS};
+use crate::common::datasets::{column, ingest_alone, qrels, solid_png, ID_COLUMNS};
 
 /// The ingest stage alone under runner seed 1, accepting up to half the records as rejects.
 fn ingest(config: IngestConfig, out: &Path) -> StageReport {
@@ -31,24 +31,13 @@ fn judgements(dir: &Path) -> BTreeMap<(String, String), i32> {
         .collect()
 }
 
-fn png(shade: u8) -> Vec<u8> {
-    let img = image::RgbImage::from_pixel(6, 6, image::Rgb([shade, 0, 0]));
-    let mut bytes = Vec::new();
-    img.write_to(
-        &mut std::io::Cursor::new(&mut bytes),
-        image::ImageFormat::Png,
-    )
-    .unwrap();
-    bytes
-}
-
 /// An ms-swift input directory `<dir>/in`: the jsonl file `name` of `lines`, and the images `img/q.png` and
 /// `img/d.png` they may point at.
 fn swift_input(dir: &Path, name: &str, lines: &[&str]) -> PathBuf {
     let root = dir.join("in");
     fs::create_dir_all(root.join("img")).unwrap();
-    fs::write(root.join("img/q.png"), png(1)).unwrap();
-    fs::write(root.join("img/d.png"), png(2)).unwrap();
+    fs::write(root.join("img/q.png"), solid_png(6, 6, [1, 0, 0])).unwrap();
+    fs::write(root.join("img/d.png"), solid_png(6, 6, [2, 0, 0])).unwrap();
     fs::write(root.join(name), lines.join("\n")).unwrap();
     root
 }

@@ -301,6 +301,12 @@ impl Setup {
     }
 
     fn shards(&self, out: &Path, config: ShardsConfig) -> u64 {
+        self.shards_with_seed(out, config, 42)
+    }
+
+    /// The shards stage alone into `out` under runner seed `seed`, accepting up to half the rows as rejects; its
+    /// reject count.
+    fn shards_with_seed(&self, out: &Path, config: ShardsConfig, seed: u64) -> u64 {
         let options = RunOptions {
             dirs: [("shards".to_string(), out.to_path_buf())].into(),
             policy: RejectPolicy {
@@ -312,7 +318,7 @@ impl Setup {
         let stage = ShardsStage::new(config).unwrap();
         let reports = Runner::new(
             self.work.clone(),
-            42,
+            seed,
             vec![("shards".into(), Box::new(stage))],
             options,
         )
@@ -563,23 +569,7 @@ fn reruns_into_other_directories_are_byte_identical() {
     assert_eq!(exported, files(&setup.work.join("export-b")));
 
     // Another seed, another order, the same groups.
-    let options = RunOptions {
-        dirs: [("shards".to_string(), setup.work.join("c"))].into(),
-        policy: RejectPolicy {
-            max_fraction: 0.5,
-            strict: false,
-        },
-        ..Default::default()
-    };
-    let stage = ShardsStage::new(small_shards()).unwrap();
-    Runner::new(
-        setup.work.clone(),
-        43,
-        vec![("shards".into(), Box::new(stage))],
-        options,
-    )
-    .run()
-    .unwrap();
+    setup.shards_with_seed(&setup.work.join("c"), small_shards(), 43);
     let ids_a = u64_column(&a.join("cl"), "group_id");
     let ids_c = u64_column(&setup.work.join("c").join("cl"), "group_id");
     assert_ne!(ids_a, ids_c);

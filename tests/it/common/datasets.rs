@@ -10,6 +10,18 @@ use umrank::ingest::{IngestConfig, IngestStage};
 use umrank::pipeline::{RunOptions, Runner, StageReport};
 use umrank::world::{generate, WorldConfig, WorldSize, WorldSummary};
 
+/// A `width` x `height` PNG of one colour: an image input for the ingest tests.
+pub fn solid_png(width: u32, height: u32, rgb: [u8; 3]) -> Vec<u8> {
+    let img = image::RgbImage::from_pixel(width, height, image::Rgb(rgb));
+    let mut bytes = Vec::new();
+    img.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )
+    .unwrap();
+    bytes
+}
+
 /// Each ingest dataset that has an id column, with that column.
 pub const ID_COLUMNS: [(&str, &str); 3] = [
     ("corpus", "did"),
