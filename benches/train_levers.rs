@@ -16,6 +16,10 @@
 //! sequences per second over the timed steps, after one untimed warm-up step per variant, the best of a few
 //! rounds over all variants; wall-clock figures move with whatever else the machine is running.
 
+/// The dataset readers `train_data` reads the ingested world with; the bench needs only those.
+#[allow(dead_code)]
+#[path = "../tests/it/common/datasets.rs"]
+mod datasets;
 #[path = "../tests/it/common/train_data.rs"]
 mod train_data;
 

@@ -4,6 +4,7 @@
 //! readers see the N parts as one dataset and refuse an incomplete set. Files are written under a hidden temporary
 //! name and renamed into place only when complete, so a crash never leaves a file that looks finished.
 
+pub mod columns;
 mod error;
 mod reader;
 mod writer;

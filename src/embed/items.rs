@@ -3,11 +3,10 @@
 
 use std::collections::HashMap;
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::UInt64Type;
+use arrow::array::{Array, LargeBinaryArray, RecordBatch, StringArray, UInt32Array, UInt64Array};
 
 use super::EmbedError;
-use crate::dataset::Dataset;
+use crate::dataset::{columns, Dataset};
 use crate::digest::Fingerprint;
 use crate::modality::Modality;
 use crate::shard::Shard;
@@ -116,7 +115,7 @@ pub fn read(
     Ok((items, bad))
 }
 
-type Utf8 = arrow::array::StringArray;
+type Utf8 = StringArray;
 
 struct Columns<'a> {
     id: &'a Utf8,
@@ -125,7 +124,7 @@ struct Columns<'a> {
     image_id: &'a Utf8,
     instruction: Option<&'a Utf8>,
     source_file: &'a Utf8,
-    source_line: &'a arrow::array::PrimitiveArray<UInt64Type>,
+    source_line: &'a UInt64Array,
 }
 
 impl<'a> Columns<'a> {
@@ -135,16 +134,8 @@ impl<'a> Columns<'a> {
         id: &str,
         side: Side,
     ) -> Result<Self, EmbedError> {
-        let utf8 = |name: &str| -> Result<&'a Utf8, EmbedError> {
-            batch
-                .column_by_name(name)
-                .and_then(|c| c.as_string_opt::<i32>())
-                .ok_or_else(|| missing(dataset, name, "utf8"))
-        };
-        let source_line = batch
-            .column_by_name("source_line")
-            .and_then(|c| c.as_primitive_opt::<UInt64Type>())
-            .ok_or_else(|| missing(dataset, "source_line", "uint64"))?;
+        let utf8 = |name: &str| column::<Utf8>(batch, dataset, name, "utf8");
+        let source_line = column::<UInt64Array>(batch, dataset, "source_line", "uint64")?;
         Ok(Self {
             id: utf8(id)?,
             modality: utf8("modality")?,
@@ -209,11 +200,17 @@ impl<'a> Columns<'a> {
     }
 }
 
-fn missing(dataset: &Dataset, column: &str, ty: &str) -> EmbedError {
-    EmbedError::Input {
+/// The column `name` of a batch of `dataset` as `A`, or an input error naming the dataset.
+fn column<'a, A: Array + 'static>(
+    batch: &'a RecordBatch,
+    dataset: &Dataset,
+    name: &str,
+    ty: &str,
+) -> Result<&'a A, EmbedError> {
+    columns::typed(batch, name, ty).map_err(|message| EmbedError::Input {
         path: dataset.path().to_path_buf(),
-        message: format!("no {ty} column `{column}`"),
-    }
+        message,
+    })
 }
 
 /// The images the items point at, read from the images dataset in one pass: encoded bytes and (width, height).
@@ -232,20 +229,9 @@ impl Images {
         }
         for batch in dataset.batches_of(256)? {
             let batch = batch?;
-            let ids = batch
-                .column_by_name("image_id")
-                .and_then(|c| c.as_string_opt::<i32>())
-                .ok_or_else(|| missing(dataset, "image_id", "utf8"))?;
-            let bytes = batch
-                .column_by_name("bytes")
-                .and_then(|c| c.as_binary_opt::<i64>())
-                .ok_or_else(|| missing(dataset, "bytes", "large_binary"))?;
-            let dims = |name: &str| {
-                batch
-                    .column_by_name(name)
-                    .and_then(|c| c.as_primitive_opt::<arrow::datatypes::UInt32Type>())
-                    .ok_or_else(|| missing(dataset, name, "uint32"))
-            };
+            let ids = column::<StringArray>(&batch, dataset, "image_id", "utf8")?;
+            let bytes = column::<LargeBinaryArray>(&batch, dataset, "bytes", "large_binary")?;
+            let dims = |name: &str| column::<UInt32Array>(&batch, dataset, name, "uint32");
             let (width, height) = (dims("width")?, dims("height")?);
             for row in 0..batch.num_rows() {
                 let id = ids.value(row);

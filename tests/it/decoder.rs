@@ -20,14 +20,7 @@ const TOLERANCE: f64 = 1e-4;
 fn assert_matches_transformers(checkpoint: &str, case: &str) {
     let decoder = load(checkpoint);
     let batch = Batch::of(case);
-    let hidden = decoder
-        .forward(
-            &batch.input_ids,
-            &batch.position_ids,
-            &batch.layout(DType::F32),
-            false,
-        )
-        .unwrap();
+    let hidden = batch.hidden(&decoder, false);
     let logits = decoder.logits(&hidden).unwrap();
     let valid = batch.valid_positions();
     let hidden_err = rel_error_at(&hidden, &get(&format!("{case}.hidden")), &valid);
@@ -171,14 +164,7 @@ fn token_logits_are_columns_of_the_full_logits() {
     for (checkpoint, tokens) in [("qwen2", [9u32, 200, 17]), ("llama", [3, 311, 150])] {
         let decoder = load(checkpoint);
         let batch = Batch::of(checkpoint);
-        let hidden = decoder
-            .forward(
-                &batch.input_ids,
-                &batch.position_ids,
-                &batch.layout(DType::F32),
-                false,
-            )
-            .unwrap();
+        let hidden = batch.hidden(&decoder, false);
         let last = select_positions(&hidden, &batch.last_positions()).unwrap();
         let selected = decoder.token_logits(&last, &tokens).unwrap();
         assert_eq!(selected.dims(), [3, 3]);

@@ -35,14 +35,7 @@ fn tiny_gguf_matches_transformers_on_the_dequantised_weights() {
     assert_eq!(config.rope_theta, 1e5);
     let decoder = checkpoint.decoder(DType::F32, &Device::Cpu).unwrap();
     let batch = Batch::of("llama");
-    let hidden = decoder
-        .forward(
-            &batch.input_ids,
-            &batch.position_ids,
-            &batch.layout(DType::F32),
-            false,
-        )
-        .unwrap();
+    let hidden = batch.hidden(&decoder, false);
     let logits = decoder.logits(&hidden).unwrap();
     let valid = batch.valid_positions();
     let hidden_err = rel_error_at(&hidden, &get("gguf.hidden"), &valid);

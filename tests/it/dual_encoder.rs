@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use arrow::array::AsArray;
 use arrow::datatypes::Float32Type;
@@ -17,7 +17,8 @@ use umrank::media::preprocess::{ClipProcessor, PreprocessorConfig};
 use umrank::models::embedders::clip::{ClipConfig, ClipModel};
 use umrank::pipeline::{PipelineConfig, RunOptions, Runner, StageOutcome, StageReport};
 use umrank::train::dual_encoder::{Inputs, PairSet, Pixels, MODEL_DIR, TRAIN_LOG};
-use umrank::world::{generate, WorldConfig, WorldSize};
+
+use crate::common::datasets::small_world;
 
 /// Small enough to train in seconds, big enough to learn the small world's training pairs.
 const PIPELINE: &str = r#"
@@ -47,17 +48,6 @@ from = "ingest"
 model_from = "embedder"
 model = "model"
 "#;
-
-fn world(dir: &Path) -> PathBuf {
-    let root = dir.join("world");
-    let config = WorldConfig {
-        seed: 9,
-        size: WorldSize::Small,
-        image_side: 56,
-    };
-    generate(&config, &root).unwrap();
-    root
-}
 
 fn run(dir: &Path, root: &Path, pipeline: &str) -> Result<Vec<StageReport>, String> {
     let text = pipeline.replace("ROOT", &root.display().to_string());
@@ -106,7 +96,7 @@ fn query_vectors(embed: &Path) -> BTreeMap<String, Vec<f32>> {
 #[test]
 fn the_embedder_learns_and_the_embed_stage_embeds_as_training_did() {
     let tmp = tempfile::tempdir().unwrap();
-    let root = world(tmp.path());
+    let (root, _) = small_world(tmp.path(), 9);
     let reports = run(tmp.path(), &root, PIPELINE).unwrap();
     assert!(reports.iter().all(|r| r.outcome == StageOutcome::Ran));
     let stage = tmp.path().join("runs/embedder");
@@ -175,7 +165,7 @@ fn the_embedder_learns_and_the_embed_stage_embeds_as_training_did() {
 #[test]
 fn the_same_seed_trains_the_same_weights_and_another_seed_does_not() {
     let tmp = tempfile::tempdir().unwrap();
-    let root = world(tmp.path());
+    let (root, _) = small_world(tmp.path(), 9);
     let short = PIPELINE.replace("epochs = 12", "epochs = 2");
     let hashes = |seed: u64, run_index: u32| {
         let dir = tmp.path().join(format!("seed-{seed}-run-{run_index}"));

@@ -2,7 +2,6 @@
 //! vectors equal to the model layer's, a crash that resumes from the cache and ends byte-identical, reruns,
 //! shards, rejects, configuration errors and the CLI.
 
-use crate::common::cli::umrank;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -20,7 +19,7 @@ use umrank::embed::{
     embed_into, load_model, EmbedConfig, EmbedError, EmbedModel, EmbedReport, EmbedSources,
     EmbedStage, ModelOptions, Prepared, PreparedImage, DOC_EMBEDDINGS, QUERY_EMBEDDINGS,
 };
-use umrank::ingest::{Format, IngestConfig, IngestStage};
+use umrank::ingest::{Format, IngestConfig};
 use umrank::media::preprocess::{
     ImagePreprocessor, PreprocessError, Qwen2VlParams, Qwen2VlProcessor,
 };
@@ -35,7 +34,9 @@ use umrank::pipeline::{
     Input, Output, RejectPolicy, RunOptions, Runner, Stage, StageContext, StageError,
 };
 use umrank::shard::Shard;
-use umrank::world::{generate, WorldConfig, WorldSize};
+
+use crate::common::cli::umrank;
+use crate::common::datasets::{column, ingest_alone, small_world};
 
 fn fixture(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -52,30 +53,10 @@ fn ingested() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap().keep();
-        let root = dir.join("world");
-        generate(
-            &WorldConfig {
-                seed: 3,
-                size: WorldSize::Small,
-                image_side: 56,
-            },
-            &root,
-        )
-        .unwrap();
+        let (root, _) = small_world(&dir, 3);
         let out = dir.join("ingest");
-        let stage = IngestStage::new(IngestConfig::new(Format::Mbeir, root)).unwrap();
-        let options = RunOptions {
-            dirs: [("ingest".to_string(), out.clone())].into(),
-            ..Default::default()
-        };
-        Runner::new(
-            dir.clone(),
-            1,
-            vec![("ingest".into(), Box::new(stage))],
-            options,
-        )
-        .run()
-        .unwrap();
+        let config = IngestConfig::new(Format::Mbeir, root);
+        ingest_alone(config, &out, 1, RunOptions::default()).unwrap();
         out
     })
 }
@@ -237,17 +218,6 @@ fn read_embeddings(dir: &Path) -> Embeddings {
         }
     }
     Embeddings { ids, rows }
-}
-
-/// Every column of a dataset as strings by name, row by row.
-fn column(dir: &Path, name: &str) -> Vec<Option<String>> {
-    let mut out = Vec::new();
-    for batch in Dataset::open(dir).unwrap().batches().unwrap() {
-        let batch = batch.unwrap();
-        let col = batch.column_by_name(name).unwrap().as_string::<i32>();
-        out.extend((0..col.len()).map(|i| (!col.is_null(i)).then(|| col.value(i).to_string())));
-    }
-    out
 }
 
 fn part_hashes(out: &Path) -> Vec<String> {

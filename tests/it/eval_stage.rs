@@ -6,7 +6,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -28,6 +27,8 @@ use umrank::pipeline::{
 };
 use umrank::report::{ReportConfig, ReportStage};
 use umrank::shard::Shard;
+
+use crate::common::cli::umrank_ok;
 
 fn model_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/vlm/qwen2_vl")
@@ -763,16 +764,7 @@ fn eval_fixture(name: &str) -> PathBuf {
 }
 
 fn umrank_json(args: &[&str]) -> Value {
-    let output = Command::new(env!("CARGO_BIN_EXE_umrank"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
+    serde_json::from_str(&umrank_ok(args)).unwrap()
 }
 
 #[test]

@@ -5,28 +5,18 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use arrow::array::{Array, Int32Array, StringArray, UInt64Array};
+use arrow::array::{Array, StringArray, UInt64Array};
 use umrank::dataset::Dataset;
 use umrank::digest::sha256_file;
-use umrank::ingest::{Format, IngestConfig, IngestStage};
-use umrank::pipeline::{RejectPolicy, RunOptions, Runner, StageReport};
+use umrank::ingest::{Format, IngestConfig};
+use umrank::pipeline::{RejectPolicy, RunOptions, StageReport};
 use umrank::shard::Shard;
-use umrank::world::{generate, WorldConfig, WorldSize, WorldSummary};
 
-fn small_world(dir: &Path) -> (PathBuf, WorldSummary) {
-    let root = dir.join("world");
-    let summary = generate(
-        &WorldConfig {
-            seed: 5,
-            size: WorldSize::Small,
-            image_side: 56,
-        },
-        &root,
-    )
-    .unwrap();
-    (root, summary)
-}
+use crate::common::datasets::{
+    column, ingest_alone, qrels, small_world, solid_png, strings, ID_COLUMNS,
+};
 
+/// The ingest stage alone under runner seed 11.
 fn ingest(
     config: IngestConfig,
     out: &Path,
@@ -36,31 +26,9 @@ fn ingest(
     let options = RunOptions {
         shard,
         policy,
-        dirs: [("ingest".to_string(), out.to_path_buf())].into(),
         ..Default::default()
     };
-    let stage = IngestStage::new(config).map_err(|e| e.to_string())?;
-    let runner = Runner::new(
-        out.to_path_buf(),
-        11,
-        vec![("ingest".into(), Box::new(stage))],
-        options,
-    );
-    runner
-        .run()
-        .map(|mut r| r.remove(0))
-        .map_err(|e| e.to_string())
-}
-
-fn strings(dir: &Path, column: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for batch in Dataset::open(dir).unwrap().batches().unwrap() {
-        let batch = batch.unwrap();
-        let col = batch.column_by_name(column).unwrap();
-        let col = col.as_any().downcast_ref::<StringArray>().unwrap();
-        out.extend((0..col.len()).map(|i| col.value(i).to_string()));
-    }
-    out
+    ingest_alone(config, out, 11, options)
 }
 
 fn rows(path: &Path) -> u64 {
@@ -70,7 +38,7 @@ fn rows(path: &Path) -> u64 {
 #[test]
 fn the_demo_world_ingests_with_exact_counts() {
     let dir = tempfile::tempdir().unwrap();
-    let (root, summary) = small_world(dir.path());
+    let (root, summary) = small_world(dir.path(), 5);
     let out = dir.path().join("ingest");
     let report = ingest(
         IngestConfig::new(Format::Mbeir, root),
@@ -155,16 +123,7 @@ fn broken_corpus(dir: &Path) -> PathBuf {
     ] {
         fs::create_dir_all(root.join(sub)).unwrap();
     }
-    let png = |w: u32, h: u32, shade: u8| {
-        let img = image::RgbImage::from_pixel(w, h, image::Rgb([shade, 10, 200]));
-        let mut bytes = Vec::new();
-        img.write_to(
-            &mut std::io::Cursor::new(&mut bytes),
-            image::ImageFormat::Png,
-        )
-        .unwrap();
-        bytes
-    };
+    let png = |w: u32, h: u32, shade: u8| solid_png(w, h, [shade, 10, 200]);
     fs::write(root.join("images/a.png"), png(8, 8, 1)).unwrap();
     fs::write(root.join("images/b.png"), png(8, 8, 2)).unwrap();
     fs::write(root.join("images/a-copy.png"), png(8, 8, 1)).unwrap();
@@ -332,9 +291,9 @@ fn every_kind_of_bad_input_becomes_its_own_reject_and_the_rest_is_ingested() {
         2,
         "a.png and its byte-identical copy are one image; b.png the other"
     );
-    let texts = strings(&out.join("corpus"), "text");
+    let texts = column(&out.join("corpus"), "text");
     assert!(
-        texts.contains(&"a red circle".to_string()),
+        texts.contains(&Some("a red circle".to_string())),
         "the first 1:1 is kept"
     );
 
@@ -363,7 +322,7 @@ fn every_kind_of_bad_input_becomes_its_own_reject_and_the_rest_is_ingested() {
 #[test]
 fn ingesting_twice_is_byte_identical_and_shards_union_to_the_whole() {
     let dir = tempfile::tempdir().unwrap();
-    let (root, _) = small_world(dir.path());
+    let (root, _) = small_world(dir.path(), 5);
     let config = IngestConfig::new(Format::Mbeir, root);
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     ingest(config.clone(), &a, None, RejectPolicy::default()).unwrap();
@@ -388,11 +347,7 @@ fn ingesting_twice_is_byte_identical_and_shards_union_to_the_whole() {
         .unwrap();
     }
     let set = |dir: &Path, column: &str| strings(dir, column).into_iter().collect::<BTreeSet<_>>();
-    for (dataset, column) in [
-        ("corpus", "did"),
-        ("queries", "qid"),
-        ("images", "image_id"),
-    ] {
+    for (dataset, column) in ID_COLUMNS {
         assert_eq!(
             set(&sharded.join(dataset), column),
             set(&a.join(dataset), column),
@@ -401,34 +356,10 @@ fn ingesting_twice_is_byte_identical_and_shards_union_to_the_whole() {
     }
     assert_eq!(rows(&sharded.join("corpus")), rows(&a.join("corpus")));
     assert_eq!(rows(&sharded.join("queries")), rows(&a.join("queries")));
-    let qrels = |dir: &Path| -> BTreeSet<(String, String, i32)> {
-        let mut out = BTreeSet::new();
-        for batch in Dataset::open(&dir.join("qrels"))
-            .unwrap()
-            .batches()
-            .unwrap()
-        {
-            let batch = batch.unwrap();
-            let q = batch
-                .column(0)
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .unwrap();
-            let d = batch
-                .column(1)
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .unwrap();
-            let r = batch
-                .column(2)
-                .as_any()
-                .downcast_ref::<Int32Array>()
-                .unwrap();
-            for i in 0..batch.num_rows() {
-                out.insert((q.value(i).to_string(), d.value(i).to_string(), r.value(i)));
-            }
-        }
-        out
+    let judged = |dir: &Path| {
+        qrels(&dir.join("qrels"))
+            .into_iter()
+            .collect::<BTreeSet<_>>()
     };
-    assert_eq!(qrels(&sharded), qrels(&a));
+    assert_eq!(judged(&sharded), judged(&a));
 }

@@ -3,81 +3,43 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use arrow::array::{Array, Int32Array, StringArray};
 use umrank::dataset::Dataset;
-use umrank::ingest::{Format, IngestConfig, IngestStage};
-use umrank::pipeline::{RejectPolicy, RunOptions, Runner, StageReport};
+use umrank::ingest::{Format, IngestConfig};
+use umrank::pipeline::{RejectPolicy, RunOptions, StageReport};
 
+use crate::common::datasets::{column, ingest_alone, qrels, solid_png, ID_COLUMNS};
+
+/// The ingest stage alone under runner seed 1, accepting up to half the records as rejects.
 fn ingest(config: IngestConfig, out: &Path) -> StageReport {
     let options = RunOptions {
         policy: RejectPolicy {
             max_fraction: 0.5,
             strict: false,
         },
-        dirs: [("ingest".to_string(), out.to_path_buf())].into(),
         ..Default::default()
     };
-    let stage = IngestStage::new(config).unwrap();
-    Runner::new(
-        out.to_path_buf(),
-        1,
-        vec![("ingest".into(), Box::new(stage))],
-        options,
-    )
-    .run()
-    .unwrap()
-    .remove(0)
-}
-
-fn column(dir: &Path, name: &str) -> Vec<Option<String>> {
-    let mut out = Vec::new();
-    for batch in Dataset::open(dir).unwrap().batches().unwrap() {
-        let batch = batch.unwrap();
-        let col = batch.column_by_name(name).unwrap();
-        let col = col.as_any().downcast_ref::<StringArray>().unwrap();
-        out.extend((0..col.len()).map(|i| (!col.is_null(i)).then(|| col.value(i).to_string())));
-    }
-    out
+    ingest_alone(config, out, 1, options).unwrap()
 }
 
 /// (qid, did) -> relevance
 fn judgements(dir: &Path) -> BTreeMap<(String, String), i32> {
-    let mut out = BTreeMap::new();
-    for batch in Dataset::open(dir).unwrap().batches().unwrap() {
-        let batch = batch.unwrap();
-        let q = batch
-            .column(0)
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap();
-        let d = batch
-            .column(1)
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap();
-        let r = batch
-            .column(2)
-            .as_any()
-            .downcast_ref::<Int32Array>()
-            .unwrap();
-        for i in 0..batch.num_rows() {
-            out.insert((q.value(i).to_string(), d.value(i).to_string()), r.value(i));
-        }
-    }
-    out
+    qrels(dir)
+        .into_iter()
+        .map(|(qid, did, relevance)| ((qid, did), relevance))
+        .collect()
 }
 
-fn png(shade: u8) -> Vec<u8> {
-    let img = image::RgbImage::from_pixel(6, 6, image::Rgb([shade, 0, 0]));
-    let mut bytes = Vec::new();
-    img.write_to(
-        &mut std::io::Cursor::new(&mut bytes),
-        image::ImageFormat::Png,
-    )
-    .unwrap();
-    bytes
+/// An ms-swift input directory `<dir>/in`: the jsonl file `name` of `lines`, and the images `img/q.png` and
+/// `img/d.png` they may point at.
+fn swift_input(dir: &Path, name: &str, lines: &[&str]) -> PathBuf {
+    let root = dir.join("in");
+    fs::create_dir_all(root.join("img")).unwrap();
+    fs::write(root.join("img/q.png"), solid_png(6, 6, [1, 0, 0])).unwrap();
+    fs::write(root.join("img/d.png"), solid_png(6, 6, [2, 0, 0])).unwrap();
+    fs::write(root.join(name), lines.join("\n")).unwrap();
+    root
 }
 
 #[test]
@@ -138,14 +100,10 @@ fn flag_embedding_jsonl_shares_documents_and_keeps_listed_negatives() {
 #[test]
 fn ms_swift_jsonl_with_images() {
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("in");
-    fs::create_dir_all(root.join("img")).unwrap();
-    fs::write(root.join("img/q.png"), png(1)).unwrap();
-    fs::write(root.join("img/d.png"), png(2)).unwrap();
     let lines = [
         r#"{"messages": [{"role": "system", "content": "Find the matching photo."}, {"role": "user", "content": "<image>a red square"}], "images": ["img/q.png"], "positive_messages": [[{"role": "user", "content": "<image>"}]], "positive_images": [["img/d.png"]], "negative_messages": [[{"role": "user", "content": "a blue circle"}], [{"role": "user", "content": "<image>"}]], "negative_images": [[], ["img/missing.png"]]}"#,
     ];
-    fs::write(root.join("rerank.jsonl"), lines.join("\n")).unwrap();
+    let root = swift_input(dir.path(), "rerank.jsonl", &lines);
     let out = dir.path().join("out");
     let report = ingest(IngestConfig::new(Format::Swift, root), &out);
     assert_eq!(report.rejects, 1, "the negative whose image is missing");
@@ -186,26 +144,18 @@ fn ms_swift_jsonl_with_images() {
 #[test]
 fn parquet_in_our_schema_round_trips_and_revalidates_images() {
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("in");
-    fs::create_dir_all(root.join("img")).unwrap();
-    fs::write(root.join("img/q.png"), png(1)).unwrap();
-    fs::write(root.join("img/d.png"), png(2)).unwrap();
     let lines = [
         r#"{"messages": [{"role": "user", "content": "<image>"}], "images": ["img/q.png"], "positive_messages": [[{"role": "user", "content": "<image>red"}]], "positive_images": [["img/d.png"]], "negative_messages": [[{"role": "user", "content": "blue"}]]}"#,
         r#"{"messages": [{"role": "user", "content": "green"}], "positive_messages": [[{"role": "user", "content": "blue"}]]}"#,
     ];
-    fs::write(root.join("a.jsonl"), lines.join("\n")).unwrap();
+    let root = swift_input(dir.path(), "a.jsonl", &lines);
     let first = dir.path().join("first");
     ingest(IngestConfig::new(Format::Swift, root), &first);
 
     let second = dir.path().join("second");
     let report = ingest(IngestConfig::new(Format::Parquet, first.clone()), &second);
     assert_eq!(report.rejects, 0);
-    for (dataset, col) in [
-        ("corpus", "did"),
-        ("queries", "qid"),
-        ("images", "image_id"),
-    ] {
+    for (dataset, col) in ID_COLUMNS {
         assert_eq!(
             column(&first.join(dataset), col),
             column(&second.join(dataset), col),

@@ -4,7 +4,7 @@
 
 use crate::common::reference;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use reference::{fixture, get, load, rel_error, rel_error_at, to_f64, Batch};
 use std::collections::BTreeMap;
@@ -22,14 +22,7 @@ fn with_peft_adapter() -> Decoder {
 
 fn logits(decoder: &Decoder, train: bool) -> Tensor {
     let batch = Batch::of("qwen2");
-    let hidden = decoder
-        .forward(
-            &batch.input_ids,
-            &batch.position_ids,
-            &batch.layout(DType::F32),
-            train,
-        )
-        .unwrap();
+    let hidden = batch.hidden(decoder, train);
     decoder.logits(&hidden).unwrap()
 }
 
@@ -222,14 +215,7 @@ fn adapters_that_would_not_apply_fully_are_refused() {
 /// Cross-entropy over {no, yes} at each row's last token: the SFT reranking loss.
 fn yes_no_loss(decoder: &Decoder, train: bool) -> Tensor {
     let batch = Batch::of("qwen2");
-    let hidden = decoder
-        .forward(
-            &batch.input_ids,
-            &batch.position_ids,
-            &batch.layout(DType::F32),
-            train,
-        )
-        .unwrap();
+    let hidden = batch.hidden(decoder, train);
     let last = select_positions(&hidden, &batch.last_positions()).unwrap();
     let (no, yes) = (17, 200);
     let log_probs = log_softmax(&decoder.token_logits(&last, &[no, yes]).unwrap()).unwrap();

@@ -448,54 +448,54 @@ fn each_filter_alone_keeps_and_drops_exactly() {
     assert_eq!(kept.len(), 7);
     assert!(dropped.is_empty());
 
-    // Relative: ceiling 0.8 x 0.95 = 0.76; 0.76 itself is not below it.
-    let (kept, dropped) = run(FilterConfig {
-        relative_margin: Some(0.05),
-        ..off
-    });
-    assert_eq!(kept, vec![(103, 4), (104, 5), (105, 6), (106, 7)]);
-    assert_eq!(
-        dropped,
-        [100, 101, 102]
-            .map(|doc| (doc, FilterKind::RelativeMargin))
-            .to_vec()
-    );
-
-    // Absolute: ceiling 0.8 - 0.1 = 0.7 (dropped: equal is not below).
-    let (kept, dropped) = run(FilterConfig {
-        absolute_margin: Some(0.1),
-        ..off
-    });
-    assert_eq!(kept, vec![(105, 6), (106, 7)]);
-    assert_eq!(dropped.len(), 5);
-    assert!(dropped
-        .iter()
-        .all(|(_, kind)| *kind == FilterKind::AbsoluteMargin));
-
-    let (kept, dropped) = run(FilterConfig {
-        max_score: Some(0.75),
-        ..off
-    });
-    assert_eq!(kept, vec![(104, 5), (105, 6), (106, 7)]);
-    assert_eq!(
-        dropped,
-        [100, 101, 102, 103]
-            .map(|doc| (doc, FilterKind::MaxScore))
-            .to_vec()
-    );
-
-    let (kept, dropped) = run(FilterConfig {
-        min_rank: 3,
-        max_rank: Some(5),
-        ..off
-    });
-    assert_eq!(kept, vec![(102, 3), (103, 4), (104, 5)]);
-    assert_eq!(
-        dropped,
-        [100, 101, 105, 106]
-            .map(|doc| (doc, FilterKind::RankWindow))
-            .to_vec()
-    );
+    // Each rule alone: the (doc, rank) it keeps, and the docs it drops, each recorded with the rule's kind.
+    let cases = [
+        // Relative: ceiling 0.8 x 0.95 = 0.76; 0.76 itself is not below it.
+        (
+            FilterConfig {
+                relative_margin: Some(0.05),
+                ..off
+            },
+            FilterKind::RelativeMargin,
+            vec![(103, 4), (104, 5), (105, 6), (106, 7)],
+            vec![100, 101, 102],
+        ),
+        // Absolute: ceiling 0.8 - 0.1 = 0.7 (dropped: equal is not below).
+        (
+            FilterConfig {
+                absolute_margin: Some(0.1),
+                ..off
+            },
+            FilterKind::AbsoluteMargin,
+            vec![(105, 6), (106, 7)],
+            vec![100, 101, 102, 103, 104],
+        ),
+        (
+            FilterConfig {
+                max_score: Some(0.75),
+                ..off
+            },
+            FilterKind::MaxScore,
+            vec![(104, 5), (105, 6), (106, 7)],
+            vec![100, 101, 102, 103],
+        ),
+        (
+            FilterConfig {
+                min_rank: 3,
+                max_rank: Some(5),
+                ..off
+            },
+            FilterKind::RankWindow,
+            vec![(102, 3), (103, 4), (104, 5)],
+            vec![100, 101, 105, 106],
+        ),
+    ];
+    for (config, kind, want_kept, want_dropped) in cases {
+        let (kept, dropped) = run(config);
+        assert_eq!(kept, want_kept, "{kind:?}");
+        let want_dropped: Vec<_> = want_dropped.into_iter().map(|doc| (doc, kind)).collect();
+        assert_eq!(dropped, want_dropped, "{kind:?}");
+    }
 }
 
 #[test]

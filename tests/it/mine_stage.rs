@@ -10,7 +10,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -27,6 +26,8 @@ use umrank::mine::{FilterConfig, MineConfig, MineStage, Scope};
 use umrank::pipeline::{RejectPolicy, RunOptions, Runner};
 use umrank::schema;
 use umrank::shard::Shard;
+
+use crate::common::cli::umrank_ok;
 
 // ---------------------------------------------------------------------------------------------------------------
 // Inputs
@@ -1032,20 +1033,6 @@ fn inconsistent_embeddings_are_errors_that_name_the_dataset() {
 // ---------------------------------------------------------------------------------------------------------------
 // The demo world, through the command line
 
-fn umrank(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_umrank"))
-        .args(args)
-        .output()
-        .expect("the umrank binary runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "umrank {args:?} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
 /// The tiny CLIP the embed stage's tests use (random weights: a weak retriever, but a real one).
 fn clip_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/embedders/clip")
@@ -1126,7 +1113,7 @@ fn mine_demo(dir: &Path, out: &str, extra: &[&str]) -> String {
         "16",
     ];
     args.extend_from_slice(extra);
-    umrank(&args)
+    umrank_ok(&args)
 }
 
 #[test]
@@ -1134,8 +1121,8 @@ fn mining_the_demo_world_prints_statistics_and_hard_negatives_are_harder() {
     // The real chain, through the command line: world -> ingest -> embed (tiny CLIP) -> mine.
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name).display().to_string();
-    umrank(&["-q", "world", "--out", &path("world"), "--size", "small"]);
-    umrank(&[
+    umrank_ok(&["-q", "world", "--out", &path("world"), "--size", "small"]);
+    umrank_ok(&[
         "-q",
         "ingest",
         "--out",
@@ -1144,7 +1131,7 @@ fn mining_the_demo_world_prints_statistics_and_hard_negatives_are_harder() {
         &path("world/mbeir"),
     ]);
     let clip = clip_dir().display().to_string();
-    umrank(&[
+    umrank_ok(&[
         "-q",
         "embed",
         "--out",
@@ -1226,7 +1213,7 @@ fn mining_the_demo_world_prints_statistics_and_hard_negatives_are_harder() {
 
 #[test]
 fn the_mine_command_documents_every_option() {
-    let help = umrank(&["mine", "--help"]);
+    let help = umrank_ok(&["mine", "--help"]);
     for option in [
         "--out",
         "--from",

@@ -18,6 +18,8 @@ use umrank::pipeline::{
 use umrank::schema;
 use umrank::shard::Shard;
 
+use crate::common::datasets::qrels;
+
 /// Emits `count` judgement rows (qid q<n>), reading an offset from an input file; rejects every
 /// `reject_every`-th record; writes two datasets so that a crash between them can be simulated.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -236,30 +238,12 @@ impl World {
     }
 }
 
+/// The judgement rows of a dataset, each once (a row written twice fails the test).
 fn rows(dir: &Path) -> BTreeSet<(String, String, i32)> {
-    let mut out = BTreeSet::new();
-    for batch in Dataset::open(dir).unwrap().batches().unwrap() {
-        let batch = batch.unwrap();
-        let q = batch
-            .column(0)
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap();
-        let d = batch
-            .column(1)
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap();
-        let r = batch
-            .column(2)
-            .as_any()
-            .downcast_ref::<Int32Array>()
-            .unwrap();
-        for i in 0..batch.num_rows() {
-            assert!(out.insert((q.value(i).to_string(), d.value(i).to_string(), r.value(i))));
-        }
-    }
-    out
+    let rows = qrels(dir);
+    let set: BTreeSet<_> = rows.iter().cloned().collect();
+    assert_eq!(set.len(), rows.len(), "a row is written twice in {dir:?}");
+    set
 }
 
 /// Every file under a directory with its bytes, manifests aside (they carry timestamps).

@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
@@ -25,33 +24,12 @@ use umrank::release::{verify, ReleaseError, ReleaseKind, ReleaseManifest, MERGED
 use umrank::schema;
 use umrank::shard::Shard;
 
+use crate::common::cli::{umrank_fails, umrank_ok};
+
 fn fixture(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/models")
         .join(path)
-}
-
-fn umrank(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_umrank"))
-        .args(args)
-        .output()
-        .expect("running umrank")
-}
-
-fn succeed(args: &[&str]) -> String {
-    let output = umrank(args);
-    assert!(
-        output.status.success(),
-        "umrank {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
-
-fn fail(args: &[&str]) -> String {
-    let output = umrank(args);
-    assert!(!output.status.success(), "umrank {args:?} succeeded");
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 fn s(path: &Path) -> &str {
@@ -356,7 +334,7 @@ fn release_tuned(
     if merged {
         args.push("--merged");
     }
-    let stdout = succeed(&args);
+    let stdout = umrank_ok(&args);
     assert!(stdout.contains("release"), "{stdout}");
     Released {
         base,
@@ -379,7 +357,7 @@ fn release_verifies_and_scores_like_base_plus_adapter() {
     let score = |extra: &[&str]| {
         let mut args = vec!["score", "--pairs", s(&pairs), "--batch", "2"];
         args.extend_from_slice(extra);
-        scores(&succeed(&args))
+        scores(&umrank_ok(&args))
     };
     let adapter_dir = r.train.join("adapter");
     let direct = score(&["--model", s(&r.base), "--adapter", s(&adapter_dir)]);
@@ -395,7 +373,7 @@ fn release_verifies_and_scores_like_base_plus_adapter() {
     assert_close(&released_adapter, &direct, 1e-6);
     assert_close(&merged, &direct, 1e-4);
 
-    let out = succeed(&["verify", s(&r.out)]);
+    let out = umrank_ok(&["verify", s(&r.out)]);
     assert!(out.contains("release verified"), "{out}");
 }
 
@@ -476,7 +454,7 @@ fn verify_names_missing_unlisted_and_changed_files() {
     fs::write(rel.join("tokenizer_config.json"), config).unwrap();
     fs::remove_file(rel.join("merged/config.json")).unwrap();
     fs::write(rel.join("notes.txt"), "hello").unwrap();
-    let stderr = fail(&["verify", s(rel)]);
+    let stderr = umrank_fails(&["verify", s(rel)]);
     for expected in [
         "missing: merged/config.json",
         "not listed: notes.txt",
@@ -506,7 +484,7 @@ fn verify_refuses_a_different_base() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0x40;
     fs::write(&weights, bytes).unwrap();
-    let stderr = fail(&["verify", s(&r.release), "--base", s(&other)]);
+    let stderr = umrank_fails(&["verify", s(&r.release), "--base", s(&other)]);
     assert!(
         stderr.contains(&weights.display().to_string()) && stderr.contains("not the one"),
         "{stderr}"
@@ -627,7 +605,7 @@ fn a_fully_fine_tuned_model_is_released_whole() {
     assert!(!r.release.join("adapter_config.json").exists());
     let pairs = write_pairs(r._tmp.path());
     let score = |model: &Path| {
-        scores(&succeed(&[
+        scores(&umrank_ok(&[
             "score",
             "--pairs",
             s(&pairs),
@@ -657,9 +635,9 @@ fn a_fully_fine_tuned_model_is_released_whole() {
     }
     assert!(!card.contains("not the weights of this release"), "{card}");
 
-    let stderr = fail(&["verify", s(&r.release), "--base", s(&r.base)]);
+    let stderr = umrank_fails(&["verify", s(&r.release), "--base", s(&r.base)]);
     assert!(stderr.contains("loads without a base"), "{stderr}");
-    let stderr = fail(&[
+    let stderr = umrank_fails(&[
         "release",
         "--out",
         s(&r.out),
@@ -688,7 +666,7 @@ fn metrics_of_other_weights_are_flagged() {
         serde_json::json!({"score": "p_yes"}),
         &[&r.train],
     );
-    succeed(&[
+    umrank_ok(&[
         "release",
         "--out",
         s(&r.out),
@@ -709,9 +687,9 @@ fn metrics_of_other_weights_are_flagged() {
 fn the_same_inputs_give_the_same_release_and_a_rerun_is_skipped() {
     let r = release(false, false, None);
     let first = fs::read(r.release.join("release.json")).unwrap();
-    let again = succeed(&["release", "--out", s(&r.out), "--train", s(&r.train)]);
+    let again = umrank_ok(&["release", "--out", s(&r.out), "--train", s(&r.train)]);
     assert!(again.contains("up to date"), "{again}");
-    let forced = succeed(&[
+    let forced = umrank_ok(&[
         "release",
         "--out",
         s(&r.out),
@@ -729,45 +707,31 @@ fn missing_inputs_are_clear_errors() {
     let base = base_model(tmp.path(), None);
     let train = tmp.path().join("train");
     write_adapter(&base, &train.join("adapter"));
-    write_stage(
-        &train,
-        "train",
-        0,
-        serde_json::json!({"objective": "cl"}),
-        &[],
-    );
     let out = tmp.path().join("release");
-    let stderr = fail(&["release", "--out", s(&out), "--train", s(&train)]);
+    // Records the train stage with `config` over its files as they now are, then releases it (with `--model` when
+    // given), which must fail: its stderr.
+    let release_fails = |config: serde_json::Value, model: Option<&Path>| -> String {
+        write_stage(&train, "train", 0, config, &[]);
+        let mut args = vec!["release", "--out", s(&out), "--train", s(&train)];
+        if let Some(model) = model {
+            args.extend(["--model", s(model)]);
+        }
+        umrank_fails(&args)
+    };
+    let cl = || serde_json::json!({"objective": "cl"});
+
+    let stderr = release_fails(cl(), None);
     assert!(stderr.contains("model = DIR"), "{stderr}");
 
-    write_stage(
-        &train,
-        "train",
-        0,
+    let stderr = release_fails(
         serde_json::json!({"objective": "cl", "init": "tiny", "tune": "lora"}),
-        &[],
+        None,
     );
-    let stderr = fail(&["release", "--out", s(&out), "--train", s(&train)]);
     assert!(stderr.contains("randomly initialised"), "{stderr}");
 
     let extra = train.join("adapter/extra_weights.safetensors");
     fs::write(&extra, b"").unwrap();
-    write_stage(
-        &train,
-        "train",
-        0,
-        serde_json::json!({"objective": "cl"}),
-        &[],
-    );
-    let stderr = fail(&[
-        "release",
-        "--out",
-        s(&out),
-        "--train",
-        s(&train),
-        "--model",
-        s(&base),
-    ]);
+    let stderr = release_fails(cl(), Some(&base));
     assert!(
         stderr.contains("extra_weights.safetensors") && stderr.contains("train_lm_head"),
         "{stderr}"
@@ -775,22 +739,7 @@ fn missing_inputs_are_clear_errors() {
     fs::remove_file(&extra).unwrap();
 
     fs::remove_file(train.join("adapter/adapter_model.safetensors")).unwrap();
-    write_stage(
-        &train,
-        "train",
-        0,
-        serde_json::json!({"objective": "cl"}),
-        &[],
-    );
-    let stderr = fail(&[
-        "release",
-        "--out",
-        s(&out),
-        "--train",
-        s(&train),
-        "--model",
-        s(&base),
-    ]);
+    let stderr = release_fails(cl(), Some(&base));
     assert!(stderr.contains("adapter_model.safetensors"), "{stderr}");
     assert!(!out.join("model").exists());
 }
@@ -837,7 +786,7 @@ fn help_documents_every_option() {
         ),
         ("verify", &["--base", "--device"][..]),
     ] {
-        let help = succeed(&[command, "--help"]);
+        let help = umrank_ok(&[command, "--help"]);
         let lines: Vec<&str> = help.lines().map(str::trim).collect();
         for flag in flags {
             let at = lines
@@ -895,6 +844,6 @@ fn write_release_for_peft_script() {
     if tuned == Tuned::Adapter {
         args.push("--merged");
     }
-    succeed(&args);
-    println!("{}", succeed(&["verify", s(&out)]));
+    umrank_ok(&args);
+    println!("{}", umrank_ok(&["verify", s(&out)]));
 }

@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use image::{Rgb, RgbImage};
 use serde_json::json;
@@ -14,6 +13,8 @@ use umrank::eval::{
 use umrank::report::document::p_value_text;
 use umrank::report::plot::{bar_chart, line_chart, Bars, PlotError, Series, CHART_SIZE};
 use umrank::report::{write_report, ReportError, ReportSettings};
+
+use crate::common::cli::umrank_ok;
 
 fn decode(path: &Path) -> RgbImage {
     image::open(path)
@@ -250,20 +251,12 @@ fn metric(comparison: &Comparison, run: &str, scope: &str, name: &str) -> f64 {
 fn report_command_writes_markdown_html_and_charts_holding_the_metrics() {
     let root = tempfile::tempdir().unwrap();
     let (sft, cl) = workdir(root.path());
-    let output = Command::new(env!("CARGO_BIN_EXE_umrank"))
-        .args([
-            "report",
-            root.path().to_str().unwrap(),
-            "--permutations",
-            "400",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    umrank_ok(&[
+        "report",
+        root.path().to_str().unwrap(),
+        "--permutations",
+        "400",
+    ]);
     let out = root.path().join("report");
     let markdown = std::fs::read_to_string(out.join("report.md")).unwrap();
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();

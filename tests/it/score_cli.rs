@@ -2,9 +2,10 @@
 //! scores (and so transformers'), in input order, and a malformed pairs line is an error naming file and line.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use candle_core::{DType, Device, Tensor};
+
+use crate::common::cli::umrank;
 use umrank::models::qwen2_vl::{
     score, ImageGrid, ImagePatches, PairScore, Qwen2VlModel, ScoreInput,
 };
@@ -15,11 +16,18 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn umrank(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_umrank"))
-        .args(args)
-        .output()
-        .expect("running umrank")
+/// `umrank score` of a pairs file with the tiny Qwen2-VL and `extra` options: success, stdout, stderr.
+fn score_cli(pairs: &Path, extra: &[&str]) -> (bool, String, String) {
+    let model = fixture("qwen2_vl");
+    let mut args = vec![
+        "score",
+        "--model",
+        model.to_str().unwrap(),
+        "--pairs",
+        pairs.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    umrank(&args)
 }
 
 /// A pairs file in `dir` (with the fixture images copied next to it, so their paths are relative) holding the
@@ -96,20 +104,9 @@ fn close(a: f32, b: f32) -> bool {
 fn score_prints_the_library_scores_in_input_order() {
     let dir = tempfile::tempdir().unwrap();
     let pairs = write_pairs(dir.path(), &[PAIR_1, "", PAIR_0]);
-    let model = fixture("qwen2_vl");
-    let output = umrank(&[
-        "score",
-        "--model",
-        model.to_str().unwrap(),
-        "--pairs",
-        pairs.to_str().unwrap(),
-        "--batch",
-        "1",
-    ]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "umrank score failed: {stderr}");
-    let got: Vec<PairScore> = String::from_utf8(output.stdout)
-        .unwrap()
+    let (ok, stdout, stderr) = score_cli(&pairs, &["--batch", "1"]);
+    assert!(ok, "umrank score failed: {stderr}");
+    let got: Vec<PairScore> = stdout
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
         .collect();
@@ -129,16 +126,8 @@ fn score_prints_the_library_scores_in_input_order() {
 fn malformed_line_names_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let pairs = write_pairs(dir.path(), &[PAIR_0, r#"{"instruction": 3}"#]);
-    let model = fixture("qwen2_vl");
-    let output = umrank(&[
-        "score",
-        "--model",
-        model.to_str().unwrap(),
-        "--pairs",
-        pairs.to_str().unwrap(),
-    ]);
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (ok, _, stderr) = score_cli(&pairs, &[]);
+    assert!(!ok);
     let at = format!("{}:2", pairs.display());
     assert!(stderr.contains(&at), "stderr does not name {at}: {stderr}");
 }
@@ -148,16 +137,8 @@ fn missing_image_names_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let missing = r#"{"query_text": "q", "doc_image": "img/nope.png"}"#;
     let pairs = write_pairs(dir.path(), &[PAIR_0, PAIR_1, missing]);
-    let model = fixture("qwen2_vl");
-    let output = umrank(&[
-        "score",
-        "--model",
-        model.to_str().unwrap(),
-        "--pairs",
-        pairs.to_str().unwrap(),
-    ]);
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (ok, _, stderr) = score_cli(&pairs, &[]);
+    assert!(!ok);
     let at = format!("{}:3", pairs.display());
     assert!(
         stderr.contains(&at) && stderr.contains("nope.png"),

@@ -10,21 +10,23 @@ use std::process::Command;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, Float32Array, Int32Array, ListArray, RecordBatch, StringArray,
-    StructArray, UInt32Array, UInt64Array,
+    ArrayRef, Float32Array, ListArray, RecordBatch, StringArray, StructArray, UInt32Array,
 };
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Fields};
 use umrank::dataset::Dataset;
 use umrank::digest::sha256_file;
-use umrank::ingest::{Format, IngestConfig, IngestStage};
+use umrank::ingest::{Format, IngestConfig};
 use umrank::pipeline::{
     Input, Output, RejectPolicy, RunOptions, Runner, Stage, StageContext, StageError,
 };
 use umrank::schema;
 use umrank::shards::export::{export, for_each_group, ExportFormat, ExportGroup, ExportOptions};
 use umrank::shards::{group_id, ShardIndex, ShardsConfig, ShardsStage};
-use umrank::world::{generate, WorldConfig, WorldSize};
+
+use crate::common::datasets::{
+    bool_column, column, ingest_alone, list_column, qrels, small_world, strings, u64_column,
+};
 
 /// One row of the fixture's negatives dataset.
 #[derive(Debug, Clone)]
@@ -145,22 +147,6 @@ fn string_list(rows: &[&Vec<String>], item: Field) -> ListArray {
     )
 }
 
-/// The string column `name` of a dataset, nulls as `None`.
-fn column(dir: &Path, name: &str) -> Vec<Option<String>> {
-    let mut out = Vec::new();
-    for batch in Dataset::open(dir).unwrap().batches().unwrap() {
-        let batch = batch.unwrap();
-        let col = batch.column_by_name(name).unwrap();
-        let col = col.as_any().downcast_ref::<StringArray>().unwrap();
-        out.extend((0..col.len()).map(|i| (!col.is_null(i)).then(|| col.value(i).to_string())));
-    }
-    out
-}
-
-fn strings(dir: &Path, name: &str) -> Vec<String> {
-    column(dir, name).into_iter().map(Option::unwrap).collect()
-}
-
 /// A document's (text, image_id).
 type DocParts = (Option<String>, Option<String>);
 /// A query's (instruction, text, image_id).
@@ -201,51 +187,11 @@ fn queries(ingest: &Path) -> BTreeMap<String, QueryParts> {
         .collect()
 }
 
-fn qrels(ingest: &Path) -> Vec<(String, String, i32)> {
-    let mut out = Vec::new();
-    for batch in Dataset::open(&ingest.join("qrels"))
-        .unwrap()
-        .batches()
-        .unwrap()
-    {
-        let batch = batch.unwrap();
-        let q = batch
-            .column(0)
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap();
-        let d = batch
-            .column(1)
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap();
-        let r = batch
-            .column(2)
-            .as_any()
-            .downcast_ref::<Int32Array>()
-            .unwrap();
-        for i in 0..batch.num_rows() {
-            out.push((q.value(i).to_string(), d.value(i).to_string(), r.value(i)));
-        }
-    }
-    out
-}
-
+/// The ingest stage alone under runner seed 0; its reject count.
 fn run_ingest(config: IngestConfig, out: &Path) -> u64 {
-    let options = RunOptions {
-        dirs: [("ingest".to_string(), out.to_path_buf())].into(),
-        ..Default::default()
-    };
-    let stage = IngestStage::new(config).unwrap();
-    let reports = Runner::new(
-        out.to_path_buf(),
-        0,
-        vec![("ingest".into(), Box::new(stage))],
-        options,
-    )
-    .run()
-    .unwrap();
-    reports[0].rejects
+    ingest_alone(config, out, 0, RunOptions::default())
+        .unwrap()
+        .rejects
 }
 
 /// The demo world, ingested, and negatives for 30 of its queries: one query with two positives, one short of
@@ -260,16 +206,7 @@ impl Setup {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let work = dir.path().to_path_buf();
-        let root = work.join("world");
-        generate(
-            &WorldConfig {
-                seed: 5,
-                size: WorldSize::Small,
-                image_side: 56,
-            },
-            &root,
-        )
-        .unwrap();
+        let (root, _) = small_world(&work, 5);
         assert_eq!(
             run_ingest(IngestConfig::new(Format::Mbeir, root), &work.join("ingest")),
             0
@@ -278,7 +215,7 @@ impl Setup {
         let ingest = work.join("ingest");
         let dids: Vec<String> = corpus(&ingest).into_keys().collect();
         let mut positives: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (qid, did, relevance) in qrels(&ingest) {
+        for (qid, did, relevance) in qrels(&ingest.join("qrels")) {
             if relevance > 0 {
                 positives.entry(qid).or_default().push(did);
             }
@@ -356,7 +293,20 @@ impl Setup {
     }
 
     /// Runs the shards stage into `out`; returns its reject count.
+    /// The shards stage with [`small_shards`] into `<work>/shards`, for the exporters to read.
+    fn small_shards(&self) -> PathBuf {
+        let shards = self.work.join("shards");
+        self.shards(&shards, small_shards());
+        shards
+    }
+
     fn shards(&self, out: &Path, config: ShardsConfig) -> u64 {
+        self.shards_with_seed(out, config, 42)
+    }
+
+    /// The shards stage alone into `out` under runner seed `seed`, accepting up to half the rows as rejects; its
+    /// reject count.
+    fn shards_with_seed(&self, out: &Path, config: ShardsConfig, seed: u64) -> u64 {
         let options = RunOptions {
             dirs: [("shards".to_string(), out.to_path_buf())].into(),
             policy: RejectPolicy {
@@ -368,7 +318,7 @@ impl Setup {
         let stage = ShardsStage::new(config).unwrap();
         let reports = Runner::new(
             self.work.clone(),
-            42,
+            seed,
             vec![("shards".into(), Box::new(stage))],
             options,
         )
@@ -400,49 +350,6 @@ fn small_shards() -> ShardsConfig {
         max_rows_per_shard: 40,
         ..ShardsConfig::default()
     }
-}
-
-fn u64_column(dir: &Path, name: &str) -> Vec<u64> {
-    let mut out = Vec::new();
-    for batch in Dataset::open(dir).unwrap().batches().unwrap() {
-        let batch = batch.unwrap();
-        let col = batch.column_by_name(name).unwrap();
-        out.extend(
-            col.as_any()
-                .downcast_ref::<UInt64Array>()
-                .unwrap()
-                .values()
-                .iter()
-                .copied(),
-        );
-    }
-    out
-}
-
-fn bool_column(dir: &Path, name: &str) -> Vec<bool> {
-    let mut out = Vec::new();
-    for batch in Dataset::open(dir).unwrap().batches().unwrap() {
-        let batch = batch.unwrap();
-        let col = batch.column_by_name(name).unwrap();
-        let col = col.as_any().downcast_ref::<BooleanArray>().unwrap();
-        out.extend((0..col.len()).map(|i| col.value(i)));
-    }
-    out
-}
-
-fn list_column(dir: &Path, name: &str) -> Vec<Vec<String>> {
-    let mut out = Vec::new();
-    for batch in Dataset::open(dir).unwrap().batches().unwrap() {
-        let batch = batch.unwrap();
-        let col = batch.column_by_name(name).unwrap();
-        let col = col.as_any().downcast_ref::<ListArray>().unwrap();
-        for i in 0..col.len() {
-            let items = col.value(i);
-            let items = items.as_any().downcast_ref::<StringArray>().unwrap();
-            out.push(items.iter().map(|s| s.unwrap().to_string()).collect());
-        }
-    }
-    out
 }
 
 #[test]
@@ -662,23 +569,7 @@ fn reruns_into_other_directories_are_byte_identical() {
     assert_eq!(exported, files(&setup.work.join("export-b")));
 
     // Another seed, another order, the same groups.
-    let options = RunOptions {
-        dirs: [("shards".to_string(), setup.work.join("c"))].into(),
-        policy: RejectPolicy {
-            max_fraction: 0.5,
-            strict: false,
-        },
-        ..Default::default()
-    };
-    let stage = ShardsStage::new(small_shards()).unwrap();
-    Runner::new(
-        setup.work.clone(),
-        43,
-        vec![("shards".into(), Box::new(stage))],
-        options,
-    )
-    .run()
-    .unwrap();
+    setup.shards_with_seed(&setup.work.join("c"), small_shards(), 43);
     let ids_a = u64_column(&a.join("cl"), "group_id");
     let ids_c = u64_column(&setup.work.join("c").join("cl"), "group_id");
     assert_ne!(ids_a, ids_c);
@@ -722,7 +613,7 @@ fn read_back(format: Format, dir: &Path, stem: &str) -> ReadBack {
         .map(|(qid, parts)| (line_of(&qid), parts))
         .collect();
     let corpus = corpus(&ingest);
-    let qrels = qrels(&ingest);
+    let qrels = qrels(&ingest.join("qrels"));
     let mut judged: BTreeMap<u64, BTreeSet<_>> = BTreeMap::new();
     for (qid, did, relevance) in &qrels {
         judged
@@ -754,22 +645,47 @@ fn judged(group: &ExportGroup, with_images: bool) -> Judged {
         .collect()
 }
 
+/// Every record of a group: its query, positive and negatives.
+fn records(group: &ExportGroup) -> impl Iterator<Item = &umrank::shards::export::Record> {
+    [&group.query, &group.positive]
+        .into_iter()
+        .chain(group.negatives.iter().map(|(r, _)| r))
+}
+
+/// What ingest read back is `groups`, one per line: each query's instruction, text and (when the format carries
+/// images) image, and its judged documents; and no other judgement.
+fn assert_read_back(back: &ReadBack, groups: &[&ExportGroup], with_images: bool) {
+    assert_eq!(back.queries.len(), groups.len());
+    let mut expected_qrels = 0;
+    for (line, group) in (1u64..).zip(groups) {
+        let (instruction, text, image) = &back.queries[&line];
+        let want_image = if with_images {
+            &group.query.image_id
+        } else {
+            &None
+        };
+        assert_eq!(
+            (instruction, text, image),
+            (&group.instruction, &group.query.text, want_image),
+            "line {line}"
+        );
+        let want = judged(group, with_images);
+        expected_qrels += want.len();
+        assert_eq!(back.judged[&line], want, "line {line}");
+    }
+    assert_eq!(back.qrels, expected_qrels);
+}
+
 #[test]
 fn flag_export_round_trips_through_the_flag_ingest() {
     let setup = Setup::new();
-    let shards = setup.work.join("shards");
-    setup.shards(&shards, small_shards());
+    let shards = setup.small_shards();
     let dir = setup.work.join("flag");
     let summary = export_to(&shards, ExportFormat::Flag, &dir.join("train.jsonl"));
     let groups = read_groups(&shards);
     let text_only: Vec<&ExportGroup> = groups
         .iter()
-        .filter(|g| {
-            [&g.query, &g.positive]
-                .into_iter()
-                .chain(g.negatives.iter().map(|(r, _)| r))
-                .all(|r| r.text.is_some())
-        })
+        .filter(|g| records(g).all(|r| r.text.is_some()))
         .collect();
     assert!(
         !text_only.is_empty() && text_only.len() < groups.len(),
@@ -783,26 +699,13 @@ fn flag_export_round_trips_through_the_flag_ingest() {
     );
 
     let back = read_back(Format::Flag, &dir, "train");
-    assert_eq!(back.queries.len(), text_only.len());
-    let mut expected_qrels = 0;
-    for (line, group) in (1u64..).zip(&text_only) {
-        let (instruction, text, image) = &back.queries[&line];
-        assert_eq!(
-            (instruction, text, image),
-            (&group.instruction, &group.query.text, &None)
-        );
-        let want = judged(group, false);
-        expected_qrels += want.len();
-        assert_eq!(back.judged[&line], want, "line {line}");
-    }
-    assert_eq!(back.qrels, expected_qrels);
+    assert_read_back(&back, &text_only, false);
 }
 
 #[test]
 fn swift_export_round_trips_with_its_images_through_the_swift_ingest() {
     let setup = Setup::new();
-    let shards = setup.work.join("shards");
-    setup.shards(&shards, small_shards());
+    let shards = setup.small_shards();
     let dir = setup.work.join("swift");
     let summary = export_to(&shards, ExportFormat::Swift, &dir.join("train.jsonl"));
     let groups = read_groups(&shards);
@@ -812,13 +715,7 @@ fn swift_export_round_trips_with_its_images_through_the_swift_ingest() {
     );
     let image_ids: BTreeSet<String> = groups
         .iter()
-        .flat_map(|g| {
-            [&g.query, &g.positive]
-                .into_iter()
-                .chain(g.negatives.iter().map(|(r, _)| r))
-                .filter_map(|r| r.image_id.clone())
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|g| records(g).filter_map(|r| r.image_id.clone()))
         .collect();
     assert!(!image_ids.is_empty());
     assert_eq!(summary.images, image_ids.len() as u64);
@@ -832,27 +729,13 @@ fn swift_export_round_trips_with_its_images_through_the_swift_ingest() {
 
     // Ingest hashes the image files it reads: equal ids mean the very bytes came back.
     let back = read_back(Format::Swift, &dir, "train");
-    assert_eq!(back.queries.len(), groups.len());
-    let mut expected_qrels = 0;
-    for (line, group) in (1u64..).zip(&groups) {
-        let (instruction, text, image) = &back.queries[&line];
-        assert_eq!(
-            (instruction, text, image),
-            (&group.instruction, &group.query.text, &group.query.image_id),
-            "line {line}"
-        );
-        let want = judged(group, true);
-        expected_qrels += want.len();
-        assert_eq!(back.judged[&line], want, "line {line}");
-    }
-    assert_eq!(back.qrels, expected_qrels);
+    assert_read_back(&back, &groups.iter().collect::<Vec<_>>(), true);
 }
 
 #[test]
 fn sentence_transformers_export_reads_back_with_the_dataset_reader() {
     let setup = Setup::new();
-    let shards = setup.work.join("shards");
-    setup.shards(&shards, small_shards());
+    let shards = setup.small_shards();
     let dir = setup.work.join("st");
     let file = dir.join("train.parquet");
     let summary = export_to(&shards, ExportFormat::SentenceTransformers, &file);

@@ -3,13 +3,15 @@
 //! groups become rejects with their reason, the stage runs in a pipeline, and `umrank train --help` documents
 //! every key of the `[train]` table.
 
+use crate::common::cli::umrank_ok;
+use crate::common::reference::to_f32;
 use crate::common::train_data;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
-use train_data::{demo_data, tokenizer_dir, DemoData, GroupsConfig};
+use candle_core::Device;
+use train_data::{small_demo_data, tokenizer_dir, DemoData};
 use umrank::dataset::Dataset;
 use umrank::pipeline::{RunOptions, Runner, Stage, StageOutcome};
 use umrank::train::config::DataFormat;
@@ -19,21 +21,6 @@ use umrank::train::log::{read_log, StepLog, TRAIN_LOG};
 use umrank::train::{
     prepare, train, train_prepared, RunSettings, TrainConfig, TrainInputs, TrainStage,
 };
-use umrank::world::WorldSize;
-
-fn small(dir: &Path, datasets: &[&str], negatives: usize) -> DemoData {
-    demo_data(
-        dir,
-        WorldSize::Small,
-        28,
-        GroupsConfig {
-            datasets: datasets.iter().map(|s| s.to_string()).collect(),
-            negatives,
-            split: "train".into(),
-        },
-        7,
-    )
-}
 
 /// The tiny VL test config, with the keys of `extra` overriding its defaults.
 fn config(extra: &str) -> TrainConfig {
@@ -73,20 +60,10 @@ fn deterministic(row: &StepLog) -> StepLog {
     }
 }
 
-fn values(tensor: &Tensor) -> Vec<f32> {
-    tensor
-        .to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
 #[test]
 fn a_resumed_run_equals_an_uninterrupted_one() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = small(tmp.path(), &[], 3);
+    let data = small_demo_data(tmp.path(), &[], 3);
     // Images (vision cache), LoRA dropout, accumulation and a cosine schedule all have to line up.
     let config = config("accumulation = 2\nmax_steps = 6\ncheckpoint_every = 2\nwarmup_steps = 1");
     let inputs = inputs(&data, DataFormat::Sft);
@@ -126,14 +103,14 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
 #[test]
 fn lora_training_changes_only_adapter_weights() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = small(tmp.path(), &[], 2);
+    let data = small_demo_data(tmp.path(), &[], 2);
     let config = config("max_steps = 3\ndata = 'cl'");
     let prepared = prepare(&config, &inputs(&data, DataFormat::Cl), 3, &Device::Cpu).unwrap();
     let before: BTreeMap<String, Vec<f32>> = prepared
         .model
         .base_weights()
         .iter()
-        .map(|(name, t)| (name.clone(), values(t)))
+        .map(|(name, t)| (name.clone(), to_f32(t)))
         .collect();
     let trainable = prepared.model.trainable();
     assert!(trainable
@@ -141,19 +118,19 @@ fn lora_training_changes_only_adapter_weights() {
         .all(|(name, _)| name.ends_with(".lora_A") || name.ends_with(".lora_B")));
     let b_before: Vec<Vec<f32>> = trainable
         .iter()
-        .map(|(_, v)| values(v.as_tensor()))
+        .map(|(_, v)| to_f32(v.as_tensor()))
         .collect();
 
     let (outcome, model) = train_prepared(&config, prepared, &settings(tmp.path(), None)).unwrap();
     assert_eq!(outcome.log.len(), 3);
     for (name, tensor) in model.base_weights() {
-        assert_eq!(values(&tensor), before[&name], "{name} changed");
+        assert_eq!(to_f32(&tensor), before[&name], "{name} changed");
     }
     let changed = model
         .trainable()
         .iter()
         .zip(&b_before)
-        .filter(|((_, v), old)| values(v.as_tensor()) != **old)
+        .filter(|((_, v), old)| to_f32(v.as_tensor()) != **old)
         .count();
     assert!(
         changed > model.trainable().len() / 2,
@@ -167,7 +144,7 @@ fn lora_training_changes_only_adapter_weights() {
 #[test]
 fn full_tuning_keeps_the_lm_head_and_vision_tower_frozen_unless_asked() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = small(tmp.path(), &[], 2);
+    let data = small_demo_data(tmp.path(), &[], 2);
     let run = |extra: &str, out: &str| {
         let config = config(&format!("tune = 'full'\nmax_steps = 2\n{extra}"));
         let prepared = prepare(&config, &inputs(&data, DataFormat::Sft), 3, &Device::Cpu).unwrap();
@@ -175,7 +152,7 @@ fn full_tuning_keeps_the_lm_head_and_vision_tower_frozen_unless_asked() {
             .model
             .base_weights()
             .iter()
-            .map(|(n, t)| (n.clone(), values(t)))
+            .map(|(n, t)| (n.clone(), to_f32(t)))
             .collect();
         let (_, model) =
             train_prepared(&config, prepared, &settings(&tmp.path().join(out), None)).unwrap();
@@ -183,7 +160,7 @@ fn full_tuning_keeps_the_lm_head_and_vision_tower_frozen_unless_asked() {
             .base_weights()
             .into_iter()
             .map(|(name, t)| {
-                let moved = values(&t) != before[&name];
+                let moved = to_f32(&t) != before[&name];
                 (name, moved)
             })
             .collect::<BTreeMap<String, bool>>()
@@ -207,7 +184,7 @@ fn full_tuning_keeps_the_lm_head_and_vision_tower_frozen_unless_asked() {
 #[test]
 fn packing_and_the_vision_cache_give_the_logits_of_the_plain_path() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = small(tmp.path(), &[], 2);
+    let data = small_demo_data(tmp.path(), &[], 2);
     let logits = |extra: &str| {
         let config = config(extra);
         let mut prepared =
@@ -237,7 +214,7 @@ fn packing_and_the_vision_cache_give_the_logits_of_the_plain_path() {
             )
             .unwrap();
             assert_eq!(batch.z_yes.dims(), &[4, 3]);
-            out.push((values(&batch.z_yes), values(&batch.z_no)));
+            out.push((to_f32(&batch.z_yes), to_f32(&batch.z_no)));
         }
         assert_eq!(out[0], out[1]);
         (out.remove(0), prepared.images.map_or(0, |b| b.cached()))
@@ -259,7 +236,7 @@ fn packing_and_the_vision_cache_give_the_logits_of_the_plain_path() {
 #[test]
 fn unusable_groups_become_rejects_with_their_reason() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = small(tmp.path(), &[], 2);
+    let data = small_demo_data(tmp.path(), &[], 2);
     let inputs = inputs(&data, DataFormat::Sft);
     let text_model = toml::from_str::<TrainConfig>(&format!(
         "init = 'tiny-text'\ntokenizer = '{}'\nmax_len = 512\n",
@@ -302,7 +279,7 @@ fn unusable_groups_become_rejects_with_their_reason() {
 #[test]
 fn every_objective_reports_both_losses_and_the_unified_weights() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = small(tmp.path(), &[], 3);
+    let data = small_demo_data(tmp.path(), &[], 3);
     let inputs = inputs(&data, DataFormat::Cl);
     for (extra, check_weights) in [
         ("objective = 'cl'\ntemperature = 0.5", false),
@@ -338,7 +315,7 @@ fn every_objective_reports_both_losses_and_the_unified_weights() {
 #[test]
 fn the_train_stage_runs_in_a_pipeline_and_is_then_up_to_date() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = small(tmp.path(), &[], 2);
+    let data = small_demo_data(tmp.path(), &[], 2);
     let stage = |max_steps: u64| -> Box<dyn Stage> {
         Box::new(TrainStage::new(config(&format!("max_steps = {max_steps}\ndata = 'cl'"))).unwrap())
     };
@@ -374,12 +351,7 @@ fn the_train_stage_runs_in_a_pipeline_and_is_then_up_to_date() {
 
 #[test]
 fn train_help_documents_every_key_of_the_train_table() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_umrank"))
-        .args(["train", "--help"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let help = String::from_utf8(out.stdout).unwrap();
+    let help = umrank_ok(&["train", "--help"]);
     let keys = serde_json::to_value(config("")).unwrap();
     for key in keys.as_object().unwrap().keys() {
         let flag = match key.as_str() {

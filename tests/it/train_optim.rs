@@ -10,6 +10,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use serde_json::Value;
 use std::sync::OnceLock;
 use umrank::train::optim::{AdamW, AdamWConfig, GradAccumulator};
+
+use crate::common::reference::to_f32;
 use umrank::train::schedule::{Decay, Schedule};
 use umrank::train::TrainError;
 
@@ -58,15 +60,6 @@ fn shapes(case: &Value) -> Vec<Vec<usize>> {
 
 fn tensor(values: Vec<f32>, shape: &[usize]) -> Tensor {
     Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
-}
-
-fn values(t: &Tensor) -> Vec<f32> {
-    t.flatten_all()
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
 }
 
 /// The case's initial parameters as variables of `dtype`.
@@ -148,7 +141,7 @@ fn adamw_steps_equal_torch() {
                 .zip(want["params_after"].as_array().unwrap())
                 .enumerate()
             {
-                let err = max_rel_diff(&values(var.as_tensor()), &floats(after));
+                let err = max_rel_diff(&to_f32(var.as_tensor()), &floats(after));
                 assert!(
                     err < 1e-6,
                     "{name} step {step} param {i}: rel error {err:e}"
@@ -187,14 +180,14 @@ fn clipping_scales_the_update_like_clip_grad_norm() {
         .iter()
         .map(|g| (0.1 * coef * *g as f64) as f32)
         .collect();
-    assert!(max_rel_diff(&values(exp_avg), &want) < 1e-6);
+    assert!(max_rel_diff(&to_f32(exp_avg), &want) < 1e-6);
     // At lr 0 and with decay, nothing moves.
-    assert_eq!(values(vars[0].as_tensor()), floats(&case["initial"][0]));
+    assert_eq!(to_f32(vars[0].as_tensor()), floats(&case["initial"][0]));
 }
 
 /// Rounds `values` to bf16 and back.
 fn bf16_round(values: &[f32], shape: &[usize]) -> Vec<f32> {
-    self::values(
+    to_f32(
         &tensor(values.to_vec(), shape)
             .to_dtype(DType::BF16)
             .unwrap(),
@@ -239,21 +232,21 @@ fn bf16_vars_train_through_an_f32_master() {
         let master = &state.iter().find(|(n, _)| n == "param.0.master").unwrap().1;
         assert_eq!(master.dtype(), DType::F32);
         // The master follows the f32 run exactly, and the variable holds its rounding.
-        assert_eq!(values(master), values(full.as_tensor()), "step {step}");
+        assert_eq!(to_f32(master), to_f32(full.as_tensor()), "step {step}");
         assert_eq!(
-            values(half.as_tensor()),
-            bf16_round(&values(master), &shape),
+            to_f32(half.as_tensor()),
+            bf16_round(&to_f32(master), &shape),
             "step {step}"
         );
         if step == 0 {
             assert_eq!(
-                values(half.as_tensor()),
+                to_f32(half.as_tensor()),
                 init,
                 "one step is below bf16 resolution"
             );
         }
     }
-    let moved = values(half.as_tensor())
+    let moved = to_f32(half.as_tensor())
         .iter()
         .zip(&init)
         .filter(|(a, b)| a != b)
@@ -306,7 +299,7 @@ fn saved_state_resumes_exactly() {
         assert_eq!(opt.step_count(), 3);
         run_steps(case, &mut opt, &resumed, 3..total);
         for (a, b) in straight.iter().zip(&resumed) {
-            assert_eq!(values(a.as_tensor()), values(b.as_tensor()), "{dtype:?}");
+            assert_eq!(to_f32(a.as_tensor()), to_f32(b.as_tensor()), "{dtype:?}");
         }
         // Without the state the continuation differs: the comparison can fail.
         let cold: Vec<Var> = checkpoint
@@ -315,7 +308,7 @@ fn saved_state_resumes_exactly() {
             .collect();
         let mut opt = AdamW::new(cold.clone(), config(case)).unwrap();
         run_steps(case, &mut opt, &cold, 3..total);
-        assert_ne!(values(straight[0].as_tensor()), values(cold[0].as_tensor()));
+        assert_ne!(to_f32(straight[0].as_tensor()), to_f32(cold[0].as_tensor()));
     }
 }
 
@@ -365,7 +358,7 @@ fn load_state_rejects_a_foreign_state_and_changes_nothing() {
         .state()
         .unwrap()
         .iter()
-        .all(|(n, t)| n.ends_with("steps") || n == "step" || values(t).iter().all(|v| *v == 0.0)));
+        .all(|(n, t)| n.ends_with("steps") || n == "step" || to_f32(t).iter().all(|v| *v == 0.0)));
 }
 
 #[test]
@@ -383,9 +376,9 @@ fn unused_vars_and_foreign_gradients() {
     assert_eq!(report.updated, 1);
     // The norm is that of a's gradient alone, 2 * a * 4 = [8, -16, 24].
     assert!((report.grad_norm - (64.0f64 + 256.0 + 576.0).sqrt()).abs() < 1e-4);
-    assert_eq!(values(b.as_tensor()), [0.5, 0.25]);
-    assert_eq!(values(outside.as_tensor()), [4.0]);
-    assert_ne!(values(a.as_tensor()), [1.0, -2.0, 3.0]);
+    assert_eq!(to_f32(b.as_tensor()), [0.5, 0.25]);
+    assert_eq!(to_f32(outside.as_tensor()), [4.0]);
+    assert_ne!(to_f32(a.as_tensor()), [1.0, -2.0, 3.0]);
     let state = opt.state().unwrap();
     let steps = |name: &str| {
         state
@@ -413,7 +406,7 @@ fn bad_gradients_and_configs_are_errors() {
         matches!(err, TrainError::NonFiniteGradient { step: 1, .. }),
         "{err}"
     );
-    assert_eq!(values(a.as_tensor()), [1.0, 2.0]);
+    assert_eq!(to_f32(a.as_tensor()), [1.0, 2.0]);
     assert_eq!(opt.step_count(), 0);
 
     let mut store = GradStore::default();
@@ -497,8 +490,8 @@ fn accumulated_micro_batches_equal_one_batch() {
     let mean = acc.take().unwrap();
     assert_eq!(acc.count(), 0);
     let err = max_rel_diff(
-        &values(mean.get(w.as_tensor()).unwrap()),
-        &values(whole.get(w.as_tensor()).unwrap()),
+        &to_f32(mean.get(w.as_tensor()).unwrap()),
+        &to_f32(whole.get(w.as_tensor()).unwrap()),
     );
     assert!(err < 1e-6, "weighted accumulation error {err:e}");
     assert!(
@@ -512,13 +505,13 @@ fn accumulated_micro_batches_equal_one_batch() {
     acc.add(&a).unwrap();
     acc.add(&b).unwrap();
     let mean = acc.take().unwrap();
-    let want: Vec<f32> = values(a.get(w.as_tensor()).unwrap())
+    let want: Vec<f32> = to_f32(a.get(w.as_tensor()).unwrap())
         .iter()
-        .zip(values(b.get(w.as_tensor()).unwrap()))
+        .zip(to_f32(b.get(w.as_tensor()).unwrap()))
         .map(|(x, y)| (x + y) / 2.0)
         .collect();
-    assert!(max_rel_diff(&values(mean.get(w.as_tensor()).unwrap()), &want) < 1e-6);
-    assert_eq!(values(mean.get(v.as_tensor()).unwrap()), [0.5, 1.5]);
+    assert!(max_rel_diff(&to_f32(mean.get(w.as_tensor()).unwrap()), &want) < 1e-6);
+    assert_eq!(to_f32(mean.get(v.as_tensor()).unwrap()), [0.5, 1.5]);
 
     assert!(acc.take().is_err(), "nothing added since the last take");
     assert!(acc.add_weighted(&a, 0.0).is_err());

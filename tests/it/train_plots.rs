@@ -7,12 +7,11 @@ use crate::common::train_data;
 use std::path::Path;
 
 use candle_core::Device;
-use train_data::{demo_data, tokenizer_dir, GroupsConfig};
+use train_data::{small_demo_data, tokenizer_dir};
 use umrank::dataset::Dataset;
 use umrank::report::plot::CHART_SIZE;
 use umrank::train::plots::{LOSS_PLOT, PLOTS, WEIGHTS_PLOT};
 use umrank::train::{train, RunSettings, TrainConfig, TrainInputs};
-use umrank::world::WorldSize;
 
 fn run(out: &Path, inputs: &TrainInputs) {
     let config: TrainConfig = toml::from_str(&format!(
@@ -35,17 +34,7 @@ fn run(out: &Path, inputs: &TrainInputs) {
 #[test]
 fn the_loss_and_weight_charts_are_written_and_reproducible() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = demo_data(
-        tmp.path(),
-        WorldSize::Small,
-        28,
-        GroupsConfig {
-            datasets: vec![],
-            negatives: 2,
-            split: "train".into(),
-        },
-        7,
-    );
+    let data = small_demo_data(tmp.path(), &[], 2);
     let inputs = TrainInputs {
         groups: Dataset::open(&data.shards.join("sft")).unwrap(),
         corpus: None,

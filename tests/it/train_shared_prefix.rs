@@ -3,10 +3,11 @@
 //! VL model (query images in the shared prefix, document images in the suffixes, text-only groups) and on the
 //! tiny text decoder; and a short training run takes the same steps either way.
 
+use crate::common::reference::to_f32;
 use crate::common::train_data;
 
-use candle_core::{DType, Device, Tensor};
-use train_data::{demo_data, tokenizer_dir, GroupsConfig};
+use candle_core::Device;
+use train_data::{small_demo_data, tokenizer_dir};
 use umrank::dataset::Dataset;
 use umrank::models::prompt::PromptBuilder;
 use umrank::train::config::DataFormat;
@@ -15,7 +16,6 @@ use umrank::train::forward::{batch_logits, BatchLayout};
 use umrank::train::objective::group_loss;
 use umrank::train::prefix::{shared_part, SharedRow};
 use umrank::train::{prepare, Prepared, TrainConfig, TrainInputs};
-use umrank::world::WorldSize;
 
 const NEGATIVES: usize = 3;
 
@@ -26,16 +26,6 @@ fn train_config(init: &str, objective: &str) -> TrainConfig {
         tokenizer_dir().display()
     ))
     .unwrap()
-}
-
-fn values(tensor: &Tensor) -> Vec<f32> {
-    tensor
-        .to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
 }
 
 /// Every value of `b` within `tol` of `a`, relative to the largest magnitude of `a` (at least 1).
@@ -91,14 +81,14 @@ fn run(
     .unwrap();
     let grads = report.loss.backward().unwrap();
     let mut out = vec![
-        ("z_yes".to_string(), values(&logits.z_yes)),
-        ("z_no".to_string(), values(&logits.z_no)),
+        ("z_yes".to_string(), to_f32(&logits.z_yes)),
+        ("z_no".to_string(), to_f32(&logits.z_no)),
     ];
     for (name, var) in prepared.model.trainable() {
         let grad = grads
             .get(var.as_tensor())
             .unwrap_or_else(|| panic!("{name} has no gradient"));
-        out.push((name, values(grad)));
+        out.push((name, to_f32(grad)));
     }
     out
 }
@@ -116,17 +106,7 @@ fn check_layouts(prepared: &mut Prepared, config: &TrainConfig, sequences: &[Seq
 #[test]
 fn shared_prefix_gives_the_plain_paths_logits_and_gradients() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = demo_data(
-        tmp.path(),
-        WorldSize::Small,
-        28,
-        GroupsConfig {
-            datasets: vec![],
-            negatives: NEGATIVES,
-            split: "train".into(),
-        },
-        7,
-    );
+    let data = small_demo_data(tmp.path(), &[], NEGATIVES);
     let inputs = TrainInputs {
         groups: Dataset::open(&data.shards.join(DataFormat::Sft.dir_name())).unwrap(),
         corpus: None,
@@ -178,17 +158,7 @@ fn shared_prefix_gives_the_plain_paths_logits_and_gradients() {
 #[test]
 fn training_with_a_shared_prefix_follows_the_plain_run() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = demo_data(
-        tmp.path(),
-        WorldSize::Small,
-        28,
-        GroupsConfig {
-            datasets: vec!["t2t".into()],
-            negatives: NEGATIVES,
-            split: "train".into(),
-        },
-        7,
-    );
+    let data = small_demo_data(tmp.path(), &["t2t"], NEGATIVES);
     let inputs = TrainInputs {
         groups: Dataset::open(&data.shards.join(DataFormat::Sft.dir_name())).unwrap(),
         corpus: None,

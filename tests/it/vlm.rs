@@ -16,6 +16,8 @@ use umrank::models::qwen2_vl::{
 use umrank::models::softmax::log_softmax;
 use umrank::models::tokenizer::Tokenizer;
 
+use crate::common::reference::{rel_error, to_f64};
+
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/models/vlm")
@@ -93,26 +95,6 @@ fn tokenizer() -> Tokenizer {
     Tokenizer::from_dir(&fixture("qwen2_vl")).unwrap()
 }
 
-fn values(t: &Tensor) -> Vec<f64> {
-    t.flatten_all()
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-/// `max |got - want| / max |want|`.
-fn rel_error(got: &[f64], want: &[f64]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    let scale = want.iter().fold(0.0f64, |m, w| m.max(w.abs()));
-    let diff = got
-        .iter()
-        .zip(want)
-        .fold(0.0f64, |m, (g, w)| m.max((g - w).abs()));
-    diff / scale
-}
-
 /// The reranker batch exactly as transformers ran it (left padding), images in prompt order.
 fn assert_forward_matches(name: &str) {
     let model = load(name);
@@ -131,8 +113,8 @@ fn assert_forward_matches(name: &str) {
     for (row, mask) in mask.iter().enumerate() {
         for (pos, &m) in mask.iter().enumerate() {
             if m != 0 {
-                got_real.extend(values(&hidden.get(row).unwrap().get(pos).unwrap()));
-                want_real.extend(values(&want.get(row).unwrap().get(pos).unwrap()));
+                got_real.extend(to_f64(&hidden.get(row).unwrap().get(pos).unwrap()));
+                want_real.extend(to_f64(&want.get(row).unwrap().get(pos).unwrap()));
             }
         }
     }
@@ -147,7 +129,7 @@ fn assert_forward_matches(name: &str) {
         .token_logits(&last, &[answers.yes, answers.no])
         .unwrap();
     let want = get(&format!("{name}.rerank.yes_no"));
-    let err = rel_error(&values(&logits), &values(&want));
+    let err = rel_error(&to_f64(&logits), &to_f64(&want));
     assert!(err < 1e-4, "{name}: yes/no logits differ, rel error {err}");
 }
 
@@ -206,7 +188,7 @@ fn scores_match_transformers_in_any_batching() {
         .collect();
     for name in ["qwen2_vl", "qwen2_5_vl"] {
         let model = load(name);
-        let want = values(&get(&format!("{name}.rerank.yes_no")));
+        let want = to_f64(&get(&format!("{name}.rerank.yes_no")));
         for batch_size in [1, 2] {
             let scores = score(&model, &inputs, answers, 0, batch_size).unwrap();
             let got: Vec<f64> = scores
@@ -250,9 +232,9 @@ fn gme_embeddings_match_reference() {
         .collect();
     let model = load("qwen2_vl");
     let got = gme_embed(&model, &score_inputs, 0).unwrap();
-    let err = rel_error(&values(&got), &values(&get("qwen2_vl.gme.embedding")));
+    let err = rel_error(&to_f64(&got), &to_f64(&get("qwen2_vl.gme.embedding")));
     assert!(err < 1e-4, "GME embedding rel error {err}");
-    let norms = values(&got.sqr().unwrap().sum(1).unwrap());
+    let norms = to_f64(&got.sqr().unwrap().sum(1).unwrap());
     assert!(norms.iter().all(|n| (n - 1.0).abs() < 1e-5), "{norms:?}");
 }
 

@@ -11,20 +11,16 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::init::Init;
 use candle_nn::{Linear, Module, VarBuilder, VarMap};
-use image::RgbImage;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::checkpoint::ModelDir;
 use super::clip_towers::{flat_positions, EncoderShape, TextTower, VisionTower};
+use super::dual::{DualEncoder, Shape, Towers};
 use super::error::{compute, EmbedderError};
 use super::init::seeded_var_builder;
-use super::preprocess::ImagePreprocess;
-use super::text::{Padding, TextEncoder, TextSettings};
-use super::{in_batches, l2_normalised_rows, Embedder, EmbedderOptions, Modality, CONFIG_FILE};
+use super::text::{Padding, TextSettings};
+use super::{l2_normalised_rows, EmbedderOptions, CONFIG_FILE};
 use crate::models::activation::Activation;
-
-const WEIGHTS_FILE: &str = "model.safetensors";
-const TOKENIZER_FILE: &str = "tokenizer.json";
 
 /// The `eos_token_id` of configs written before transformers PR #24773, which pool at the largest token id.
 const LEGACY_EOS_TOKEN_ID: u32 = 2;
@@ -359,155 +355,54 @@ fn eos_position(ids: &[u32], eos: u32) -> Option<usize> {
     }
 }
 
-#[derive(Serialize)]
-struct Settings<'a> {
-    text: &'a TextSettings,
-    image: &'a ImagePreprocess,
-    dtype: &'static str,
-}
-
-/// A CLIP checkpoint as an [`Embedder`] of texts and images.
-pub struct ClipEmbedder {
-    model: ClipModel,
-    text: TextEncoder,
-    preprocess: ImagePreprocess,
-    image_size: usize,
-    dim: usize,
-    options: EmbedderOptions,
-    fingerprint: String,
-}
+/// A CLIP checkpoint as an [`Embedder`](super::Embedder) of texts and images.
+pub type ClipEmbedder = DualEncoder<ClipModel>;
 
 impl ClipEmbedder {
     /// Loads config.json, model.safetensors, tokenizer.json and preprocessor_config.json from `dir`.
     pub fn load(dir: &Path, options: &EmbedderOptions) -> Result<Self, EmbedderError> {
         let mut files = ModelDir::new(dir);
         let config = ClipConfig::parse(&mut files)?;
-        let image_size = config.vision_config.image_size;
-        let preprocess = ImagePreprocess::load(&mut files, image_size as u32)?;
-        let tokenizer = files.tokenizer(TOKENIZER_FILE)?;
-        let text = TextEncoder::new(
-            tokenizer,
-            &files.path(TOKENIZER_FILE),
-            TextSettings {
+        let shape = Shape {
+            text: TextSettings {
                 max_len: config.text_config.max_position_embeddings,
                 pad_id: config.text_config.pad_token_id,
                 padding: Padding::Longest,
             },
-        )?;
-        let vb = files.weights(WEIGHTS_FILE, options.dtype, &options.device)?;
-        let model = ClipModel::new(&config, vb).map_err(files.weights_error(WEIGHTS_FILE))?;
-        let fingerprint = files.fingerprint(
-            "clip",
-            &Settings {
-                text: text.settings(),
-                image: &preprocess,
-                dtype: options.dtype.as_str(),
-            },
-        );
-        Ok(Self {
-            model,
-            text,
-            preprocess,
-            image_size,
+            image_size: config.vision_config.image_size,
             dim: config.projection_dim,
-            options: options.clone(),
-            fingerprint,
-        })
+        };
+        DualEncoder::load_with(files, shape, options, |vb| ClipModel::new(&config, vb))
     }
+}
 
-    pub fn model(&self) -> &ClipModel {
-        &self.model
-    }
+impl Towers for ClipModel {
+    const FAMILY: &'static str = "clip";
 
-    /// The images preprocessed for the vision tower, `(batch, 3, image_size, image_size)`.
-    pub fn pixel_values(&self, images: &[RgbImage]) -> Result<Tensor, EmbedderError> {
-        self.preprocess
-            .pixel_values(images, 0, self.options.dtype, &self.options.device)
-    }
-
-    /// Embeds already preprocessed pixel values (one batch, however large).
-    pub fn embed_pixel_values(
-        &self,
-        pixel_values: &Tensor,
-    ) -> Result<Vec<Vec<f32>>, EmbedderError> {
-        check_pixel_shape(pixel_values, self.image_size)?;
-        let pixel_values = pixel_values
-            .to_dtype(self.options.dtype)
-            .map_err(compute("pixel values"))?;
-        self.model
-            .image_features(&pixel_values)
+    fn embed_pixels(&self, pixel_values: &Tensor) -> Result<Vec<Vec<f32>>, EmbedderError> {
+        self.image_features(pixel_values)
             .and_then(|features| l2_normalised_rows(&features))
             .map_err(compute("clip image forward"))
     }
 
-    fn embed_text_batch(
+    fn embed_tokens(
         &self,
-        texts: &[&str],
+        ids: &[Vec<u32>],
+        input_ids: &Tensor,
         first: usize,
     ) -> Result<Vec<Vec<f32>>, EmbedderError> {
-        let batch = self.text.encode(texts, first, &self.options.device)?;
-        let positions =
-            self.model
-                .pooling_positions(&batch.ids)
-                .map_err(|row| EmbedderError::Text {
-                    index: first + row,
-                    reason: format!(
+        let positions = self
+            .pooling_positions(ids)
+            .map_err(|row| EmbedderError::Text {
+                index: first + row,
+                reason: format!(
                     "no end-of-text token (id {}) after tokenization: the tokenizer must add it",
-                    self.model.eos_token_id
+                    self.eos_token_id
                 ),
-                })?;
-        self.model
-            .text_features(&batch.input_ids, &positions)
+            })?;
+        self.text_features(input_ids, &positions)
             .and_then(|features| l2_normalised_rows(&features))
             .map_err(compute("clip text forward"))
-    }
-}
-
-impl Embedder for ClipEmbedder {
-    fn family(&self) -> &'static str {
-        "clip"
-    }
-
-    fn dim(&self) -> usize {
-        self.dim
-    }
-
-    fn fingerprint(&self) -> &str {
-        &self.fingerprint
-    }
-
-    fn supports(&self, _modality: Modality) -> bool {
-        true
-    }
-
-    fn embed_texts(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedderError> {
-        in_batches(texts, self.options.batch_size, |chunk, first| {
-            self.embed_text_batch(chunk, first)
-        })
-    }
-
-    fn embed_images(&self, images: &[RgbImage]) -> Result<Vec<Vec<f32>>, EmbedderError> {
-        in_batches(images, self.options.batch_size, |chunk, first| {
-            let pixel_values = self.preprocess.pixel_values(
-                chunk,
-                first,
-                self.options.dtype,
-                &self.options.device,
-            )?;
-            self.embed_pixel_values(&pixel_values)
-        })
-    }
-}
-
-/// Pixel values must be `(batch, 3, size, size)`: the towers' position embeddings fix the size, and a wrong one
-/// would otherwise surface as a broadcast error deep inside the model.
-pub(crate) fn check_pixel_shape(pixel_values: &Tensor, size: usize) -> Result<(), EmbedderError> {
-    match pixel_values.dims() {
-        [_, 3, h, w] if *h == size && *w == size => Ok(()),
-        dims => Err(EmbedderError::PixelShape {
-            size,
-            got: dims.to_vec(),
-        }),
     }
 }
 

@@ -17,6 +17,7 @@ pub mod bert;
 mod checkpoint;
 pub mod clip;
 pub mod clip_towers;
+pub mod dual;
 mod error;
 pub mod init;
 mod preprocess;

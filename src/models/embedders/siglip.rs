@@ -9,37 +9,16 @@ use std::path::Path;
 
 use candle_core::Tensor;
 use candle_transformers::models::siglip::{Config, Model};
-use image::RgbImage;
-use serde::Serialize;
 use serde_json::Value;
 
 use super::checkpoint::ModelDir;
-use super::clip::check_pixel_shape;
+use super::dual::{DualEncoder, Shape, Towers};
 use super::error::{compute, EmbedderError};
-use super::preprocess::ImagePreprocess;
-use super::text::{Padding, TextEncoder, TextSettings};
-use super::{in_batches, l2_normalised_rows, Embedder, EmbedderOptions, Modality, CONFIG_FILE};
+use super::text::{Padding, TextSettings};
+use super::{l2_normalised_rows, EmbedderOptions, CONFIG_FILE};
 
-const WEIGHTS_FILE: &str = "model.safetensors";
-const TOKENIZER_FILE: &str = "tokenizer.json";
-
-#[derive(Serialize)]
-struct Settings<'a> {
-    text: &'a TextSettings,
-    image: &'a ImagePreprocess,
-    dtype: &'static str,
-}
-
-/// A SigLIP checkpoint as an [`Embedder`] of texts and images.
-pub struct SiglipEmbedder {
-    model: Model,
-    text: TextEncoder,
-    preprocess: ImagePreprocess,
-    image_size: usize,
-    dim: usize,
-    options: EmbedderOptions,
-    fingerprint: String,
-}
+/// A SigLIP checkpoint as an [`Embedder`](super::Embedder) of texts and images.
+pub type SiglipEmbedder = DualEncoder<Model>;
 
 impl SiglipEmbedder {
     /// Loads config.json, model.safetensors, tokenizer.json and preprocessor_config.json from `dir`.
@@ -62,72 +41,35 @@ impl SiglipEmbedder {
                 ),
             ));
         }
-        let image_size = vision_cfg.image_size;
-        let preprocess = ImagePreprocess::load(&mut files, image_size as u32)?;
-        let tokenizer = files.tokenizer(TOKENIZER_FILE)?;
-        let text = TextEncoder::new(
-            tokenizer,
-            &files.path(TOKENIZER_FILE),
-            TextSettings {
+        let shape = Shape {
+            text: TextSettings {
                 max_len: text_cfg.max_position_embeddings,
                 pad_id: text_cfg.pad_token_id,
                 padding: Padding::Full,
             },
-        )?;
-        let vb = files.weights(WEIGHTS_FILE, options.dtype, &options.device)?;
-        let model = Model::new(&config, vb).map_err(files.weights_error(WEIGHTS_FILE))?;
-        let fingerprint = files.fingerprint(
-            "siglip",
-            &Settings {
-                text: text.settings(),
-                image: &preprocess,
-                dtype: options.dtype.as_str(),
-            },
-        );
-        Ok(Self {
-            model,
-            text,
-            preprocess,
-            image_size,
+            image_size: vision_cfg.image_size,
             dim: text_cfg.hidden_size,
-            options: options.clone(),
-            fingerprint,
-        })
+        };
+        DualEncoder::load_with(files, shape, options, |vb| Model::new(&config, vb))
     }
+}
 
-    pub fn model(&self) -> &Model {
-        &self.model
-    }
+impl Towers for Model {
+    const FAMILY: &'static str = "siglip";
 
-    /// The images preprocessed for the vision tower, `(batch, 3, image_size, image_size)`.
-    pub fn pixel_values(&self, images: &[RgbImage]) -> Result<Tensor, EmbedderError> {
-        self.preprocess
-            .pixel_values(images, 0, self.options.dtype, &self.options.device)
-    }
-
-    /// Embeds already preprocessed pixel values (one batch, however large).
-    pub fn embed_pixel_values(
-        &self,
-        pixel_values: &Tensor,
-    ) -> Result<Vec<Vec<f32>>, EmbedderError> {
-        check_pixel_shape(pixel_values, self.image_size)?;
-        let pixel_values = pixel_values
-            .to_dtype(self.options.dtype)
-            .map_err(compute("pixel values"))?;
-        self.model
-            .get_image_features(&pixel_values)
+    fn embed_pixels(&self, pixel_values: &Tensor) -> Result<Vec<Vec<f32>>, EmbedderError> {
+        self.get_image_features(pixel_values)
             .and_then(|features| l2_normalised_rows(&features))
             .map_err(compute("siglip image forward"))
     }
 
-    fn embed_text_batch(
+    fn embed_tokens(
         &self,
-        texts: &[&str],
-        first: usize,
+        _ids: &[Vec<u32>],
+        input_ids: &Tensor,
+        _first: usize,
     ) -> Result<Vec<Vec<f32>>, EmbedderError> {
-        let batch = self.text.encode(texts, first, &self.options.device)?;
-        self.model
-            .get_text_features(&batch.input_ids)
+        self.get_text_features(input_ids)
             .and_then(|features| l2_normalised_rows(&features))
             .map_err(compute("siglip text forward"))
     }
@@ -178,40 +120,4 @@ fn check(raw: &Value) -> Result<(), (&'static str, String)> {
         }
     }
     Ok(())
-}
-
-impl Embedder for SiglipEmbedder {
-    fn family(&self) -> &'static str {
-        "siglip"
-    }
-
-    fn dim(&self) -> usize {
-        self.dim
-    }
-
-    fn fingerprint(&self) -> &str {
-        &self.fingerprint
-    }
-
-    fn supports(&self, _modality: Modality) -> bool {
-        true
-    }
-
-    fn embed_texts(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedderError> {
-        in_batches(texts, self.options.batch_size, |chunk, first| {
-            self.embed_text_batch(chunk, first)
-        })
-    }
-
-    fn embed_images(&self, images: &[RgbImage]) -> Result<Vec<Vec<f32>>, EmbedderError> {
-        in_batches(images, self.options.batch_size, |chunk, first| {
-            let pixel_values = self.preprocess.pixel_values(
-                chunk,
-                first,
-                self.options.dtype,
-                &self.options.device,
-            )?;
-            self.embed_pixel_values(&pixel_values)
-        })
-    }
 }

@@ -12,18 +12,6 @@ pub enum ExportError {
     Dataset(#[from] DatasetError),
     #[error(transparent)]
     Arrow(#[from] arrow::error::ArrowError),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: {source}")]
-    Parquet {
-        path: PathBuf,
-        #[source]
-        source: parquet::errors::ParquetError,
-    },
     #[error("{path}: {message}")]
     Malformed { path: PathBuf, message: String },
     #[error(
@@ -38,9 +26,17 @@ pub enum ExportError {
     Json(#[from] serde_json::Error),
 }
 
+/// Files the exporters write fail as the dataset layer's do: the path and the I/O or Parquet error.
 impl ExportError {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
-        let path = path.into();
-        move |source| Self::Io { path, source }
+        let dataset = DatasetError::io(path);
+        move |source| Self::Dataset(dataset(source))
+    }
+
+    pub(crate) fn parquet(
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(parquet::errors::ParquetError) -> Self {
+        let dataset = DatasetError::parquet(path);
+        move |source| Self::Dataset(dataset(source))
     }
 }

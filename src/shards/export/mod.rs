@@ -22,12 +22,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
 pub use error::ExportError;
 pub use reader::{for_each_group, ExportGroup, Record};
 
 use self::images::ImageFiles;
+use self::sink::Sink;
 use super::ShardIndex;
 use crate::progress;
 
@@ -121,62 +123,57 @@ pub fn export(options: &ExportOptions) -> Result<ExportSummary, ExportError> {
     let mut summary = ExportSummary::default();
     match options.format {
         ExportFormat::Flag => {
-            let mut sink = sink::JsonlSink::create(&options.out)?;
-            let groups = for_each_group(&sft, |group| {
-                bar.inc(1);
-                match flag::line(&group, &mut summary.images_dropped) {
-                    Ok(line) => {
-                        sink.write(&line)?;
-                        summary.written += 1;
-                    }
-                    Err(reason) => summary.skip(reason),
-                }
-                Ok(())
+            let sink = sink::JsonlSink::create(&options.out)?;
+            write_groups(&sft, &bar, &mut summary, sink, |group, dropped| {
+                Ok(flag::line(group, dropped))
             })?;
-            sink.finish()?;
-            summary.groups = groups;
         }
         ExportFormat::Swift => {
             let images = image_files(options, &index, &sft, &out_dir, swift::images_used)?;
             summary.images = images.len() as u64;
-            let mut sink = sink::JsonlSink::create(&options.out)?;
-            let groups = for_each_group(&sft, |group| {
-                bar.inc(1);
-                match swift::line(&group, &images)? {
-                    Ok(line) => {
-                        sink.write(&line)?;
-                        summary.written += 1;
-                    }
-                    Err(reason) => summary.skip(reason),
-                }
-                Ok(())
+            let sink = sink::JsonlSink::create(&options.out)?;
+            write_groups(&sft, &bar, &mut summary, sink, |group, _| {
+                swift::line(group, &images)
             })?;
-            sink.finish()?;
-            summary.groups = groups;
         }
         ExportFormat::SentenceTransformers => {
             let negatives = options.negatives.unwrap_or(index.max_negatives as usize);
             let used = |group: &ExportGroup| sentence::images_used(group, negatives);
             let images = image_files(options, &index, &sft, &out_dir, used)?;
             summary.images = images.len() as u64;
-            let mut sink = sentence::SentenceSink::create(&options.out, negatives)?;
-            let groups = for_each_group(&sft, |group| {
-                bar.inc(1);
-                match sentence::row(&group, negatives, &images, &mut summary.images_dropped)? {
-                    Ok(row) => {
-                        sink.push(row)?;
-                        summary.written += 1;
-                    }
-                    Err(reason) => summary.skip(reason),
-                }
-                Ok(())
+            let sink = sentence::SentenceSink::create(&options.out, negatives)?;
+            write_groups(&sft, &bar, &mut summary, sink, |group, dropped| {
+                sentence::row(group, negatives, &images, dropped)
             })?;
-            sink.finish()?;
-            summary.groups = groups;
         }
     }
     bar.finish_and_clear();
     Ok(summary)
+}
+
+/// Converts every group of `sft` with `convert` (given the count of images dropped so far) into `sink`: written
+/// when the format can hold it, skipped with the reason when it cannot. Counts go to `summary`.
+fn write_groups<R>(
+    sft: &crate::dataset::Dataset,
+    bar: &ProgressBar,
+    summary: &mut ExportSummary,
+    mut sink: impl Sink<R>,
+    mut convert: impl FnMut(&ExportGroup, &mut u64) -> Result<Result<R, &'static str>, ExportError>,
+) -> Result<(), ExportError> {
+    let groups = for_each_group(sft, |group| {
+        bar.inc(1);
+        match convert(&group, &mut summary.images_dropped)? {
+            Ok(item) => {
+                sink.put(item)?;
+                summary.written += 1;
+            }
+            Err(reason) => summary.skip(reason),
+        }
+        Ok(())
+    })?;
+    sink.finish()?;
+    summary.groups = groups;
+    Ok(())
 }
 
 /// Writes the images the export will reference (`used` lists them per group) to `images/` beside the output, and

@@ -15,7 +15,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use super::images::ImageFiles;
-use super::sink::temporary;
+use super::sink::{temporary, Sink};
 use super::{ExportError, ExportGroup, Record};
 
 /// Rows per written batch.
@@ -104,10 +104,7 @@ impl SentenceSink {
             .map(|name| Field::new(name, DataType::Utf8, false))
             .collect();
         let schema = Arc::new(Schema::new(fields));
-        let parquet = |source| ExportError::Parquet {
-            path: tmp.clone(),
-            source,
-        };
+        let parquet = |source| ExportError::parquet(&tmp)(source);
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(parquet)?))
             .build();
@@ -120,14 +117,6 @@ impl SentenceSink {
             writer,
             pending: Vec::new(),
         })
-    }
-
-    pub fn push(&mut self, row: Vec<String>) -> Result<(), ExportError> {
-        self.pending.push(row);
-        if self.pending.len() >= BATCH_ROWS {
-            self.flush()?;
-        }
-        Ok(())
     }
 
     fn flush(&mut self) -> Result<(), ExportError> {
@@ -143,21 +132,26 @@ impl SentenceSink {
         let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
         self.writer
             .write(&batch)
-            .map_err(|source| ExportError::Parquet {
-                path: self.tmp.clone(),
-                source,
-            })
+            .map_err(ExportError::parquet(&self.tmp))
+    }
+}
+
+/// One row of cells per group, written in batches.
+impl Sink<Vec<String>> for SentenceSink {
+    fn put(&mut self, row: Vec<String>) -> Result<(), ExportError> {
+        self.pending.push(row);
+        if self.pending.len() >= BATCH_ROWS {
+            self.flush()?;
+        }
+        Ok(())
     }
 
-    pub fn finish(mut self) -> Result<(), ExportError> {
+    fn finish(mut self) -> Result<(), ExportError> {
         self.flush()?;
         let file = self
             .writer
             .into_inner()
-            .map_err(|source| ExportError::Parquet {
-                path: self.tmp.clone(),
-                source,
-            })?;
+            .map_err(ExportError::parquet(&self.tmp))?;
         file.sync_all().map_err(ExportError::io(&self.tmp))?;
         drop(file);
         fs::rename(&self.tmp, &self.path).map_err(ExportError::io(&self.path))

@@ -8,6 +8,14 @@ use serde::Serialize;
 
 use super::ExportError;
 
+/// Where an export's converted groups go, one at a time; the output appears only when it is finished.
+pub trait Sink<R> {
+    fn put(&mut self, item: R) -> Result<(), ExportError>;
+
+    /// Completes the output and moves it into place.
+    fn finish(self) -> Result<(), ExportError>;
+}
+
 pub struct JsonlSink {
     path: PathBuf,
     tmp: PathBuf,
@@ -38,20 +46,22 @@ impl JsonlSink {
             out: BufWriter::with_capacity(1 << 20, file),
         })
     }
+}
 
-    /// Appends one value as a line.
-    pub fn write(&mut self, line: &impl Serialize) -> Result<(), ExportError> {
-        serde_json::to_writer(&mut self.out, line)?;
+/// One value per line.
+impl<R: Serialize> Sink<R> for JsonlSink {
+    fn put(&mut self, line: R) -> Result<(), ExportError> {
+        serde_json::to_writer(&mut self.out, &line)?;
         self.out
             .write_all(b"\n")
             .map_err(ExportError::io(&self.tmp))
     }
 
-    pub fn finish(self) -> Result<(), ExportError> {
-        let file = self.out.into_inner().map_err(|e| ExportError::Io {
-            path: self.tmp.clone(),
-            source: e.into_error(),
-        })?;
+    fn finish(self) -> Result<(), ExportError> {
+        let file = self
+            .out
+            .into_inner()
+            .map_err(|e| ExportError::io(&self.tmp)(e.into_error()))?;
         file.sync_all().map_err(ExportError::io(&self.tmp))?;
         drop(file);
         fs::rename(&self.tmp, &self.path).map_err(ExportError::io(&self.path))

@@ -3,12 +3,11 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
-use arrow::array::{Array, AsArray, RecordBatch, StringArray};
-use arrow::datatypes::Int32Type;
+use arrow::array::{Array, Int32Array, LargeBinaryArray, RecordBatch, StringArray};
 use rayon::prelude::*;
 
 use super::error::DualEncoderError;
-use crate::dataset::Dataset;
+use crate::dataset::{columns, Dataset};
 use crate::media::preprocess::{ClipProcessor, ImagePreprocessor};
 use crate::pipeline::Reject;
 
@@ -56,10 +55,7 @@ impl PairSet {
                 utf8(&batch, "qid", &qrels_path)?,
                 utf8(&batch, "did", &qrels_path)?,
             );
-            let relevance = batch
-                .column_by_name("relevance")
-                .and_then(|c| c.as_primitive_opt::<Int32Type>())
-                .ok_or_else(|| missing(&qrels_path, "relevance", "int32"))?;
+            let relevance = column::<Int32Array>(&batch, "relevance", "int32", &qrels_path)?;
             for row in 0..batch.num_rows() {
                 if relevance.value(row) <= 0 {
                     continue;
@@ -153,10 +149,7 @@ impl Pixels {
         for batch in Dataset::open(path)?.batches_of(256)? {
             let batch = batch?;
             let ids = utf8(&batch, "image_id", path)?;
-            let bytes = batch
-                .column_by_name("bytes")
-                .and_then(|c| c.as_binary_opt::<i64>())
-                .ok_or_else(|| missing(path, "bytes", "large_binary"))?;
+            let bytes = column::<LargeBinaryArray>(&batch, "bytes", "large_binary", path)?;
             for row in 0..batch.num_rows() {
                 if wanted.contains(ids.value(row)) {
                     encoded.push((ids.value(row).to_string(), bytes.value(row).to_vec()));
@@ -280,15 +273,18 @@ fn utf8<'a>(
     name: &str,
     path: &Path,
 ) -> Result<&'a StringArray, DualEncoderError> {
-    batch
-        .column_by_name(name)
-        .and_then(|c| c.as_string_opt::<i32>())
-        .ok_or_else(|| missing(path, name, "utf8"))
+    column(batch, name, "utf8", path)
 }
 
-fn missing(path: &Path, column: &str, ty: &str) -> DualEncoderError {
-    DualEncoderError::Input {
+/// The column `name` of a batch of the dataset at `path` as `A`, or an input error naming the dataset.
+fn column<'a, A: Array + 'static>(
+    batch: &'a RecordBatch,
+    name: &str,
+    ty: &str,
+    path: &Path,
+) -> Result<&'a A, DualEncoderError> {
+    columns::typed(batch, name, ty).map_err(|message| DualEncoderError::Input {
         path: path.to_path_buf(),
-        message: format!("no {ty} column `{column}`"),
-    }
+        message,
+    })
 }

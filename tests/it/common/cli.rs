@@ -15,3 +15,17 @@ pub fn umrank(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Runs `umrank ARGS`, which must succeed (the failure shows its stderr): its stdout.
+pub fn umrank_ok(args: &[&str]) -> String {
+    let (ok, stdout, stderr) = umrank(args);
+    assert!(ok, "umrank {args:?} failed:\n{stdout}\n{stderr}");
+    stdout
+}
+
+/// Runs `umrank ARGS`, which must fail: its stderr.
+pub fn umrank_fails(args: &[&str]) -> String {
+    let (ok, _, stderr) = umrank(args);
+    assert!(!ok, "umrank {args:?} succeeded");
+    stderr
+}

@@ -3,5 +3,6 @@
 
 pub mod assets;
 pub mod cli;
+pub mod datasets;
 pub mod reference;
 pub mod train_data;

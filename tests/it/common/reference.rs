@@ -55,6 +55,18 @@ impl Batch {
         AttentionLayout::padded(&self.attention_mask, dtype).unwrap()
     }
 
+    /// The decoder's last hidden states for this batch (f32 attention; dropout when `train`).
+    pub fn hidden(&self, decoder: &Decoder, train: bool) -> Tensor {
+        decoder
+            .forward(
+                &self.input_ids,
+                &self.position_ids,
+                &self.layout(DType::F32),
+                train,
+            )
+            .unwrap()
+    }
+
     /// `(row, position)` of every real token.
     pub fn valid_positions(&self) -> Vec<(usize, usize)> {
         let mask = self.attention_mask.to_vec2::<i64>().unwrap();
@@ -115,6 +127,14 @@ pub fn rel_error(got: &[f64], want: &[f64]) -> f64 {
         .zip(want)
         .fold(0.0f64, |m, (g, w)| m.max((g - w).abs()));
     diff / scale
+}
+
+/// Every value of a tensor of any dtype and shape, in f32.
+pub fn to_f32(t: &Tensor) -> Vec<f32> {
+    t.flatten_all()
+        .and_then(|t| t.to_dtype(DType::F32))
+        .and_then(|t| t.to_vec1::<f32>())
+        .unwrap()
 }
 
 pub fn to_f64(t: &Tensor) -> Vec<f64> {

@@ -13,20 +13,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, Int32Array, ListBuilder, RecordBatch, StringArray,
-    StringBuilder, UInt64Array,
+    ArrayRef, BooleanArray, ListBuilder, RecordBatch, StringArray, StringBuilder, UInt64Array,
 };
 use arrow::datatypes::{DataType, Field};
 use rand::seq::IndexedRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use umrank::dataset::Dataset;
 use umrank::ingest::{IngestConfig, IngestStage};
 use umrank::pipeline::{Input, Output, RunOptions, Runner, Stage, StageContext, StageError};
 use umrank::schema;
 use umrank::world::stage::{WorldStage, WorldStageConfig};
 use umrank::world::WorldSize;
+
+use super::datasets::{column, qrels};
 
 /// A query as the groups need it.
 #[derive(Debug, Clone)]
@@ -48,59 +48,36 @@ pub struct Doc {
     pub dataset: String,
 }
 
-fn strings(batch: &RecordBatch, name: &str) -> Vec<Option<String>> {
-    let column = batch.column_by_name(name).unwrap();
-    let column = column.as_any().downcast_ref::<StringArray>().unwrap();
-    (0..column.len())
-        .map(|i| (!column.is_null(i)).then(|| column.value(i).to_string()))
-        .collect()
-}
-
 pub fn read_queries(ingest: &Path) -> Vec<Query> {
-    let mut out = Vec::new();
-    for batch in Dataset::open(&ingest.join("queries"))
-        .unwrap()
-        .batches()
-        .unwrap()
-    {
-        let batch = batch.unwrap();
-        let [qid, text, image, instruction, dataset, split] =
-            ["qid", "text", "image_id", "instruction", "dataset", "split"]
-                .map(|c| strings(&batch, c));
-        for i in 0..batch.num_rows() {
-            out.push(Query {
-                qid: qid[i].clone().unwrap(),
-                text: text[i].clone(),
-                image_id: image[i].clone(),
-                instruction: instruction[i].clone(),
-                dataset: dataset[i].clone().unwrap(),
-                split: split[i].clone().unwrap(),
-            });
-        }
-    }
+    let dir = ingest.join("queries");
+    let [qid, text, image, instruction, dataset, split] =
+        ["qid", "text", "image_id", "instruction", "dataset", "split"].map(|c| column(&dir, c));
+    let mut out: Vec<Query> = (0..qid.len())
+        .map(|i| Query {
+            qid: qid[i].clone().unwrap(),
+            text: text[i].clone(),
+            image_id: image[i].clone(),
+            instruction: instruction[i].clone(),
+            dataset: dataset[i].clone().unwrap(),
+            split: split[i].clone().unwrap(),
+        })
+        .collect();
     out.sort_by(|a, b| a.qid.cmp(&b.qid));
     out
 }
 
 pub fn read_corpus(ingest: &Path) -> Vec<Doc> {
-    let mut out = Vec::new();
-    for batch in Dataset::open(&ingest.join("corpus"))
-        .unwrap()
-        .batches()
-        .unwrap()
-    {
-        let batch = batch.unwrap();
-        let [did, text, image, dataset] =
-            ["did", "text", "image_id", "dataset"].map(|c| strings(&batch, c));
-        for i in 0..batch.num_rows() {
-            out.push(Doc {
-                did: did[i].clone().unwrap(),
-                text: text[i].clone(),
-                image_id: image[i].clone(),
-                dataset: dataset[i].clone().unwrap(),
-            });
-        }
-    }
+    let dir = ingest.join("corpus");
+    let [did, text, image, dataset] =
+        ["did", "text", "image_id", "dataset"].map(|c| column(&dir, c));
+    let mut out: Vec<Doc> = (0..did.len())
+        .map(|i| Doc {
+            did: did[i].clone().unwrap(),
+            text: text[i].clone(),
+            image_id: image[i].clone(),
+            dataset: dataset[i].clone().unwrap(),
+        })
+        .collect();
     out.sort_by(|a, b| a.did.cmp(&b.did));
     out
 }
@@ -108,22 +85,9 @@ pub fn read_corpus(ingest: &Path) -> Vec<Doc> {
 /// qid -> relevant dids, sorted.
 pub fn read_qrels(ingest: &Path) -> BTreeMap<String, Vec<String>> {
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for batch in Dataset::open(&ingest.join("qrels"))
-        .unwrap()
-        .batches()
-        .unwrap()
-    {
-        let batch = batch.unwrap();
-        let qid = strings(&batch, "qid");
-        let did = strings(&batch, "did");
-        let rel = batch.column_by_name("relevance").unwrap();
-        let rel = rel.as_any().downcast_ref::<Int32Array>().unwrap();
-        for i in 0..batch.num_rows() {
-            if rel.value(i) > 0 {
-                out.entry(qid[i].clone().unwrap())
-                    .or_default()
-                    .push(did[i].clone().unwrap());
-            }
+    for (qid, did, relevance) in qrels(&ingest.join("qrels")) {
+        if relevance > 0 {
+            out.entry(qid).or_default().push(did);
         }
     }
     for dids in out.values_mut() {
@@ -385,6 +349,22 @@ pub fn demo_data(
         ingest: dir.join("ingest"),
         shards: dir.join("shards"),
     }
+}
+
+/// The small demo world with 28-px images, seed 7, and groups of `negatives` random negatives for the train
+/// queries of `datasets` (all when empty): the quick corpus of the train tests.
+pub fn small_demo_data(dir: &Path, datasets: &[&str], negatives: usize) -> DemoData {
+    demo_data(
+        dir,
+        WorldSize::Small,
+        28,
+        GroupsConfig {
+            datasets: datasets.iter().map(|s| s.to_string()).collect(),
+            negatives,
+            split: "train".into(),
+        },
+        7,
+    )
 }
 
 /// The path of the qwen2-prefix tokenizer fixture (yes/no, chat and vision special tokens).

@@ -1,0 +1,167 @@
+//! What the CLIP and SigLIP embedders share: a text tower and an image tower loaded from one transformers
+//! directory, with the tokenizer, image preprocessing, batching, pixel-shape check and fingerprint around them.
+//! A family supplies only its model's two forwards ([`Towers`]) and how it reads its config and tokenizes
+//! (in its own `load`).
+
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+use image::RgbImage;
+use serde::Serialize;
+
+use super::checkpoint::ModelDir;
+use super::error::{compute, EmbedderError};
+use super::preprocess::ImagePreprocess;
+use super::text::{TextEncoder, TextSettings};
+use super::{in_batches, Embedder, EmbedderOptions, Modality};
+
+const WEIGHTS_FILE: &str = "model.safetensors";
+const TOKENIZER_FILE: &str = "tokenizer.json";
+
+/// A dual encoder's model: its two forwards to L2-normalised embeddings, one batch each.
+pub trait Towers: Send + Sync {
+    /// The family name the embedder reports and tags its fingerprint with.
+    const FAMILY: &'static str;
+
+    /// Embeddings of pixel values already checked and in the model's dtype.
+    fn embed_pixels(&self, pixel_values: &Tensor) -> Result<Vec<Vec<f32>>, EmbedderError>;
+
+    /// Embeddings of a tokenized batch: its token ids per text and as a padded `(batch, len)` tensor; `first` is
+    /// the index of the batch's first text in the whole call, for errors.
+    fn embed_tokens(
+        &self,
+        ids: &[Vec<u32>],
+        input_ids: &Tensor,
+        first: usize,
+    ) -> Result<Vec<Vec<f32>>, EmbedderError>;
+}
+
+/// What the fingerprint covers besides the files: everything that changes the vectors for the same weights.
+#[derive(Serialize)]
+struct Settings<'a> {
+    text: &'a TextSettings,
+    image: &'a ImagePreprocess,
+    dtype: &'static str,
+}
+
+/// A dual-encoder checkpoint as an [`Embedder`] of texts and images.
+pub struct DualEncoder<M> {
+    model: M,
+    text: TextEncoder,
+    preprocess: ImagePreprocess,
+    image_size: usize,
+    dim: usize,
+    options: EmbedderOptions,
+    fingerprint: String,
+}
+
+/// The family-specific part of a load: how the text is tokenized, the image side, the embedding width.
+pub(crate) struct Shape {
+    pub(crate) text: TextSettings,
+    pub(crate) image_size: usize,
+    pub(crate) dim: usize,
+}
+
+impl<M: Towers> DualEncoder<M> {
+    /// Loads preprocessor_config.json, tokenizer.json and model.safetensors from `files` (whose config the
+    /// family has read into `shape`), building the model from the weights with `build`.
+    pub(crate) fn load_with(
+        mut files: ModelDir,
+        shape: Shape,
+        options: &EmbedderOptions,
+        build: impl FnOnce(VarBuilder) -> candle_core::Result<M>,
+    ) -> Result<Self, EmbedderError> {
+        let preprocess = ImagePreprocess::load(&mut files, shape.image_size as u32)?;
+        let tokenizer = files.tokenizer(TOKENIZER_FILE)?;
+        let text = TextEncoder::new(tokenizer, &files.path(TOKENIZER_FILE), shape.text)?;
+        let vb = files.weights(WEIGHTS_FILE, options.dtype, &options.device)?;
+        let model = build(vb).map_err(files.weights_error(WEIGHTS_FILE))?;
+        let fingerprint = files.fingerprint(
+            M::FAMILY,
+            &Settings {
+                text: text.settings(),
+                image: &preprocess,
+                dtype: options.dtype.as_str(),
+            },
+        );
+        Ok(Self {
+            model,
+            text,
+            preprocess,
+            image_size: shape.image_size,
+            dim: shape.dim,
+            options: options.clone(),
+            fingerprint,
+        })
+    }
+
+    pub fn model(&self) -> &M {
+        &self.model
+    }
+
+    /// The images preprocessed for the vision tower, `(batch, 3, image_size, image_size)`.
+    pub fn pixel_values(&self, images: &[RgbImage]) -> Result<Tensor, EmbedderError> {
+        self.preprocess
+            .pixel_values(images, 0, self.options.dtype, &self.options.device)
+    }
+
+    /// Embeds already preprocessed pixel values (one batch, however large).
+    pub fn embed_pixel_values(
+        &self,
+        pixel_values: &Tensor,
+    ) -> Result<Vec<Vec<f32>>, EmbedderError> {
+        check_pixel_shape(pixel_values, self.image_size)?;
+        let pixel_values = pixel_values
+            .to_dtype(self.options.dtype)
+            .map_err(compute("pixel values"))?;
+        self.model.embed_pixels(&pixel_values)
+    }
+}
+
+impl<M: Towers> Embedder for DualEncoder<M> {
+    fn family(&self) -> &'static str {
+        M::FAMILY
+    }
+
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    fn supports(&self, _modality: Modality) -> bool {
+        true
+    }
+
+    fn embed_texts(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedderError> {
+        in_batches(texts, self.options.batch_size, |chunk, first| {
+            let batch = self.text.encode(chunk, first, &self.options.device)?;
+            self.model.embed_tokens(&batch.ids, &batch.input_ids, first)
+        })
+    }
+
+    fn embed_images(&self, images: &[RgbImage]) -> Result<Vec<Vec<f32>>, EmbedderError> {
+        in_batches(images, self.options.batch_size, |chunk, first| {
+            let pixel_values = self.preprocess.pixel_values(
+                chunk,
+                first,
+                self.options.dtype,
+                &self.options.device,
+            )?;
+            self.embed_pixel_values(&pixel_values)
+        })
+    }
+}
+
+/// Pixel values must be `(batch, 3, size, size)`: the towers' position embeddings fix the size, and a wrong one
+/// would otherwise surface as a broadcast error deep inside the model.
+fn check_pixel_shape(pixel_values: &Tensor, size: usize) -> Result<(), EmbedderError> {
+    match pixel_values.dims() {
+        [_, 3, h, w] if *h == size && *w == size => Ok(()),
+        dims => Err(EmbedderError::PixelShape {
+            size,
+            got: dims.to_vec(),
+        }),
+    }
+}
