@@ -12,7 +12,7 @@ is the release profile, so a tree built for `cargo test --release` is reused.
 | image preprocessing (decode + smart_resize + normalise + patchify), one core | preprocess bench | transformers Qwen2VLImageProcessor |
 | exact top-k, k = 100, 2 threads | topk bench | faiss-cpu IndexFlatIP, chunked numpy |
 | reranker training step, tiny Qwen2-VL, the default levers | train_levers bench | the same loop on the plain path (padded, no vision cache, no shared prefix) |
-| reranker training step, allocator keeping freed memory | train_levers bench | the same with glibc's defaults |
+| reranker training step (LoRA and full fine-tuning), allocator keeping freed memory | train_levers bench | the same with glibc's defaults |
 
 The GPU part (candle CUDA against PyTorch, DESIGN.md section 10) is benches/gpu/run.sh, run on a device machine.
 Each sub-benchmark is also a command of its own (see the scripts and benches/*.rs); wall-clock figures move with
@@ -91,19 +91,23 @@ def train_levers(quick):
                 for r in (json.loads(line[len("RESULT "):]) for line in stdout.splitlines()
                           if line.startswith("RESULT "))}
 
-    default_malloc = figures()
-    retained = figures("--retain-freed-memory")
+    def plain(figures, side):
+        return next(rate for (s, variant), rate in figures.items() if s == side and variant.startswith("plain"))
+
     rows = []
-    for (side, variant), rate in sorted(retained.items()):
-        if variant.startswith("plain"):
-            continue
-        plain = next(r for (s, v), r in retained.items() if s == side and v.startswith("plain"))
-        rows.append((f"training step, tiny Qwen2-VL, {side} px, lever: {variant}", "seq/s", rate,
-                     "plain path (padded, no cache, no shared prefix)", plain))
-    for (side, variant), rate in sorted(retained.items()):
-        if variant.startswith("all three"):
-            rows.append((f"training step, tiny Qwen2-VL, {side} px, allocator keeping freed memory", "seq/s", rate,
-                         "glibc allocator defaults", default_malloc.get((side, variant))))
+    lora = figures("--retain-freed-memory")
+    for (side, variant), rate in sorted(lora.items()):
+        if not variant.startswith("plain"):
+            rows.append((f"training step, tiny Qwen2-VL LoRA, {side} px, lever: {variant}", "seq/s", rate,
+                         "plain path (padded, no cache, no shared prefix)", plain(lora, side)))
+    defaults = {"lora": figures()}
+    retained = {"lora": lora, "full": figures("--tune", "full", "--retain-freed-memory")}
+    defaults["full"] = figures("--tune", "full")
+    for tune in ("lora", "full"):
+        for (side, variant), rate in sorted(retained[tune].items()):
+            if variant.startswith("all three"):
+                rows.append((f"training step, tiny Qwen2-VL {tune}, {side} px, allocator keeping freed memory",
+                             "seq/s", rate, "glibc allocator defaults", defaults[tune].get((side, variant))))
     return rows
 
 

@@ -2,11 +2,13 @@
 //! packing, shared prefix) and all three together, timed over real optimizer steps of the `train` loop (prompts,
 //! forward, backward, AdamW) on the same data, in one process, one variant after the other.
 //!
-//! The config is small: the tiny Qwen2-VL model (LoRA r 16, the default recipe), groups of 1 + 7 from the demo
+//! The config is small: the tiny Qwen2-VL model (LoRA r 16, the default recipe; `--tune full` trains every weight
+//! and the LM head, as the demo's from-scratch rerankers do), groups of 1 + 7 from the demo
 //! world with random negatives, 2 groups per step, images of 56 and then 112 px. The prompt's shared part (system
 //! turn, instruction, query and its image) is most of each prompt, as in a reranker corpus.
 //!
-//!     cargo bench --bench train_levers -- [--steps 8] [--rounds 2] [--sides 56,112] [--retain-freed-memory]
+//!     cargo bench --bench train_levers -- [--steps 8] [--rounds 2] [--sides 56,112] [--tune lora|full]
+//!         [--retain-freed-memory]
 //!
 //! `--retain-freed-memory` applies the allocator setting the `umrank` binary uses (see `umrank::malloc`); without
 //! it the process keeps glibc's defaults, so two runs, one with and one without, measure that lever too
@@ -44,6 +46,10 @@ struct Args {
     /// Image sides in pixels, one world each.
     #[arg(long, value_delimiter = ',', default_value = "56,112")]
     sides: Vec<u32>,
+    /// What trains: `lora` (the default recipe) or `full` (every weight and the LM head, as the demo's
+    /// from-scratch rerankers train).
+    #[arg(long, default_value = "lora", value_parser = ["lora", "full"])]
+    tune: String,
     /// Keep freed memory in the process, as the `umrank` binary does.
     #[arg(long)]
     retain_freed_memory: bool,
@@ -84,6 +90,10 @@ fn main() -> Result<()> {
         umrank::malloc::retain_freed_memory();
     }
     describe_machine(args.retain_freed_memory);
+    let tuning = match args.tune.as_str() {
+        "full" => "tune = 'full'\ntrain_lm_head = true",
+        _ => "tune = 'lora'",
+    };
     let tmp = tempfile::tempdir()?;
     for &side in &args.sides {
         let data = demo_data(
@@ -98,15 +108,17 @@ fn main() -> Result<()> {
             11,
         );
         println!(
-            "\n{side} px images, groups of 1 + {NEGATIVES}, 2 groups per step, {} timed steps, best of {} rounds:",
-            args.steps, args.rounds
+            "\n{side} px images, {} tuning, groups of 1 + {NEGATIVES}, 2 groups per step, {} timed steps, best of {} \
+             rounds:",
+            args.tune, args.steps, args.rounds
         );
         let mut best = [0f64; VARIANTS.len()];
         let mut tokens = 0;
         for _ in 0..args.rounds {
             for (k, (_, keys)) in VARIANTS.iter().enumerate() {
                 let out = tmp.path().join(format!("run-{side}"));
-                let (seq_per_s, step_tokens) = measure(&data, keys, args.steps, &out)?;
+                let keys = format!("{tuning}\n{keys}");
+                let (seq_per_s, step_tokens) = measure(&data, &keys, args.steps, &out)?;
                 best[k] = best[k].max(seq_per_s);
                 tokens = step_tokens;
                 std::fs::remove_dir_all(&out).ok();
@@ -119,7 +131,7 @@ fn main() -> Result<()> {
             );
             println!(
                 "RESULT {}",
-                serde_json::json!({"side": side, "variant": name, "seq_per_s": seq_per_s})
+                serde_json::json!({"side": side, "tune": args.tune, "variant": name, "seq_per_s": seq_per_s})
             );
         }
         println!("  ({tokens} prompt tokens per step)");
