@@ -294,6 +294,21 @@ impl Runner {
                 return Ok(report);
             }
         }
+        if previous.is_none() && shard.is_all() && !self.options.force {
+            let kind = stage.name();
+            if let Some(parts) = completed_as_shards(&dir, |part| {
+                self::fingerprint(kind, &config_hash, self.seed, part, &inputs)
+            })? {
+                tracing::info!(
+                    "{name}: up to date, completed as {} shards ({})",
+                    parts.len(),
+                    dir.display()
+                );
+                report.records = parts.iter().map(|m| m.records).sum();
+                report.rejects = parts.iter().map(|m| m.rejects).sum();
+                return Ok(report);
+            }
+        }
 
         clear_shard(&dir, &outputs, shard)?;
         let upstream = stage
@@ -514,6 +529,24 @@ fn is_current(prev: &Manifest, fingerprint: &str, dir: &Path) -> Result<bool, Pi
         }
     }
     Ok(true)
+}
+
+/// The manifests of a stage that a job array completed as N shards, when every shard's fingerprint is the one this
+/// run would give it (`expected`) and its outputs are intact: together the shards are the stage's whole output, so
+/// an unsharded run (the usual next step after the array) has nothing to redo.
+fn completed_as_shards(
+    dir: &Path,
+    expected: impl Fn(Shard) -> String,
+) -> Result<Option<Vec<Manifest>>, PipelineError> {
+    let Ok(parts) = Manifest::read_complete(dir) else {
+        return Ok(None);
+    };
+    for part in &parts {
+        if part.shard.is_all() || !is_current(part, &expected(part.shard), dir)? {
+            return Ok(None);
+        }
+    }
+    Ok(Some(parts))
 }
 
 /// Removes what a previous or interrupted run of this shard left, so a rerun starts clean: its manifest first (so

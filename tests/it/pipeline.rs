@@ -437,6 +437,35 @@ fn shards_partition_deterministically_and_their_union_is_the_unsharded_output() 
 }
 
 #[test]
+fn a_plain_run_after_all_shards_finished_keeps_them_and_a_changed_config_reruns_whole() {
+    let w = World::new();
+    let sharded = w.pipeline("sharded", "count = 500", "");
+    for i in 0..2 {
+        let options = RunOptions {
+            shard: Some(Shard::new(i, 2).unwrap()),
+            until: Some("numbers".into()),
+            ..Default::default()
+        };
+        w.run(&sharded, options).unwrap();
+    }
+    let parts = snapshot(&w.path("sharded/numbers"));
+
+    assert_eq!(
+        w.run(&sharded, RunOptions::default()).unwrap(),
+        [UpToDate, Ran]
+    );
+    assert_eq!(snapshot(&w.path("sharded/numbers")), parts);
+    assert!(!w.path("sharded/numbers/manifest.json").exists());
+
+    let changed = w.pipeline("sharded", "count = 400", "");
+    assert_eq!(w.run(&changed, RunOptions::default()).unwrap(), [Ran, Ran]);
+    assert!(w.path("sharded/numbers/manifest.json").exists());
+    assert!(!w
+        .path("sharded/numbers/pairs/part-00000-of-00002.parquet")
+        .exists());
+}
+
+#[test]
 fn a_batch_off_its_schema_is_refused_naming_the_field() {
     let w = World::new();
     let p = w.pipeline("work", "count = 10\nwrong_type = true", "");
