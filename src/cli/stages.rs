@@ -41,7 +41,8 @@ pub struct WorldArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 
-    /// small (tests: a few hundred images) or full (the demo: 4400 images).
+    /// small (tests: a few hundred images), full (the demo: 4400 images) or large (four times the training
+    /// queries: 14000 images).
     #[arg(long, default_value = "small", value_parser = clap::value_parser!(WorldSize))]
     pub size: WorldSize,
 

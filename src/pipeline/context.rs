@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use indicatif::ProgressBar;
 
 use super::manifest::mtime_ns;
-use super::rejects::RejectSink;
+use super::rejects::{RejectPolicy, RejectSink};
 use super::{ObservedFile, PipelineError, Reject};
 use crate::dataset::{Dataset, DatasetError, DatasetWriter};
 use crate::device::DeviceSpec;
@@ -25,6 +25,8 @@ pub struct StageContext {
     pub(crate) device: DeviceSpec,
     pub(crate) upstream: BTreeMap<String, PathBuf>,
     pub(crate) rejects: RejectSink,
+    pub(crate) rejects_file: PathBuf,
+    pub(crate) policy: RejectPolicy,
     pub(crate) records: u64,
     pub(crate) observed: Vec<ObservedFile>,
 }
@@ -89,6 +91,22 @@ impl StageContext {
     pub fn reject(&mut self, reject: Reject) -> Result<(), PipelineError> {
         tracing::debug!("reject: {reject}");
         Ok(self.rejects.push(reject)?)
+    }
+
+    /// Fails now when the rejects so far are already over the reject policy for the records so far. The runner
+    /// checks the policy when a stage ends; a stage that knows all its records and rejects before its long part
+    /// (train knows every group it cannot use before the first step) calls this so that a run over the limit
+    /// stops before that work instead of after it. The rejects are written either way.
+    pub fn check_rejects(&self) -> Result<(), PipelineError> {
+        self.policy
+            .enforce(
+                &self.name,
+                self.rejects.count(),
+                self.records,
+                self.rejects.first(),
+                &self.rejects_file,
+            )
+            .map_err(|failure| PipelineError::Rejects(Box::new(failure)))
     }
 
     /// Counts input records considered (rejected or not); the reject share is taken over this count.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, StringBuilder, UInt64Builder};
 
+use super::RejectFailure;
 use crate::dataset::{DatasetError, DatasetWriter, WriteOptions, WrittenPart};
 use crate::schema;
 use crate::shard::Shard;
@@ -91,6 +92,30 @@ impl RejectPolicy {
             return false;
         }
         self.strict || rejected as f64 > self.max_fraction * records as f64
+    }
+
+    /// `Ok` while `rejected` of `records` is within the policy; otherwise the failure that names the stage, the
+    /// first reject (`first`, as its file, line and reason) and the rejects file.
+    pub(crate) fn enforce(
+        &self,
+        stage: &str,
+        rejected: u64,
+        records: u64,
+        first: Option<&Reject>,
+        rejects_file: &Path,
+    ) -> Result<(), RejectFailure> {
+        if !self.exceeded(rejected, records) {
+            return Ok(());
+        }
+        Err(RejectFailure {
+            stage: stage.to_string(),
+            rejected,
+            records,
+            max_fraction: self.max_fraction,
+            strict: self.strict,
+            first: first.map(ToString::to_string).unwrap_or_default(),
+            rejects_file: rejects_file.to_path_buf(),
+        })
     }
 }
 

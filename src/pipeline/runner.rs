@@ -9,7 +9,7 @@ use super::manifest::{mtime_ns, rfc3339};
 use super::rejects::RejectSink;
 use super::{
     manifest_path, rejects_path, Input, InputRecord, Manifest, Output, OutputRecord,
-    PipelineConfig, PipelineError, RejectFailure, RejectPolicy, Stage, StageContext, StageRegistry,
+    PipelineConfig, PipelineError, RejectPolicy, Stage, StageContext, StageRegistry,
 };
 use crate::dataset::{is_temporary, Dataset, PART_EXTENSION};
 use crate::device::DeviceSpec;
@@ -329,6 +329,8 @@ impl Runner {
             device: self.options.device,
             upstream,
             rejects: RejectSink::create(name, rejects_file.clone())?,
+            rejects_file: rejects_file.clone(),
+            policy: self.options.policy,
             records: 0,
             observed: Vec::new(),
         };
@@ -343,13 +345,22 @@ impl Runner {
             ..
         } = ctx;
         let rejected = rejects.count();
-        let first_reject = rejects.first().map(ToString::to_string);
+        let first_reject = rejects.first().cloned();
         rejects.finish()?;
         result.map_err(|source| PipelineError::Stage {
             stage: name.to_string(),
             source,
         })?;
-        self.enforce_policy(name, rejected, records, first_reject, &rejects_file)?;
+        self.options
+            .policy
+            .enforce(
+                name,
+                rejected,
+                records,
+                first_reject.as_ref(),
+                &rejects_file,
+            )
+            .map_err(|failure| PipelineError::Rejects(Box::new(failure)))?;
 
         let mut output_records = collect_outputs(name, &dir, &outputs, shard)?;
         output_records.push(describe_file("rejects", &dir, &rejects_file, true)?);
@@ -380,29 +391,6 @@ impl Runner {
         report.rejects = rejected;
         report.seconds = seconds;
         Ok(report)
-    }
-
-    fn enforce_policy(
-        &self,
-        name: &str,
-        rejected: u64,
-        records: u64,
-        first: Option<String>,
-        rejects_file: &Path,
-    ) -> Result<(), PipelineError> {
-        let policy = self.options.policy;
-        if !policy.exceeded(rejected, records) {
-            return Ok(());
-        }
-        Err(PipelineError::Rejects(Box::new(RejectFailure {
-            stage: name.to_string(),
-            rejected,
-            records,
-            max_fraction: policy.max_fraction,
-            strict: policy.strict,
-            first: first.unwrap_or_default(),
-            rejects_file: rejects_file.to_path_buf(),
-        })))
     }
 
     fn hash_inputs(

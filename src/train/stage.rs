@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use super::config::{DataFormat, ModelSource, TrainConfig};
 use super::log::TRAIN_LOG;
 use super::plots::PLOTS;
-use super::trainer::{output_dir, train, RunSettings, TrainInputs};
+use super::trainer::{output_dir, prepare, train_prepared, RunSettings, TrainInputs};
 use super::TrainRunError;
 use crate::dataset::Dataset;
 use crate::digest::Fingerprint;
@@ -136,11 +136,13 @@ impl Stage for TrainStage {
             run_key: self.run_key(ctx)?,
             stop_after: None,
         };
-        let outcome = train(&self.config, &inputs, &settings)?;
-        ctx.add_records(outcome.records);
-        for reject in outcome.rejects {
-            ctx.reject(reject)?;
+        let prepared = prepare(&self.config, &inputs, settings.seed, &settings.device)?;
+        ctx.add_records(prepared.records);
+        for reject in &prepared.rejects {
+            ctx.reject(reject.clone())?;
         }
+        ctx.check_rejects()?;
+        let (outcome, _) = train_prepared(&self.config, prepared, &settings)?;
         if let Some(last) = outcome.log.last() {
             tracing::info!(
                 "{} steps on {} groups of 1 + {} (resumed at step {}); last loss {:.4} (sft {:.4}, cl {:.4}); {} images cached",

@@ -48,15 +48,16 @@ impl WorldConfig {
 
 /// How big a world is. Every count is an exact function of the size:
 ///
-/// | | Small | Full |
-/// |---|---|---|
-/// | families (centre scenes) train / val / test | 8 / 3 / 4 | 320 / 40 / 80 |
-/// | near misses per centre | 3 | 4 |
-/// | queries per task and split (= qrels, one positive each) | 8 / 3 / 4 | 320 / 40 / 80 |
-/// | candidates per task pool: families x (1 + near misses) | 60 | 2200 |
-/// | images: 2 x families x (1 + near misses) | 120 | 4400 |
+/// | | Small | Full | Large |
+/// |---|---|---|---|
+/// | families (centre scenes) train / val / test | 8 / 3 / 4 | 320 / 40 / 80 | 1280 / 40 / 80 |
+/// | near misses per centre | 3 | 4 | 4 |
+/// | queries per task and split (= qrels, one positive each) | 8 / 3 / 4 | 320 / 40 / 80 | 1280 / 40 / 80 |
+/// | candidates per task pool: families x (1 + near misses) | 60 | 2200 | 7000 |
+/// | images: 2 x families x (1 + near misses) | 120 | 4400 | 14000 |
 ///
-/// Over the five tasks, Full has 1600 train, 200 val and 400 test queries.
+/// Over the five tasks, Full has 1600 train, 200 val and 400 test queries; Large four times the training queries
+/// with the same val and test sizes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WorldSize {
@@ -64,6 +65,8 @@ pub enum WorldSize {
     Small,
     /// For the demo: enough to train a tiny embedder and reranker on a CPU in minutes.
     Full,
+    /// Four times Full's training queries: for rerankers trained from scratch, which need many queries seen once.
+    Large,
 }
 
 impl WorldSize {
@@ -76,6 +79,9 @@ impl WorldSize {
             (WorldSize::Full, Split::Train) => 320,
             (WorldSize::Full, Split::Val) => 40,
             (WorldSize::Full, Split::Test) => 80,
+            (WorldSize::Large, Split::Train) => 1280,
+            (WorldSize::Large, Split::Val) => 40,
+            (WorldSize::Large, Split::Test) => 80,
         }
     }
 
@@ -83,7 +89,7 @@ impl WorldSize {
     pub fn near_misses(self) -> usize {
         match self {
             WorldSize::Small => 3,
-            WorldSize::Full => 4,
+            WorldSize::Full | WorldSize::Large => 4,
         }
     }
 
@@ -91,6 +97,7 @@ impl WorldSize {
         match self {
             WorldSize::Small => "small",
             WorldSize::Full => "full",
+            WorldSize::Large => "large",
         }
     }
 }
@@ -108,9 +115,10 @@ impl FromStr for WorldSize {
         match text {
             "small" => Ok(WorldSize::Small),
             "full" => Ok(WorldSize::Full),
+            "large" => Ok(WorldSize::Large),
             other => Err(WorldError::InvalidConfig {
                 field: "size",
-                reason: format!("expected \"small\" or \"full\", got {other:?}"),
+                reason: format!("expected \"small\", \"full\" or \"large\", got {other:?}"),
             }),
         }
     }
@@ -188,7 +196,7 @@ mod tests {
     }
 
     #[test]
-    fn full_size_matches_its_documented_counts() {
+    fn every_size_matches_its_documented_counts() {
         let total = |size: WorldSize| Split::ALL.iter().map(|&s| size.families(s)).sum::<usize>();
         assert_eq!(
             total(WorldSize::Small) * (1 + WorldSize::Small.near_misses()),
@@ -199,5 +207,13 @@ mod tests {
             2200
         );
         assert_eq!(WorldSize::Full.families(Split::Train) * 5, 1600);
+        assert_eq!(
+            total(WorldSize::Large) * (1 + WorldSize::Large.near_misses()),
+            7000
+        );
+        assert_eq!(WorldSize::Large.families(Split::Train) * 5, 6400);
+        for size in [WorldSize::Small, WorldSize::Full, WorldSize::Large] {
+            assert_eq!(size.name().parse::<WorldSize>().unwrap(), size);
+        }
     }
 }

@@ -31,6 +31,9 @@ struct NumbersConfig {
     reject_every: Option<u64>,
     #[serde(default)]
     wrong_type: bool,
+    /// Check the reject policy before writing anything, as a stage with a long part after its input checks does.
+    #[serde(default)]
+    check_early: bool,
 }
 
 struct Numbers {
@@ -110,6 +113,9 @@ impl Stage for Numbers {
                 continue;
             }
             rows.push((qid, format!("d{}", n * 7 % 13), offset + (n % 3) as i32));
+        }
+        if self.config.check_early {
+            ctx.check_rejects()?;
         }
         let mut pairs = ctx.create_dataset("pairs", "qrels")?;
         for chunk in rows.chunks(64) {
@@ -549,6 +555,39 @@ fn rejects_over_the_limit_or_under_strict_fail_naming_file_and_line() {
         err.contains("numbers.txt:1: divisible") && err.contains("--strict"),
         "{err}"
     );
+}
+
+#[test]
+fn a_stage_checking_rejects_early_stops_before_its_outputs_with_the_same_message() {
+    let w = World::new();
+    let p = w.pipeline(
+        "early",
+        "count = 200\nreject_every = 50\ncheck_early = true",
+        "",
+    );
+    let err = w.run(&p, RunOptions::default()).unwrap_err().to_string();
+    assert!(
+        err.contains("4 of 200 records rejected (2.00%), over the limit of 1.00%")
+            && err.contains("first: numbers.txt:1: divisible (q0)"),
+        "{err}"
+    );
+    assert!(!w.path("early/numbers/pairs").exists());
+    assert!(!w.path("early/numbers/manifest.json").exists());
+    assert_eq!(
+        Dataset::open(&w.path("early/numbers/rejects.parquet"))
+            .unwrap()
+            .num_rows()
+            .unwrap(),
+        4
+    );
+    let loose = RunOptions {
+        policy: RejectPolicy {
+            max_fraction: 0.05,
+            strict: false,
+        },
+        ..Default::default()
+    };
+    assert_eq!(w.run(&p, loose).unwrap(), [Ran, Ran]);
 }
 
 #[test]
