@@ -514,33 +514,8 @@ fn rejects_under_the_limit_pass_and_are_recorded() {
 #[test]
 fn rejects_over_the_limit_or_under_strict_fail_naming_file_and_line() {
     let w = World::new();
-    let p = w.pipeline("work", "count = 200\nreject_every = 50", "");
-    let err = w.run(&p, RunOptions::default()).unwrap_err().to_string();
-    assert!(
-        err.contains("4 of 200 records rejected (2.00%), over the limit of 1.00%"),
-        "{err}"
-    );
-    assert!(
-        err.contains("first: numbers.txt:1: divisible (q0)"),
-        "{err}"
-    );
-    assert!(!w.path("work/numbers/manifest.json").exists());
-    assert_eq!(
-        Dataset::open(&w.path("work/numbers/rejects.parquet"))
-            .unwrap()
-            .num_rows()
-            .unwrap(),
-        4
-    );
-
-    let loose = RunOptions {
-        policy: RejectPolicy {
-            max_fraction: 0.05,
-            strict: false,
-        },
-        ..Default::default()
-    };
-    assert_eq!(w.run(&p, loose).unwrap(), [Ran, Ran]);
+    let p = fails_over_the_limit(&w, "work", "count = 200\nreject_every = 50");
+    assert_eq!(w.run(&p, loose()).unwrap(), [Ran, Ran]);
 
     let p = w.pipeline("strict", "count = 200\nreject_every = 150", "");
     let strict = RunOptions {
@@ -560,34 +535,45 @@ fn rejects_over_the_limit_or_under_strict_fail_naming_file_and_line() {
 #[test]
 fn a_stage_checking_rejects_early_stops_before_its_outputs_with_the_same_message() {
     let w = World::new();
-    let p = w.pipeline(
+    let p = fails_over_the_limit(
+        &w,
         "early",
         "count = 200\nreject_every = 50\ncheck_early = true",
-        "",
     );
+    assert!(!w.path("early/numbers/pairs").exists());
+    assert_eq!(w.run(&p, loose()).unwrap(), [Ran, Ran]);
+}
+
+/// Runs a pipeline whose numbers stage rejects 4 of 200 records and checks the failure: the message names the
+/// share, the limit and the first reject, nothing counts as finished, and the 4 rejects are written.
+fn fails_over_the_limit(w: &World, workdir: &str, numbers: &str) -> PipelineConfig {
+    let p = w.pipeline(workdir, numbers, "");
     let err = w.run(&p, RunOptions::default()).unwrap_err().to_string();
     assert!(
         err.contains("4 of 200 records rejected (2.00%), over the limit of 1.00%")
             && err.contains("first: numbers.txt:1: divisible (q0)"),
         "{err}"
     );
-    assert!(!w.path("early/numbers/pairs").exists());
-    assert!(!w.path("early/numbers/manifest.json").exists());
+    assert!(!w.path(&format!("{workdir}/numbers/manifest.json")).exists());
     assert_eq!(
-        Dataset::open(&w.path("early/numbers/rejects.parquet"))
+        Dataset::open(&w.path(&format!("{workdir}/numbers/rejects.parquet")))
             .unwrap()
             .num_rows()
             .unwrap(),
         4
     );
-    let loose = RunOptions {
+    p
+}
+
+/// A policy that lets 5% of records be rejected.
+fn loose() -> RunOptions {
+    RunOptions {
         policy: RejectPolicy {
             max_fraction: 0.05,
             strict: false,
         },
         ..Default::default()
-    };
-    assert_eq!(w.run(&p, loose).unwrap(), [Ran, Ran]);
+    }
 }
 
 #[test]
