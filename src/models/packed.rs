@@ -87,15 +87,8 @@ impl PackedAttention {
 
     /// `(total, heads, head_dim)` to `(sequences, heads, max_len, head_dim)`.
     fn pad(&self, xs: &Tensor, name: &'static str) -> Result<Tensor> {
-        let (tokens, heads, head_dim) = xs.dims3()?;
-        if tokens != self.total {
-            return Err(LayerError::PackedTokens {
-                tensor: name,
-                got: tokens,
-                expected: self.total,
-            }
-            .into());
-        }
+        let (_, heads, head_dim) = xs.dims3()?;
+        check_tokens(name, xs, self.total)?;
         xs.index_select(&self.to_padded, 0)?
             .reshape((self.sequences, self.max_len, heads, head_dim))?
             .transpose(1, 2)?
@@ -129,4 +122,18 @@ fn sequence_lengths(cu_seqlens: &[usize]) -> Result<Vec<(usize, usize)>> {
         return Err(invalid("more than u32::MAX tokens").into());
     }
     Ok(lengths)
+}
+
+/// Checks that `xs`, named `name` in the error, holds one row per token of a packed row of `total` tokens.
+pub(crate) fn check_tokens(name: &'static str, xs: &Tensor, total: usize) -> Result<()> {
+    let tokens = xs.dim(0)?;
+    if tokens != total {
+        return Err(LayerError::PackedTokens {
+            tensor: name,
+            got: tokens,
+            expected: total,
+        }
+        .into());
+    }
+    Ok(())
 }

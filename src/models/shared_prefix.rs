@@ -17,6 +17,7 @@ use std::ops::Range;
 use super::attention::scaled_dot_product_attention;
 use super::layer_error::LayerError;
 use super::mask::AttentionMask;
+use super::packed::check_tokens;
 use candle_core::{DType, Device, Result, Tensor};
 
 /// One group's tokens in the packed row: its shared prefix (may be empty) and each sequence's own suffix.
@@ -88,15 +89,7 @@ impl SharedPrefixAttention {
     /// returns `(total, heads, head_dim)`. See [`scaled_dot_product_attention`] for heads and `scale`.
     pub fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
         for (name, xs) in [("q", q), ("k", k), ("v", v)] {
-            let tokens = xs.dim(0)?;
-            if tokens != self.total {
-                return Err(LayerError::PackedTokens {
-                    tensor: name,
-                    got: tokens,
-                    expected: self.total,
-                }
-                .into());
-            }
+            check_tokens(name, xs, self.total)?;
         }
         let outs = self
             .blocks

@@ -32,6 +32,14 @@ fn summary(out: &str) -> &str {
     &out[start..]
 }
 
+/// The stage table's row of `stage`.
+fn summary_row<'a>(out: &'a str, stage: &str) -> &'a str {
+    summary(out)
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(stage))
+        .unwrap_or_else(|| panic!("no summary row for {stage}:\n{out}"))
+}
+
 const STAGES: [&str; 12] = [
     "world",
     "ingest",
@@ -60,10 +68,7 @@ fn the_demo_runs_every_stage_prints_its_table_and_reruns_as_a_no_op() {
     let (ok, out, err) = umrank(&run);
     assert!(ok, "the small demo failed:\n{out}\n{err}");
     for stage in STAGES {
-        let row = summary(&out)
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(stage))
-            .unwrap_or_else(|| panic!("no summary row for {stage}:\n{out}"));
+        let row = summary_row(&out, stage);
         assert!(row.contains(" ran "), "{stage} did not run: {row}");
         assert!(
             tmp.path()
@@ -86,10 +91,7 @@ fn the_demo_runs_every_stage_prints_its_table_and_reruns_as_a_no_op() {
     let (ok, again, err) = umrank(&run);
     assert!(ok, "{err}");
     for stage in STAGES {
-        let row = summary(&again)
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(stage))
-            .unwrap();
+        let row = summary_row(&again, stage);
         assert!(row.contains("up to date"), "a rerun ran {stage}: {row}");
     }
 }
