@@ -8,7 +8,8 @@ use umrank::shard::Shard;
 
 use super::Global;
 
-/// The demo pipeline, built in so that `umrank demo` works from any directory.
+/// The demo pipeline, built in so that `umrank demo` needs no pipeline file. It reads the tokenizer committed under
+/// tests/fixtures, so it runs from the repository root.
 const DEMO_PIPELINE: &str = include_str!("../../pipelines/demo.toml");
 
 /// Run a pipeline file: every stage in order, skipping the ones that are up to date.
@@ -59,10 +60,18 @@ pub struct Selection {
     /// Override the pipeline's workdir.
     #[arg(long, value_name = "DIR")]
     pub workdir: Option<PathBuf>,
+
+    /// Run up to N stages at the same time: a stage starts once the stages it reads have finished, so stages that
+    /// do not read each other (two trainings on the same shards, their evals) run side by side. Each takes about
+    /// a core on the CPU; on one GPU, running two means sharing its memory. Overrides the pipeline's
+    /// `[pipeline] jobs` (default 1: one stage at a time, in file order). Outputs are the same at any N.
+    #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub jobs: Option<u64>,
 }
 
 /// Run the built-in demo: generate the demo world and take it through the pipeline on the CPU.
 ///
+/// Run it from the repository root: the tiny rerankers use the Qwen2 tokenizer committed under tests/fixtures.
 /// Outputs go to runs/demo (or --workdir). Running it again is a no-op that finishes in seconds.
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -108,6 +117,7 @@ fn runner(
         device: select.device,
         policy: global.policy(),
         dirs: Default::default(),
+        jobs: select.jobs.map(|n| n as usize),
     };
     Ok(Runner::from_config(
         config,
@@ -117,14 +127,16 @@ fn runner(
 }
 
 fn check(mut config: PipelineConfig, select: &Selection, global: &Global) -> anyhow::Result<()> {
-    let plans = runner(&mut config, select, global)?.check()?;
+    let runner = runner(&mut config, select, global)?;
+    let plans = runner.check()?;
     println!(
-        "pipeline {} ({}): {} stages, workdir {}, seed {}",
+        "pipeline {} ({}): {} stages, workdir {}, seed {}, up to {} at a time",
         config.name,
         config.path.display(),
         plans.len(),
         config.workdir.display(),
-        config.seed
+        config.seed,
+        runner.jobs()
     );
     for (i, plan) in plans.iter().enumerate() {
         print_plan(i + 1, plans.len(), plan)?;

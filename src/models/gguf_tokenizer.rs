@@ -96,8 +96,12 @@ fn add_typed_tokens(
             .map(|(token, _)| AddedToken::from(token.to_string(), special))
             .collect()
     };
-    tokenizer.add_special_tokens(&typed(CONTROL, true));
-    tokenizer.add_tokens(&typed(USER_DEFINED, false));
+    tokenizer
+        .add_special_tokens(typed(CONTROL, true))
+        .map_err(|e| tokenizer_error(meta, format!("cannot add its control tokens: {e}")))?;
+    tokenizer
+        .add_tokens(typed(USER_DEFINED, false))
+        .map_err(|e| tokenizer_error(meta, format!("cannot add its user-defined tokens: {e}")))?;
     Ok(())
 }
 

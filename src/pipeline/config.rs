@@ -15,6 +15,8 @@ pub struct PipelineConfig {
     /// Where stage directories go; relative paths are relative to the current directory.
     pub workdir: PathBuf,
     pub seed: u64,
+    /// How many stages may run at the same time (those that do not read each other); 1 runs them in file order.
+    pub jobs: usize,
     /// Stages in file order, which is run order.
     pub stages: Vec<StageSpec>,
 }
@@ -38,6 +40,12 @@ struct PipelineTable {
     workdir: PathBuf,
     #[serde(default)]
     seed: u64,
+    #[serde(default = "one_job")]
+    jobs: usize,
+}
+
+fn one_job() -> usize {
+    1
 }
 
 impl PipelineConfig {
@@ -79,11 +87,15 @@ impl PipelineConfig {
         if stages.is_empty() {
             return Err(bad("the pipeline has no stages".into()));
         }
+        if head.jobs == 0 {
+            return Err(bad("[pipeline]: `jobs` must be at least 1".into()));
+        }
         Ok(Self {
             path: path.to_path_buf(),
             name: head.name,
             workdir: head.workdir,
             seed: head.seed,
+            jobs: head.jobs,
             stages,
         })
     }
@@ -134,6 +146,7 @@ mod tests {
         "#;
         let p = PipelineConfig::parse(Path::new("t.toml"), text).unwrap();
         assert_eq!(p.seed, 7);
+        assert_eq!(p.jobs, 1);
         let names: Vec<_> = p
             .stages
             .iter()
@@ -159,6 +172,13 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("[Bad]: stage names"), "{err}");
+        let err = PipelineConfig::parse(
+            Path::new("p.toml"),
+            "[pipeline]\nname='x'\nworkdir='w'\njobs=0\n[a]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`jobs` must be at least 1"), "{err}");
         let err = PipelineConfig::parse(Path::new("p.toml"), "[pipeline\n")
             .unwrap_err()
             .to_string();

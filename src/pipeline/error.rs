@@ -30,6 +30,16 @@ pub enum PipelineError {
         upstream: String,
         reason: String,
     },
+    #[error(
+        "stage `{stage}` reads {}, which does not exist (a relative path starts at the current directory, {})",
+        path.display(),
+        cwd.display()
+    )]
+    MissingInput {
+        stage: String,
+        path: PathBuf,
+        cwd: PathBuf,
+    },
     #[error(transparent)]
     Rejects(Box<RejectFailure>),
     #[error("stage `{stage}` declared output `{output}` but did not write {path}")]

@@ -13,6 +13,7 @@ mod manifest;
 mod registry;
 mod rejects;
 mod runner;
+mod schedule;
 mod stage;
 
 pub use config::{PipelineConfig, StageSpec};

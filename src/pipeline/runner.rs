@@ -7,6 +7,7 @@ use std::time::{Instant, SystemTime};
 
 use super::manifest::{mtime_ns, rfc3339};
 use super::rejects::RejectSink;
+use super::schedule;
 use super::{
     manifest_path, rejects_path, Input, InputRecord, Manifest, Output, OutputRecord,
     PipelineConfig, PipelineError, RejectPolicy, Stage, StageContext, StageRegistry,
@@ -30,6 +31,8 @@ pub struct RunOptions {
     pub policy: RejectPolicy,
     /// Directories for stages, instead of `<workdir>/<name>` (standalone stage commands use this).
     pub dirs: BTreeMap<String, PathBuf>,
+    /// How many stages may run at the same time; `None` takes the pipeline file's `jobs` (default 1).
+    pub jobs: Option<usize>,
 }
 
 /// What happened to a stage.
@@ -81,6 +84,7 @@ pub struct Runner {
     stages: Vec<(String, Box<dyn Stage>)>,
     options: RunOptions,
     source: PathBuf,
+    jobs: usize,
 }
 
 impl Runner {
@@ -95,12 +99,14 @@ impl Runner {
             .iter()
             .map(|spec| Ok((spec.name.clone(), registry.build(spec, &config.path)?)))
             .collect::<Result<Vec<_>, PipelineError>>()?;
+        let jobs = options.jobs.unwrap_or(config.jobs);
         Ok(Self {
             workdir: config.workdir.clone(),
             seed: config.seed,
             stages,
             options,
             source: config.path.clone(),
+            jobs,
         })
     }
 
@@ -111,13 +117,20 @@ impl Runner {
         stages: Vec<(String, Box<dyn Stage>)>,
         options: RunOptions,
     ) -> Self {
+        let jobs = options.jobs.unwrap_or(1);
         Self {
             workdir,
             seed,
             stages,
             options,
             source: PathBuf::from("<command line>"),
+            jobs,
         }
+    }
+
+    /// How many stages may run at the same time.
+    pub fn jobs(&self) -> usize {
+        self.jobs
     }
 
     /// The directory stage `name` writes to.
@@ -129,13 +142,34 @@ impl Runner {
             .unwrap_or_else(|| self.workdir.join(name))
     }
 
-    /// Runs the selected stages in order and reports on each.
+    /// Runs the selected stages and reports on each, in file order. With `jobs` above 1, a stage starts as soon
+    /// as the selected stages it reads have finished, beside other running stages; after a failure no new stage
+    /// starts, the running ones finish, and the first failure is returned.
     pub fn run(&self) -> Result<Vec<StageReport>, PipelineError> {
         let (first, last) = self.selection()?;
-        let mut reports = Vec::with_capacity(self.stages.len());
+        let selected = |i: usize| (first..=last).contains(&i);
+        let waits_on: Vec<Vec<usize>> = (0..self.stages.len())
+            .map(|i| {
+                if selected(i) {
+                    self.upstream_positions(i)
+                        .filter(|&j| selected(j))
+                        .collect()
+                } else {
+                    Vec::new()
+                }
+            })
+            .collect();
         for (i, (name, stage)) in self.stages.iter().enumerate() {
-            if i < first || i > last {
-                reports.push(StageReport {
+            if selected(i) {
+                check_files_exist(name, stage.as_ref())?;
+            }
+        }
+        schedule::run_ordered(self.jobs, &waits_on, |i| {
+            let (name, stage) = &self.stages[i];
+            if selected(i) {
+                self.run_stage(name, stage.as_ref())
+            } else {
+                Ok(StageReport {
                     name: name.clone(),
                     kind: stage.name().to_string(),
                     outcome: StageOutcome::NotSelected,
@@ -143,12 +177,22 @@ impl Runner {
                     records: 0,
                     rejects: 0,
                     seconds: 0.0,
-                });
-                continue;
+                })
             }
-            reports.push(self.run_stage(name, stage.as_ref())?);
-        }
-        Ok(reports)
+        })
+    }
+
+    /// The positions of the pipeline stages above stage `i` that it reads. A stage read from a directory given
+    /// in [`RunOptions::dirs`], outside the pipeline, is not waited for.
+    fn upstream_positions(&self, i: usize) -> impl Iterator<Item = usize> + '_ {
+        self.stages[i]
+            .1
+            .inputs()
+            .into_iter()
+            .filter_map(move |input| match input {
+                Input::Stage(up) => self.stages[..i].iter().position(|(name, _)| *name == up),
+                Input::Files(_) => None,
+            })
     }
 
     /// Checks the pipeline without running or reading anything: the stages were built (so every table parsed, with
@@ -431,6 +475,24 @@ impl Runner {
 }
 
 /// Keys sorted at every level, so the hash does not depend on map order.
+/// Fails before anything runs when a file a stage reads from outside the pipeline is missing, rather than after
+/// the stages above it have run for minutes.
+fn check_files_exist(name: &str, stage: &dyn Stage) -> Result<(), PipelineError> {
+    for input in stage.inputs() {
+        let Input::Files(paths) = input else {
+            continue;
+        };
+        if let Some(missing) = paths.into_iter().find(|path| !path.exists()) {
+            return Err(PipelineError::MissingInput {
+                stage: name.to_string(),
+                path: missing,
+                cwd: std::env::current_dir().unwrap_or_default(),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn canonical_json(value: &serde_json::Value) -> String {
     match value {
         serde_json::Value::Object(map) => {

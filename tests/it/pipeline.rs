@@ -292,6 +292,68 @@ fn a_stage_runs_then_a_second_run_skips_it() {
     assert_eq!(w.run(&p, forced).unwrap(), [NotSelected, Ran]);
 }
 
+/// `jobs = n`, nothing else.
+fn jobs(n: usize) -> RunOptions {
+    RunOptions {
+        jobs: Some(n),
+        ..Default::default()
+    }
+}
+
+/// The pipeline of [`World::pipeline`] with a second doubler (`tripler`) that, like `doubler`, reads only
+/// `numbers`: the two can run side by side.
+fn forked(w: &World, workdir: &str) -> PipelineConfig {
+    w.pipeline(
+        workdir,
+        "count = 100",
+        "factor = 2\n\n[tripler]\nkind = \"doubler\"\nfactor = 3",
+    )
+}
+
+#[test]
+fn stages_that_do_not_read_each_other_run_side_by_side_with_the_same_outputs() {
+    let w = World::new();
+    assert_eq!(w.run(&forked(&w, "one"), jobs(1)).unwrap(), [Ran, Ran, Ran]);
+    let side_by_side = forked(&w, "two");
+    assert_eq!(w.run(&side_by_side, jobs(2)).unwrap(), [Ran, Ran, Ran]);
+    for stage in ["numbers", "doubler", "tripler"] {
+        assert_eq!(
+            snapshot(&w.path(&format!("one/{stage}"))),
+            snapshot(&w.path(&format!("two/{stage}"))),
+            "{stage}"
+        );
+    }
+    assert_eq!(
+        w.run(&side_by_side, jobs(2)).unwrap(),
+        [UpToDate, UpToDate, UpToDate]
+    );
+}
+
+#[test]
+fn with_several_jobs_a_failed_stage_still_stops_the_stages_that_read_it() {
+    let w = World::new();
+    w.crash_once.store(true, Ordering::SeqCst);
+    let p = forked(&w, "work");
+    let err = w.run(&p, jobs(2)).unwrap_err().to_string();
+    assert!(err.contains("simulated crash"), "{err}");
+    assert!(!w.path("work/doubler").exists() && !w.path("work/tripler").exists());
+    assert_eq!(w.run(&p, jobs(2)).unwrap(), [Ran, Ran, Ran]);
+}
+
+#[test]
+fn a_missing_input_file_stops_the_run_before_any_stage_naming_stage_and_path() {
+    let w = World::new();
+    let p = w.pipeline("work", "count = 10", "");
+    fs::remove_file(w.path("offset.txt")).unwrap();
+    let err = w.run(&p, RunOptions::default()).unwrap_err().to_string();
+    assert!(
+        err.starts_with("stage `numbers` reads ")
+            && err.contains("offset.txt, which does not exist"),
+        "{err}"
+    );
+    assert!(!w.path("work").exists());
+}
+
 #[test]
 fn changed_config_reruns_the_stage_and_everything_downstream() {
     let w = World::new();
