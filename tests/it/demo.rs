@@ -16,7 +16,7 @@ fn small_demo(workdir: &Path) -> String {
     };
     let mut text = replace(pipeline, "size = \"full\"", "size = \"small\"");
     text = replace(text, "epochs = 6", "epochs = 1");
-    text = replace(text, "max_steps = 100", "max_steps = 4");
+    text = replace(text, "max_steps = 1200", "max_steps = 4");
     replace(
         text,
         "workdir = \"runs/demo\"",

@@ -311,6 +311,16 @@ fn run_check_prints_the_plan_and_runs_nothing() {
         "{out}"
     );
     assert!(!workdir.exists(), "--check wrote {}", workdir.display());
+    let first_line = |out: &str| out.lines().next().unwrap_or_default().to_string();
+    assert!(
+        first_line(&out).ends_with("seed 42, up to 2 at a time"),
+        "{out}"
+    );
+    let (ok, out, err) = umrank(&["run", "pipelines/probe.toml", "--check", "--jobs", "1"]);
+    assert!(ok, "{err}");
+    assert!(first_line(&out).ends_with("up to 1 at a time"), "{out}");
+    let (ok, _, err) = umrank(&["run", "pipelines/probe.toml", "--check", "--jobs", "0"]);
+    assert!(!ok && err.contains("--jobs"), "{err}");
 
     let (ok, _, err) = umrank(&["run", "pipelines/demo.toml", "--check", "--shard", "0/2"]);
     assert!(!ok);
