@@ -158,30 +158,21 @@ mod tests {
 
     #[test]
     fn errors_name_the_file_and_problem() {
-        let err = PipelineConfig::parse(Path::new("p.toml"), "[pipeline]\nname='x'\n")
-            .unwrap_err()
-            .to_string();
+        let error = |text: &str| {
+            PipelineConfig::parse(Path::new("p.toml"), text)
+                .unwrap_err()
+                .to_string()
+        };
+        let err = error("[pipeline]\nname='x'\n");
         assert!(
             err.starts_with("p.toml: [pipeline]: missing field `workdir`"),
             "{err}"
         );
-        let err = PipelineConfig::parse(
-            Path::new("p.toml"),
-            "[pipeline]\nname='x'\nworkdir='w'\n[Bad]\n",
-        )
-        .unwrap_err()
-        .to_string();
+        let err = error("[pipeline]\nname='x'\nworkdir='w'\n[Bad]\n");
         assert!(err.contains("[Bad]: stage names"), "{err}");
-        let err = PipelineConfig::parse(
-            Path::new("p.toml"),
-            "[pipeline]\nname='x'\nworkdir='w'\njobs=0\n[a]\n",
-        )
-        .unwrap_err()
-        .to_string();
+        let err = error("[pipeline]\nname='x'\nworkdir='w'\njobs=0\n[a]\n");
         assert!(err.contains("`jobs` must be at least 1"), "{err}");
-        let err = PipelineConfig::parse(Path::new("p.toml"), "[pipeline\n")
-            .unwrap_err()
-            .to_string();
+        let err = error("[pipeline\n");
         assert!(err.contains("line 1"), "{err}");
     }
 }
