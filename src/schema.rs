@@ -23,6 +23,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("embeddings", include_str!("../schemas/embeddings.json")),
     ("images", include_str!("../schemas/images.json")),
     ("metrics", include_str!("../schemas/metrics.json")),
+    ("mine_stats", include_str!("../schemas/mine_stats.json")),
     ("negatives", include_str!("../schemas/negatives.json")),
     ("qrels", include_str!("../schemas/qrels.json")),
     ("queries", include_str!("../schemas/queries.json")),

@@ -37,8 +37,9 @@ pub struct MineArgs {
     #[arg(long, default_value_t = 100)]
     pub mining_k: usize,
 
-    /// Search each query against its own dataset's documents (dataset: M-BEIR's local pools) or the whole corpus.
-    #[arg(long, value_enum, default_value = "dataset")]
+    /// Search each query against its own candidate pool (pool: M-BEIR's pool of its dataset, task and split) or
+    /// the whole corpus.
+    #[arg(long, value_enum, default_value = "pool")]
     pub scope: Scope,
 
     /// Splits that get candidates [default: every split not given to --negative-splits].

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use umrank::device::DeviceSpec;
 use umrank::embed::{EmbedConfig, EmbedStage, Precision};
-use umrank::ingest::{Format, IngestConfig, IngestStage};
+use umrank::ingest::{Format, Globs, IngestConfig, IngestStage};
 use umrank::pipeline::{RunOptions, Runner, Stage};
 use umrank::shard::Shard;
 use umrank::world::stage::{WorldStage, WorldStageConfig};
@@ -67,21 +67,27 @@ pub struct IngestArgs {
     #[arg(long, value_name = "DIR")]
     pub root: PathBuf,
 
-    /// Only this split (M-BEIR: the directory name under query/ and qrels/).
+    /// Only this split (M-BEIR: the directory name under query/ and qrels/) [default: train, val and test].
     #[arg(long)]
     pub split: Option<String>,
 
-    /// Query files [default: query/<split>/*.jsonl].
+    /// Query files; repeat the flag for several globs [default: query/<split>/*.jsonl for each split].
     #[arg(long, value_name = "GLOB")]
-    pub queries: Option<String>,
+    pub queries: Vec<String>,
 
-    /// Candidate pool files [default: cand_pool/local/*.jsonl].
+    /// Candidate pool files; repeat for several globs [default: cand_pool/local/*.jsonl and the global pools
+    /// of the train and val splits, cand_pool/global/mbeir_union_<split>_cand_pool.jsonl].
     #[arg(long, value_name = "GLOB")]
-    pub pool: Option<String>,
+    pub pool: Vec<String>,
 
-    /// Judgement files, lines `qid 0 did relevance [task_id]` [default: qrels/<split>/*.txt].
+    /// Judgement files, lines `qid 0 did relevance [task_id]`; repeat for several globs
+    /// [default: qrels/<split>/*.txt for each split].
     #[arg(long, value_name = "GLOB")]
-    pub qrels: Option<String>,
+    pub qrels: Vec<String>,
+
+    /// Only queries of these M-BEIR task ids (0-8), e.g. `--tasks 1`; all by default.
+    #[arg(long, value_delimiter = ',', value_name = "IDS")]
+    pub tasks: Vec<i32>,
 
     /// Instructions TSV [default: instructions/query_instructions.tsv].
     #[arg(long, value_name = "PATH")]
@@ -160,9 +166,11 @@ pub fn world(args: &WorldArgs, global: &Global) -> anyhow::Result<()> {
 pub fn ingest(args: &IngestArgs, global: &Global) -> anyhow::Result<()> {
     let mut config = IngestConfig::new(args.format, args.root.clone());
     config.split = args.split.clone();
-    config.queries = args.queries.clone();
-    config.pool = args.pool.clone();
-    config.qrels = args.qrels.clone();
+    let globs = |given: &Vec<String>| (!given.is_empty()).then(|| Globs::Many(given.clone()));
+    config.queries = globs(&args.queries);
+    config.pool = globs(&args.pool);
+    config.qrels = globs(&args.qrels);
+    config.tasks = (!args.tasks.is_empty()).then(|| args.tasks.clone());
     config.instructions = args.instructions.clone();
     config.max_pixels = args.max_pixels;
     run_one(

@@ -177,7 +177,8 @@ fn open(path: &Path, name: &str) -> Result<BufReader<File>, EvalError> {
         })
 }
 
-/// Calls `record` with the 1-based line number and the fields of every non-blank line.
+/// Calls `record` with the 1-based line number and the fields of every non-blank line. A UTF-8 byte-order mark
+/// before the first line is the file's encoding mark, not part of its first query id.
 fn for_each_record(
     reader: impl BufRead,
     file: &str,
@@ -190,6 +191,10 @@ fn for_each_record(
             line,
             reason: format!("cannot read line: {source}"),
         })?;
+        let text = match line {
+            1 => text.strip_prefix('\u{feff}').unwrap_or(&text),
+            _ => &text,
+        };
         let fields: Vec<&str> = text.split_whitespace().collect();
         if !fields.is_empty() {
             record(line, &fields)?;

@@ -20,20 +20,49 @@ const CHUNK: usize = 256;
 /// For each distinct reference, the image id it resolved to or why it was refused.
 pub type Resolved = HashMap<String, Result<String, ImageReject>>;
 
-/// Loads `references` (distinct, in first-use order), writes every distinct image once to `writer`, and records
-/// each local file read as an observed input of the stage.
-pub fn load_and_write(
+/// The images dataset being written, with the ids already in it: however many records, and however many calls,
+/// point at an image, it is written once.
+pub struct ImageSink<'a> {
+    writer: &'a mut DatasetWriter,
+    written: HashSet<String>,
+}
+
+impl<'a> ImageSink<'a> {
+    pub fn new(writer: &'a mut DatasetWriter) -> Self {
+        Self {
+            writer,
+            written: HashSet::new(),
+        }
+    }
+
+    /// Writes the records not written before.
+    fn write(&mut self, records: Vec<ImageRecord>) -> Result<(), IngestError> {
+        let fresh: Vec<ImageRecord> = records
+            .into_iter()
+            .filter(|record| self.written.insert(record.image_id.clone()))
+            .collect();
+        if !fresh.is_empty() {
+            let batch = batch_of(&fresh, self.writer)?;
+            self.writer.write(&batch)?;
+        }
+        Ok(())
+    }
+}
+
+/// Loads `references` (distinct, in first-use order), writes every image into `sink` (or only checks them, with
+/// no sink: for records that another shard writes), and records each local file read as an observed input of
+/// the stage.
+pub fn load_files(
     ctx: &mut StageContext,
     loader: &ImageLoader,
     references: &[String],
-    writer: &mut DatasetWriter,
+    mut sink: Option<&mut ImageSink>,
 ) -> Result<Resolved, IngestError> {
     let bar = ctx.progress(references.len() as u64, "images");
     let mut resolved = Resolved::with_capacity(references.len());
-    let mut written: HashSet<String> = HashSet::new();
     for chunk in references.chunks(CHUNK) {
         let outcomes = loader.load(chunk);
-        let mut fresh: Vec<ImageRecord> = Vec::new();
+        let mut loaded: Vec<ImageRecord> = Vec::new();
         for (reference, outcome) in chunk.iter().zip(outcomes) {
             if outcome.is_ok() {
                 if let Some(path) = local_file(loader.root(), reference) {
@@ -42,15 +71,13 @@ pub fn load_and_write(
             }
             let id = outcome.map(|record| {
                 let id = record.image_id.clone();
-                if written.insert(id.clone()) {
-                    fresh.push(record);
-                }
+                loaded.push(record);
                 id
             });
             resolved.insert(reference.clone(), id);
         }
-        if !fresh.is_empty() {
-            writer.write(&batch_of(&fresh, writer)?)?;
+        if let Some(sink) = sink.as_deref_mut() {
+            sink.write(loaded)?;
         }
         bar.inc(chunk.len() as u64);
     }
@@ -58,14 +85,15 @@ pub fn load_and_write(
     Ok(resolved)
 }
 
-/// Copies the images that `references` (image ids) name from an input images dataset, validating each again;
-/// ids absent from it, or whose bytes fail validation or do not hash to their id, are refused.
+/// Copies the images that `references` (image ids) name from an input images dataset into `sink` (or only checks
+/// them, with no sink), validating each again; ids absent from it, or whose bytes fail validation or do not hash
+/// to their id, are refused.
 pub fn copy_from_table(
     ctx: &StageContext,
     input: &Dataset,
     references: &[String],
     max_pixels: u64,
-    writer: &mut DatasetWriter,
+    mut sink: Option<&mut ImageSink>,
 ) -> Result<Resolved, IngestError> {
     let wanted: HashSet<&str> = references.iter().map(String::as_str).collect();
     let bar = ctx.progress(references.len() as u64, "images");
@@ -109,10 +137,10 @@ pub fn copy_from_table(
             };
             resolved.insert(id.to_string(), outcome);
         }
-        if !fresh.is_empty() {
-            writer.write(&batch_of(&fresh, writer)?)?;
-        }
         bar.inc(fresh.len() as u64);
+        if let Some(sink) = sink.as_deref_mut() {
+            sink.write(fresh)?;
+        }
     }
     for id in references {
         resolved.entry(id.clone()).or_insert_with(|| {

@@ -13,6 +13,8 @@ use crate::shard::stable_hash;
 pub struct Instructions {
     by_task: HashMap<(String, Modality, Modality), Vec<String>>,
     by_dataset: HashMap<String, Vec<String>>,
+    /// Dataset names by dataset id (`9` -> `CIRR`), as the TSV spells them.
+    names: HashMap<String, String>,
 }
 
 impl Instructions {
@@ -61,12 +63,23 @@ impl Instructions {
                 });
             }
             let dataset_id = cols[3].to_string();
+            out.names
+                .entry(dataset_id.clone())
+                .or_insert_with(|| cols[2].to_string());
             out.by_dataset
                 .entry(dataset_id.clone())
                 .or_insert_with(|| prompts.clone());
             out.by_task.insert((dataset_id, query, cand), prompts);
         }
         Ok(out)
+    }
+
+    /// The name of the dataset with this id (the prefix of its qids and dids), if the TSV lists it.
+    pub fn dataset_name(&self, dataset_id: &str) -> Option<&str> {
+        self.names
+            .get(dataset_id)
+            .map(String::as_str)
+            .filter(|name| !name.is_empty())
     }
 
     /// The instruction for a query: one of its dataset's prompts, chosen by a hash of the seed and qid so that the

@@ -72,6 +72,7 @@ pub fn read(
             .map(|d| (d, 1))
             .chain(query.negatives.iter().map(|d| (d, 0)));
         let mut cand_modality = None;
+        let mut judged_ids = Vec::new();
         for (doc, relevance) in judged {
             let Some(doc_modality) = Modality::of(doc.text.is_some(), doc.image.is_some()) else {
                 out.reject_line(
@@ -86,6 +87,7 @@ pub fn read(
                 cand_modality.get_or_insert(doc_modality);
             }
             let did = document_id(&dataset, doc);
+            judged_ids.push(format!("{relevance}:{did}"));
             if out.doc_modality(&did).is_none() {
                 out.add_doc(Doc {
                     did: did.clone(),
@@ -93,6 +95,7 @@ pub fn read(
                     text: doc.text.clone(),
                     image: doc.image.clone(),
                     dataset: dataset.clone(),
+                    pool: dataset.clone(),
                     origin: origin.clone(),
                 });
             }
@@ -103,17 +106,21 @@ pub fn read(
                 origin: origin.clone(),
             });
         }
-        out.add_query(Query {
-            qid,
-            modality,
-            text: query.text,
-            image: query.image,
-            instruction: query.instruction,
-            task_id: cand_modality.map(|c| super::records::mbeir_task(modality, c).0),
-            dataset: dataset.clone(),
-            split: split.to_string(),
-            origin,
-        });
+        out.add_query(
+            Query {
+                qid,
+                modality,
+                text: query.text,
+                image: query.image,
+                instruction: query.instruction,
+                task_id: cand_modality.map(|c| super::records::mbeir_task(modality, c).0),
+                dataset: dataset.clone(),
+                pool: dataset.clone(),
+                split: split.to_string(),
+                origin,
+            },
+            &judged_ids,
+        );
     }
     Ok(())
 }

@@ -12,8 +12,12 @@ pub struct Line {
     pub text: Result<String, String>,
 }
 
-/// Reads `path` line by line. Blank lines are skipped (they are not records); a line that is not UTF-8 is
-/// returned as an error for the caller to reject, and the rest of the file is still read.
+/// The UTF-8 byte-order mark some editors (and Windows tools) put at the start of a text file.
+const BOM: &[u8] = b"\xef\xbb\xbf";
+
+/// Reads `path` line by line. A byte-order mark at the start of the file is the encoding mark it is, not part of
+/// the first record. Blank lines are skipped (they are not records); a line that is not UTF-8 is returned as an
+/// error for the caller to reject, and the rest of the file is still read.
 pub fn read_lines(path: &Path) -> Result<Vec<Line>, IngestError> {
     let file = File::open(path).map_err(IngestError::io(path))?;
     let mut reader = BufReader::with_capacity(1 << 20, file);
@@ -29,6 +33,9 @@ pub fn read_lines(path: &Path) -> Result<Vec<Line>, IngestError> {
             break;
         }
         number += 1;
+        if number == 1 && buf.starts_with(BOM) {
+            buf.drain(..BOM.len());
+        }
         while matches!(buf.last(), Some(b'\n' | b'\r')) {
             buf.pop();
         }

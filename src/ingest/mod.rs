@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use self::collect::{reject, Collection};
+use self::images::ImageSink;
 use self::output::{DocRow, QueryRow};
 use crate::dataset::{Dataset, DatasetError};
 use crate::media::{ImageLoader, LoadOptions, LoaderError};
@@ -89,24 +90,46 @@ pub struct IngestConfig {
     /// Read the root from this upstream stage's output instead of from outside the pipeline.
     #[serde(default)]
     pub from: Option<String>,
-    /// Only this split (M-BEIR: the directory under query/ and qrels/); all splits by default.
+    /// Only this split (M-BEIR: the directory under query/ and qrels/); train, val and test by default.
     #[serde(default)]
     pub split: Option<String>,
-    /// Globs relative to the root; the defaults follow M-BEIR's layout.
+    /// M-BEIR: the query, pool and qrels files, each one glob or a list of globs relative to the root. The
+    /// defaults follow the published layout (see [`mbeir::Layout::mbeir`]); the stage's resolved config shows them.
     #[serde(default)]
-    pub queries: Option<String>,
+    pub queries: Option<Globs>,
     #[serde(default)]
-    pub pool: Option<String>,
+    pub pool: Option<Globs>,
     #[serde(default)]
-    pub qrels: Option<String>,
+    pub qrels: Option<Globs>,
     #[serde(default)]
     pub instructions: Option<String>,
+    /// M-BEIR: only queries of these task ids (M-BEIR's 0-8), with their judgements; the other queries of the
+    /// files read (M-BEIR's train files mix a dataset's tasks) are left out, counted in the log. All by default.
+    #[serde(default)]
+    pub tasks: Option<Vec<i32>>,
     /// Input files for the jsonl formats (flag, swift), a glob relative to the root [default: *.jsonl].
     #[serde(default)]
     pub files: Option<String>,
     /// Largest image accepted, in pixels (decompression-bomb guard).
     #[serde(default = "default_max_pixels")]
     pub max_pixels: u64,
+}
+
+/// One glob, or a list of globs whose matches are merged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Globs {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Globs {
+    fn to_vec(&self) -> Vec<String> {
+        match self {
+            Globs::One(glob) => vec![glob.clone()],
+            Globs::Many(globs) => globs.clone(),
+        }
+    }
 }
 
 fn default_format() -> Format {
@@ -129,6 +152,7 @@ impl IngestConfig {
             pool: None,
             qrels: None,
             instructions: None,
+            tasks: None,
             files: None,
             max_pixels: default_max_pixels(),
         }
@@ -140,14 +164,29 @@ impl IngestConfig {
             (&self.queries, &mut layout.queries),
             (&self.pool, &mut layout.pool),
             (&self.qrels, &mut layout.qrels),
-            (&self.instructions, &mut layout.instructions),
         ];
         for (given, slot) in overrides {
             if let Some(given) = given {
-                *slot = given.clone();
+                *slot = given.to_vec();
             }
         }
+        if let Some(given) = &self.instructions {
+            layout.instructions = given.clone();
+        }
         layout
+    }
+
+    /// Fills in the M-BEIR layout's default globs, so that the resolved config (and `run --check`) shows exactly
+    /// which files the stage reads.
+    fn resolve_layout(mut self) -> Self {
+        if self.format == Format::Mbeir {
+            let layout = self.layout();
+            self.queries = Some(Globs::Many(layout.queries));
+            self.pool = Some(Globs::Many(layout.pool));
+            self.qrels = Some(Globs::Many(layout.qrels));
+            self.instructions = Some(layout.instructions);
+        }
+        self
     }
 }
 
@@ -167,13 +206,24 @@ impl IngestStage {
         for pattern in [&config.queries, &config.pool, &config.qrels]
             .into_iter()
             .flatten()
+            .flat_map(Globs::to_vec)
         {
-            glob::Pattern::new(pattern).map_err(|e| PipelineError::Config {
+            glob::Pattern::new(&pattern).map_err(|e| PipelineError::Config {
                 path: Default::default(),
                 message: format!("[ingest]: bad glob `{pattern}`: {e}"),
             })?;
         }
-        Ok(Self { config })
+        if config.tasks.is_some() && config.format != Format::Mbeir {
+            return Err(PipelineError::Config {
+                path: Default::default(),
+                message:
+                    "[ingest]: `tasks` filters M-BEIR queries; the other formats carry no task id"
+                        .into(),
+            });
+        }
+        Ok(Self {
+            config: config.resolve_layout(),
+        })
     }
 
     fn jsonl_glob(&self) -> &str {
@@ -239,14 +289,19 @@ impl Stage for IngestStage {
             Format::Mbeir => {
                 let files = mbeir::Files::resolve(&root, &self.config.layout())?;
                 if files.queries.is_empty() && files.pool.is_empty() {
+                    let layout = self.config.layout();
                     return Err(Box::new(IngestError::Config(format!(
                         "no M-BEIR files under {} (looked for {} and {})",
                         root.display(),
-                        self.config.layout().queries,
-                        self.config.layout().pool
+                        layout.queries.join(", "),
+                        layout.pool.join(", ")
                     ))));
                 }
-                mbeir::read(&root, &files, ctx.seed(), &mut collection)?;
+                let options = mbeir::ReadOptions {
+                    seed: ctx.seed(),
+                    tasks: self.config.tasks.clone(),
+                };
+                mbeir::read(&root, &files, &options, &mut collection)?;
             }
             Format::Flag | Format::Swift => {
                 let files = mbeir::glob_files(&root, self.jsonl_glob())?;
@@ -292,69 +347,71 @@ enum ImageSource {
     Table(Dataset),
 }
 
-/// Loads the images of the kept records, rejects the records whose image failed, and writes the four datasets.
+/// Loads the images of the kept records, rejects the records whose image failed and the queries left without a
+/// positive, and writes the four datasets.
+///
+/// Documents go first: whether a query keeps a positive depends on which documents make it into the corpus, so
+/// the images of the positives that other shards own are checked here too (not written). Then the queries that
+/// still have a positive get their images, and the judgements are checked against what was kept.
 fn write_outputs(
     ctx: &mut StageContext,
     source: ImageSource,
     max_pixels: u64,
     mut collection: Collection,
 ) -> Result<(), IngestError> {
-    let references = distinct_images(&collection);
     let mut images = ctx.create_dataset("images", "images")?;
-    let resolved = match &source {
-        ImageSource::Files(loader) => {
-            images::load_and_write(ctx, loader, &references, &mut images)?
-        }
-        ImageSource::Table(input) => {
-            images::copy_from_table(ctx, input, &references, max_pixels, &mut images)?
-        }
-    };
-    images.finish()?;
+    let mut sink = ImageSink::new(&mut images);
 
-    let image_of =
-        |reference: &Option<String>| -> Result<Option<String>, &crate::media::ImageReject> {
-            match reference {
-                None => Ok(None),
-                Some(r) => match resolved.get(r) {
-                    Some(Ok(id)) => Ok(Some(id.clone())),
-                    Some(Err(e)) => Err(e),
-                    None => Ok(None),
-                },
-            }
-        };
-    let mut doc_rows = Vec::with_capacity(collection.docs.len());
+    let doc_references = distinct(collection.docs.iter().map(|d| &d.image));
+    let doc_images = source.resolve(ctx, &doc_references, max_pixels, Some(&mut sink))?;
     let mut late_rejects = Vec::new();
     for doc in &collection.docs {
-        match image_of(&doc.image) {
-            Ok(image_id) => doc_rows.push(DocRow { doc, image_id }),
-            Err(e) => late_rejects.push(image_reject(&doc.origin, &doc.did, e)),
+        if let Err(e) = image_of(&doc_images, &doc.image) {
+            late_rejects.push((doc.did.clone(), image_reject(&doc.origin, &doc.did, e)));
         }
     }
+    for (did, rejected) in late_rejects {
+        collection.drop_doc(&did);
+        collection.reject_owned(rejected);
+    }
+    for did in foreign_docs_without_image(ctx, &source, max_pixels, &collection)? {
+        collection.drop_doc(&did);
+    }
+    collection.reject_queries_without_positives();
+
+    let query_references = distinct(collection.queries.iter().map(|q| &q.image));
+    let query_images = source.resolve(ctx, &query_references, max_pixels, Some(&mut sink))?;
+    drop(sink);
+    images.finish()?;
+
     let mut kept_queries = Vec::with_capacity(collection.queries.len());
-    for query in &collection.queries {
-        match image_of(&query.image) {
-            Ok(image_id) => kept_queries.push((query.qid.clone(), image_id)),
-            Err(e) => late_rejects.push(image_reject(&query.origin, &query.qid, e)),
+    let mut rejected_queries = Vec::new();
+    for query in std::mem::take(&mut collection.queries) {
+        match image_of(&query_images, &query.image) {
+            Ok(image_id) => kept_queries.push((query, image_id)),
+            Err(e) => rejected_queries.push(image_reject(&query.origin, &query.qid, e)),
         }
     }
+    for rejected in rejected_queries {
+        collection.reject_owned(rejected);
+    }
+
+    let doc_rows: Vec<DocRow> = collection
+        .docs
+        .iter()
+        .map(|doc| DocRow {
+            doc,
+            image_id: image_of(&doc_images, &doc.image).ok().flatten(),
+        })
+        .collect();
     let mut corpus = ctx.create_dataset("corpus", "corpus")?;
     output::write_docs(&mut corpus, &doc_rows)?;
     corpus.finish()?;
     drop(doc_rows);
 
-    let keep: HashSet<&str> = kept_queries.iter().map(|(q, _)| q.as_str()).collect();
-    let queries: Vec<_> = collection
-        .queries
+    let query_rows: Vec<QueryRow> = kept_queries
         .iter()
-        .filter(|q| keep.contains(q.qid.as_str()))
-        .cloned()
-        .collect();
-    collection.queries = queries;
-    let query_rows: Vec<QueryRow> = collection
-        .queries
-        .iter()
-        .zip(kept_queries.iter())
-        .map(|(query, (_, image_id))| QueryRow {
+        .map(|(query, image_id)| QueryRow {
             query,
             image_id: image_id.clone(),
         })
@@ -364,14 +421,24 @@ fn write_outputs(
     queries.finish()?;
     drop(query_rows);
 
-    for r in late_rejects {
-        collection.reject_owned(r);
-    }
+    collection.queries = kept_queries.into_iter().map(|(query, _)| query).collect();
     let qrels = collection.finish_qrels();
     let mut qrel_writer = ctx.create_dataset("qrels", "qrels")?;
     output::write_qrels(&mut qrel_writer, &qrels)?;
     qrel_writer.finish()?;
 
+    if collection.repeats > 0 {
+        tracing::info!(
+            "ingest: {} records listed more than once with the same content, kept once",
+            collection.repeats
+        );
+    }
+    if collection.skipped() > 0 {
+        tracing::info!(
+            "ingest: {} queries of other tasks left out (`tasks`)",
+            collection.skipped()
+        );
+    }
     ctx.add_records(collection.records);
     collection
         .rejects
@@ -380,6 +447,70 @@ fn write_outputs(
         ctx.reject(r)?;
     }
     Ok(())
+}
+
+impl ImageSource {
+    /// Resolves image references, writing each image into `sink` (or only checking it, without one).
+    fn resolve(
+        &self,
+        ctx: &mut StageContext,
+        references: &[String],
+        max_pixels: u64,
+        sink: Option<&mut ImageSink>,
+    ) -> Result<images::Resolved, IngestError> {
+        match self {
+            ImageSource::Files(loader) => images::load_files(ctx, loader, references, sink),
+            ImageSource::Table(input) => {
+                images::copy_from_table(ctx, input, references, max_pixels, sink)
+            }
+        }
+    }
+}
+
+/// The relevant documents of this shard's queries that another shard owns and that will lack from the corpus
+/// because their image fails: the owning shard rejects them, this one must drop the judgements that name them.
+/// Only judged documents are checked, so a job array loads few images twice.
+fn foreign_docs_without_image(
+    ctx: &mut StageContext,
+    source: &ImageSource,
+    max_pixels: u64,
+    collection: &Collection,
+) -> Result<Vec<String>, IngestError> {
+    let foreign = collection.foreign_positives();
+    if foreign.is_empty() {
+        return Ok(Vec::new());
+    }
+    let references: Vec<(String, String)> = foreign
+        .into_iter()
+        .filter_map(|did| collection.doc_image(&did).map(|image| (did, image)))
+        .collect();
+    let mut seen = HashSet::new();
+    let images: Vec<String> = references
+        .iter()
+        .map(|(_, image)| image.clone())
+        .filter(|image| seen.insert(image.clone()))
+        .collect();
+    let resolved = source.resolve(ctx, &images, max_pixels, None)?;
+    Ok(references
+        .into_iter()
+        .filter(|(_, image)| matches!(resolved.get(image), Some(Err(_))))
+        .map(|(did, _)| did)
+        .collect())
+}
+
+/// The image id a record's reference resolved to (`None` for a record without image), or why it was refused.
+fn image_of<'a>(
+    resolved: &'a images::Resolved,
+    reference: &Option<String>,
+) -> Result<Option<String>, &'a crate::media::ImageReject> {
+    match reference {
+        None => Ok(None),
+        Some(r) => match resolved.get(r) {
+            Some(Ok(id)) => Ok(Some(id.clone())),
+            Some(Err(e)) => Err(e),
+            None => Ok(None),
+        },
+    }
 }
 
 fn image_reject(
@@ -395,14 +526,11 @@ fn image_reject(
     .with_id(id)
 }
 
-/// Image references of the kept records, each once, in first-use order (documents, then queries).
-fn distinct_images(collection: &Collection) -> Vec<String> {
+/// The distinct references among `references`, in first-use order.
+fn distinct<'a>(references: impl Iterator<Item = &'a Option<String>>) -> Vec<String> {
     let mut seen = HashSet::new();
-    collection
-        .docs
-        .iter()
-        .filter_map(|d| d.image.as_ref())
-        .chain(collection.queries.iter().filter_map(|q| q.image.as_ref()))
+    references
+        .flatten()
         .filter(|r| seen.insert(r.as_str()))
         .cloned()
         .collect()

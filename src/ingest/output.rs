@@ -30,6 +30,7 @@ pub fn write_docs(writer: &mut DatasetWriter, rows: &[DocRow]) -> Result<(), Ing
         let mut text = StringBuilder::new();
         let mut image_id = StringBuilder::new();
         let mut dataset = StringBuilder::new();
+        let mut pool = StringBuilder::new();
         let mut file = StringBuilder::new();
         let mut line = UInt64Builder::new();
         for row in chunk {
@@ -39,6 +40,7 @@ pub fn write_docs(writer: &mut DatasetWriter, rows: &[DocRow]) -> Result<(), Ing
             text.append_option(d.text.as_deref());
             image_id.append_option(row.image_id.as_deref());
             dataset.append_value(&d.dataset);
+            pool.append_value(&d.pool);
             file.append_value(&d.origin.file);
             line.append_value(d.origin.line);
         }
@@ -48,6 +50,7 @@ pub fn write_docs(writer: &mut DatasetWriter, rows: &[DocRow]) -> Result<(), Ing
             Arc::new(text.finish()),
             Arc::new(image_id.finish()),
             Arc::new(dataset.finish()),
+            Arc::new(pool.finish()),
             Arc::new(file.finish()),
             Arc::new(line.finish()),
         ];
@@ -66,6 +69,7 @@ pub fn write_queries(writer: &mut DatasetWriter, rows: &[QueryRow]) -> Result<()
         let mut task_id = Int32Builder::new();
         let mut task = StringBuilder::new();
         let mut dataset = StringBuilder::new();
+        let mut pool = StringBuilder::new();
         let mut split = StringBuilder::new();
         let mut file = StringBuilder::new();
         let mut line = UInt64Builder::new();
@@ -79,6 +83,7 @@ pub fn write_queries(writer: &mut DatasetWriter, rows: &[QueryRow]) -> Result<()
             task_id.append_option(q.task_id);
             task.append_option(q.task_id.and_then(mbeir_task_name));
             dataset.append_value(&q.dataset);
+            pool.append_value(&q.pool);
             split.append_value(&q.split);
             file.append_value(&q.origin.file);
             line.append_value(q.origin.line);
@@ -92,6 +97,7 @@ pub fn write_queries(writer: &mut DatasetWriter, rows: &[QueryRow]) -> Result<()
             Arc::new(task_id.finish()),
             Arc::new(task.finish()),
             Arc::new(dataset.finish()),
+            Arc::new(pool.finish()),
             Arc::new(split.finish()),
             Arc::new(file.finish()),
             Arc::new(line.finish()),

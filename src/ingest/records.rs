@@ -17,7 +17,10 @@ pub struct Doc {
     pub text: Option<String>,
     /// Image reference as written in the input (path under the root, archive member or URL).
     pub image: Option<String>,
+    /// The dataset it comes from.
     pub dataset: String,
+    /// The candidate pool it belongs to: the documents a query of the same pool is searched against.
+    pub pool: String,
     pub origin: Origin,
 }
 
@@ -32,6 +35,8 @@ pub struct Query {
     pub instruction: Option<String>,
     pub task_id: Option<i32>,
     pub dataset: String,
+    /// The pool of documents it is searched against (see [`Doc::pool`]).
+    pub pool: String,
     pub split: String,
     pub origin: Origin,
 }

@@ -11,6 +11,9 @@
 //! the query, `positive_images[i]` / `negative_images[i]` for the i-th document); content may also be a list of
 //! parts `{"type": "text", "text": ..}` / `{"type": "image", "image": path}`. The system message is the
 //! instruction. A query or document with more than one image is refused: umrank's datasets hold one per record.
+//! So is a record with content umrank does not read (ms-swift's `videos` / `audios` lists, `<video>` / `<audio>`
+//! tags, video or audio parts): dropping that content silently would keep a record that says less than its
+//! source.
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -18,6 +21,19 @@ use serde_json::Value;
 use super::jsonl::{non_empty, InlineDoc, InlineQuery};
 
 const IMAGE_TAG: &str = "<image>";
+
+/// ms-swift's tags for media umrank does not read.
+const UNREAD_TAGS: [&str; 2] = ["<video>", "<audio>"];
+
+/// ms-swift's top-level lists of media umrank does not read.
+const UNREAD_FIELDS: [&str; 6] = [
+    "videos",
+    "audios",
+    "positive_videos",
+    "positive_audios",
+    "negative_videos",
+    "negative_audios",
+];
 
 #[derive(Deserialize)]
 struct SwiftLine {
@@ -44,8 +60,10 @@ struct Message {
 type Problem = (&'static str, String);
 
 pub fn parse(line: &str) -> Result<InlineQuery, Problem> {
+    let value: Value = serde_json::from_str(line).map_err(|e| ("malformed_json", e.to_string()))?;
+    refuse_unread_media(&value)?;
     let row: SwiftLine =
-        serde_json::from_str(line).map_err(|e| ("malformed_json", e.to_string()))?;
+        serde_json::from_value(value).map_err(|e| ("malformed_json", e.to_string()))?;
     let instruction = row
         .messages
         .iter()
@@ -77,6 +95,30 @@ pub fn parse(line: &str) -> Result<InlineQuery, Problem> {
     })
 }
 
+/// Refuses a record that lists videos or audio: a non-empty media list that umrank would not read.
+fn refuse_unread_media(record: &Value) -> Result<(), Problem> {
+    for field in UNREAD_FIELDS {
+        let listed = match record.get(field) {
+            None | Some(Value::Null) => false,
+            Some(Value::Array(items)) => items.iter().any(|item| match item {
+                Value::Array(inner) => !inner.is_empty(),
+                Value::Null => false,
+                _ => true,
+            }),
+            Some(_) => true,
+        };
+        if listed {
+            return Err((
+                "unsupported_media",
+                format!(
+                    "`{field}` lists media that umrank does not read (it reads text and images)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The text and the single image of a message list, `<image>` tags resolved against `images`.
 fn parts(
     messages: &[&Message],
@@ -88,6 +130,12 @@ fn parts(
     for message in messages {
         match &message.content {
             Value::String(s) => {
+                if let Some(tag) = UNREAD_TAGS.iter().find(|tag| s.contains(*tag)) {
+                    return Err((
+                        "unsupported_media",
+                        format!("a {tag} tag: umrank reads text and images only"),
+                    ));
+                }
                 for _ in 0..s.matches(IMAGE_TAG).count() {
                     let path = next_image.next().ok_or((
                         "missing_image_path",
@@ -112,6 +160,16 @@ fn parts(
                                 "an image part without an `image` path".to_string(),
                             ))?;
                             found.push(path.to_string());
+                        }
+                        Some(
+                            kind @ ("video" | "audio" | "video_url" | "audio_url" | "input_audio"),
+                        ) => {
+                            return Err((
+                                "unsupported_media",
+                                format!(
+                                    "a `{kind}` content part: umrank reads text and images only"
+                                ),
+                            ))
                         }
                         other => {
                             return Err((
@@ -182,5 +240,28 @@ mod tests {
         );
         let two = r#"{"messages": [{"role": "user", "content": "<image><image>x"}], "images": ["a", "b"]}"#;
         assert_eq!(parse(two).err().map(|e| e.0), Some("too_many_images"));
+    }
+
+    #[test]
+    fn refuses_video_and_audio_wherever_they_appear() {
+        let cases = [
+            r#"{"messages": [{"role": "user", "content": "<video>what happens"}], "videos": ["v.mp4"]}"#,
+            r#"{"messages": [{"role": "user", "content": "hello"}], "audios": ["a.wav"]}"#,
+            r#"{"messages": [{"role": "user", "content": "q"}], "positive_messages": [[{"role": "user", "content": "<audio>"}]]}"#,
+            r#"{"messages": [{"role": "user", "content": [{"type": "video", "video": "v.mp4"}]}]}"#,
+            r#"{"messages": [{"role": "user", "content": "q"}], "negative_videos": [["v.mp4"]]}"#,
+        ];
+        for case in cases {
+            assert_eq!(
+                parse(case).err().map(|e| e.0),
+                Some("unsupported_media"),
+                "{case}"
+            );
+        }
+        let empty_lists = r#"{"messages": [{"role": "user", "content": "q"}], "videos": [], "negative_audios": [[]]}"#;
+        assert!(
+            parse(empty_lists).is_ok(),
+            "empty media lists hold nothing to lose"
+        );
     }
 }

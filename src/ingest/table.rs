@@ -18,14 +18,18 @@ pub fn read(root: &Path, out: &mut Collection) -> Result<(), IngestError> {
         let did = text_of(batch, "did", row);
         let parts = parse_parts(batch, row);
         match (did, parts) {
-            (Some(did), Ok((modality, body, image))) => out.add_doc(Doc {
-                did,
-                modality,
-                text: body,
-                image,
-                dataset: text_of(batch, "dataset", row).unwrap_or_default(),
-                origin,
-            }),
+            (Some(did), Ok((modality, body, image))) => {
+                let dataset = text_of(batch, "dataset", row).unwrap_or_default();
+                out.add_doc(Doc {
+                    did,
+                    modality,
+                    text: body,
+                    image,
+                    pool: text_of(batch, "pool", row).unwrap_or_else(|| dataset.clone()),
+                    dataset,
+                    origin,
+                });
+            }
             (did, Err(detail)) => {
                 let key = did.unwrap_or_else(|| format!("{}:{}", origin.file, origin.line));
                 out.reject_line(&key, &origin, "modality_mismatch", detail)
@@ -36,17 +40,22 @@ pub fn read(root: &Path, out: &mut Collection) -> Result<(), IngestError> {
     each_row(root, "queries", |batch, row, origin| {
         let qid = text_of(batch, "qid", row).unwrap_or_default();
         match parse_parts(batch, row) {
-            Ok((modality, body, image)) => out.add_query(Query {
-                qid,
-                modality,
-                text: body,
-                image,
-                instruction: text_of(batch, "instruction", row),
-                task_id: int(batch, "task_id", row),
-                dataset: text_of(batch, "dataset", row).unwrap_or_default(),
-                split: text_of(batch, "split", row).unwrap_or_default(),
-                origin,
-            }),
+            Ok((modality, body, image)) => {
+                let dataset = text_of(batch, "dataset", row).unwrap_or_default();
+                let query = Query {
+                    qid,
+                    modality,
+                    text: body,
+                    image,
+                    instruction: text_of(batch, "instruction", row),
+                    task_id: int(batch, "task_id", row),
+                    pool: text_of(batch, "pool", row).unwrap_or_else(|| dataset.clone()),
+                    dataset,
+                    split: text_of(batch, "split", row).unwrap_or_default(),
+                    origin,
+                };
+                out.add_query(query, &[]);
+            }
             Err(detail) => out.reject_line(&qid, &origin, "modality_mismatch", detail),
         }
     })?;

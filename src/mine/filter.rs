@@ -42,21 +42,45 @@ impl FilterKind {
     }
 }
 
-/// The filter's settings; `None` switches a rule off.
+/// The filter's settings; `None` switches a rule off (in a pipeline file, which has no null: `false` or `"off"`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FilterConfig {
     /// Keep only scores below `min_pos - |min_pos| x relative_margin`: `min_pos x (1 - margin)` for the usual
     /// positive scores (TopK-PercPos, 0.05 in the paper), and still below the positive when it scores negative.
+    #[serde(deserialize_with = "number_or_off")]
     pub relative_margin: Option<f32>,
     /// Keep only scores below `min_pos - absolute_margin`.
+    #[serde(deserialize_with = "number_or_off")]
     pub absolute_margin: Option<f32>,
     /// Keep only scores below this.
+    #[serde(deserialize_with = "number_or_off")]
     pub max_score: Option<f32>,
     /// First rank kept (1-based, in the query's candidate list, which excludes its positives).
     pub min_rank: u32,
     /// Last rank kept.
     pub max_rank: Option<u32>,
+}
+
+/// A rule's setting as a pipeline file can write it: a number, or `false` / `"off"` (or null, in JSON) for none.
+fn number_or_off<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<f32>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Setting {
+        Number(f32),
+        Flag(bool),
+        Word(String),
+    }
+    match Option::<Setting>::deserialize(deserializer)? {
+        None | Some(Setting::Flag(false)) => Ok(None),
+        Some(Setting::Number(value)) => Ok(Some(value)),
+        Some(Setting::Word(word)) if word == "off" => Ok(None),
+        Some(Setting::Flag(true)) | Some(Setting::Word(_)) => Err(serde::de::Error::custom(
+            "expected a number, or false / \"off\" to switch the rule off",
+        )),
+    }
 }
 
 impl Default for FilterConfig {

@@ -32,7 +32,7 @@
 //!     let input = QueryInput { qid: "q0", positives: &gold[query], filtered: &filtered };
 //!     let sample = SampleConfig { negatives_per_group: 2, ..SampleConfig::default() };
 //!     let negatives = sample_negatives(&input, &pool, &order, &sample, |doc| corpus.score(vector, doc))?;
-//!     stats.add_query(&positive_scores, &filtered, &negatives);
+//!     stats.add_query("q0", &positive_scores, &filtered, &negatives);
 //! }
 //! let stats = stats.finish();
 //! // d1 (0.97) is within 5% of the positive (1.0): dropped as a likely false negative.
@@ -65,5 +65,5 @@ pub use sample::{
 pub use search::top_k_on;
 pub use select::Hit;
 pub use stage::{MineConfig, MineStage, Scope};
-pub use stats::{DropCounts, MiningStats, ScoreSummary, StatsBuilder};
+pub use stats::{DropCounts, MiningStats, QueryStats, ScoreSummary, StatsBuilder};
 pub use topk::{exact_top_k, merge_top_k, CorpusPart, Exclusions, TopKConfig};

@@ -75,13 +75,16 @@ impl DropCounts {
     }
 
     fn count(&mut self, kind: FilterKind) {
-        let slot = match kind {
+        *self.slot(kind) += 1;
+    }
+
+    fn slot(&mut self, kind: FilterKind) -> &mut usize {
+        match kind {
             FilterKind::RankWindow => &mut self.rank_window,
             FilterKind::MaxScore => &mut self.max_score,
             FilterKind::RelativeMargin => &mut self.relative_margin,
             FilterKind::AbsoluteMargin => &mut self.absolute_margin,
-        };
-        *slot += 1;
+        }
     }
 }
 
@@ -108,20 +111,35 @@ pub struct MiningStats {
     pub mean_gap: Option<f64>,
 }
 
+/// One query's share of the statistics. The statistics keep these per query, and compute every figure over them
+/// in qid order, so that the table of a job array's parts, merged, is exactly the table of one run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryStats {
+    pub qid: String,
+    /// Scores of its positives that have embeddings (none for a query without positives).
+    pub positives: Vec<f32>,
+    pub hard: Vec<f32>,
+    pub random: Vec<f32>,
+    pub dropped: DropCounts,
+    /// Negatives wanted but not found.
+    pub short: usize,
+    /// Training groups its row makes: one per positive.
+    pub groups: usize,
+    /// No positive to score against: no negatives row.
+    pub without_positives: bool,
+}
+
+impl QueryStats {
+    /// Mean hard score minus mean random score, when the query has both kinds.
+    fn gap(&self) -> Option<f64> {
+        Some(mean(self.hard.iter().copied())? - mean(self.random.iter().copied())?)
+    }
+}
+
 /// Collects per-query results into [`MiningStats`].
 #[derive(Debug, Default)]
 pub struct StatsBuilder {
-    queries: usize,
-    groups: usize,
-    queries_without_positives: usize,
-    positives: Vec<f32>,
-    hard: Vec<f32>,
-    random: Vec<f32>,
-    dropped: DropCounts,
-    queries_short: usize,
-    total_short: usize,
-    gap_sum: f64,
-    gap_queries: usize,
+    queries: Vec<QueryStats>,
 }
 
 impl StatsBuilder {
@@ -129,53 +147,90 @@ impl StatsBuilder {
         Self::default()
     }
 
+    /// The statistics of queries recorded elsewhere (the parts of a job array).
+    pub fn from_queries(queries: Vec<QueryStats>) -> Self {
+        Self { queries }
+    }
+
     /// Adds one query: its positives' scores, its filter split and its sampled negatives.
     pub fn add_query(
         &mut self,
+        qid: &str,
         positive_scores: &[f32],
         filtered: &Filtered,
         negatives: &QueryNegatives,
     ) {
-        self.queries += 1;
-        self.groups += negatives.positives.len();
-        self.positives.extend_from_slice(positive_scores);
+        let mut dropped = DropCounts::default();
         for (_, kind) in &filtered.dropped {
-            self.dropped.count(*kind);
+            dropped.count(*kind);
         }
-        let short = negatives.short();
-        if short > 0 {
-            self.queries_short += 1;
-            self.total_short += short;
-        }
-        let scores_of = |kind| negatives.of_kind(kind).map(|negative| negative.score);
-        self.hard.extend(scores_of(NegativeKind::Hard));
-        self.random.extend(scores_of(NegativeKind::Random));
-        if let (Some(hard), Some(random)) = (
-            mean(scores_of(NegativeKind::Hard)),
-            mean(scores_of(NegativeKind::Random)),
-        ) {
-            self.gap_sum += hard - random;
-            self.gap_queries += 1;
-        }
+        let scores_of = |kind| {
+            negatives
+                .of_kind(kind)
+                .map(|negative| negative.score)
+                .collect()
+        };
+        self.queries.push(QueryStats {
+            qid: qid.to_string(),
+            positives: positive_scores.to_vec(),
+            hard: scores_of(NegativeKind::Hard),
+            random: scores_of(NegativeKind::Random),
+            dropped,
+            short: negatives.short(),
+            groups: negatives.positives.len(),
+            without_positives: false,
+        });
     }
 
     /// Counts a query left without negatives because it has no positive.
-    pub fn add_query_without_positives(&mut self) {
-        self.queries_without_positives += 1;
+    pub fn add_query_without_positives(&mut self, qid: &str) {
+        self.queries.push(QueryStats {
+            qid: qid.to_string(),
+            positives: Vec::new(),
+            hard: Vec::new(),
+            random: Vec::new(),
+            dropped: DropCounts::default(),
+            short: 0,
+            groups: 0,
+            without_positives: true,
+        });
     }
 
-    pub fn finish(self) -> MiningStats {
+    /// The per-query records, in qid order.
+    pub fn queries(&mut self) -> &[QueryStats] {
+        self.queries.sort_unstable_by(|a, b| a.qid.cmp(&b.qid));
+        &self.queries
+    }
+
+    pub fn finish(mut self) -> MiningStats {
+        self.queries.sort_unstable_by(|a, b| a.qid.cmp(&b.qid));
+        let (with, without): (Vec<&QueryStats>, Vec<&QueryStats>) = self
+            .queries
+            .iter()
+            .partition(|query| !query.without_positives);
+        let all = |pick: fn(&QueryStats) -> &[f32]| -> Vec<f32> {
+            with.iter()
+                .flat_map(|query| pick(query).iter().copied())
+                .collect()
+        };
+        let mut dropped = DropCounts::default();
+        for query in &with {
+            for kind in FilterKind::ALL {
+                *dropped.slot(kind) += query.dropped.get(kind);
+            }
+        }
+        let gaps: Vec<f64> = with.iter().filter_map(|query| query.gap()).collect();
         MiningStats {
-            queries: self.queries,
-            groups: self.groups,
-            queries_without_positives: self.queries_without_positives,
-            positives: ScoreSummary::of(&self.positives),
-            hard_negatives: ScoreSummary::of(&self.hard),
-            random_negatives: ScoreSummary::of(&self.random),
-            dropped: self.dropped,
-            queries_short: self.queries_short,
-            total_short: self.total_short,
-            mean_gap: (self.gap_queries > 0).then(|| self.gap_sum / self.gap_queries as f64),
+            queries: with.len(),
+            groups: with.iter().map(|query| query.groups).sum(),
+            queries_without_positives: without.len(),
+            positives: ScoreSummary::of(&all(|query| &query.positives)),
+            hard_negatives: ScoreSummary::of(&all(|query| &query.hard)),
+            random_negatives: ScoreSummary::of(&all(|query| &query.random)),
+            dropped,
+            queries_short: with.iter().filter(|query| query.short > 0).count(),
+            total_short: with.iter().map(|query| query.short).sum(),
+            mean_gap: (!gaps.is_empty()).then(|| gaps.iter().sum::<f64>() / gaps.len() as f64),
         }
     }
 }

@@ -348,6 +348,12 @@ impl Runner {
                     parts.len(),
                     dir.display()
                 );
+                stage
+                    .merge_parts(&dir, parts.len() as u32)
+                    .map_err(|source| PipelineError::Stage {
+                        stage: name.to_string(),
+                        source,
+                    })?;
                 report.records = parts.iter().map(|m| m.records).sum();
                 report.rejects = parts.iter().map(|m| m.rejects).sum();
                 return Ok(report);

@@ -1,3 +1,5 @@
+use std::path::Path;
+
 use super::{StageContext, StageError};
 
 /// What a stage reads.
@@ -56,4 +58,12 @@ pub trait Stage: Send + Sync {
 
     /// Does the work. Row-level problems go to `ctx.reject`, not into the error.
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError>;
+
+    /// Called when a run finds the stage completed as `parts` shards by a job array (and so up to date), to
+    /// combine what the parts cannot each give alone, such as one summary over all of them. The datasets need
+    /// nothing: the next stage reads the parts as one.
+    fn merge_parts(&self, dir: &Path, parts: u32) -> Result<(), StageError> {
+        let _ = (dir, parts);
+        Ok(())
+    }
 }

@@ -63,7 +63,20 @@ fn the_demo_world_ingests_with_exact_counts() {
     assert_eq!((pool, queries, qrels, summary.images), (300, 75, 75, 120));
     assert_eq!(rows(&out.join("corpus")), pool as u64);
     assert_eq!(rows(&out.join("queries")), queries as u64);
-    assert_eq!(rows(&out.join("qrels")), qrels as u64);
+    let relevance: Vec<i32> = crate::common::datasets::qrels(&out.join("qrels"))
+        .into_iter()
+        .map(|(_, _, r)| r)
+        .collect();
+    assert_eq!(
+        relevance.iter().filter(|r| **r > 0).count(),
+        qrels,
+        "one judgement per positive"
+    );
+    assert_eq!(
+        relevance.iter().filter(|r| **r == 0).count(),
+        3 * queries,
+        "each world query lists three near misses in neg_cand_list: judged not relevant"
+    );
     assert_eq!(
         rows(&out.join("images")),
         summary.images as u64,
@@ -103,7 +116,8 @@ fn the_demo_world_ingests_with_exact_counts() {
     };
     ingest(config, &split_only, None, RejectPolicy::default()).unwrap();
     assert_eq!(rows(&split_only.join("queries")), 20);
-    assert_eq!(rows(&split_only.join("qrels")), 20);
+    let judged = crate::common::datasets::qrels(&split_only.join("qrels"));
+    assert_eq!(judged.iter().filter(|(_, _, r)| *r > 0).count(), 20);
     assert_eq!(
         rows(&split_only.join("corpus")),
         300,
@@ -260,10 +274,10 @@ fn every_kind_of_bad_input_becomes_its_own_reject_and_the_rest_is_ingested() {
         (pool, 8, "image_too_many_pixels", "1:8"),
         (pool, 9, "image_path_escapes_root", "1:9"),
         (pool, 10, "malformed_json", ""),
-        (pool, 11, "duplicate_did", "1:1"),
+        (pool, 11, "conflicting_did", "1:1"),
         (pool, 12, "unknown_modality", ""),
         (queries, 3, "empty_query", ""),
-        (qrels, 4, "unknown_did", "1:103 1:404"),
+        (qrels, 4, "unknown_did", "test/1:103 1:404"),
     ]
     .into_iter()
     .map(|(s, l, r, i)| (s.to_string(), l, r.to_string(), i.to_string()))
@@ -278,14 +292,18 @@ fn every_kind_of_bad_input_becomes_its_own_reject_and_the_rest_is_ingested() {
     assert_eq!(dids, ["1:1", "1:2", "1:3", "1:4", "1:12"]);
     assert_eq!(
         strings(&out.join("queries"), "qid"),
-        ["1:100", "1:101", "1:103"]
+        ["test/1:100", "test/1:101", "test/1:103"],
+        "M-BEIR's qids restart in every split: each carries its split"
     );
     let qrel_pairs: Vec<String> = strings(&out.join("qrels"), "qid")
         .into_iter()
         .zip(strings(&out.join("qrels"), "did"))
         .map(|(q, d)| format!("{q} {d}"))
         .collect();
-    assert_eq!(qrel_pairs, ["1:100 1:1", "1:101 1:2", "1:103 1:12"]);
+    assert_eq!(
+        qrel_pairs,
+        ["test/1:100 1:1", "test/1:101 1:2", "test/1:103 1:12"]
+    );
     assert_eq!(
         rows(&out.join("images")),
         2,

@@ -106,7 +106,10 @@ fn ms_swift_jsonl_with_images() {
     let root = swift_input(dir.path(), "rerank.jsonl", &lines);
     let out = dir.path().join("out");
     let report = ingest(IngestConfig::new(Format::Swift, root), &out);
-    assert_eq!(report.rejects, 1, "the negative whose image is missing");
+    assert_eq!(
+        report.rejects, 2,
+        "the negative whose image is missing, and the judgement that names it"
+    );
 
     assert_eq!(
         column(&out.join("queries"), "modality"),

@@ -16,7 +16,9 @@ mod eval_metrics;
 mod eval_stage;
 mod ingest;
 mod ingest_formats;
+mod ingest_hardening;
 mod lora;
+mod mbeir_published;
 mod media_sources;
 mod mine;
 #[cfg(feature = "cuda")]

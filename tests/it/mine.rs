@@ -899,16 +899,19 @@ fn statistics_equal_hand_computed_values() {
     };
     let mut builder = StatsBuilder::new();
     builder.add_query(
+        "q1",
         &[1.0, 0.5],
         &filtered(vec![FilterKind::RelativeMargin, FilterKind::RankWindow]),
         &query_one,
     );
     builder.add_query(
+        "q2",
         &[0.0, 0.25, 0.75],
         &filtered(vec![FilterKind::RelativeMargin]),
         &query_two,
     );
     builder.add_query(
+        "q3",
         &[],
         &filtered(vec![]),
         &QueryNegatives {
@@ -920,7 +923,7 @@ fn statistics_equal_hand_computed_values() {
             ceiling: None,
         },
     );
-    builder.add_query_without_positives();
+    builder.add_query_without_positives("q4");
     let stats = builder.finish();
 
     // Positives 0, 0.25, 0.5, 0.75, 1: p5 at position 0.2 -> 0.05, p95 at 3.8 -> 0.95.

@@ -91,6 +91,7 @@ impl Instance {
                 strings(self.docs.iter().map(|d| d.did.as_str())),
                 Arc::new(StringArray::from(vec![None::<&str>; self.docs.len()])),
                 strings(self.docs.iter().map(|d| d.dataset.as_str())),
+                strings(self.docs.iter().map(|d| d.dataset.as_str())),
                 strings(self.docs.iter().map(|_| "pool.jsonl")),
                 Arc::new(UInt64Array::from_iter_values(1..=self.docs.len() as u64)),
             ],
@@ -107,6 +108,7 @@ impl Instance {
                 Arc::new(StringArray::from(vec![None::<&str>; n])),
                 Arc::new(Int32Array::from(vec![None; n])),
                 Arc::new(StringArray::from(vec![None::<&str>; n])),
+                strings(self.queries.iter().map(|q| q.dataset.as_str())),
                 strings(self.queries.iter().map(|q| q.dataset.as_str())),
                 strings(self.queries.iter().map(|q| q.split.as_str())),
                 strings(self.queries.iter().map(|_| "queries.jsonl")),
@@ -494,7 +496,7 @@ fn candidates_equal_a_brute_force_sort_on_every_path_ties_included() {
         let instance = random_instance(&mut rng, 70, 40, 3);
         let dir = tempfile::tempdir().unwrap();
         let (ingest, embed) = instance.write(dir.path());
-        for scope in [Scope::Dataset, Scope::Corpus] {
+        for scope in [Scope::Pool, Scope::Corpus] {
             let k = [5, 12, 100][seed as usize % 3];
             let expected = brute_force_candidates(&instance, &small_config(k, 1, scope));
             let ties = expected
@@ -525,7 +527,7 @@ fn sharded_parts_read_back_as_the_unsharded_output() {
     let instance = random_instance(&mut rng, 120, 60, 4);
     let dir = tempfile::tempdir().unwrap();
     let (ingest, embed) = instance.write(dir.path());
-    let config = small_config(20, 16, Scope::Dataset);
+    let config = small_config(20, 16, Scope::Pool);
     let whole = dir.path().join("whole");
     run_parts(&ingest, &embed, &whole, &config, 1, 9);
     let (candidates, negatives) = (read_candidates(&whole), read_negatives(&whole));
@@ -569,7 +571,7 @@ fn no_positive_is_ever_a_negative() {
         let n = rng.random_range(1..20);
         let config = MineConfig {
             mining_k: rng.random_range(1..40),
-            scope: [Scope::Dataset, Scope::Corpus][rng.random_range(0..2)],
+            scope: [Scope::Pool, Scope::Corpus][rng.random_range(0..2)],
             negatives_per_group: n,
             hard_ratio: rng.random_range(0..3),
             random_ratio: rng.random_range(1..3),

@@ -214,6 +214,14 @@ impl Setup {
 
         let ingest = work.join("ingest");
         let dids: Vec<String> = corpus(&ingest).into_keys().collect();
+        let pool_of = |dataset: &str, id: &str| -> BTreeMap<String, String> {
+            let dir = ingest.join(dataset);
+            strings(&dir, id)
+                .into_iter()
+                .zip(strings(&dir, "pool"))
+                .collect()
+        };
+        let (doc_pool, query_pool) = (pool_of("corpus", "did"), pool_of("queries", "qid"));
         let mut positives: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (qid, did, relevance) in qrels(&ingest.join("qrels")) {
             if relevance > 0 {
@@ -223,7 +231,16 @@ impl Setup {
         let mut valid = Vec::new();
         for (n, (qid, pos)) in positives.into_iter().take(30).enumerate() {
             let mut pos = pos;
-            let mut free = dids.iter().cycle().skip(n * 7).filter(|d| !pos.contains(d));
+            // Negatives from the query's own pool, as mining draws them: a text task's groups are all text.
+            let pool: Vec<&String> = dids
+                .iter()
+                .filter(|d| doc_pool[*d] == query_pool[&qid])
+                .collect();
+            let mut free = pool
+                .into_iter()
+                .cycle()
+                .skip(n * 7)
+                .filter(|d| !pos.contains(d));
             let mut take = |k: usize| {
                 (0..k)
                     .map(|_| free.next().unwrap().clone())

@@ -11,9 +11,13 @@ use crate::pipeline::PipelineError;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
-    /// The documents of the query's own dataset (M-BEIR's local pools: `cand_pool/local/<dataset>`).
+    /// The documents of the query's own candidate pool (the `pool` column of the queries and the corpus: for
+    /// M-BEIR the local pool of its dataset and task, or its slice of a global pool). `dataset`, the name this
+    /// scope had before the `pool` column existed, is read as `pool`.
     #[default]
-    Dataset,
+    #[serde(alias = "dataset")]
+    #[value(alias = "dataset")]
+    Pool,
     /// The whole corpus (M-BEIR's global pool).
     Corpus,
 }

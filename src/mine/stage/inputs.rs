@@ -1,7 +1,7 @@
 //! Reading the mine stage's inputs: the ingest stage's corpus, queries and qrels, and the embed stage's vectors,
 //! into the in-memory layout the search wants.
 //!
-//! Documents are numbered in (scope, did) order, so that each scope (a dataset's local pool, or the whole corpus)
+//! Documents are numbered in (scope, did) order, so that each scope (a candidate pool, or the whole corpus)
 //! is one contiguous range of rows: one [`CorpusPart`](crate::mine::CorpusPart) per scope. Queries are kept in
 //! (scope, qid) order for the same reason. A document or query without an embedding is left out and becomes a
 //! reject row (in the shard that owns its id, so that a job array lists each once).
@@ -24,7 +24,7 @@ use crate::shard::Shard;
 /// The documents that have embeddings, in (scope, did) order.
 pub(super) struct Corpus {
     pub ids: Vec<String>,
-    /// The scope key of each document (its dataset, or "" when the scope is the whole corpus).
+    /// The scope key of each document (its pool, or "" when the scope is the whole corpus).
     scopes: Vec<String>,
     pub vectors: Vec<f32>,
 }
@@ -151,10 +151,10 @@ fn read_corpus(path: &Path, scope: Scope) -> Result<Vec<(String, String)>, MineS
     for batch in Dataset::open(path)?.batches()? {
         let batch = batch?;
         let dids = strings(&batch, "did", path)?;
-        let datasets = strings(&batch, "dataset", path)?;
+        let pools = strings(&batch, "pool", path)?;
         for row in 0..batch.num_rows() {
             let key = match scope {
-                Scope::Dataset => datasets.value(row).to_string(),
+                Scope::Pool => pools.value(row).to_string(),
                 Scope::Corpus => String::new(),
             };
             docs.push((key, dids.value(row).to_string()));
@@ -175,7 +175,7 @@ fn read_queries(
         let batch = batch?;
         let qids = strings(&batch, "qid", path)?;
         let splits = strings(&batch, "split", path)?;
-        let datasets = strings(&batch, "dataset", path)?;
+        let pools = strings(&batch, "pool", path)?;
         for row in 0..batch.num_rows() {
             let (qid, split) = (qids.value(row), splits.value(row));
             let candidates = config.wants_candidates(split);
@@ -186,7 +186,7 @@ fn read_queries(
             queries.push(QueryRecord {
                 qid: qid.to_string(),
                 scope: match config.scope {
-                    Scope::Dataset => datasets.value(row).to_string(),
+                    Scope::Pool => pools.value(row).to_string(),
                     Scope::Corpus => String::new(),
                 },
                 candidates,

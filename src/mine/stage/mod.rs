@@ -10,7 +10,8 @@
 //! configured ratio, into `negatives`: one row per query, whose every positive forms a 1 + N training group with
 //! those negatives. A query with no relevant document (or none with an embedding) gets no negatives row: it is a
 //! reject row (`no_positives`) and is counted in the statistics. The statistics table is printed at the end and
-//! saved as `stats.json`.
+//! saved as `stats.json`. Queries are searched against their own pool (the `pool` column of queries and corpus:
+//! for M-BEIR the local pool of their dataset, task and split, or their slice of a global pool).
 //!
 //! Scale-out: `--shard I/N` mines the queries whose qid hashes to slice I, each against the WHOLE corpus (every
 //! shard reads all document vectors), and writes part I of `candidates` and `negatives`. A query's lists and
@@ -18,19 +19,22 @@
 //! samples from its own seeded stream), so the N parts read as one dataset are exactly the unsharded output: the
 //! merge is the union of the parts, and nothing has to be combined. The memory each shard needs is the corpus
 //! vectors plus its share of queries. Each shard prints and saves the statistics of its own queries, as
-//! `stats.part-0000I-of-0000N.json`.
+//! `stats.part-0000I-of-0000N.json`, and writes each query's share of them to `query_stats`; the unsharded run
+//! that follows the array finds the stage complete and merges those rows into `stats.json`, the table one run
+//! would have printed (every figure is computed over the queries in qid order, whoever mined them).
 
 mod config;
 mod error;
 mod inputs;
 mod output;
+mod query_stats;
 
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use self::config::Source;
 pub use self::config::{MineConfig, Scope};
@@ -99,6 +103,7 @@ impl Stage for MineStage {
         vec![
             Output::dataset("candidates", "candidates"),
             Output::dataset("negatives", "negatives"),
+            Output::dataset(query_stats::QUERY_STATS, "mine_stats"),
         ]
     }
 
@@ -134,6 +139,10 @@ impl Stage for MineStage {
             &loaded.model,
         )?;
         negatives.finish()?;
+        let mut stats = mined.stats;
+        let mut per_query = ctx.create_dataset(query_stats::QUERY_STATS, "mine_stats")?;
+        query_stats::write(&mut per_query, stats.queries())?;
+        per_query.finish()?;
 
         let stats = StageStats {
             retriever: loaded.model.clone(),
@@ -141,12 +150,55 @@ impl Stage for MineStage {
             candidate_queries: mined.candidates.len(),
             k: self.config.k,
             mining_k: self.config.mining_k,
-            mining: mined.stats,
+            mining: stats.finish(),
         };
         save_stats(ctx.dir(), ctx.shard(), &stats)?;
         progress::multi().suspend(|| println!("{stats}"));
         Ok(())
     }
+
+    /// Merges the statistics of a job array's parts into `stats.json`, computed over the per-query records of
+    /// every part exactly as one run computes them, and prints the table.
+    fn merge_parts(&self, dir: &Path, parts: u32) -> Result<(), StageError> {
+        let mut retriever = None;
+        let mut candidate_queries = 0;
+        for index in 0..parts {
+            let shard = Shard {
+                index,
+                count: parts,
+            };
+            let part: PartStats = read_stats(&stats_path(dir, shard))?;
+            retriever.get_or_insert(part.retriever);
+            candidate_queries += part.candidate_queries;
+        }
+        let queries = query_stats::read(&dir.join(query_stats::QUERY_STATS))?;
+        let stats = StageStats {
+            retriever: retriever.unwrap_or_default(),
+            shard: Shard::ALL.to_string(),
+            candidate_queries,
+            k: self.config.k,
+            mining_k: self.config.mining_k,
+            mining: StatsBuilder::from_queries(queries).finish(),
+        };
+        write_stats(dir, &stats_path(dir, Shard::ALL), &stats)?;
+        progress::multi().suspend(|| println!("{stats}"));
+        Ok(())
+    }
+}
+
+/// What the merge needs from a part's `stats.json`.
+#[derive(Deserialize)]
+struct PartStats {
+    retriever: String,
+    candidate_queries: usize,
+}
+
+fn read_stats(path: &Path) -> Result<PartStats, MineStageError> {
+    let text = fs::read_to_string(path).map_err(MineStageError::io(path))?;
+    serde_json::from_str(&text).map_err(|source| MineStageError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// What `stats.json` holds: the mining statistics with the settings needed to read them.
@@ -188,11 +240,6 @@ pub fn stats_path(stage_dir: &Path, shard: Shard) -> PathBuf {
 /// run split differently), as the runner does for manifests.
 fn save_stats(dir: &Path, shard: Shard, stats: &StageStats) -> Result<(), MineStageError> {
     let path = stats_path(dir, shard);
-    let mut text = serde_json::to_string_pretty(stats).map_err(|source| MineStageError::Json {
-        path: path.clone(),
-        source,
-    })?;
-    text.push('\n');
     for entry in fs::read_dir(dir)
         .map_err(MineStageError::io(dir))?
         .flatten()
@@ -208,6 +255,16 @@ fn save_stats(dir: &Path, shard: Shard, stats: &StageStats) -> Result<(), MineSt
             fs::remove_file(entry.path()).map_err(MineStageError::io(entry.path()))?;
         }
     }
+    write_stats(dir, &path, stats)
+}
+
+/// Writes `stats` to `path` through a temporary name.
+fn write_stats(dir: &Path, path: &Path, stats: &StageStats) -> Result<(), MineStageError> {
+    let mut text = serde_json::to_string_pretty(stats).map_err(|source| MineStageError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    text.push('\n');
     // A dot name ending in .tmp: the runner removes it if a crash leaves it behind.
     let file_name = path
         .file_name()
@@ -215,7 +272,7 @@ fn save_stats(dir: &Path, shard: Shard, stats: &StageStats) -> Result<(), MineSt
         .unwrap_or_default();
     let tmp = dir.join(format!(".{file_name}.tmp"));
     fs::write(&tmp, text).map_err(MineStageError::io(&tmp))?;
-    fs::rename(&tmp, &path).map_err(MineStageError::io(&path))?;
+    fs::rename(&tmp, path).map_err(MineStageError::io(path))?;
     Ok(())
 }
 
@@ -223,7 +280,7 @@ fn save_stats(dir: &Path, shard: Shard, stats: &StageStats) -> Result<(), MineSt
 struct Mined {
     candidates: Vec<CandidateRow>,
     negatives: Vec<NegativeRow>,
-    stats: MiningStats,
+    stats: StatsBuilder,
     rejects: Vec<Reject>,
 }
 
@@ -283,7 +340,7 @@ fn mine(
         for &(i, query) in queries.iter().filter(|(_, query)| query.negatives) {
             let positives = miner.positive_docs(query);
             if positives.is_empty() {
-                stats.add_query_without_positives();
+                stats.add_query_without_positives(&query.qid);
                 rejects.push(no_positives(&paths.qrels, query));
                 bar.inc(1);
             } else {
@@ -292,7 +349,7 @@ fn mine(
         }
         for batch in sampled.chunks(SEARCH_BATCH) {
             for (row, filtered, scores) in miner.negatives(batch, &part, &pool, loaded)? {
-                stats.add_query(&scores, &filtered, &row.negatives);
+                stats.add_query(&row.qid, &scores, &filtered, &row.negatives);
                 negatives.push(row);
             }
             bar.inc(batch.len() as u64);
@@ -305,7 +362,7 @@ fn mine(
     Ok(Mined {
         candidates,
         negatives,
-        stats: stats.finish(),
+        stats,
         rejects,
     })
 }

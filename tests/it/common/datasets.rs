@@ -122,6 +122,25 @@ pub fn list_column(dir: &Path, name: &str) -> Vec<Vec<String>> {
     })
 }
 
+/// The `did` field of a `list<struct>` column (a negatives or candidates list), per row.
+pub fn struct_dids(dir: &Path, name: &str) -> Vec<Vec<String>> {
+    read_column(dir, name, |col: &ListArray, i| {
+        let items = col.value(i);
+        let dids = items
+            .as_struct()
+            .column_by_name("did")
+            .unwrap()
+            .as_string::<i32>()
+            .clone();
+        dids.iter().map(|s| s.unwrap().to_string()).collect()
+    })
+}
+
+/// The `uint32` column `name` of a dataset.
+pub fn u32_column(dir: &Path, name: &str) -> Vec<u32> {
+    read_column(dir, name, |col: &arrow::array::UInt32Array, i| col.value(i))
+}
+
 /// The rows of a dataset in the qrels schema as (qid, did, relevance), in stored order.
 pub fn qrels(dir: &Path) -> Vec<(String, String, i32)> {
     let qid = strings(dir, "qid");
