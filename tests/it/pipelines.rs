@@ -279,6 +279,44 @@ fn the_cl_twin_shares_the_data_stages_and_differs_only_in_objective_data_and_sco
 }
 
 #[test]
+fn run_check_shows_which_mbeir_files_each_shipped_pipeline_reads() {
+    let out =
+        crate::common::cli::umrank_ok(&["run", "pipelines/mbeir-gme-qwen25vl.toml", "--check"]);
+    let ingest = &out
+        [out.find("] ingest (kind ingest)").unwrap()..out.find("] embed (kind embed)").unwrap()];
+    for glob in [
+        "\"query/train/*.jsonl\"",
+        "\"query/test/*.jsonl\"",
+        "\"cand_pool/local/*.jsonl\"",
+        "\"cand_pool/global/mbeir_union_train_cand_pool.jsonl\"",
+        "\"qrels/train/*.txt\"",
+        "\"instructions/query_instructions.tsv\"",
+    ] {
+        assert!(ingest.contains(glob), "{glob} not in:\n{ingest}");
+    }
+    assert!(
+        !ingest.contains("union_train/"),
+        "the upsampled union file is not read:\n{ingest}"
+    );
+    let out =
+        crate::common::cli::umrank_ok(&["run", "pipelines/text-minilm-qwen3.toml", "--check"]);
+    assert!(
+        out.contains("\"query/train/mbeir_webqa_train.jsonl\""),
+        "{out}"
+    );
+    let tasks = out.find("\"tasks\": [").expect("the task filter is shown");
+    assert_eq!(
+        out[tasks..]
+            .split(']')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .last(),
+        Some("1")
+    );
+}
+
+#[test]
 fn run_check_prints_the_plan_and_runs_nothing() {
     let work = tempfile::tempdir().unwrap();
     let workdir = work.path().join("probe");

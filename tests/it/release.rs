@@ -149,9 +149,9 @@ fn write_stage(dir: &Path, kind: &str, seed: u64, config: serde_json::Value, ups
 /// An ingest stage whose queries come from two datasets.
 fn write_ingest(dir: &Path) {
     let lines = [
-        r#"{"qid": "9:1", "modality": "text", "text": "a cat", "instruction": "Find it.", "task_id": 0, "task": "text->image", "dataset": "VisualNews", "split": "train", "source_file": "q.jsonl", "source_line": 1}"#,
-        r#"{"qid": "1:1", "modality": "text", "text": "a dog", "instruction": "Find it.", "task_id": 0, "task": "text->image", "dataset": "CIRR", "split": "train", "source_file": "q.jsonl", "source_line": 2}"#,
-        r#"{"qid": "1:2", "modality": "text", "text": "a cow", "instruction": "Find it.", "task_id": 0, "task": "text->image", "dataset": "CIRR", "split": "test", "source_file": "q.jsonl", "source_line": 3}"#,
+        r#"{"qid": "9:1", "modality": "text", "text": "a cat", "instruction": "Find it.", "task_id": 0, "task": "text->image", "dataset": "VisualNews", "pool": "visualnews_task0", "split": "train", "source_file": "q.jsonl", "source_line": 1}"#,
+        r#"{"qid": "1:1", "modality": "text", "text": "a dog", "instruction": "Find it.", "task_id": 0, "task": "text->image", "dataset": "CIRR", "pool": "cirr_task0", "split": "train", "source_file": "q.jsonl", "source_line": 2}"#,
+        r#"{"qid": "1:2", "modality": "text", "text": "a cow", "instruction": "Find it.", "task_id": 0, "task": "text->image", "dataset": "CIRR", "pool": "cirr_task0", "split": "test", "source_file": "q.jsonl", "source_line": 3}"#,
     ];
     let arrow = schema::get("queries").unwrap().arrow();
     let mut reader = arrow::json::ReaderBuilder::new(Arc::clone(&arrow))
