@@ -210,6 +210,14 @@ fn mbeir_task_column_is_ignored() {
 }
 
 #[test]
+fn a_byte_order_mark_is_not_part_of_the_first_query_id() {
+    let qrels = parse_qrels(Cursor::new("\u{feff}q1 0 d1 1\nq2 0 d2 1\n"), "qrels").unwrap();
+    assert_eq!(qrels.keys().collect::<Vec<_>>(), ["q1", "q2"]);
+    let run = parse_run(Cursor::new("\u{feff}q1 Q0 d1 1 0.5 r\n"), "run").unwrap();
+    assert_eq!(run.keys().collect::<Vec<_>>(), ["q1"]);
+}
+
+#[test]
 fn evaluate_rejects_what_it_cannot_average() {
     let qrels = parse_qrels(Cursor::new("q 0 d 1\n"), "q").unwrap();
     let run: Run = BTreeMap::from([("q".to_owned(), BTreeMap::from([("d".to_owned(), f64::NAN)]))]);
