@@ -1,17 +1,57 @@
-//! Scaled dot-product attention with grouped-query heads and an additive mask, differentiable end to end.
+//! Scaled dot-product attention with grouped-query heads and a mask, differentiable end to end, and the choice
+//! of kernel that computes it.
 //!
-//! This materialises the `(q_len, kv_len)` score matrix per head, and candle's autograd keeps it (and the
-//! softmax intermediates) alive until the backward pass. That is fine for the short sequences of tests and
-//! scoring, but not for training at the paper's 3200 tokens: 17 sequences x 16 heads x 3200^2 scores is several
-//! GB per layer. Long-context training needs a fused attention with its own backward (a flash-attention style
-//! CustomOp that recomputes scores blockwise) or per-layer activation recomputation; this function is the
-//! reference such a kernel must match.
+//! [`scaled_dot_product_attention`] materialises the `(q_len, kv_len)` score matrix per head, and candle's
+//! autograd keeps it (and the softmax intermediates) alive until the backward pass. That is fine for the short
+//! sequences of tests and scoring, but not for training at the paper's 3200 tokens: 17 sequences x 16 heads x
+//! 3200^2 scores is several GB per layer. It is the reference that [`blocked_attention`] must match, and the path
+//! for what that kernel does not run (f64 gradient checks, devices other than the CPU for now).
 
+use super::blocked_attention::{self, blocked_attention};
 use super::layer_error::LayerError;
 use super::mask::AttentionMask;
 use super::precision::compute_dtype;
 use super::softmax::softmax;
 use candle_core::{Result, Tensor};
+
+/// Which implementation computes a model's attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttentionKernel {
+    /// [`scaled_dot_product_attention`] everywhere: scores materialised and kept for the backward pass.
+    Reference,
+    /// [`blocked_attention`] wherever it runs (see [`blocked_attention::supports`]), the reference elsewhere.
+    #[default]
+    Blocked,
+}
+
+impl AttentionKernel {
+    /// Whether attention over these inputs runs blocked.
+    pub fn runs_blocked(self, q: &Tensor, k: &Tensor, v: &Tensor) -> bool {
+        self == Self::Blocked && blocked_attention::supports(q, k, v)
+    }
+}
+
+/// Attention as [`scaled_dot_product_attention`] defines it, computed by `kernel`.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&AttentionMask>,
+    scale: f64,
+    kernel: AttentionKernel,
+) -> Result<Tensor> {
+    if !kernel.runs_blocked(q, k, v) {
+        return scaled_dot_product_attention(q, k, v, mask, scale);
+    }
+    let spans = match mask {
+        Some(mask) => {
+            let (batch, _, q_len, _) = q.dims4()?;
+            Some(mask.key_spans(batch, q_len, k.dim(2)?)?)
+        }
+        None => None,
+    };
+    blocked_attention(q, k, v, spans, scale)
+}
 
 /// `softmax(q k^T * scale + mask) v` for `q` of shape `(batch, heads, q_len, head_dim)` and `k`, `v` of shape
 /// `(batch, kv_heads, kv_len, head_dim)`, where `heads` is a multiple of `kv_heads` (query head `h` reads
@@ -43,7 +83,7 @@ pub fn scaled_dot_product_attention(
     let scores = match mask {
         Some(mask) => {
             mask.check_broadcasts_to(scores.shape())?;
-            scores.broadcast_add(&mask.bias().to_dtype(scores.dtype())?)?
+            scores.broadcast_add(&mask.bias()?.to_dtype(scores.dtype())?)?
         }
         None => scores,
     };
@@ -56,7 +96,7 @@ pub fn scaled_dot_product_attention(
         .reshape((batch, heads, q_len, head_dim))
 }
 
-fn check_shapes(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<()> {
+pub(crate) fn check_shapes(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<()> {
     let (batch, heads, _, head_dim) = q.dims4()?;
     let (k_batch, kv_heads, kv_len, k_dim) = k.dims4()?;
     if k.dims() != v.dims() || k_batch != batch || k_dim != head_dim || kv_heads == 0 || kv_len == 0

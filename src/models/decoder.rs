@@ -13,7 +13,7 @@
 //! ([`Decoder::token_logits`], e.g. "yes" and "no"), never the full-vocabulary matmul.
 
 use super::activation::Activation;
-use super::attention::scaled_dot_product_attention;
+use super::attention::{attention, AttentionKernel};
 use super::hf_config::{ConfigError, DecoderConfig};
 use super::layer_error::LayerError;
 use super::linear::{matmul_transposed, Linear};
@@ -137,6 +137,7 @@ impl Attention {
         cos: &Tensor,
         sin: &Tensor,
         layout: &AttentionLayout,
+        kernel: AttentionKernel,
         train: bool,
     ) -> Result<Tensor> {
         let (batch, seq, _) = xs.dims3()?;
@@ -164,23 +165,24 @@ impl Attention {
         let out = match layout {
             AttentionLayout::Padded(mask) => {
                 let heads_first = |t: &Tensor| t.transpose(1, 2);
-                scaled_dot_product_attention(
+                attention(
                     &heads_first(&q)?,
                     &heads_first(&k)?,
                     &heads_first(&v)?,
                     Some(mask),
                     scale,
+                    kernel,
                 )?
                 .transpose(1, 2)?
             }
             AttentionLayout::Packed(packed) => {
                 one_row(batch, packed.total_tokens(), &q, &k, &v, |q, k, v| {
-                    packed.forward(q, k, v, scale)
+                    packed.forward(q, k, v, scale, kernel)
                 })?
             }
             AttentionLayout::SharedPrefix(shared) => {
                 one_row(batch, shared.total_tokens(), &q, &k, &v, |q, k, v| {
-                    shared.forward(q, k, v, scale)
+                    shared.forward(q, k, v, scale, kernel)
                 })?
             }
         };
@@ -259,11 +261,17 @@ impl DecoderLayer {
         cos: &Tensor,
         sin: &Tensor,
         layout: &AttentionLayout,
+        kernel: AttentionKernel,
         train: bool,
     ) -> Result<Tensor> {
-        let attn =
-            self.self_attn
-                .forward(&self.input_layernorm.forward(xs)?, cos, sin, layout, train)?;
+        let attn = self.self_attn.forward(
+            &self.input_layernorm.forward(xs)?,
+            cos,
+            sin,
+            layout,
+            kernel,
+            train,
+        )?;
         let xs = (xs + attn)?;
         let mlp = self
             .mlp
@@ -310,6 +318,7 @@ pub struct Decoder {
     rotary: RotaryEmbedding,
     mrope: Option<MropeSection>,
     lora: Option<LoraConfig>,
+    attention_kernel: AttentionKernel,
 }
 
 impl Decoder {
@@ -348,6 +357,7 @@ impl Decoder {
             rotary: RotaryEmbedding::new(config.head_dim, config.rope_theta, vb.device())?,
             mrope,
             lora: None,
+            attention_kernel: AttentionKernel::default(),
         })
     }
 
@@ -371,6 +381,15 @@ impl Decoder {
 
     pub fn dtype(&self) -> DType {
         self.embed_tokens.dtype()
+    }
+
+    /// Which kernel the layers' attention runs on; [`AttentionKernel::Blocked`] unless set.
+    pub fn attention_kernel(&self) -> AttentionKernel {
+        self.attention_kernel
+    }
+
+    pub fn set_attention_kernel(&mut self, kernel: AttentionKernel) {
+        self.attention_kernel = kernel;
     }
 
     pub fn device(&self) -> &Device {
@@ -431,7 +450,7 @@ impl Decoder {
         let (cos, sin) = (cos.unsqueeze(2)?, sin.unsqueeze(2)?);
         let mut xs = embeds.clone();
         for layer in &self.layers {
-            xs = layer.forward(&xs, &cos, &sin, layout, train)?;
+            xs = layer.forward(&xs, &cos, &sin, layout, self.attention_kernel, train)?;
         }
         self.norm.forward(&xs)
     }

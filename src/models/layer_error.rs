@@ -4,7 +4,7 @@
 //! they exist so that the message names the layer and the offending sizes instead of a bare shape mismatch deep
 //! inside a broadcast.
 
-use candle_core::Shape;
+use candle_core::{DType, Shape};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {
@@ -44,6 +44,12 @@ pub enum LayerError {
     CausalLengths { q_len: usize, kv_len: usize },
     #[error("attention mask: key validity must have shape (batch, kv_len), got {got:?}")]
     KeyValidShape { got: Shape },
+    #[error("attention key spans: {reason}")]
+    KeySpans { reason: String },
+    #[error(
+        "blocked attention runs on the CPU in f32 or bf16, got q, k, v in {dtypes:?} on {device}"
+    )]
+    BlockedUnsupported { dtypes: [DType; 3], device: String },
     #[error("packed attention: invalid cu_seqlens {cu_seqlens:?}: {reason}")]
     CuSeqlens {
         cu_seqlens: Vec<usize>,

@@ -6,6 +6,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod blocked_attention;
 pub mod chat_template;
 pub mod decoder;
 pub mod embedders;
@@ -13,6 +14,7 @@ pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod gradcheck;
 pub mod hf_config;
+pub mod key_spans;
 pub mod layer_error;
 pub mod linear;
 pub mod lora;

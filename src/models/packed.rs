@@ -6,14 +6,18 @@
 //! them, the vision tower packs the images of a batch, and Qwen2.5-VL's window attention is the same thing with
 //! one "sequence" per window.
 //!
-//! Masking a `(total, total)` score matrix block-diagonally would cost `total^2` per head, more than padding.
-//! Instead the tokens are gathered into a padded `(sequences, max_len)` batch with `index_select` (whose backward
-//! is an `index_add`, linear in the tokens), attended with [`scaled_dot_product_attention`], and gathered back,
-//! so the cost is `sequences * max_len^2`. The gather indices and the mask are built once per batch in
-//! [`PackedAttention::new`] and shared by every layer. A varlen kernel would remove the padding waste when the
-//! lengths are very uneven.
+//! The blocked kernel runs on the row itself: each token's keys are one span (its sequence, or its sequence up
+//! to itself), so [`blocked_attention`] skips every key block outside the diagonal blocks and the cost is
+//! `sum(len^2)` with no padding and no copies. The reference kernel cannot skip: masking a `(total, total)` score
+//! matrix block-diagonally would cost `total^2` per head, more than padding. For it the tokens are gathered into a
+//! padded `(sequences, max_len)` batch with `index_select` (whose backward is an `index_add`, linear in the
+//! tokens), attended with [`scaled_dot_product_attention`], and gathered back, so the cost is
+//! `sequences * max_len^2`. Both layouts are built once per batch in [`PackedAttention::new`] and shared by every
+//! layer.
 
-use super::attention::scaled_dot_product_attention;
+use super::attention::{scaled_dot_product_attention, AttentionKernel};
+use super::blocked_attention::blocked_attention;
+use super::key_spans::{KeySpans, Span};
 use super::layer_error::LayerError;
 use super::mask::AttentionMask;
 use candle_core::{DType, Device, Result, Tensor};
@@ -30,6 +34,8 @@ pub struct PackedAttention {
     /// `(total)` padded slot of each token.
     from_padded: Tensor,
     mask: AttentionMask,
+    /// The keys of each token of the row, for the blocked kernel.
+    row: KeySpans,
 }
 
 impl PackedAttention {
@@ -48,6 +54,7 @@ impl PackedAttention {
             to_padded.extend((0..max_len).map(|p| (start + if p < len { p } else { 0 }) as u32));
             from_padded.extend((0..len).map(|p| (slot0 + p) as u32));
         }
+        let row = row_spans(&lengths, total, causal)?;
         let mask = if causal {
             AttentionMask::causal(max_len, max_len, dtype, device)?
         } else {
@@ -63,6 +70,7 @@ impl PackedAttention {
             to_padded: Tensor::from_vec(to_padded, sequences * max_len, device)?,
             from_padded: Tensor::from_vec(from_padded, total, device)?,
             mask,
+            row,
         })
     }
 
@@ -73,7 +81,20 @@ impl PackedAttention {
 
     /// Attention for `q` of shape `(total, heads, head_dim)` and `k`, `v` of shape `(total, kv_heads, head_dim)`;
     /// returns `(total, heads, head_dim)`. See [`scaled_dot_product_attention`] for heads and `scale`.
-    pub fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        scale: f64,
+        kernel: AttentionKernel,
+    ) -> Result<Tensor> {
+        if kernel.runs_blocked(q, k, v) {
+            for (name, xs) in [("q", q), ("k", k), ("v", v)] {
+                check_tokens(name, xs, self.total)?;
+            }
+            return attend_row(q, k, v, &self.row, scale);
+        }
         let q_padded = self.pad(q, "q")?;
         let k_padded = self.pad(k, "k")?;
         let v_padded = self.pad(v, "v")?;
@@ -94,6 +115,38 @@ impl PackedAttention {
             .transpose(1, 2)?
             .contiguous()
     }
+}
+
+/// Blocked attention over one row of tokens, `(total, heads, head_dim)` in and out.
+pub(crate) fn attend_row(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    row: &KeySpans,
+    scale: f64,
+) -> Result<Tensor> {
+    let heads_first = |xs: &Tensor| xs.transpose(0, 1)?.unsqueeze(0);
+    blocked_attention(
+        &heads_first(q)?,
+        &heads_first(k)?,
+        &heads_first(v)?,
+        Some(row),
+        scale,
+    )?
+    .squeeze(0)?
+    .transpose(0, 1)
+}
+
+/// Each token's keys: its own sequence, up to itself when `causal`.
+fn row_spans(lengths: &[(usize, usize)], total: usize, causal: bool) -> Result<KeySpans> {
+    let mut rows = vec![[Span::default(); 2]; total];
+    for &(start, len) in lengths {
+        for (position, row) in rows[start..start + len].iter_mut().enumerate() {
+            let end = start + if causal { position + 1 } else { len };
+            row[0] = Span::new(start..end);
+        }
+    }
+    Ok(KeySpans::new(1, total, total, rows, None)?)
 }
 
 /// `(start, len)` of each non-empty sequence.

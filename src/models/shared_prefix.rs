@@ -7,17 +7,21 @@
 //! result equals running each whole sequence on its own; the gradient reaches the prefix through every suffix
 //! (the keys and values are gathered with `index_select`, whose backward sums the copies).
 //!
-//! The packed row holds, group after group, the prefix then each suffix. Attention runs as two padded blocks,
-//! gathered from the row like [`super::packed::PackedAttention`]: the prefixes, each causal over itself, and the
-//! suffixes, each query seeing its group's whole prefix and its own suffix causally. Padding each block to its own
-//! longest row keeps the cost at `prefixes * P^2 + suffixes * S * (P + S)` instead of `suffixes * (P + S)^2`.
+//! The packed row holds, group after group, the prefix then each suffix. The blocked kernel runs on the row
+//! itself: a prefix token sees its prefix up to itself, a suffix token its group's prefix and its own suffix up to
+//! itself, two spans of the row, so nothing is gathered or copied and key blocks outside the spans are skipped.
+//! For the reference kernel attention runs as two padded blocks, gathered from the row like
+//! [`super::packed::PackedAttention`]: the prefixes, each causal over itself, and the suffixes, each query seeing
+//! its group's whole prefix and its own suffix causally. Padding each block to its own longest row keeps the cost
+//! at `prefixes * P^2 + suffixes * S * (P + S)` instead of `suffixes * (P + S)^2`.
 
 use std::ops::Range;
 
-use super::attention::scaled_dot_product_attention;
+use super::attention::{scaled_dot_product_attention, AttentionKernel};
+use super::key_spans::{KeySpans, Span};
 use super::layer_error::LayerError;
 use super::mask::AttentionMask;
-use super::packed::check_tokens;
+use super::packed::{attend_row, check_tokens};
 use candle_core::{DType, Device, Result, Tensor};
 
 /// One group's tokens in the packed row: its shared prefix (may be empty) and each sequence's own suffix.
@@ -34,6 +38,8 @@ pub struct SharedPrefixAttention {
     blocks: Vec<Block>,
     /// `(total)` slot of each row token in the blocks' outputs, concatenated.
     from_slots: Tensor,
+    /// The keys of each token of the row, for the blocked kernel.
+    row: KeySpans,
 }
 
 impl SharedPrefixAttention {
@@ -77,6 +83,7 @@ impl SharedPrefixAttention {
             total,
             blocks,
             from_slots: Tensor::from_vec(from_slots, total, device)?,
+            row: row_spans(groups, total)?,
         })
     }
 
@@ -87,9 +94,19 @@ impl SharedPrefixAttention {
 
     /// Attention for `q` of shape `(total, heads, head_dim)` and `k`, `v` of shape `(total, kv_heads, head_dim)`;
     /// returns `(total, heads, head_dim)`. See [`scaled_dot_product_attention`] for heads and `scale`.
-    pub fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        scale: f64,
+        kernel: AttentionKernel,
+    ) -> Result<Tensor> {
         for (name, xs) in [("q", q), ("k", k), ("v", v)] {
             check_tokens(name, xs, self.total)?;
+        }
+        if kernel.runs_blocked(q, k, v) {
+            return attend_row(q, k, v, &self.row, scale);
         }
         let outs = self
             .blocks
@@ -98,6 +115,26 @@ impl SharedPrefixAttention {
             .collect::<Result<Vec<_>>>()?;
         Tensor::cat(&outs, 0)?.index_select(&self.from_slots, 0)
     }
+}
+
+/// Each token's keys in the row: a prefix token its prefix up to itself; a suffix token its group's prefix and
+/// its suffix up to itself.
+fn row_spans(groups: &[PrefixGroup], total: usize) -> Result<KeySpans> {
+    let mut rows = vec![[Span::default(); 2]; total];
+    for group in groups {
+        for token in group.prefix.clone() {
+            rows[token] = [Span::new(group.prefix.start..token + 1), Span::default()];
+        }
+        for suffix in &group.suffixes {
+            for token in suffix.clone() {
+                rows[token] = [
+                    Span::new(group.prefix.clone()),
+                    Span::new(suffix.start..token + 1),
+                ];
+            }
+        }
+    }
+    Ok(KeySpans::new(1, total, total, rows, None)?)
 }
 
 /// Queries `own`, attending to all of `context` and causally to `own`.

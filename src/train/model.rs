@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 
 use super::config::{ModelSource, TrainConfig, Tuning};
 use super::failure::TrainRunError;
+use crate::models::attention::AttentionKernel;
 use crate::models::decoder::Decoder;
 use crate::models::embedders::init::seeded_var_builder;
 use crate::models::hf_config::DecoderConfig;
@@ -342,6 +343,14 @@ impl Reranker {
         match &self.backbone {
             Backbone::Text(decoder) => decoder,
             Backbone::Vl(model) => model.decoder(),
+        }
+    }
+
+    /// Runs every attention of the model (decoder and vision tower) on `kernel`.
+    pub fn set_attention_kernel(&mut self, kernel: AttentionKernel) {
+        match &mut self.backbone {
+            Backbone::Text(decoder) => decoder.set_attention_kernel(kernel),
+            Backbone::Vl(model) => model.set_attention_kernel(kernel),
         }
     }
 

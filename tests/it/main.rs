@@ -3,6 +3,7 @@
 //!
 //! Run one module with `cargo test --release --test it <module>::`.
 
+mod attention_blocked;
 mod cli;
 mod common;
 mod dataset;

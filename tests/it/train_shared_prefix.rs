@@ -1,7 +1,8 @@
 //! Shared-prefix training (issue 6): running the prefix a group's prompts share once gives the plain padded
 //! path's logits at the scored token and the same parameter gradients, for the SFT and CL objectives, on the tiny
 //! VL model (query images in the shared prefix, document images in the suffixes, text-only groups) and on the
-//! tiny text decoder; and a short training run takes the same steps either way.
+//! tiny text decoder; and a short training run takes the same steps either way. The blocked attention kernel
+//! gives the reference kernel's loss and gradients on every layout.
 
 use crate::common::reference::to_f32;
 use crate::common::train_data;
@@ -9,8 +10,9 @@ use crate::common::train_data;
 use candle_core::Device;
 use train_data::{small_demo_data, tokenizer_dir};
 use umrank::dataset::Dataset;
+use umrank::models::attention::AttentionKernel;
 use umrank::models::prompt::PromptBuilder;
-use umrank::train::config::DataFormat;
+use umrank::train::config::{DataFormat, Tuning};
 use umrank::train::encode::{Encoder, Sequence};
 use umrank::train::forward::{batch_logits, BatchLayout};
 use umrank::train::objective::group_loss;
@@ -57,7 +59,7 @@ fn sequences(prepared: &Prepared, pick: impl Fn(&[Sequence]) -> bool) -> Vec<Seq
         .collect()
 }
 
-/// The loss, logits and every trainable variable's gradient of one layout.
+/// The logits, the loss and every trainable variable's gradient of one layout.
 fn run(
     prepared: &mut Prepared,
     config: &TrainConfig,
@@ -83,6 +85,7 @@ fn run(
     let mut out = vec![
         ("z_yes".to_string(), to_f32(&logits.z_yes)),
         ("z_no".to_string(), to_f32(&logits.z_no)),
+        ("loss".to_string(), to_f32(&report.loss)),
     ];
     for (name, var) in prepared.model.trainable() {
         let grad = grads
@@ -150,6 +153,60 @@ fn shared_prefix_gives_the_plain_paths_logits_and_gradients() {
         let mut prepared = prepare(&text_config, &text_inputs, 3, &Device::Cpu).unwrap();
         let batch = sequences(&prepared, |_| true);
         check_layouts(&mut prepared, &text_config, &batch);
+    }
+}
+
+/// One training step's loss and gradients on the blocked kernel equal the reference kernel's, on the padded,
+/// packed and shared-prefix layouts: the VL model with its vision tower tuned in full, and the text model with
+/// LoRA.
+#[test]
+fn blocked_attention_gives_the_reference_kernels_loss_and_gradients() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = small_demo_data(tmp.path(), &[], NEGATIVES);
+    let inputs = TrainInputs {
+        groups: Dataset::open(&data.shards.join(DataFormat::Sft.dir_name())).unwrap(),
+        corpus: None,
+        images: Some(Dataset::open(&data.ingest.join("images")).unwrap()),
+    };
+    let mut vl_config = train_config("tiny", "sft");
+    vl_config.train_vision = true;
+    let mut lora_config = train_config("tiny-text", "cl");
+    lora_config.tune = Tuning::Lora;
+    for (config, inputs) in [
+        (vl_config, inputs.clone()),
+        (
+            lora_config,
+            TrainInputs {
+                images: None,
+                ..inputs.clone()
+            },
+        ),
+    ] {
+        let mut prepared = prepare(&config, &inputs, 3, &Device::Cpu).unwrap();
+        let batch = sequences(&prepared, |_| true);
+        for layout in [
+            BatchLayout::Padded,
+            BatchLayout::Packed,
+            BatchLayout::SharedPrefix,
+        ] {
+            prepared
+                .model
+                .set_attention_kernel(AttentionKernel::Reference);
+            let reference = run(&mut prepared, &config, &batch, layout);
+            prepared
+                .model
+                .set_attention_kernel(AttentionKernel::Blocked);
+            let blocked = run(&mut prepared, &config, &batch, layout);
+            // LoRA's A matrices have no gradient while B is still zero; every B has one.
+            let nonzero = reference
+                .iter()
+                .filter(|(_, a)| a.iter().any(|x| *x != 0.0))
+                .count();
+            assert!(nonzero > 10, "{nonzero} nonzero of {}", reference.len());
+            for ((name, a), (_, b)) in reference.iter().zip(&blocked) {
+                assert_close(&format!("{:?} {layout:?} {name}", config.init), a, b, 1e-5);
+            }
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use umrank::models::activation::Activation;
+use umrank::models::attention::AttentionKernel;
 use umrank::models::gradcheck::GradCheck;
 use umrank::models::packed::PackedAttention;
 use umrank::models::qwen2_vl::grid::{frame_cu_seqlens, patch_positions, WindowPartition};
@@ -441,7 +442,9 @@ fn block_gradients_match_finite_differences() {
                 .collect();
             let vb = VarBuilder::from_tensors(tensors, DType::F64, &Device::Cpu);
             let block = VisionBlock::new(&config, vb)?;
-            (block.forward(&t[0], &cos, &sin, &attention)? * &projection)?.sum_all()
+            (block.forward(&t[0], &cos, &sin, &attention, AttentionKernel::Reference)?
+                * &projection)?
+                .sum_all()
         };
         let report = GradCheck::default().run(block_output, &inputs).unwrap();
         assert!(

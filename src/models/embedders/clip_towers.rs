@@ -11,7 +11,7 @@ use candle_nn::init::Init;
 use candle_nn::{Embedding, Linear, VarBuilder};
 
 use crate::models::activation::Activation;
-use crate::models::attention::scaled_dot_product_attention;
+use crate::models::attention::{attention, AttentionKernel};
 use crate::models::mask::AttentionMask;
 use crate::models::norm::LayerNorm;
 
@@ -53,7 +53,12 @@ impl SelfAttention {
         })
     }
 
-    fn forward(&self, xs: &Tensor, mask: Option<&AttentionMask>) -> Result<Tensor> {
+    fn forward(
+        &self,
+        xs: &Tensor,
+        mask: Option<&AttentionMask>,
+        kernel: AttentionKernel,
+    ) -> Result<Tensor> {
         let (batch, len, hidden) = xs.dims3()?;
         let head_dim = hidden / self.heads;
         let split = |t: Tensor| -> Result<Tensor> {
@@ -65,7 +70,7 @@ impl SelfAttention {
         let k = split(self.k.forward(xs)?)?;
         let v = split(self.v.forward(xs)?)?;
         let scale = (head_dim as f64).powf(-0.5);
-        let attended = scaled_dot_product_attention(&q, &k, &v, mask, scale)?
+        let attended = attention(&q, &k, &v, mask, scale, kernel)?
             .transpose(1, 2)?
             .reshape((batch, len, hidden))?;
         self.out.forward(&attended)
@@ -94,8 +99,15 @@ impl EncoderLayer {
         })
     }
 
-    fn forward(&self, xs: &Tensor, mask: Option<&AttentionMask>) -> Result<Tensor> {
-        let attended = self.attention.forward(&self.norm1.forward(xs)?, mask)?;
+    fn forward(
+        &self,
+        xs: &Tensor,
+        mask: Option<&AttentionMask>,
+        kernel: AttentionKernel,
+    ) -> Result<Tensor> {
+        let attended = self
+            .attention
+            .forward(&self.norm1.forward(xs)?, mask, kernel)?;
         let xs = (xs + attended)?;
         let hidden = self
             .activation
@@ -107,6 +119,7 @@ impl EncoderLayer {
 #[derive(Debug, Clone)]
 struct Encoder {
     layers: Vec<EncoderLayer>,
+    kernel: AttentionKernel,
 }
 
 impl Encoder {
@@ -114,13 +127,16 @@ impl Encoder {
         let layers = (0..shape.layers)
             .map(|i| EncoderLayer::new(shape, vb.pp("layers").pp(i)))
             .collect::<Result<_>>()?;
-        Ok(Self { layers })
+        Ok(Self {
+            layers,
+            kernel: AttentionKernel::default(),
+        })
     }
 
     fn forward(&self, xs: &Tensor, mask: Option<&AttentionMask>) -> Result<Tensor> {
-        self.layers
-            .iter()
-            .try_fold(xs.clone(), |xs, layer| layer.forward(&xs, mask))
+        self.layers.iter().try_fold(xs.clone(), |xs, layer| {
+            layer.forward(&xs, mask, self.kernel)
+        })
     }
 }
 
@@ -161,6 +177,11 @@ impl TextTower {
             final_norm: layer_norm(shape.hidden, shape.eps, vb.pp("final_layer_norm"))?,
             max_positions,
         })
+    }
+
+    /// Which kernel the layers' attention runs on; [`AttentionKernel::Blocked`] unless set.
+    pub fn set_attention_kernel(&mut self, kernel: AttentionKernel) {
+        self.encoder.kernel = kernel;
     }
 
     /// Final hidden states `(batch, len, hidden)` of `(batch, len)` token ids.
@@ -244,6 +265,11 @@ impl VisionTower {
             patch,
             image_size,
         })
+    }
+
+    /// Which kernel the layers' attention runs on; [`AttentionKernel::Blocked`] unless set.
+    pub fn set_attention_kernel(&mut self, kernel: AttentionKernel) {
+        self.encoder.kernel = kernel;
     }
 
     /// Pooled output `(batch, hidden)` of `(batch, 3, image_size, image_size)` pixel values.

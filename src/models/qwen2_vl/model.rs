@@ -11,6 +11,7 @@ use super::config::{VisionConfig, VisionConfigError};
 use super::grid::ImageGrid;
 use super::rope_index::{rope_index, MropeTokens};
 use super::vision::VisionTransformer;
+use crate::models::attention::AttentionKernel;
 use crate::models::decoder::{AttentionLayout, Decoder};
 use crate::models::hf_config::{ConfigError, DecoderConfig};
 use crate::models::weights::{Weights, WeightsError};
@@ -171,6 +172,12 @@ impl Qwen2VlModel {
 
     pub fn vision(&self) -> &VisionTransformer {
         &self.vision
+    }
+
+    /// Runs the decoder's and the vision tower's attention on `kernel`.
+    pub fn set_attention_kernel(&mut self, kernel: AttentionKernel) {
+        self.decoder.set_attention_kernel(kernel);
+        self.vision.set_attention_kernel(kernel);
     }
 
     pub fn tokens(&self) -> &MropeTokens {

@@ -11,6 +11,7 @@ use super::grid::{
     check_grids, frame_cu_seqlens, patch_positions, GridError, ImageGrid, WindowPartition,
 };
 use crate::models::activation::{gelu_erf, Activation};
+use crate::models::attention::AttentionKernel;
 use crate::models::norm::{LayerNorm, RmsNorm};
 use crate::models::packed::PackedAttention;
 use crate::models::rope::{apply_rotary_emb, VisionRotaryEmbedding};
@@ -51,6 +52,7 @@ pub struct VisionTransformer {
     merger: PatchMerger,
     dtype: DType,
     device: Device,
+    attention_kernel: AttentionKernel,
 }
 
 impl VisionTransformer {
@@ -67,11 +69,21 @@ impl VisionTransformer {
             merger: PatchMerger::new(config, vb.pp("merger"))?,
             dtype: vb.dtype(),
             device: vb.device().clone(),
+            attention_kernel: AttentionKernel::default(),
         })
     }
 
     pub fn config(&self) -> &VisionConfig {
         &self.config
+    }
+
+    /// Which kernel the blocks' attention runs on; [`AttentionKernel::Blocked`] unless set.
+    pub fn attention_kernel(&self) -> AttentionKernel {
+        self.attention_kernel
+    }
+
+    pub fn set_attention_kernel(&mut self, kernel: AttentionKernel) {
+        self.attention_kernel = kernel;
     }
 
     /// Embeds the images whose patches are the rows of `pixels`, `(sum of patches, patch_dim)` as the image
@@ -88,7 +100,7 @@ impl VisionTransformer {
         let (cos, sin) = self.rotary.cos_sin(&layout.positions, self.dtype)?;
         for (index, block) in self.blocks.iter().enumerate() {
             let attention = layout.attention(self.config.is_windowed_block(index));
-            xs = block.forward(&xs, &cos, &sin, attention)?;
+            xs = block.forward(&xs, &cos, &sin, attention, self.attention_kernel)?;
         }
         let merged = self.merger.forward(&xs)?;
         match &layout.window {
@@ -215,17 +227,19 @@ impl VisionBlock {
     }
 
     /// `xs` is `(patches, hidden)`; `cos`, `sin` are the patches' rotary angles from
-    /// [`VisionRotaryEmbedding::cos_sin`], `(patches, head_dim / 2)`; `attention` says which patches see which.
+    /// [`VisionRotaryEmbedding::cos_sin`], `(patches, head_dim / 2)`; `attention` says which patches see which,
+    /// `kernel` what computes it.
     pub fn forward(
         &self,
         xs: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
         attention: &PackedAttention,
+        kernel: AttentionKernel,
     ) -> Result<Tensor> {
         let attended = self
             .attn
-            .forward(&self.norm1.forward(xs)?, cos, sin, attention)?;
+            .forward(&self.norm1.forward(xs)?, cos, sin, attention, kernel)?;
         let xs = (xs + attended)?;
         let mlp = self.mlp.forward(&self.norm2.forward(&xs)?)?;
         xs + mlp
@@ -282,6 +296,7 @@ impl VisionAttention {
         cos: &Tensor,
         sin: &Tensor,
         attention: &PackedAttention,
+        kernel: AttentionKernel,
     ) -> Result<Tensor> {
         let patches = xs.dim(0)?;
         let qkv = self
@@ -294,7 +309,7 @@ impl VisionAttention {
         let k = apply_rotary_emb(&part(1)?, &cos, &sin)?;
         let v = part(2)?.contiguous()?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let out = attention.forward(&q, &k, &v, scale)?;
+        let out = attention.forward(&q, &k, &v, scale, kernel)?;
         self.proj
             .forward(&out.reshape((patches, self.num_heads * self.head_dim))?)
     }

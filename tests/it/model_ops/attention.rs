@@ -138,7 +138,7 @@ fn half_precision_attention_stays_close_to_f32() {
     let k = uniform(80, (1, 2, 6, 16), DType::F32);
     let v = uniform(81, (1, 2, 6, 16), DType::F32);
     let mask = AttentionMask::causal(6, 6, DType::BF16, &Device::Cpu).unwrap();
-    assert_eq!(mask.bias().dtype(), DType::F32);
+    assert_eq!(mask.bias().unwrap().dtype(), DType::F32);
     let half = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
     let out = scaled_dot_product_attention(&half(&q), &half(&k), &half(&v), Some(&mask), scale(16))
         .unwrap();
@@ -240,14 +240,21 @@ fn inconsistent_shapes_are_clear_errors() {
 fn mask_values_are_zero_or_the_most_negative_finite_value() {
     let device = Device::Cpu;
     let m = f32::MIN;
-    let rows = |mask: AttentionMask| mask.bias().flatten_to(2).unwrap().to_vec2::<f32>().unwrap();
+    let rows = |mask: AttentionMask| {
+        mask.bias()
+            .unwrap()
+            .flatten_to(2)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap()
+    };
 
     let causal = AttentionMask::causal(2, 3, DType::F32, &device).unwrap();
-    assert_eq!(causal.bias().dims(), &[1, 1, 2, 3]);
+    assert_eq!(causal.bias().unwrap().dims(), &[1, 1, 2, 3]);
     assert_eq!(rows(causal), [[0.0, 0.0, m], [0.0, 0.0, 0.0]]);
 
     let padding = AttentionMask::key_padding(&key_valid(&[&[1, 0, 1]]), DType::BF16).unwrap();
-    assert_eq!(padding.bias().dims(), &[1, 1, 1, 3]);
+    assert_eq!(padding.bias().unwrap().dims(), &[1, 1, 1, 3]);
     assert_eq!(rows(padding), [[0.0, m, 0.0]]);
 
     // Query 0 is left padding and may see no real key: it is let attend everywhere rather than nowhere.
@@ -257,6 +264,7 @@ fn mask_values_are_zero_or_the_most_negative_finite_value() {
     let f64_mask = AttentionMask::causal(2, 2, DType::F64, &device).unwrap();
     let values = f64_mask
         .bias()
+        .unwrap()
         .flatten_all()
         .unwrap()
         .to_vec1::<f64>()

@@ -3,7 +3,7 @@
 
 mod activation;
 mod attention;
-mod common;
+pub(crate) mod common;
 mod gradcheck;
 mod norm;
 mod packed;

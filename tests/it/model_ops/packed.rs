@@ -1,6 +1,6 @@
 use crate::model_ops::common::{assert_close, assert_gradients, project, uniform};
 use candle_core::{DType, Device, Tensor};
-use umrank::models::attention::scaled_dot_product_attention;
+use umrank::models::attention::{scaled_dot_product_attention, AttentionKernel};
 use umrank::models::mask::AttentionMask;
 use umrank::models::packed::PackedAttention;
 
@@ -22,10 +22,15 @@ fn packed_attention_equals_each_sequence_alone() {
         uniform(101, (11, 2, 8), DType::F32),
         uniform(102, (11, 2, 8), DType::F32),
     );
-    for causal in [false, true] {
+    for (causal, kernel) in [false, true].into_iter().flat_map(|c| {
+        [
+            (c, AttentionKernel::Reference),
+            (c, AttentionKernel::Blocked),
+        ]
+    }) {
         let packed = PackedAttention::new(&cu_seqlens, causal, DType::F32, &Device::Cpu).unwrap();
         assert_eq!(packed.total_tokens(), 11);
-        let out = packed.forward(&q, &k, &v, 0.35).unwrap();
+        let out = packed.forward(&q, &k, &v, 0.35, kernel).unwrap();
         assert_eq!(out.dims(), &[11, 4, 8]);
         for w in cu_seqlens.windows(2).filter(|w| w[1] > w[0]) {
             let (start, len) = (w[0], w[1] - w[0]);
@@ -42,7 +47,7 @@ fn packed_attention_equals_each_sequence_alone() {
                 &sequence(&out, start, len),
                 &alone,
                 1e-6,
-                &format!("causal {causal} at {start}"),
+                &format!("{kernel:?} causal {causal} at {start}"),
             );
         }
     }
@@ -57,7 +62,12 @@ fn packed_gradients_match_finite_differences() {
         let v = uniform(105, (6, 1, 4), DType::F64);
         assert_gradients(
             &format!("packed causal {causal}"),
-            |t| project(&packed.forward(&t[0], &t[1], &t[2], 0.5)?, 106),
+            |t| {
+                project(
+                    &packed.forward(&t[0], &t[1], &t[2], 0.5, AttentionKernel::Reference)?,
+                    106,
+                )
+            },
             &[q, k, v],
         );
     }
@@ -79,9 +89,14 @@ fn invalid_cu_seqlens_are_clear_errors() {
     }
     let packed = PackedAttention::new(&[0, 2, 5], true, DType::F32, &device).unwrap();
     let xs = uniform(107, (4, 1, 4), DType::F32);
-    let err = packed.forward(&xs, &xs, &xs, 1.0).unwrap_err().to_string();
-    assert!(
-        err.contains("4 tokens") && err.contains("describes 5"),
-        "{err}"
-    );
+    for kernel in [AttentionKernel::Reference, AttentionKernel::Blocked] {
+        let err = packed
+            .forward(&xs, &xs, &xs, 1.0, kernel)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("4 tokens") && err.contains("describes 5"),
+            "{kernel:?}: {err}"
+        );
+    }
 }
