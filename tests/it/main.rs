@@ -9,6 +9,7 @@ mod dataset;
 mod decoder;
 mod decoder_gguf;
 mod demo;
+mod docs;
 mod dual_encoder;
 mod embed;
 mod embedders;
