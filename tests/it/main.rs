@@ -30,6 +30,7 @@ mod model_ops;
 mod pipeline;
 mod pipelines;
 mod preprocess_parity;
+mod progress;
 mod prompt;
 mod release;
 mod report;
