@@ -14,9 +14,9 @@ is the release profile, so a tree built for `cargo test --release` is reused.
 | reranker training step, tiny Qwen2-VL, the default levers | train_levers bench | the same loop on the plain path (padded, no vision cache, no shared prefix) |
 | reranker training step (LoRA and full fine-tuning), allocator keeping freed memory | train_levers bench | the same with glibc's defaults |
 
-The GPU part (candle CUDA against PyTorch, DESIGN.md section 10) is benches/gpu/run.sh, run on a device machine.
-Each sub-benchmark is also a command of its own (see the scripts and benches/*.rs); wall-clock figures move with
-whatever else the machine runs, so the table prints the date, the CPU and the load average beside them.
+The GPU part (candle CUDA against PyTorch, docs/performance.md#gpu-reference-figures) is benches/gpu/run.sh, run on a
+device machine. Each sub-benchmark is also a command of its own (see the scripts and benches/*.rs); wall-clock figures
+move with whatever else the machine runs, so the table prints the date, the CPU and the load average beside them.
 """
 
 import argparse

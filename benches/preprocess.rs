@@ -3,9 +3,9 @@
 //!
 //!     cargo bench --bench preprocess
 //!
-//! DESIGN.md section 10 sets the bar at 240 images/s per thread; benches/preprocess_vs_transformers.py runs this and
-//! transformers' Qwen2VLImageProcessor side by side. The last line, `RESULT images_per_sec=...`, is what that script
-//! reads.
+//! docs/performance.md#cpu-bars sets the bar at 240 images/s per thread; benches/preprocess_vs_transformers.py runs
+//! this and transformers' Qwen2VLImageProcessor side by side. The last line, `RESULT images_per_sec=...`, is what that
+//! script reads.
 
 use std::path::Path;
 use std::time::{Duration, Instant};

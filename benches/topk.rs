@@ -1,4 +1,5 @@
-//! Exact top-k throughput on the DESIGN §10 shapes, on random unit vectors generated from a fixed seed.
+//! Exact top-k throughput on the shapes of docs/performance.md#cpu-bars, on random unit vectors generated from a fixed
+//! seed.
 //!
 //! The vectors are written as .npy files next to our results so that `benches/topk_vs_faiss.py` runs faiss and
 //! numpy on the very same data and checks that they find the same documents.
@@ -18,7 +19,8 @@ use umrank::mine::{exact_top_k, CorpusPart, DocOrder, Exclusions, Hit, Matrix, T
 
 #[derive(Parser)]
 struct Args {
-    /// Which DESIGN §10 shape: small (100k x 384, 2000 queries), large (200k x 768, 1000 queries) or all.
+    /// Which shape of docs/performance.md#cpu-bars: small (100k x 384, 2000 queries), large (200k x 768, 1000 queries)
+    /// or all.
     #[arg(long, default_value = "all")]
     shape: String,
     #[arg(long, default_value_t = 2)]

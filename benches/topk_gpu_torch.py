@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Exact top-k on the GPU with torch: the baseline that `gpu_bench topk` (examples/gpu_bench/topk.rs) is compared
-with (DESIGN section 10); benches/gpu/run.sh runs both.
+with (docs/performance.md#gpu-reference-figures); benches/gpu/run.sh runs both.
 
     python3 benches/topk_gpu_torch.py [--chunk-docs 131072] [--repeat 5]
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Exact top-k throughput: umrank against faiss-cpu and numpy on the same data (DESIGN section 10).
+"""Exact top-k throughput: umrank against faiss-cpu and numpy on the same data (docs/performance.md#cpu-bars).
 
 One command, from the repository root:
 

@@ -4,10 +4,10 @@
 //! the CPU and on the GPU and compares their outputs, so a CUDA-only fault in an op shows up as a number.
 //! `train` times forward + backward + AdamW of a Qwen2.5-VL reranker built from a config alone (random weights,
 //! no download), with LoRA on the decoder and the vision tower frozen, on one group of prompts that each carry an
-//! image: the workload of DESIGN §10's PyTorch figure. `score` times inference scoring of a batch of such pairs.
-//! `topk` (built with the `cuda` feature only) checks the miner's CUDA exact top-k against the CPU's and times it
-//! (see gpu_bench/topk.rs). Every result is one JSON line on stdout. Everything but `topk` also runs on the CPU
-//! with a tiny config, which is how it is tested before a GPU session.
+//! image: the workload of the PyTorch figure in docs/performance.md#gpu-reference-figures. `score` times inference
+//! scoring of a batch of such pairs. `topk` (built with the `cuda` feature only) checks the miner's CUDA exact top-k
+//! against the CPU's and times it (see gpu_bench/topk.rs). Every result is one JSON line on stdout. Everything but
+//! `topk` also runs on the CPU with a tiny config, which is how it is tested before a GPU session.
 
 #[cfg(feature = "cuda")]
 #[path = "gpu_bench/topk.rs"]
@@ -67,7 +67,8 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         repeats: usize,
     },
-    /// Check the CUDA exact top-k against the CPU miner, then time it on the DESIGN §10 shape.
+    /// Check the CUDA exact top-k against the CPU miner, then time it on the shape of
+    /// docs/performance.md#gpu-reference-figures.
     #[cfg(feature = "cuda")]
     Topk(topk::TopkArgs),
 }
@@ -337,7 +338,8 @@ fn build(shape: &Workload) -> Result<Bench> {
     })
 }
 
-/// Yes/no ids of the Qwen2 vocabulary (DESIGN §4); random weights make any two rows equivalent for timing.
+/// Yes/no ids of the Qwen2 vocabulary (docs/method.md#yes-and-no-logits); random weights make any two rows equivalent
+/// for timing.
 fn answers(model: &Qwen2VlModel) -> AnswerIds {
     let vocab = model.decoder().config().vocab_size as u32;
     AnswerIds {
@@ -383,7 +385,7 @@ fn train(shape: &Workload, steps: usize) -> Result<()> {
     Ok(())
 }
 
-/// Pointwise SFT loss of a group whose first prompt is the positive (DESIGN §4), summed over its documents.
+/// Pointwise SFT loss of a group whose first prompt is the positive (docs/method.md#sft), summed over its documents.
 fn sft_loss(z_yes: &Tensor, z_no: &Tensor) -> Result<Tensor> {
     let n = z_yes.dim(0)?;
     let mut signs = vec![-1f32; n];

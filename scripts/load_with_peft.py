@@ -2,8 +2,8 @@
 """Load an umrank release with transformers + peft and score one (instruction, query, document) pair.
 
 This is the outside check that a release is what it claims to be: a PEFT adapter that peft applies to the base
-model (and, with --merged, weights that transformers loads without peft), giving the reranker score of DESIGN §4:
-p_yes = sigmoid(z_yes - z_no), the "yes" and "no" logits at the last position of
+model (and, with --merged, weights that transformers loads without peft), giving the reranker score of
+docs/method.md#yes-and-no-logits: p_yes = sigmoid(z_yes - z_no), the "yes" and "no" logits at the last position of
 
     <|im_start|>system
     Judge whether the Document meets the requirements based on the Query and the Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The one prepared GPU session script (DESIGN §10): CUDA-vs-CPU parity on the tiny fixtures, then each GPU
-# benchmark with its PyTorch baseline measured in the same run, on the same card. Results are JSON lines in
-# $OUT/results.jsonl (and on stdout); peak GPU memory of each phase comes from sampling nvidia-smi.
+# The one prepared GPU session script (docs/performance.md#gpu-reference-figures): CUDA-vs-CPU parity on the tiny
+# fixtures, then each GPU benchmark with its PyTorch baseline measured in the same run, on the same card. Results are
+# JSON lines in $OUT/results.jsonl (and on stdout); peak GPU memory of each phase comes from sampling nvidia-smi.
 #
-# Build here (CUDA toolchain from ../shared/tools/cuda-toolchain.sh), then carry .gpubin to the GPU machine:
-#   source ../shared/tools/cuda-env.sh
+# Build here, then carry .gpubin to the GPU machine. The build needs a CUDA toolkit 12.x or newer with nvcc (NVIDIA's
+# installers, or the nvidia-cuda-nvcc-cu12 wheel and its runtime, cuBLAS, cuRAND and NVRTC siblings), its bin/ on
+# PATH, CUDA_HOME set to its root and, on a machine without the GPU, CUDA_COMPUTE_CAP=90 for an H100 (see
+# docs/performance.md#building-with-cuda):
 #   cargo build --release --features cuda --example gpu_bench
 #   mkdir -p .gpubin && strip -o .gpubin/gpu_bench target/release/examples/gpu_bench
 # There: benches/gpu/run.sh   (needs python3 with torch, transformers and peft for the baselines)
@@ -36,8 +38,9 @@ phase() {
 }
 
 phase parity 120 "$BIN" parity --device cuda
-# Exact top-k (DESIGN §10 shape): the CUDA selection kernel, checked against the CPU miner first, then timed;
-# torch.topk over the same chunked products with the same timing method. Keep the two argument lists in step.
+# Exact top-k (the shape of docs/performance.md#gpu-reference-figures): the CUDA selection kernel, checked against the
+# CPU miner first, then timed; torch.topk over the same chunked products with the same timing method. Keep the two
+# argument lists in step.
 TOPK_SHAPE="--k 100 --chunk-docs 131072 --repeat 5"
 phase topk 120 "$BIN" topk --device cuda $TOPK_SHAPE --bench-docs 1000000 --bench-dim 1024 --bench-queries 1024
 phase topk_torch 90 python3 benches/topk_gpu_torch.py $TOPK_SHAPE --docs 1000000 --dim 1024 --queries 1024

@@ -8,7 +8,8 @@ forward + backward + AdamW. Prints one JSON line per figure, as the Rust side do
     python benches/gpu/torch_baseline.py train --config benches/gpu/qwen2_5_vl_3b/config.json
     python benches/gpu/torch_baseline.py score --config benches/gpu/qwen2_5_vl_3b/config.json --batch 32
 
-Run with torch 2.11 + transformers 5.x + peft on the GPU machine (DESIGN §10's figures came from that stack).
+Run with torch 2.11 + transformers 5.x + peft on the GPU machine (the figures of
+docs/performance.md#gpu-reference-figures came from that stack).
 """
 import argparse
 import json

@@ -1,6 +1,7 @@
-//! `gpu_bench topk`: the CUDA exact top-k checked against the CPU miner, then timed on the DESIGN §10 shape.
-//! benches/topk_gpu_torch.py times torch.topk on the same shapes with the same method; benches/gpu/run.sh runs
-//! both. Prints one JSON line per result (`"kind": "check"` or `"kind": "bench"`); fails when a check fails.
+//! `gpu_bench topk`: the CUDA exact top-k checked against the CPU miner, then timed on the shape of
+//! docs/performance.md#gpu-reference-figures. benches/topk_gpu_torch.py times torch.topk on the same shapes with the
+//! same method; benches/gpu/run.sh runs both. Prints one JSON line per result (`"kind": "check"` or `"kind": "bench"`);
+//! fails when a check fails.
 //!
 //! Checks (CPU reference: `umrank::mine::exact_top_k`, all cores):
 //! - `integer`: vectors of quarter-integers, whose inner products are exact in f32 whatever the summation order,

@@ -13,9 +13,9 @@ use umrank::eval::{
     DEFAULT_PERMUTATIONS,
 };
 
-/// Evaluate a TREC run against qrels as `trec_eval -c` does (DESIGN §6): the evaluated queries are those with a
-/// relevant document; one missing from the run scores 0. Documents are ordered by score, ties broken by document
-/// id descending; the run's rank column is ignored.
+/// Evaluate a TREC run against qrels as `trec_eval -c` does (docs/evaluation.md#which-queries-count): the evaluated
+/// queries are those with a relevant document; one missing from the run scores 0. Documents are ordered by score, ties
+/// broken by document id descending; the run's rank column is ignored.
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
     /// The run file: `qid Q0 did rank score tag` per line.

@@ -12,6 +12,7 @@ mod shards;
 mod stages;
 mod train;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{ArgAction, Parser, Subcommand};
@@ -142,6 +143,8 @@ fn init_logging(global: &Global) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(progress::LogWriter)
+        // Colour codes only where a person watches; a log file or a pod's log gets plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .without_time()
         .init();

@@ -12,7 +12,7 @@ use umrank::media::preprocess::ImageInput;
 use umrank::models::qwen2_vl::ImagePatches;
 use umrank::models::reranker::{PairSide, Reranker};
 
-/// Score query-document pairs with a reranker (DESIGN §4 prompt; p_yes = sigmoid(z_yes - z_no)).
+/// Score query-document pairs with a reranker (docs/method.md#prompt-layout; p_yes = sigmoid(z_yes - z_no)).
 #[derive(Debug, clap::Args)]
 pub struct ScoreArgs {
     /// A Qwen2-VL / Qwen2.5-VL model directory, a text-only decoder directory (Qwen2, Qwen3, Llama), or a llama

@@ -1,4 +1,4 @@
-//! The embedding cache: the resume point of the most expensive step (DESIGN §5).
+//! The embedding cache: the resume point of the most expensive step (docs/mining.md#embedding-cache).
 //!
 //! It lives under the stage directory, `<stage>/cache/<cache key>/chunk-NNNNN.parquet`, where the cache key is a
 //! sha256 over the model fingerprint (weights, config, tokenizer, image preprocessing, dtype) and what fixes the

@@ -1,5 +1,6 @@
 //! The embed stage: every document and query of the ingest datasets through an embedding model, into the
-//! `doc_embeddings` and `query_embeddings` datasets that mining ranks with (DESIGN §2, §5).
+//! `doc_embeddings` and `query_embeddings` datasets that mining ranks with (docs/design.md#stages,
+//! docs/mining.md#exact-top-k).
 //!
 //! ```text
 //! corpus, queries ──> items (this shard, content keys) ──> plan (by modality, by length) ──> batches

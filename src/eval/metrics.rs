@@ -1,6 +1,6 @@
 //! Retrieval metrics per query and their means, computed as trec_eval 9.x computes them.
 //!
-//! The conventions (DESIGN.md section 6) are those of `trec_eval -c` at relevance level 1: a document is relevant
+//! The conventions (docs/evaluation.md) are those of `trec_eval -c` at relevance level 1: a document is relevant
 //! when its judged level is at least 1; the evaluated queries are exactly those with at least one relevant
 //! document in the qrels; such a query absent from the run scores 0; run queries without judgements are ignored.
 //! Documents are ordered by [`ranked_documents`], never by the run's rank column.

@@ -7,8 +7,9 @@
 //!
 //! Outputs: the `run` dataset (both runs), `first_stage.trec` and `reranked.trec`, the `metrics` dataset and
 //! `metrics.json` ([`EvalSummary`]: every metric per query, per task and averaged, for both runs, with a paired
-//! randomisation test of reranked against first stage per metric), and a table on stdout. Metrics follow DESIGN
-//! §6: every query of the evaluated splits with a relevant document counts, a query without a list scores 0.
+//! randomisation test of reranked against first stage per metric), and a table on stdout. Metrics follow
+//! docs/evaluation.md#which-queries-count: every query of the evaluated splits with a relevant document counts, a query
+//! without a list scores 0.
 //!
 //! The stage needs every query to average, so it is not sharded (its outputs are files, not datasets only).
 

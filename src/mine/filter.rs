@@ -1,4 +1,4 @@
-//! The positive-aware false-negative filter (NV-Retriever's TopK-PercPos, DESIGN §5).
+//! The positive-aware false-negative filter (NV-Retriever's TopK-PercPos, docs/mining.md#false-negative-filter).
 //!
 //! A retrieved document that scores close to (or above) the query's positives is more likely an unlabelled
 //! positive than a negative; training on it as a negative teaches the model the wrong thing. The filter keeps a

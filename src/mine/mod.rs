@@ -1,5 +1,5 @@
 //! Hard-negative mining: exact top-k retrieval, the positive-aware false-negative filter, negative sampling and
-//! the statistics the mine stage reports (DESIGN §5).
+//! the statistics the mine stage reports (docs/mining.md).
 //!
 //! The library is pure functions over in-memory f32 matrices and document indices; [`stage`] is the `mine`
 //! pipeline stage built on it, which reads the ingest and embed stages' datasets and writes `candidates` and

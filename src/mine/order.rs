@@ -1,6 +1,6 @@
-//! The tie order between documents: trec_eval's convention (DESIGN §6) breaks equal scores by document id
-//! descending as a string. Mining uses the same order so that its top-k lists are exactly the lists an evaluation
-//! of the same scores would rank, and so that every way of splitting the work yields the same result.
+//! The tie order between documents: trec_eval's convention (docs/evaluation.md#tie-breaking) breaks equal scores by
+//! document id descending as a string. Mining uses the same order so that its top-k lists are exactly the lists an
+//! evaluation of the same scores would rank, and so that every way of splitting the work yields the same result.
 
 use super::error::MineError;
 

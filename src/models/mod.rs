@@ -1,8 +1,8 @@
 //! The model layer: differentiable building blocks and the architectures built from them.
 //!
 //! Everything the trainer differentiates through is built here from candle ops that have a backward pass (see
-//! DESIGN §8: candle-nn's fused softmax, norms and rope have none), and every block is checked against finite
-//! differences with [`gradcheck`].
+//! docs/dependencies.md#trainable-layers-are-our-own: candle-nn's fused softmax, norms and rope have none), and every
+//! block is checked against finite differences with [`gradcheck`].
 
 pub mod activation;
 pub mod attention;

@@ -1,4 +1,4 @@
-//! The reranker prompt of DESIGN §4, built as token ids from its parts:
+//! The reranker prompt (docs/method.md#prompt-layout), built as token ids from its parts:
 //!
 //! ```text
 //! <|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n<Instruct>: {instruction}<Query>:{query image}{query text}
@@ -8,7 +8,7 @@
 //! Each image is `<|vision_start|>`, n x `<|image_pad|>`, `<|vision_end|>`, where n is the image's number of merged
 //! vision tokens. This is the layout GMR/lychee use, and what a Qwen2-VL chat template renders for a system turn
 //! and one user turn of text and image parts. Qwen3-Reranker (text) additionally pre-fills an empty
-//! `<think>\n\n</think>\n\n` after the assistant header; this layout follows DESIGN and has none.
+//! `<think>\n\n</think>\n\n` after the assistant header; this layout follows docs/method.md#prompt-layout and has none.
 //!
 //! How the ids are made: special tokens are placed by id, and each run of text between two of them (template
 //! words and data together, e.g. `user\n<Instruct>: {instruction}<Query>:`) is encoded as one string, with
@@ -28,7 +28,7 @@ use std::path::PathBuf;
 
 use super::tokenizer::{Tokenizer, TokenizerError};
 
-/// The system turn of DESIGN §4.
+/// The system turn of the reranker prompt (docs/method.md#prompt-layout).
 pub const RERANK_SYSTEM: &str = "Judge whether the Document meets the requirements based on the Query and the Instruct provided. Note that the answer can only be \"yes\" or \"no\".";
 
 pub const IM_START: &str = "<|im_start|>";
@@ -256,7 +256,7 @@ pub struct PromptBuilder<'t> {
 }
 
 impl<'t> PromptBuilder<'t> {
-    /// The DESIGN §4 prompt.
+    /// The reranker prompt of docs/method.md#prompt-layout.
     pub fn reranker(tokenizer: &'t Tokenizer) -> Result<Self, PromptError> {
         Self::new(tokenizer, RERANK_SYSTEM)
     }

@@ -1,5 +1,5 @@
-//! A reranker ready to score (instruction, query, document) pairs: a model, its tokenizer, the DESIGN §4 prompt
-//! and, for vision-language models, the image processor.
+//! A reranker ready to score (instruction, query, document) pairs: a model, its tokenizer, the prompt of
+//! docs/method.md#prompt-layout and, for vision-language models, the image processor.
 //!
 //! `umrank score` and the eval stage share it, so a pair scores the same from the command line and in a pipeline.
 //! Work is split in two steps: [`Reranker::prompt`] turns one pair into token ids and image patches (where bad
@@ -271,9 +271,9 @@ fn load_model(
     Ok((model, tokenizer))
 }
 
-/// The model directory's image processor, or transformers' defaults (which are the inference bounds of DESIGN
-/// §4: 4 to 1280 merged tokens) with the vision tower's patch geometry when the directory has no
-/// `preprocessor_config.json`. The processor's patches must be the size the tower takes.
+/// The model directory's image processor, or transformers' defaults (which are the inference bounds of
+/// docs/method.md#image-bounds: 4 to 1280 merged tokens) with the vision tower's patch geometry when the directory has
+/// no `preprocessor_config.json`. The processor's patches must be the size the tower takes.
 fn image_processor(dir: &Path, model: &Qwen2VlModel) -> Result<Qwen2VlProcessor, RerankerError> {
     let vision = model.vision_config();
     let file = dir.join(PREPROCESSOR_CONFIG);

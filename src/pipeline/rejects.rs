@@ -1,5 +1,6 @@
 //! Row-level failures. A record that cannot be used becomes a reject row with its source and reason; the stage
-//! fails only when rejects pass the configured share (DESIGN §7), and then names the first one.
+//! fails only when rejects pass the configured share (docs/faults.md#rejects-and-the-reject-limit), and then names
+//! the first one.
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -124,7 +124,7 @@ impl Reranker {
         matches!(self.model, Model::Vl(_))
     }
 
-    /// The reranker score of one pair (DESIGN §4 prompt, p_yes = sigmoid(z_yes - z_no)).
+    /// The reranker score of one pair (docs/method.md#prompt-layout, p_yes = sigmoid(z_yes - z_no)).
     pub fn score(&self, pair: &CheckPair) -> Result<PairScore, ReleaseError> {
         let scoring = || format!("scoring the check pair with {}", self.name);
         let images = self.doc_images(pair)?;

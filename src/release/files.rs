@@ -36,8 +36,8 @@ const REQUIRED_FILES: [&str; 2] = ["config.json", "tokenizer.json"];
 /// License texts a model directory may carry.
 pub const LICENSE_FILES: [&str; 5] = ["LICENSE", "LICENSE.txt", "LICENSE.md", "LICENCE", "NOTICE"];
 
-/// DESIGN §4's inference bounds on image size, in merged tokens: `min_pixels = 4 * f^2`, `max_pixels = 1280 *
-/// f^2` for `f = patch_size * merge_size` (28 for the released checkpoints).
+/// The inference bounds on image size of docs/method.md#image-bounds, in merged tokens: `min_pixels = 4 * f^2`,
+/// `max_pixels = 1280 * f^2` for `f = patch_size * merge_size` (28 for the released checkpoints).
 const MIN_MERGED_TOKENS: usize = 4;
 const MAX_MERGED_TOKENS: usize = 1280;
 
@@ -97,7 +97,8 @@ fn copy_present(from: &Path, out: &Path, names: &[&str]) -> Result<Vec<String>, 
     Ok(copied)
 }
 
-/// A Qwen2-VL image processor config matching the model's vision tower, with DESIGN §4's pixel bounds.
+/// A Qwen2-VL image processor config matching the model's vision tower, with the pixel bounds of
+/// docs/method.md#image-bounds.
 fn write_preprocessor_config(model_config: &Path, out: &Path) -> Result<(), ReleaseError> {
     let text = fs::read_to_string(model_config).map_err(ReleaseError::io(model_config))?;
     let json: serde_json::Value = serde_json::from_str(&text)

@@ -117,9 +117,9 @@ pub fn build(
         plots_dir,
     };
     builder.paragraph(format!(
-        "Metrics follow trec_eval -c (DESIGN §6): means over the queries with a relevant document, a query \
-         missing from a run scores 0, ties broken by document id. Δ is reranked minus first stage; p is the \
-         two-sided paired randomisation test; * marks p < {SIGNIFICANCE_LEVEL}."
+        "Metrics follow trec_eval -c (umrank docs/evaluation.md#which-queries-count): means over the queries with \
+         a relevant document, a query missing from a run scores 0, ties broken by document id. Δ is reranked \
+         minus first stage; p is the two-sided paired randomisation test; * marks p < {SIGNIFICANCE_LEVEL}."
     ));
     if !findings.evals.is_empty() {
         builder.summary(&findings.evals);

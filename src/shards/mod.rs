@@ -1,4 +1,5 @@
-//! The shards stage: mined groups in, training shards out (DESIGN §2, §4).
+//! The shards stage: mined groups in, training shards out (docs/design.md#groups-and-positives,
+//! docs/method.md#pairs-and-groups).
 //!
 //! Input: the ingest stage's `queries`, `corpus` and `images`, and the mine stage's `negatives` (one row per
 //! training query: its positives, its hard and its random negatives). Output, under the stage directory:

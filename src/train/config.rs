@@ -272,7 +272,7 @@ fn default_accumulation() -> usize {
 fn default_max_len() -> usize {
     3200
 }
-/// DESIGN §4: 4 x 28 x 28 to 1280 x 28 x 28 pixels.
+/// docs/method.md#image-bounds: 4 x 28 x 28 to 1280 x 28 x 28 pixels.
 fn default_min_pixels() -> u64 {
     4 * 28 * 28
 }

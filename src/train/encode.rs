@@ -1,4 +1,5 @@
-//! Groups as token sequences: one DESIGN §4 prompt per document, the images each prompt holds, in prompt order.
+//! Groups as token sequences: one prompt (docs/method.md#prompt-layout) per document, the images each prompt holds, in
+//! prompt order.
 //!
 //! The length budget is the prompt builder's: text is cut (document, then query, then instruction), image tokens
 //! never are, and a document whose template and images alone exceed `max_len` makes its whole group unusable,

@@ -1,4 +1,4 @@
-//! Training rerankers (DESIGN §4): the objectives over groups of one positive and N negatives, the optimizer and
+//! Training rerankers (docs/method.md): the objectives over groups of one positive and N negatives, the optimizer and
 //! the learning-rate schedule.
 //!
 //! [`objective::group_loss`] turns a batch's yes/no logits into a loss to differentiate and the values a training

@@ -1,4 +1,4 @@
-//! The reranker's training objectives over groups of one positive and N negatives (DESIGN §4, arXiv 2510.14824).
+//! The reranker's training objectives over groups of one positive and N negatives (docs/method.md, arXiv 2510.14824).
 //!
 //! A group's documents are scored by the logits `z_y`, `z_n` of the "yes" and "no" tokens at the last position.
 //! Every loss here is normalised the same way: **summed over the documents of a group, averaged over groups**.

@@ -1,8 +1,8 @@
 //! The shared-prefix layout of a micro-batch: the tokens a group's prompts have in common run once, and every
 //! prompt's remaining suffix attends to them (see [`crate::models::shared_prefix`] for the attention).
 //!
-//! Every prompt of a group starts with the same system turn, instruction and query (DESIGN §4 layout), so the
-//! shared part is the longest common prefix of the group's token ids, with two limits:
+//! Every prompt of a group starts with the same system turn, instruction and query (docs/method.md#prompt-layout), so
+//! the shared part is the longest common prefix of the group's token ids, with two limits:
 //!
 //! - every suffix keeps at least one token, the scored last token (two documents may render identically);
 //! - an image's placeholders are shared only when the image itself is the same in every prompt: the ids of two

@@ -1,6 +1,6 @@
-//! The pipeline runner's contract (DESIGN §2, §3, §7): skip what is up to date, rerun what changed and everything
-//! below it, never accept a half-written stage, shard deterministically, refuse off-schema batches, and apply the
-//! reject policy.
+//! The pipeline runner's contract (docs/design.md#manifests, docs/scale-out.md#shards-of-a-stage,
+//! docs/faults.md#crashes-and-reruns): skip what is up to date, rerun what changed and everything below it, never
+//! accept a half-written stage, shard deterministically, refuse off-schema batches, and apply the reject policy.
 
 use std::collections::BTreeSet;
 use std::fs;

@@ -1,6 +1,6 @@
-//! The reranker prompt: ids equal to transformers' encoding of the DESIGN §4 layout, image spans, the length
-//! budget (document cut first, then query, then instruction; images never), text-only vocabularies, and the shared
-//! prefix of a query's group of documents.
+//! The reranker prompt: ids equal to transformers' encoding of the layout of docs/method.md#prompt-layout, image spans,
+//! the length budget (document cut first, then query, then instruction; images never), text-only vocabularies, and the
+//! shared prefix of a query's group of documents.
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -1,4 +1,4 @@
-//! Exact top-k on a CUDA device (DESIGN §5: the GPU is the miner's default where present).
+//! Exact top-k on a CUDA device, for runs on one (docs/mining.md#running-on-a-gpu).
 //!
 //! The CPU path ([`exact_top_k`](crate::mine::exact_top_k)) keeps a running list per query on the host; here the
 //! scores of a chunk never leave the device. Each chunk is scored by candle's f32 matrix product and merged into

@@ -1,5 +1,5 @@
 //! The `mine` stage: first-stage candidates for evaluation and sampled negatives for training, from the ingest
-//! stage's queries, corpus and qrels and the embed stage's vectors (DESIGN §5).
+//! stage's queries, corpus and qrels and the embed stage's vectors (docs/mining.md).
 //!
 //! Vectors come from the embed stage's `doc_embeddings` and `query_embeddings` datasets (one model for both).
 //! For each query in a candidate split (default: every split but `train`) it writes the exact top-`k` of its

@@ -1,5 +1,5 @@
 //! Embedders for hard-negative mining: models that map texts and images to L2-normalised vectors whose dot
-//! products rank candidates (DESIGN §5, §9).
+//! products rank candidates (docs/mining.md#exact-top-k, docs/models.md#embedders).
 //!
 //! Three families, each loaded from the directory layout its reference implementation writes:
 //! - [`bert`]: BERT-family sentence encoders (all-MiniLM-L6-v2 and the like) in sentence-transformers layout;

@@ -1,4 +1,4 @@
-//! Reranker scores (DESIGN §4): the "yes" and "no" logits at each prompt's last token and
+//! Reranker scores (docs/method.md#yes-and-no-logits): the "yes" and "no" logits at each prompt's last token and
 //! `p_yes = softmax([z_no, z_yes])[1] = sigmoid(z_yes - z_no)`.
 //!
 //! Prompts of different lengths run together right-padded, so every row's last real token sits at its own

@@ -94,7 +94,7 @@ impl DualEncoderStage {
             config,
             ctx.seed(),
             |_, loss| {
-                bar.set_message(format!("loss {loss:.3}"));
+                bar.set_message(format!("{} loss {loss:.3}", ctx.name()));
                 bar.inc(1);
             },
         )?;
