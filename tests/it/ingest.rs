@@ -13,7 +13,7 @@ use umrank::pipeline::{RejectPolicy, RunOptions, StageReport};
 use umrank::shard::Shard;
 
 use crate::common::datasets::{
-    column, ingest_alone, qrels, small_world, solid_png, strings, ID_COLUMNS,
+    column, empty_mbeir_tree, ingest_alone, qrels, small_world, solid_png, strings, ID_COLUMNS,
 };
 
 /// The ingest stage alone under runner seed 11.
@@ -127,16 +127,7 @@ fn the_demo_world_ingests_with_exact_counts() {
 
 /// A small M-BEIR tree with one instance of every kind of bad input.
 fn broken_corpus(dir: &Path) -> PathBuf {
-    let root = dir.join("mbeir");
-    for sub in [
-        "cand_pool/local",
-        "query/test",
-        "qrels/test",
-        "instructions",
-        "images",
-    ] {
-        fs::create_dir_all(root.join(sub)).unwrap();
-    }
+    let root = empty_mbeir_tree(dir);
     let png = |w: u32, h: u32, shade: u8| solid_png(w, h, [shade, 10, 200]);
     fs::write(root.join("images/a.png"), png(8, 8, 1)).unwrap();
     fs::write(root.join("images/b.png"), png(8, 8, 2)).unwrap();

@@ -10,7 +10,7 @@ use umrank::ingest::{Format, IngestConfig};
 use umrank::pipeline::{RejectPolicy, RunOptions};
 use umrank::shard::Shard;
 
-use crate::common::datasets::{column, ingest_alone, qrels, solid_png, strings};
+use crate::common::datasets::{column, empty_mbeir_tree, ingest_alone, qrels, solid_png, strings};
 
 const BOM: &str = "\u{feff}";
 
@@ -55,16 +55,7 @@ fn reject(file: &str, line: u64, reason: &str, id: &str) -> (String, u64, String
 
 /// A one-dataset M-BEIR tree, `toy`, with its test queries, pool and qrels as given (each a list of lines).
 fn mbeir(dir: &Path, pool: &[&str], queries: &[&str], qrels: &[&str], prefix: &str) -> PathBuf {
-    let root = dir.join("mbeir");
-    for sub in [
-        "cand_pool/local",
-        "query/test",
-        "qrels/test",
-        "instructions",
-        "images",
-    ] {
-        fs::create_dir_all(root.join(sub)).unwrap();
-    }
+    let root = empty_mbeir_tree(dir);
     fs::write(root.join("images/a.png"), solid_png(6, 6, [9, 9, 9])).unwrap();
     let write = |rel: &str, lines: &[&str]| {
         fs::write(root.join(rel), format!("{prefix}{}\n", lines.join("\n"))).unwrap()

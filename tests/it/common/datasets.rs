@@ -22,6 +22,22 @@ pub fn solid_png(width: u32, height: u32, rgb: [u8; 3]) -> Vec<u8> {
     bytes
 }
 
+/// An empty M-BEIR tree `dir/mbeir` for hand-written test inputs: the directories of one local pool, the test
+/// split's queries and qrels, the instructions and the images.
+pub fn empty_mbeir_tree(dir: &Path) -> PathBuf {
+    let root = dir.join("mbeir");
+    for sub in [
+        "cand_pool/local",
+        "query/test",
+        "qrels/test",
+        "instructions",
+        "images",
+    ] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    root
+}
+
 /// Each ingest dataset that has an id column, with that column.
 pub const ID_COLUMNS: [(&str, &str); 3] = [
     ("corpus", "did"),
