@@ -163,7 +163,7 @@ fn measure(data: &DemoData, keys: &str, steps: u64, out: &Path) -> Result<(f64, 
         stop_after: None,
     };
     let (outcome, _) = train_prepared(&config, prepared, &settings)?;
-    let timed = outcome.log.get(1..).context("no timed steps")?;
+    let timed = outcome.timing.get(1..).context("no timed steps")?;
     let sequences = (2 * (NEGATIVES + 1)) as f64;
     let seconds: f64 = timed.iter().map(|row| sequences / row.seq_per_s).sum();
     let tokens = timed.first().map_or(0, |row| {

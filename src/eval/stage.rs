@@ -159,7 +159,9 @@ impl EvalConfig {
 /// `metrics.json`: the comparison with what produced it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalSummary {
+    /// The model scored: relative to the run directory when a stage of the run wrote it, else as configured.
     pub model: PathBuf,
+    /// The adapter applied, named the same way.
     pub adapter: Option<PathBuf>,
     pub score: ScoreField,
     pub k: usize,
@@ -361,8 +363,8 @@ impl Stage for EvalStage {
         )
         .map_err(EvalStageError::from)?;
         let summary = EvalSummary {
-            model,
-            adapter,
+            model: ctx.run_relative(&model),
+            adapter: adapter.as_deref().map(|a| ctx.run_relative(a)),
             score: self.config.score,
             k: self.config.k,
             splits: evaluated.splits.iter().cloned().collect(),

@@ -42,6 +42,12 @@ impl StageContext {
         &self.dir
     }
 
+    /// `path` as outputs name it: relative to the run directory (the one holding the stage directories) when it
+    /// lies inside it, else as given. See [`run_relative`].
+    pub fn run_relative(&self, path: &Path) -> PathBuf {
+        run_relative(self.dir.parent().unwrap_or(Path::new("")), path)
+    }
+
     /// The resolved config, as hashed into the fingerprint.
     pub fn config(&self) -> &serde_json::Value {
         &self.config
@@ -88,7 +94,11 @@ impl StageContext {
     }
 
     /// Records a rejected input record.
-    pub fn reject(&mut self, reject: Reject) -> Result<(), PipelineError> {
+    pub fn reject(&mut self, mut reject: Reject) -> Result<(), PipelineError> {
+        reject.source = self
+            .run_relative(Path::new(&reject.source))
+            .to_string_lossy()
+            .into_owned();
         tracing::debug!("reject: {reject}");
         Ok(self.rejects.push(reject)?)
     }
@@ -114,11 +124,18 @@ impl StageContext {
         self.records += n;
     }
 
-    /// Records a file the stage read that was not a declared input, so that changing it reruns the stage.
+    /// Records a file the stage read that was not a declared input, so that changing it reruns the stage. A file
+    /// of the run is recorded relative to the run directory, so that a moved run directory stays up to date; any
+    /// other file by its absolute path.
     pub fn observe(&mut self, path: &Path) -> Result<(), PipelineError> {
         let meta = fs::metadata(path).map_err(PipelineError::io(path))?;
+        let named = self.run_relative(path);
+        let named = match named.is_relative() && named != path {
+            true => named,
+            false => std::path::absolute(path).map_err(PipelineError::io(path))?,
+        };
         self.observed.push(ObservedFile {
-            path: path.to_path_buf(),
+            path: named,
             size: meta.len(),
             mtime_ns: mtime_ns(&meta),
         });
@@ -128,5 +145,48 @@ impl StageContext {
     /// A progress bar over `len` items, with rate and ETA.
     pub fn progress(&self, len: u64, message: &str) -> ProgressBar {
         progress::bar(len, format!("{} {message}", self.name))
+    }
+}
+
+/// `path` relative to `run_dir` when it lies inside it, else `path` as given. Outputs name the files of the run
+/// this way so that the same run gives the same bytes in any directory, and a run directory can be moved; inputs
+/// from outside the run keep the name the user gave them.
+pub fn run_relative(run_dir: &Path, path: &Path) -> PathBuf {
+    if let Ok(inside) = path.strip_prefix(run_dir) {
+        return inside.to_path_buf();
+    }
+    match (std::path::absolute(run_dir), std::path::absolute(path)) {
+        (Ok(run_dir), Ok(absolute)) => absolute
+            .strip_prefix(&run_dir)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|_| path.to_path_buf()),
+        _ => path.to_path_buf(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_inside_the_run_are_named_from_it() {
+        let run = Path::new("/work/runs/demo");
+        assert_eq!(
+            run_relative(run, Path::new("/work/runs/demo/train/model")),
+            Path::new("train/model")
+        );
+        assert_eq!(
+            run_relative(run, Path::new("/models/qwen")),
+            Path::new("/models/qwen")
+        );
+        assert_eq!(
+            run_relative(Path::new("runs/demo"), Path::new("runs/demo/shards/sft")),
+            Path::new("shards/sft")
+        );
+        assert_eq!(
+            run_relative(Path::new("runs/demo"), Path::new("query/test/a.jsonl")),
+            Path::new("query/test/a.jsonl"),
+            "a path relative to something else stays as it is"
+        );
     }
 }

@@ -73,6 +73,7 @@ pub enum InputRecord {
 /// A file read during the run, checked by size and mtime on the next.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObservedFile {
+    /// Relative to the run directory for a file of the run (so that a moved run stays up to date), else absolute.
     pub path: PathBuf,
     pub size: u64,
     pub mtime_ns: i64,

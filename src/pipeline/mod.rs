@@ -17,7 +17,7 @@ mod schedule;
 mod stage;
 
 pub use config::{PipelineConfig, StageSpec};
-pub use context::StageContext;
+pub use context::{run_relative, StageContext};
 pub use error::{PipelineError, RejectFailure, StageError};
 pub use manifest::{manifest_path, InputRecord, Manifest, ObservedFile, OutputRecord};
 pub use registry::{StageFactory, StageRegistry};

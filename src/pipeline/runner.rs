@@ -572,8 +572,9 @@ fn is_current(prev: &Manifest, fingerprint: &str, dir: &Path) -> Result<bool, Pi
             return Ok(false);
         }
     }
+    let run_dir = dir.parent().unwrap_or(Path::new(""));
     for seen in &prev.observed {
-        match fs::metadata(&seen.path) {
+        match fs::metadata(run_dir.join(&seen.path)) {
             Ok(meta) if meta.len() == seen.size && mtime_ns(&meta) == seen.mtime_ns => {}
             _ => {
                 tracing::info!(

@@ -162,6 +162,8 @@ pub fn write_release(
         (None, Some(license)) => (license, LicenseSource::BaseModel),
         (None, None) => ("other".to_string(), LicenseSource::Unknown),
     };
+    // The card and release.json name the run's stages from the run directory.
+    let written = provenance.named_from(spec.train_dir.parent().unwrap_or(Path::new("")));
     let readme = card::render(&CardInput {
         kind: assembled.kind,
         base_model: assembled.base_model_name.as_deref(),
@@ -170,7 +172,7 @@ pub fn write_release(
         lora: assembled.lora.as_ref(),
         merged: spec.merged,
         generated_preprocessor: assembled.copied.generated_preprocessor,
-        provenance: &provenance,
+        provenance: &written,
         metrics: &metrics,
         check: assembled.expected,
     });
@@ -185,7 +187,7 @@ pub fn write_release(
         base_model: assembled.base_model,
         merged: spec.merged,
         files: describe_files(&tmp, &list_files(&tmp)?)?,
-        provenance,
+        provenance: written,
         check: ScoreCheck {
             pair: assembled.pair,
             expected: assembled.expected,

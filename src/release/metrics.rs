@@ -35,6 +35,9 @@ pub struct EvalMetrics {
     /// scope -> metric -> test of candidate against baseline.
     #[serde(default)]
     pub significance: BTreeMap<String, BTreeMap<String, Significance>>,
+    /// The run directory the model and adapter are named from (the eval stage directory's parent).
+    #[serde(skip)]
+    pub run_dir: PathBuf,
 }
 
 /// One run's averages, keyed by metric name.
@@ -52,9 +55,28 @@ pub struct Significance {
 }
 
 impl EvalMetrics {
+    /// Reads an eval stage's `metrics.json` at `path`. Its model and adapter are named relative to the run
+    /// directory (the eval stage directory's parent) when the run wrote them.
     pub fn read(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-        serde_json::from_str(&text).map_err(|e| format!("not an eval stage summary: {e}"))
+        let mut metrics: Self =
+            serde_json::from_str(&text).map_err(|e| format!("not an eval stage summary: {e}"))?;
+        metrics.run_dir = path
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new(""))
+            .to_path_buf();
+        Ok(metrics)
+    }
+
+    /// A path the eval stage recorded, found: inside the run directory when it exists there, else as recorded.
+    fn locate(&self, recorded: &Path) -> PathBuf {
+        let inside = self.run_dir.join(recorded);
+        if recorded.is_relative() && inside.exists() {
+            inside
+        } else {
+            recorded.to_path_buf()
+        }
     }
 }
 
@@ -180,8 +202,8 @@ pub enum Released<'a> {
 impl Released<'_> {
     fn scored_by(self, metrics: &EvalMetrics) -> bool {
         match (self, &metrics.adapter) {
-            (Released::Adapter(ours), Some(theirs)) => same_dir(ours, theirs),
-            (Released::Model(ours), None) => same_dir(ours, &metrics.model),
+            (Released::Adapter(ours), Some(theirs)) => same_dir(ours, &metrics.locate(theirs)),
+            (Released::Model(ours), None) => same_dir(ours, &metrics.locate(&metrics.model)),
             _ => false,
         }
     }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::manifest::FileEntry;
 use super::ReleaseError;
 use crate::dataset::Dataset;
-use crate::pipeline::{InputRecord, Manifest};
+use crate::pipeline::{run_relative, InputRecord, Manifest};
 
 /// One stage run, as its manifests describe it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -134,6 +134,26 @@ impl Provenance {
         ["kind", "name", "type"]
             .iter()
             .find_map(|key| objective.get(*key)?.as_str().map(str::to_string))
+    }
+
+    /// The same provenance with every stage directory named relative to `run_dir` where it lies inside it, as
+    /// the release writes it: a run gives the same release in any directory.
+    pub fn named_from(&self, run_dir: &Path) -> Self {
+        let name = |record: &StageRecord| StageRecord {
+            dir: run_relative(run_dir, &record.dir),
+            ..record.clone()
+        };
+        Self {
+            train: name(&self.train),
+            upstream: self.upstream.iter().map(name).collect(),
+            missing: self
+                .missing
+                .iter()
+                .map(|dir| run_relative(run_dir, dir))
+                .collect(),
+            evals: self.evals.iter().map(name).collect(),
+            datasets: self.datasets.clone(),
+        }
     }
 
     /// The first upstream stage of `kind`.

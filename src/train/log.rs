@@ -1,8 +1,10 @@
 //! The per-step training log, one JSON object per optimizer step (`train_log.jsonl`).
 //!
 //! Every step reports the true SFT and CL losses of its groups whatever the objective, so that runs with
-//! different objectives compare on the same two numbers, and the mean W+ / W- of the unified view. Throughput
-//! fields are wall-clock measurements and so the only fields that differ between two runs of the same job.
+//! different objectives compare on the same two numbers, and the mean W+ / W- of the unified view. The log is an
+//! output: the same job gives the same bytes. Throughput is a wall-clock measurement and differs between two runs
+//! of the same job, so it goes to its own file, `train_timing.jsonl`, which is not an output (no fingerprint
+//! covers it) and holds the steps of the process that wrote it.
 
 use std::io::Write;
 use std::path::Path;
@@ -13,6 +15,9 @@ use super::failure::TrainRunError;
 
 /// File name of the log in the stage directory.
 pub const TRAIN_LOG: &str = "train_log.jsonl";
+
+/// File name of the throughput measurements in the stage directory.
+pub const TRAIN_TIMING: &str = "train_timing.jsonl";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepLog {
@@ -33,12 +38,18 @@ pub struct StepLog {
     /// Examples whose weight the tau-mask zeroed.
     pub masked: u64,
     pub groups: u64,
+}
+
+/// The wall-clock throughput of one optimizer step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepTiming {
+    pub step: u64,
     pub seq_per_s: f64,
     pub tokens_per_s: f64,
 }
 
-/// Writes the log atomically: all rows to a temporary file, renamed into place.
-pub fn write_log(path: &Path, rows: &[StepLog]) -> Result<(), TrainRunError> {
+/// Writes a log atomically: all rows to a temporary file, renamed into place.
+pub fn write_log<T: Serialize>(path: &Path, rows: &[T]) -> Result<(), TrainRunError> {
     let tmp = path.with_file_name(format!(
         ".{}.tmp",
         path.file_name()

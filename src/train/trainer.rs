@@ -25,7 +25,7 @@ use super::encode::{Encoder, Sequence};
 use super::failure::TrainRunError;
 use super::forward::{batch_logits, BatchLayout};
 use super::images::ImageBank;
-use super::log::{write_log, StepLog, TRAIN_LOG};
+use super::log::{write_log, StepLog, StepTiming, TRAIN_LOG, TRAIN_TIMING};
 use super::model::Reranker;
 use super::objective::{group_loss, ObjectiveConfig};
 use super::optim::{AdamW, GradAccumulator};
@@ -81,6 +81,8 @@ pub struct TrainOutcome {
     /// The step the run resumed from (0 for a fresh start).
     pub resumed_from: u64,
     pub log: Vec<StepLog>,
+    /// The throughput of the steps this process ran.
+    pub timing: Vec<StepTiming>,
     /// Distinct images whose tower output was cached.
     pub cached_images: usize,
     /// The adapter or model directory, when the run finished.
@@ -226,6 +228,7 @@ struct Trainer<'a> {
     groups_seen: u64,
     resumed_from: u64,
     log: Vec<StepLog>,
+    timing: Vec<StepTiming>,
 }
 
 /// Sums over a step's micro-batches, weighted by their groups.
@@ -268,6 +271,7 @@ impl<'a> Trainer<'a> {
             groups_seen: 0,
             resumed_from: 0,
             log: Vec::new(),
+            timing: Vec::new(),
         })
     }
 
@@ -294,10 +298,11 @@ impl<'a> Trainer<'a> {
             .file_name()
             .map_or_else(|| "train".into(), |name| name.to_string_lossy());
         while self.step < end {
-            let row = self.train_step()?;
+            let (row, timing) = self.train_step()?;
             bar.set_message(format!("{run} loss {:.4}", row.loss));
             bar.inc(1);
             self.log.push(row);
+            self.timing.push(timing);
             let every = self.config.checkpoint_every;
             let interrupted = Some(self.step) == self.settings.stop_after && self.step < total;
             if interrupted || (every > 0 && self.step % every == 0 && self.step < total) {
@@ -318,6 +323,7 @@ impl<'a> Trainer<'a> {
             total_steps: total,
             resumed_from: self.resumed_from,
             log: self.log,
+            timing: self.timing,
             cached_images: self.prepared.images.as_ref().map_or(0, ImageBank::cached),
             output,
         };
@@ -362,7 +368,7 @@ impl<'a> Trainer<'a> {
     }
 
     /// One optimizer step over `accumulation` micro-batches.
-    fn train_step(&mut self) -> Result<StepLog, TrainRunError> {
+    fn train_step(&mut self) -> Result<(StepLog, StepTiming), TrainRunError> {
         let clock = Instant::now();
         let vars: Vec<_> = self
             .prepared
@@ -407,7 +413,12 @@ impl<'a> Trainer<'a> {
         self.step += 1;
         let seconds = clock.elapsed().as_secs_f64().max(1e-9);
         let groups = totals.groups as f64;
-        Ok(StepLog {
+        let timing = StepTiming {
+            step: self.step,
+            seq_per_s: totals.sequences as f64 / seconds,
+            tokens_per_s: totals.tokens as f64 / seconds,
+        };
+        let row = StepLog {
             step: self.step,
             epoch: self.groups_seen as f64 / self.prepared.groups.len() as f64,
             loss: totals.loss / groups,
@@ -419,9 +430,8 @@ impl<'a> Trainer<'a> {
             w_neg: totals.w_neg / groups,
             masked: totals.masked,
             groups: totals.groups as u64,
-            seq_per_s: totals.sequences as f64 / seconds,
-            tokens_per_s: totals.tokens as f64 / seconds,
-        })
+        };
+        Ok((row, timing))
     }
 
     /// The prompts of the picked groups, group after group.
@@ -461,6 +471,7 @@ impl<'a> Trainer<'a> {
             }
         };
         write_log(&out.join(TRAIN_LOG), &self.log)?;
+        write_log(&out.join(TRAIN_TIMING), &self.timing)?;
         write_plots(&out.join(PLOTS), &self.log)?;
         Ok(dir)
     }

@@ -95,3 +95,79 @@ fn the_demo_runs_every_stage_prints_its_table_and_reruns_as_a_no_op() {
         assert!(row.contains("up to date"), "a rerun ran {stage}: {row}");
     }
 }
+
+/// Every file under `dir`, relative to it, with its bytes.
+fn tree(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(at) = pending.pop() {
+        for entry in std::fs::read_dir(&at).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                let name = path
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                files.insert(name, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}
+
+/// Files that say when and where a run happened rather than what it computed: the manifests (their
+/// fingerprints are compared instead) and the trainer's wall-clock throughput.
+fn records_the_run_itself(name: &str) -> bool {
+    let file = name.rsplit('/').next().unwrap_or(name);
+    (file.starts_with("manifest") && file.ends_with(".json")) || file == "train_timing.jsonl"
+}
+
+#[test]
+fn the_same_pipeline_in_two_directories_writes_the_same_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run_in = |workdir: &Path| {
+        let pipeline = tmp.path().join("demo.toml");
+        std::fs::write(&pipeline, small_demo(workdir)).unwrap();
+        let (ok, out, err) = umrank(&[
+            "--max-reject-fraction",
+            "0.05",
+            "run",
+            pipeline.to_str().unwrap(),
+        ]);
+        assert!(ok, "{out}\n{err}");
+        tree(workdir)
+    };
+    let a = run_in(&tmp.path().join("a"));
+    let b = run_in(&tmp.path().join("somewhere/else/b"));
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "the same files"
+    );
+    let mut fingerprints = 0;
+    for (name, bytes) in &a {
+        if records_the_run_itself(name) {
+            if name.ends_with("manifest.json") {
+                let fingerprint = |bytes: &[u8]| {
+                    serde_json::from_slice::<serde_json::Value>(bytes).unwrap()["fingerprint"]
+                        .clone()
+                };
+                assert_eq!(fingerprint(bytes), fingerprint(&b[name]), "{name}");
+                fingerprints += 1;
+            }
+            continue;
+        }
+        assert!(
+            bytes == &b[name],
+            "{name} differs between the two directories"
+        );
+    }
+    assert_eq!(
+        fingerprints,
+        STAGES.len(),
+        "every stage's fingerprint compared"
+    );
+}
