@@ -71,8 +71,8 @@ pub struct Selection {
 
 /// Run the built-in demo: generate the demo world and take it through the pipeline on the CPU.
 ///
-/// Run it from the repository root: the tiny rerankers use the Qwen2 tokenizer committed under tests/fixtures.
-/// Outputs go to runs/demo (or --workdir). Running it again is a no-op that finishes in seconds.
+/// Runs from any directory: what it needs is built into the binary. Outputs go to runs/demo under the current
+/// directory (or --workdir). Running it again is a no-op that finishes in seconds.
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
     #[command(flatten)]
@@ -81,6 +81,11 @@ pub struct DemoArgs {
     /// Print the built-in pipeline file and exit.
     #[arg(long)]
     pub print_pipeline: bool,
+
+    /// The same chain at toy size, in seconds, to check an install (small world, one embedder epoch, four
+    /// training steps; outputs in runs/demo-quick). Its figures mean nothing.
+    #[arg(long)]
+    pub quick: bool,
 }
 
 pub fn run(args: &RunArgs, global: &Global) -> anyhow::Result<()> {
@@ -96,7 +101,14 @@ pub fn demo(args: &DemoArgs, global: &Global) -> anyhow::Result<()> {
         print!("{DEMO_PIPELINE}");
         return Ok(());
     }
-    let config = PipelineConfig::parse(Path::new("<built-in demo.toml>"), DEMO_PIPELINE)?;
+    let mut config = PipelineConfig::parse(Path::new("<built-in demo.toml>"), DEMO_PIPELINE)?;
+    if args.quick {
+        super::demo::quicken(&mut config);
+    }
+    if let Some(dir) = &args.select.workdir {
+        config.workdir = dir.clone();
+    }
+    super::demo::provide_assets(&mut config)?;
     execute(config, &args.select, global)
 }
 

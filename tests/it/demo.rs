@@ -171,3 +171,33 @@ fn the_same_pipeline_in_two_directories_writes_the_same_bytes() {
         "every stage's fingerprint compared"
     );
 }
+
+#[test]
+fn the_quick_demo_runs_in_any_directory_and_again_as_a_no_op() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_umrank"))
+            .args(["demo", "--quick"])
+            .current_dir(tmp.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{text}\n{err}");
+        text
+    };
+    let first = demo();
+    for stage in STAGES {
+        assert!(summary_row(&first, stage).contains(" ran "), "{first}");
+    }
+    assert!(
+        tmp.path()
+            .join("runs/demo-quick/release/manifest.json")
+            .is_file(),
+        "outputs go under ./runs of the directory it runs in"
+    );
+    let again = demo();
+    for stage in STAGES {
+        assert!(summary_row(&again, stage).contains("up to date"), "{again}");
+    }
+}
