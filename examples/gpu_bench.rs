@@ -179,7 +179,7 @@ fn text_parity(cpu: &Decoder, gpu: &Decoder) -> Result<f64> {
         .collect();
     let batch = PaddedBatch::new(&inputs, 0)?;
     let run = |model: &Decoder| -> Result<Vec<f32>> {
-        use umrank::models::qwen2_vl::score::Backbone;
+        use umrank::models::qwen2_vl::score::HiddenStates;
         let hidden = model.hidden_states(&batch, false)?;
         Ok(hidden.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?)
     };

@@ -10,10 +10,12 @@
 //! [`pipeline`] runs stages, skips the ones that are up to date and resumes after a crash; [`dataset`] and
 //! [`schema`] hold the on-disk contracts; [`media`] and [`models`] are the libraries the stages share.
 
+pub mod charts;
 pub mod dataset;
 pub mod device;
 pub mod digest;
 pub mod embed;
+pub mod embedder;
 pub mod eval;
 pub mod ingest;
 pub mod inspect;
@@ -22,6 +24,7 @@ pub mod media;
 pub mod mine;
 pub mod modality;
 pub mod models;
+pub mod optim;
 pub mod pipeline;
 pub mod progress;
 pub mod release;

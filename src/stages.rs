@@ -1,6 +1,7 @@
 //! The built-in stage kinds, as pipeline files name them.
 
 use crate::embed::EmbedStage;
+use crate::embedder::DualEncoderStage;
 use crate::eval::EvalStage;
 use crate::ingest::IngestStage;
 use crate::mine::MineStage;
@@ -8,7 +9,6 @@ use crate::pipeline::StageRegistry;
 use crate::release::ReleaseStage;
 use crate::report::ReportStage;
 use crate::shards::ShardsStage;
-use crate::train::dual_encoder::DualEncoderStage;
 use crate::train::TrainStage;
 use crate::world::stage::WorldStage;
 

@@ -4,12 +4,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use umrank::device::DeviceSpec;
+use umrank::embedder::{Architecture, DualEncoderConfig, DualEncoderStage};
 use umrank::pipeline::{RunOptions, Runner, Stage};
-use umrank::train::dual_encoder::{Architecture, DualEncoderConfig, DualEncoderStage, MODEL_DIR};
 
 use super::run::print_summary;
 use super::stages::StageArgs;
 use super::Global;
+use umrank::schema::outputs;
 
 /// Train a tiny CLIP-architecture dual encoder from scratch on the (query, positive) pairs of an ingest stage,
 /// with CLIP's symmetric in-batch contrastive loss, and write it as a Hugging Face CLIP directory (OUT/model)
@@ -134,6 +135,9 @@ pub fn embedder(args: &EmbedderArgs, global: &Global) -> anyhow::Result<()> {
     let reports =
         Runner::new(workdir, args.seed, vec![(NAME.to_string(), stage)], options).run()?;
     print_summary(NAME, &reports);
-    println!("model: {}", args.stage.out.join(MODEL_DIR).display());
+    println!(
+        "model: {}",
+        args.stage.out.join(outputs::embedder::MODEL).display()
+    );
     Ok(())
 }

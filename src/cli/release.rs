@@ -4,11 +4,11 @@ use std::path::{Path, PathBuf};
 
 use umrank::device::DeviceSpec;
 use umrank::pipeline::{RunOptions, Runner};
-use umrank::release::stage::OUTPUT;
-use umrank::release::{verify, ReleaseConfig, ReleaseStage, RELEASE_MANIFEST};
+use umrank::release::{verify, ReleaseConfig, ReleaseStage};
 
 use super::run::print_summary;
 use super::Global;
+use umrank::schema::outputs;
 
 /// Write a release of a trained reranker: a Hugging Face model directory (OUT/model) with the base model's
 /// config, tokenizer, chat template and image processor config, the adapter in PEFT format, optionally merged
@@ -107,7 +107,10 @@ pub fn release(args: &ReleaseArgs, global: &Global) -> anyhow::Result<()> {
     let stage = Box::new(ReleaseStage::new(config)?);
     let reports = Runner::new(workdir, 0, vec![(name.to_string(), stage)], options).run()?;
     print_summary(name, &reports);
-    println!("release: {}", args.out.join(OUTPUT).display());
+    println!(
+        "release: {}",
+        args.out.join(outputs::release::MODEL).display()
+    );
     Ok(())
 }
 
@@ -116,10 +119,11 @@ pub fn verify_release(args: &VerifyArgs) -> anyhow::Result<()> {
     let device = args.device.candle()?;
     let report = verify(&dir, args.base.as_deref(), &device)?;
     println!(
-        "{}: {} files ({} bytes) match {RELEASE_MANIFEST}",
+        "{}: {} files ({} bytes) match {}",
         dir.display(),
         report.files,
-        report.bytes
+        report.bytes,
+        outputs::release::MANIFEST
     );
     if let Some(base) = &report.base {
         println!("base model {}: hashes match", base.display());
@@ -141,8 +145,10 @@ pub fn verify_release(args: &VerifyArgs) -> anyhow::Result<()> {
 
 /// The release directory itself, or the one a release stage directory holds.
 fn release_dir(path: &Path) -> PathBuf {
-    let nested = path.join(OUTPUT);
-    if !path.join(RELEASE_MANIFEST).is_file() && nested.join(RELEASE_MANIFEST).is_file() {
+    let nested = path.join(outputs::release::MODEL);
+    if !path.join(outputs::release::MANIFEST).is_file()
+        && nested.join(outputs::release::MANIFEST).is_file()
+    {
         nested
     } else {
         path.to_path_buf()

@@ -158,7 +158,10 @@ pub fn world(args: &WorldArgs, global: &Global) -> anyhow::Result<()> {
     run_one("world", Box::new(stage), args.seed, &args.stage, global)?;
     println!(
         "M-BEIR files: {}",
-        args.stage.out.join(umrank::world::stage::OUTPUT).display()
+        args.stage
+            .out
+            .join(umrank::schema::outputs::world::MBEIR)
+            .display()
     );
     Ok(())
 }

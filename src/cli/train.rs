@@ -8,10 +8,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use umrank::device::DeviceSpec;
+use umrank::optim::Decay;
 use umrank::pipeline::{RunOptions, Runner};
 use umrank::train::config::{DataFormat, ObjectiveName, Precision, Tuning};
 use umrank::train::objective::{DirectionSource, WeightSource};
-use umrank::train::schedule::Decay;
 use umrank::train::{TrainConfig, TrainStage};
 
 use super::run::print_summary;

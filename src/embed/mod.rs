@@ -34,10 +34,6 @@ use crate::models::qwen2_vl::VlLoadError;
 use crate::models::tokenizer::TokenizerError;
 use crate::pipeline::PipelineError;
 
-/// The datasets the stage writes, both of kind `embeddings`.
-pub const DOC_EMBEDDINGS: &str = "doc_embeddings";
-pub const QUERY_EMBEDDINGS: &str = "query_embeddings";
-
 /// Why the embed stage could not run. Records it cannot embed are rejects, not errors.
 #[derive(Debug, thiserror::Error)]
 pub enum EmbedError {

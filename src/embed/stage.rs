@@ -11,12 +11,13 @@ use super::cache::Cache;
 use super::items::{self, BadRecord, Images, Item, Side};
 use super::model::{load_model, EmbedModel, ModelOptions, Prepared, PreparedImage};
 use super::plan::{plan, PlanInput};
-use super::{output, EmbedError, DOC_EMBEDDINGS, QUERY_EMBEDDINGS};
+use super::{output, EmbedError};
 use crate::dataset::Dataset;
 use crate::device::DeviceSpec;
 use crate::digest::Fingerprint;
 use crate::modality::Modality;
 use crate::pipeline::{Input, Output, PipelineError, Reject, Stage, StageContext, StageError};
+use crate::schema::outputs;
 use crate::shard::Shard;
 
 /// The precision weights and activations are held in; vectors are always written as f32.
@@ -229,8 +230,8 @@ impl Stage for EmbedStage {
 
     fn outputs(&self) -> Vec<Output> {
         vec![
-            Output::dataset(DOC_EMBEDDINGS, "embeddings"),
-            Output::dataset(QUERY_EMBEDDINGS, "embeddings"),
+            Output::dataset(outputs::embed::DOC_EMBEDDINGS, "embeddings"),
+            Output::dataset(outputs::embed::QUERY_EMBEDDINGS, "embeddings"),
         ]
     }
 
@@ -341,7 +342,10 @@ pub fn embed_into(
     bar.finish_and_clear();
 
     report.rejected = reject_all(ctx, &bad, &items, &images, &failed)?;
-    for (side, name) in [(Side::Doc, DOC_EMBEDDINGS), (Side::Query, QUERY_EMBEDDINGS)] {
+    for (side, name) in [
+        (Side::Doc, outputs::embed::DOC_EMBEDDINGS),
+        (Side::Query, outputs::embed::QUERY_EMBEDDINGS),
+    ] {
         let rows: Vec<(&Item, &[f32])> = items
             .iter()
             .filter(|i| i.side == side)

@@ -32,15 +32,12 @@ use crate::models::qwen2_vl::{ImagePatches, PairScore};
 use crate::models::reranker::{PairSide, PreparedPair, Reranker};
 use crate::pipeline::{Input, Output, PipelineError, Reject, Stage, StageContext, StageError};
 use crate::progress;
-use crate::train::trainer::{ADAPTER, MODEL};
+use crate::schema::outputs;
 
 /// Run name (TREC tag) of the retriever's ranking.
 pub const FIRST_STAGE: &str = "first_stage";
 /// Run name (TREC tag) of the reranker's ranking.
 pub const RERANKED: &str = "reranked";
-pub const FIRST_STAGE_TREC: &str = "first_stage.trec";
-pub const RERANKED_TREC: &str = "reranked.trec";
-pub const METRICS_JSON: &str = "metrics.json";
 
 /// Which reranker output ranks the documents.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -270,14 +267,14 @@ impl EvalStage {
     fn model_dir(&self, ctx: &StageContext) -> Result<PathBuf, PipelineError> {
         let dir = source_dir(ctx, &self.config.model_from, &self.config.model)?;
         Ok(match &self.config.model_from {
-            Some(_) => dir.join(MODEL),
+            Some(_) => dir.join(outputs::train::MODEL),
             None => dir,
         })
     }
 
     fn adapter_dir(&self, ctx: &StageContext) -> Result<Option<PathBuf>, PipelineError> {
         Ok(match (&self.config.adapter_from, &self.config.adapter) {
-            (Some(stage), _) => Some(ctx.upstream_dir(stage)?.join(ADAPTER)),
+            (Some(stage), _) => Some(ctx.upstream_dir(stage)?.join(outputs::train::ADAPTER)),
             (None, dir) => dir.clone(),
         })
     }
@@ -325,17 +322,17 @@ impl Stage for EvalStage {
 
     fn outputs(&self) -> Vec<Output> {
         vec![
-            Output::dataset("run", "run"),
-            Output::dataset("metrics", "metrics"),
-            Output::tree(FIRST_STAGE_TREC),
-            Output::tree(RERANKED_TREC),
-            Output::tree(METRICS_JSON),
+            Output::dataset(outputs::eval::RUN, "run"),
+            Output::dataset(outputs::eval::METRICS, "metrics"),
+            Output::tree(outputs::eval::FIRST_STAGE_TREC),
+            Output::tree(outputs::eval::RERANKED_TREC),
+            Output::tree(outputs::eval::METRICS_JSON),
         ]
     }
 
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
         let ingest = self.ingest_dir(ctx)?;
-        let candidates = self.candidates_dir(ctx)?.join("candidates");
+        let candidates = self.candidates_dir(ctx)?.join(outputs::mine::CANDIDATES);
         let adapter = self.adapter_dir(ctx)?;
         let evaluated = Evaluated::read(&ingest, &candidates, &self.config)?;
         let device = ctx.device().candle().map_err(EvalStageError::Device)?;
@@ -403,7 +400,7 @@ struct Evaluated {
 impl Evaluated {
     fn read(ingest: &Path, candidates: &Path, config: &EvalConfig) -> Result<Self, EvalStageError> {
         let all_lists = inputs::read_candidates(candidates, config.k)?;
-        let mut queries = inputs::read_queries(&ingest.join("queries"))?;
+        let mut queries = inputs::read_queries(&ingest.join(outputs::ingest::QUERIES))?;
         let splits: BTreeSet<String> = match &config.splits {
             Some(splits) => splits.iter().cloned().collect(),
             None => all_lists
@@ -427,15 +424,15 @@ impl Evaluated {
             .iter()
             .flat_map(|list| list.ranked.iter().map(|(did, _)| did.as_str()))
             .collect();
-        let docs = inputs::read_documents(&ingest.join("corpus"), &wanted_docs)?;
+        let docs = inputs::read_documents(&ingest.join(outputs::ingest::CORPUS), &wanted_docs)?;
         let wanted_images: HashSet<&str> = lists
             .iter()
             .filter_map(|list| queries.get(&list.qid)?.image_id.as_deref())
             .chain(docs.values().filter_map(|doc| doc.image_id.as_deref()))
             .collect();
-        let images = inputs::read_images(&ingest.join("images"), &wanted_images)?;
+        let images = inputs::read_images(&ingest.join(outputs::ingest::IMAGES), &wanted_images)?;
         let qids: BTreeSet<&str> = queries.keys().map(String::as_str).collect();
-        let qrels = inputs::read_qrels(&ingest.join("qrels"), &qids)?;
+        let qrels = inputs::read_qrels(&ingest.join(outputs::ingest::QRELS), &qids)?;
         let groups = queries
             .iter()
             .map(|(qid, query)| (qid.clone(), query.group.clone()))
@@ -605,27 +602,27 @@ fn write_outputs(
     reranked: &Run,
     summary: &EvalSummary,
 ) -> Result<(), EvalStageError> {
-    let mut runs = ctx.create_dataset("run", "run")?;
+    let mut runs = ctx.create_dataset(outputs::eval::RUN, "run")?;
     write_run_rows(&mut runs, FIRST_STAGE, first_stage)?;
     write_run_rows(&mut runs, RERANKED, reranked)?;
     runs.finish()?;
-    let mut metrics = ctx.create_dataset("metrics", "metrics")?;
+    let mut metrics = ctx.create_dataset(outputs::eval::METRICS, "metrics")?;
     write_metric_rows(&mut metrics, &summary.comparison)?;
     metrics.finish()?;
     for (name, run, tag) in [
-        (FIRST_STAGE_TREC, first_stage, FIRST_STAGE),
-        (RERANKED_TREC, reranked, RERANKED),
+        (outputs::eval::FIRST_STAGE_TREC, first_stage, FIRST_STAGE),
+        (outputs::eval::RERANKED_TREC, reranked, RERANKED),
     ] {
         let mut text = Vec::new();
         write_run(&mut text, run, tag)?;
         write_atomically(&ctx.output_path(name), &text)?;
     }
     let mut json = serde_json::to_vec_pretty(summary).map_err(|source| EvalStageError::Json {
-        path: ctx.output_path(METRICS_JSON),
+        path: ctx.output_path(outputs::eval::METRICS_JSON),
         source,
     })?;
     json.push(b'\n');
-    write_atomically(&ctx.output_path(METRICS_JSON), &json)
+    write_atomically(&ctx.output_path(outputs::eval::METRICS_JSON), &json)
 }
 
 /// One row per ranked document, ranks 1..n in trec_eval's order.

@@ -28,6 +28,7 @@ use self::output::{DocRow, QueryRow};
 use crate::dataset::{Dataset, DatasetError};
 use crate::media::{ImageLoader, LoadOptions, LoaderError};
 use crate::pipeline::{Input, Output, PipelineError, Stage, StageContext, StageError};
+use crate::schema::outputs;
 
 /// Why an ingest could not run (row-level problems are rejects, not errors).
 #[derive(Debug, thiserror::Error)]
@@ -233,7 +234,7 @@ impl IngestStage {
     fn root(&self, upstream: Option<&Path>) -> PathBuf {
         match (upstream, &self.config.root) {
             (Some(dir), Some(root)) => dir.join(root),
-            (Some(dir), None) => dir.join(crate::world::stage::OUTPUT),
+            (Some(dir), None) => dir.join(crate::schema::outputs::world::MBEIR),
             (None, Some(root)) => root.clone(),
             (None, None) => PathBuf::from("."),
         }
@@ -271,10 +272,10 @@ impl Stage for IngestStage {
 
     fn outputs(&self) -> Vec<Output> {
         vec![
-            Output::dataset("corpus", "corpus"),
-            Output::dataset("queries", "queries"),
-            Output::dataset("qrels", "qrels"),
-            Output::dataset("images", "images"),
+            Output::dataset(outputs::ingest::CORPUS, "corpus"),
+            Output::dataset(outputs::ingest::QUERIES, "queries"),
+            Output::dataset(outputs::ingest::QRELS, "qrels"),
+            Output::dataset(outputs::ingest::IMAGES, "images"),
         ]
     }
 
@@ -324,7 +325,9 @@ impl Stage for IngestStage {
             Format::Parquet => table::read(&root, &mut collection)?,
         }
         let images = match self.config.format {
-            Format::Parquet => ImageSource::Table(Dataset::open(&root.join("images"))?),
+            Format::Parquet => {
+                ImageSource::Table(Dataset::open(&root.join(outputs::ingest::IMAGES))?)
+            }
             _ => ImageSource::Files(ImageLoader::new(
                 &root,
                 LoadOptions {
@@ -359,7 +362,7 @@ fn write_outputs(
     max_pixels: u64,
     mut collection: Collection,
 ) -> Result<(), IngestError> {
-    let mut images = ctx.create_dataset("images", "images")?;
+    let mut images = ctx.create_dataset(outputs::ingest::IMAGES, "images")?;
     let mut sink = ImageSink::new(&mut images);
 
     let doc_references = distinct(collection.docs.iter().map(|d| &d.image));
@@ -404,7 +407,7 @@ fn write_outputs(
             image_id: image_of(&doc_images, &doc.image).ok().flatten(),
         })
         .collect();
-    let mut corpus = ctx.create_dataset("corpus", "corpus")?;
+    let mut corpus = ctx.create_dataset(outputs::ingest::CORPUS, "corpus")?;
     output::write_docs(&mut corpus, &doc_rows)?;
     corpus.finish()?;
     drop(doc_rows);
@@ -416,14 +419,14 @@ fn write_outputs(
             image_id: image_id.clone(),
         })
         .collect();
-    let mut queries = ctx.create_dataset("queries", "queries")?;
+    let mut queries = ctx.create_dataset(outputs::ingest::QUERIES, "queries")?;
     output::write_queries(&mut queries, &query_rows)?;
     queries.finish()?;
     drop(query_rows);
 
     collection.queries = kept_queries.into_iter().map(|(query, _)| query).collect();
     let qrels = collection.finish_qrels();
-    let mut qrel_writer = ctx.create_dataset("qrels", "qrels")?;
+    let mut qrel_writer = ctx.create_dataset(outputs::ingest::QRELS, "qrels")?;
     output::write_qrels(&mut qrel_writer, &qrels)?;
     qrel_writer.finish()?;
 

@@ -60,7 +60,7 @@ pub use filter::{filter_candidates, Candidate, FilterConfig, FilterKind, Filtere
 pub use matrix::Matrix;
 pub use order::DocOrder;
 pub use sample::{
-    sample_negatives, Negative, NegativeKind, QueryInput, QueryNegatives, RandomPool, SampleConfig,
+    sample_negatives, Negative, QueryInput, QueryNegatives, RandomPool, SampleConfig,
 };
 pub use search::top_k_on;
 pub use select::Hit;

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use super::error::MineError;
 use super::filter::{Candidate, FilterConfig, FilterKind, Filtered};
 use super::order::DocOrder;
+use crate::schema::NegativeKind;
 
 /// How many negatives a query gets (the N of its 1 + N groups), split between hard and random.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,13 +104,6 @@ impl RandomPool {
     fn doc(&self, index: usize, order: &DocOrder) -> u32 {
         order.doc_at(self.ranks[index])
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NegativeKind {
-    Hard,
-    Random,
 }
 
 /// A sampled negative with its provenance.

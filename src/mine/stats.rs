@@ -6,7 +6,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::filter::{FilterKind, Filtered};
-use super::sample::{NegativeKind, QueryNegatives};
+use super::sample::QueryNegatives;
+use crate::schema::NegativeKind;
 
 /// Summary of a score distribution. Quantiles interpolate linearly between order statistics (numpy's default:
 /// the p-quantile of n sorted values sits at position p x (n - 1)).

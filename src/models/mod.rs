@@ -6,6 +6,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod backbone;
 pub mod blocked_attention;
 pub mod chat_template;
 pub mod decoder;

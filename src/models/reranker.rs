@@ -6,12 +6,16 @@
 //! input shows up, one pair at a time, so a caller can reject just that pair), and [`Reranker::score`] runs the
 //! prepared pairs in batches. A caller that scores many pairs prepares and scores them a batch at a time, so the
 //! pixels of only one batch are in memory.
+//!
+//! A release checks itself with the same type ([`Reranker::load_parts`]): its tokenizer and image processor lie
+//! beside its adapter, apart from the base weights, and it scores in f32 wherever it runs.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{DType, Device, Tensor};
 
+use super::backbone::Backbone;
 use super::decoder::Decoder;
 use super::gguf::GgufCheckpoint;
 use super::peft::PeftError;
@@ -22,9 +26,6 @@ use crate::media::preprocess::{
     ImageInput, ImagePreprocessor, PreprocessError, PreprocessorConfig, Qwen2VlParams,
     Qwen2VlProcessor,
 };
-
-/// The image processor settings file of a model directory.
-const PREPROCESSOR_CONFIG: &str = "preprocessor_config.json";
 
 /// Why a reranker could not be loaded or could not score a pair.
 #[derive(Debug, thiserror::Error)]
@@ -81,14 +82,21 @@ pub struct PreparedPair {
     pub images: Vec<ImagePatches>,
 }
 
-enum Model {
-    Vl(Box<Qwen2VlModel>),
-    Text(Box<Decoder>),
+/// Where a reranker's parts are read from.
+#[derive(Debug, Clone, Copy)]
+pub struct RerankerParts<'a> {
+    /// A model directory (weights and config.json) or a llama GGUF file.
+    pub weights: &'a Path,
+    /// The directory holding tokenizer.json and preprocessor_config.json, when not `weights` (or, for a GGUF
+    /// file, the tokenizer it carries).
+    pub files: Option<&'a Path>,
+    /// A PEFT adapter directory to apply.
+    pub adapter: Option<&'a Path>,
 }
 
 /// A loaded reranker; see the module docs.
 pub struct Reranker {
-    model: Model,
+    backbone: Backbone,
     tokenizer: Tokenizer,
     answers: AnswerIds,
     pad_id: u32,
@@ -109,32 +117,43 @@ impl Reranker {
         } else {
             DType::F32
         };
-        let (mut loaded, tokenizer) = load_model(model, dtype, device)?;
-        if let Some(adapter) = adapter {
-            let decoder = match &mut loaded {
-                Model::Vl(vl) => vl.decoder_mut(),
-                Model::Text(decoder) => decoder.as_mut(),
-            };
-            decoder
+        let parts = RerankerParts {
+            weights: model,
+            files: None,
+            adapter,
+        };
+        Self::load_parts(parts, dtype, device)
+    }
+
+    /// Loads a reranker whose parts lie in different places, in `dtype` on `device`.
+    pub fn load_parts(
+        parts: RerankerParts<'_>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self, RerankerError> {
+        let (mut backbone, tokenizer) = load_backbone(parts.weights, parts.files, dtype, device)?;
+        if let Some(adapter) = parts.adapter {
+            backbone
+                .decoder_mut()
                 .load_lora(adapter, 0)
                 .map_err(|source| RerankerError::Adapter {
                     path: adapter.to_owned(),
                     source,
                 })?;
         }
-        let processor = match &loaded {
-            Model::Vl(vl) => Some(image_processor(model, vl)?),
-            Model::Text(_) => None,
+        let processor = match backbone.vision_language() {
+            Some(vl) => Some(image_processor(parts.files.unwrap_or(parts.weights), vl)?),
+            None => None,
         };
         let answers = tokenizer.yes_no_ids()?;
         let pad_id = tokenizer.special_token_id(IM_END)?;
         Ok(Self {
-            model: loaded,
+            backbone,
             tokenizer,
             answers,
             pad_id,
             processor,
-            path: model.to_owned(),
+            path: parts.weights.to_owned(),
         })
     }
 
@@ -209,30 +228,17 @@ impl Reranker {
                 images: &pair.images,
             })
             .collect();
-        let scores = match &self.model {
-            Model::Vl(model) => score(
-                model.as_ref(),
-                &inputs,
-                self.answers,
-                self.pad_id,
-                batch_size,
-            ),
-            Model::Text(decoder) => score(
-                decoder.as_ref(),
-                &inputs,
-                self.answers,
-                self.pad_id,
-                batch_size,
-            ),
-        }?;
-        Ok(scores)
+        Ok(score(
+            &self.backbone,
+            &inputs,
+            self.answers,
+            self.pad_id,
+            batch_size,
+        )?)
     }
 
     fn device(&self) -> &Device {
-        match &self.model {
-            Model::Vl(model) => model.decoder().device(),
-            Model::Text(decoder) => decoder.device(),
-        }
+        self.backbone.device()
     }
 }
 
@@ -244,31 +250,36 @@ fn prompt_side<'a>(side: PairSide<'a>, merge: usize) -> Side<'a> {
     }
 }
 
-fn load_model(
+/// The network at `path` and the tokenizer from `files` (default: beside the weights, or inside the GGUF).
+fn load_backbone(
     path: &Path,
+    files: Option<&Path>,
     dtype: DType,
     device: &Device,
-) -> Result<(Model, Tokenizer), RerankerError> {
+) -> Result<(Backbone, Tokenizer), RerankerError> {
     if path.is_file() {
         let checkpoint =
             GgufCheckpoint::read(path, device).map_err(|e| RerankerError::load(path, e))?;
         let decoder = checkpoint
             .decoder(dtype, device)
             .map_err(|e| RerankerError::load(path, e))?;
-        let tokenizer = gguf_tokenizer(checkpoint.tokenizer(), path)?;
-        return Ok((Model::Text(Box::new(decoder)), tokenizer));
+        let tokenizer = match files {
+            Some(dir) => Tokenizer::from_dir(dir)?,
+            None => gguf_tokenizer(checkpoint.tokenizer(), path)?,
+        };
+        return Ok((Backbone::Text(Box::new(decoder)), tokenizer));
     }
-    let tokenizer = Tokenizer::from_dir(path)?;
-    let model = if Qwen2VlModel::is_vl_dir(path) {
+    let tokenizer = Tokenizer::from_dir(files.unwrap_or(path))?;
+    let backbone = if Qwen2VlModel::is_vl_dir(path) {
         let model = Qwen2VlModel::from_model_dir(path, dtype, device)
             .map_err(|e| RerankerError::load(path, e))?;
-        Model::Vl(Box::new(model))
+        Backbone::Vl(Box::new(model))
     } else {
         let decoder = Decoder::from_model_dir(path, dtype, device)
             .map_err(|e| RerankerError::load(path, e))?;
-        Model::Text(Box::new(decoder))
+        Backbone::Text(Box::new(decoder))
     };
-    Ok((model, tokenizer))
+    Ok((backbone, tokenizer))
 }
 
 /// The model directory's image processor, or transformers' defaults (which are the inference bounds of
@@ -276,7 +287,7 @@ fn load_model(
 /// no `preprocessor_config.json`. The processor's patches must be the size the tower takes.
 fn image_processor(dir: &Path, model: &Qwen2VlModel) -> Result<Qwen2VlProcessor, RerankerError> {
     let vision = model.vision_config();
-    let file = dir.join(PREPROCESSOR_CONFIG);
+    let file = dir.join(PreprocessorConfig::FILE_NAME);
     let processor = if file.is_file() {
         Qwen2VlProcessor::from_config(&PreprocessorConfig::from_file(&file)?)?
     } else {

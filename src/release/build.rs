@@ -25,11 +25,10 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 
 use super::card::{self, CardInput, LicenseSource};
-use super::check::{CheckPair, Reranker};
+use super::check::{score_check_pair, CheckPair};
 use super::files::{base_license, copy_license_files, copy_model_files, weight_files, CopiedFiles};
 use super::manifest::{
-    describe_files, list_files, BaseModel, ReleaseKind, ReleaseManifest, ScoreCheck, MERGED_DIR,
-    RELEASE_FORMAT,
+    describe_files, list_files, BaseModel, ReleaseKind, ReleaseManifest, ScoreCheck, RELEASE_FORMAT,
 };
 use super::merge::write_merged;
 use super::metrics::{MetricsTable, Released};
@@ -38,14 +37,8 @@ use super::ReleaseError;
 use crate::models::lora::LoraConfig;
 use crate::models::peft::{PeftAdapter, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use crate::models::qwen2_vl::{PairScore, Qwen2VlModel};
-
-/// Where a train stage leaves its final LoRA adapter, in PEFT format.
-pub const TRAIN_ADAPTER_DIR: &str = "adapter";
-/// Where a train stage leaves a fully fine-tuned model, as a Hugging Face model directory.
-pub const TRAIN_MODEL_DIR: &str = "model";
-/// Base weights trained besides the adapter (an unfrozen LM head or vision tower), which the train stage writes
-/// next to its adapter under their checkpoint names. PEFT has no place for them.
-pub const TRAIN_EXTRA_WEIGHTS: &str = "extra_weights.safetensors";
+use crate::models::reranker::RerankerParts;
+use crate::schema::outputs;
 
 /// The train config key naming the base model directory.
 pub const TRAIN_MODEL_KEY: &str = "model";
@@ -83,11 +76,11 @@ enum Trained {
 impl Trained {
     /// The train stage's `adapter/` or `model/`, whichever it wrote.
     fn find(train_dir: &Path) -> Result<Self, ReleaseError> {
-        let adapter = train_dir.join(TRAIN_ADAPTER_DIR);
-        let model = train_dir.join(TRAIN_MODEL_DIR);
+        let adapter = train_dir.join(outputs::train::ADAPTER);
+        let model = train_dir.join(outputs::train::MODEL);
         match (adapter.is_dir(), model.is_dir()) {
             (true, false) => {
-                let extra = adapter.join(TRAIN_EXTRA_WEIGHTS);
+                let extra = adapter.join(outputs::train::EXTRA_WEIGHTS);
                 if extra.exists() {
                     return Err(ReleaseError::invalid(
                         extra,
@@ -100,13 +93,21 @@ impl Trained {
             (false, true) => Ok(Self::Full(model)),
             (true, true) => Err(ReleaseError::invalid(
                 train_dir,
-                format!("holds both {TRAIN_ADAPTER_DIR}/ and {TRAIN_MODEL_DIR}/: not one train stage's output"),
+                format!(
+                    "holds both {}/ and {}/: not one train stage's output",
+                    outputs::train::ADAPTER,
+                    outputs::train::MODEL
+                ),
             )),
             (false, false) => Err(ReleaseError::Io {
                 path: adapter,
                 source: std::io::Error::new(
                     std::io::ErrorKind::NotFound,
-                    format!("the train stage wrote neither {TRAIN_ADAPTER_DIR}/ nor {TRAIN_MODEL_DIR}/"),
+                    format!(
+                        "the train stage wrote neither {}/ nor {}/",
+                        outputs::train::ADAPTER,
+                        outputs::train::MODEL
+                    ),
                 ),
             }),
         }
@@ -226,9 +227,14 @@ fn assemble_adapter(
     let lora = PeftAdapter::read(tmp, &Device::Cpu)?.config().clone();
 
     let pair = CheckPair::builtin(vision);
-    let expected = Reranker::load(&base, tmp, Some(adapter), device)?.score(&pair)?;
+    let parts = RerankerParts {
+        weights: &base,
+        files: Some(tmp),
+        adapter: Some(adapter),
+    };
+    let expected = score_check_pair(parts, &pair, device)?;
     let merged_tolerance = if spec.merged {
-        let merged_dir = tmp.join(MERGED_DIR);
+        let merged_dir = tmp.join(outputs::release::MERGED);
         let summary = write_merged(&base, tmp, &merged_dir)?;
         copy_model_files(&base, &merged_dir)?;
         tracing::info!(
@@ -298,7 +304,12 @@ fn assemble_full(
         copy_license_files(origin, tmp)?;
     }
     let pair = CheckPair::builtin(Qwen2VlModel::is_vl_dir(model));
-    let expected = Reranker::load(model, tmp, None, device)?.score(&pair)?;
+    let parts = RerankerParts {
+        weights: model,
+        files: Some(tmp),
+        adapter: None,
+    };
+    let expected = score_check_pair(parts, &pair, device)?;
     Ok(Assembled {
         kind: ReleaseKind::Full,
         base_model_name: spec

@@ -7,8 +7,8 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::check::PREPROCESSOR_CONFIG;
 use super::ReleaseError;
+use crate::media::preprocess::PreprocessorConfig;
 use crate::models::qwen2_vl::{Qwen2VlModel, VisionConfig};
 use crate::models::weights::{INDEX_FILE, SINGLE_FILE};
 
@@ -26,7 +26,7 @@ pub const MODEL_FILES: [&str; 14] = [
     "tokenizer.model",
     "chat_template.json",
     "chat_template.jinja",
-    PREPROCESSOR_CONFIG,
+    PreprocessorConfig::FILE_NAME,
     "video_preprocessor_config.json",
     "processor_config.json",
 ];
@@ -71,8 +71,11 @@ pub fn copy_model_files(base: &Path, out: &Path) -> Result<CopiedFiles, ReleaseE
         generated_preprocessor: false,
     };
     result.copied.extend(copy_license_files(base, out)?);
-    if Qwen2VlModel::is_vl_dir(base) && !base.join(PREPROCESSOR_CONFIG).is_file() {
-        write_preprocessor_config(&base.join("config.json"), &out.join(PREPROCESSOR_CONFIG))?;
+    if Qwen2VlModel::is_vl_dir(base) && !base.join(PreprocessorConfig::FILE_NAME).is_file() {
+        write_preprocessor_config(
+            &base.join("config.json"),
+            &out.join(PreprocessorConfig::FILE_NAME),
+        )?;
         result.generated_preprocessor = true;
     }
     Ok(result)

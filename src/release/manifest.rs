@@ -15,15 +15,10 @@ use super::ReleaseError;
 use crate::digest::sha256_file;
 use crate::models::qwen2_vl::PairScore;
 use crate::progress;
-
-/// The manifest's file name in the release directory.
-pub const RELEASE_MANIFEST: &str = "release.json";
+use crate::schema::outputs;
 
 /// Version of the release.json layout; verify refuses layouts it does not know.
 pub const RELEASE_FORMAT: u32 = 1;
-
-/// The subdirectory holding the base weights with the adapter merged in, when the release has them.
-pub const MERGED_DIR: &str = "merged";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -90,7 +85,7 @@ pub struct ScoreCheck {
 
 impl ReleaseManifest {
     pub fn read(dir: &Path) -> Result<Self, ReleaseError> {
-        let path = dir.join(RELEASE_MANIFEST);
+        let path = dir.join(outputs::release::MANIFEST);
         let text = fs::read_to_string(&path).map_err(ReleaseError::io(&path))?;
         let manifest: Self = serde_json::from_str(&text)
             .map_err(|e| ReleaseError::invalid(&path, format!("not a release manifest: {e}")))?;
@@ -111,7 +106,7 @@ impl ReleaseManifest {
     }
 
     pub fn write(&self, dir: &Path) -> Result<(), ReleaseError> {
-        let path = dir.join(RELEASE_MANIFEST);
+        let path = dir.join(outputs::release::MANIFEST);
         let json = serde_json::to_string_pretty(self)
             .map_err(|e| ReleaseError::invalid(&path, format!("cannot serialise: {e}")))?;
         fs::write(&path, json + "\n").map_err(ReleaseError::io(&path))
@@ -142,7 +137,7 @@ pub fn list_files(dir: &Path) -> Result<Vec<String>, ReleaseError> {
             let path = relative.join(entry.file_name());
             if kind.is_dir() {
                 pending.push(path);
-            } else if path != Path::new(RELEASE_MANIFEST) {
+            } else if path != Path::new(outputs::release::MANIFEST) {
                 files.push(slash_path(&path));
             }
         }

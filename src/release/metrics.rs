@@ -9,10 +9,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::schema::outputs;
 use serde::Deserialize;
-
-/// The file an eval stage writes its summary to.
-pub const METRICS_FILE: &str = "metrics.json";
 
 /// The significance scope over every query (the others are tasks).
 const ALL_QUERIES: &str = "all";
@@ -108,7 +106,7 @@ impl MetricsTable {
     pub fn read(stages: &[(String, &Path)], released: Released) -> Self {
         let mut table = Self::default();
         for (stage, dir) in stages {
-            let path = dir.join(METRICS_FILE);
+            let path = dir.join(outputs::eval::METRICS_JSON);
             match EvalMetrics::read(&path) {
                 Ok(metrics) => table.add(stage, &metrics, released),
                 Err(e) => table
@@ -249,7 +247,11 @@ mod tests {
 
     fn table_of(json: &serde_json::Value, released: Released) -> MetricsTable {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(METRICS_FILE), json.to_string()).unwrap();
+        std::fs::write(
+            dir.path().join(outputs::eval::METRICS_JSON),
+            json.to_string(),
+        )
+        .unwrap();
         MetricsTable::read(&[("eval".to_string(), dir.path())], released)
     }
 

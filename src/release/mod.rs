@@ -23,9 +23,9 @@ pub mod provenance;
 pub mod stage;
 pub mod verify;
 
-pub use build::{write_release, ReleaseSpec, TRAIN_ADAPTER_DIR, TRAIN_MODEL_DIR};
-pub use check::{check_image, CheckPair, Reranker};
+pub use build::{write_release, ReleaseSpec};
+pub use check::{check_image, score_check_pair, CheckPair};
 pub use error::ReleaseError;
-pub use manifest::{FileEntry, ReleaseKind, ReleaseManifest, MERGED_DIR, RELEASE_MANIFEST};
+pub use manifest::{FileEntry, ReleaseKind, ReleaseManifest};
 pub use stage::{ReleaseConfig, ReleaseStage};
 pub use verify::{verify, VerifyReport};

@@ -15,6 +15,7 @@ use super::manifest::FileEntry;
 use super::ReleaseError;
 use crate::dataset::Dataset;
 use crate::pipeline::{run_relative, InputRecord, Manifest};
+use crate::schema::outputs;
 
 /// One stage run, as its manifests describe it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -108,7 +109,7 @@ impl Provenance {
             .collect::<Result<Vec<_>, _>>()?;
         let mut datasets = BTreeSet::new();
         for stage in upstream.iter().filter(|s| s.kind == "ingest") {
-            datasets.extend(dataset_names(&stage.dir.join("queries"))?);
+            datasets.extend(dataset_names(&stage.dir.join(outputs::ingest::QUERIES))?);
         }
         Ok(Self {
             train,

@@ -17,9 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::build::{write_release, ReleaseSpec};
 use super::verify::verify;
 use crate::pipeline::{Input, Output, PipelineError, Stage, StageContext, StageError};
-
-/// The stage's output: the release directory.
-pub const OUTPUT: &str = "model";
+use crate::schema::outputs;
 
 /// The `[release]` table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,7 +104,7 @@ impl Stage for ReleaseStage {
     }
 
     fn outputs(&self) -> Vec<Output> {
-        vec![Output::tree(OUTPUT)]
+        vec![Output::tree(outputs::release::MODEL)]
     }
 
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
@@ -124,7 +122,7 @@ impl Stage for ReleaseStage {
             license: self.config.license.clone(),
             merged: self.config.merged,
         };
-        let out = ctx.output_path(OUTPUT);
+        let out = ctx.output_path(outputs::release::MODEL);
         let device = ctx.device().candle()?;
         let manifest = write_release(&spec, &out, &device)?;
         if let Some(base) = &manifest.base_model {

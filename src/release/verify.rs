@@ -8,13 +8,14 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 
-use super::check::Reranker;
+use super::check::score_check_pair;
 use super::manifest::{
-    describe_files, list_files, BaseModel, FileEntry, ReleaseKind, ReleaseManifest, MERGED_DIR,
-    RELEASE_MANIFEST,
+    describe_files, list_files, BaseModel, FileEntry, ReleaseKind, ReleaseManifest,
 };
 use super::ReleaseError;
 use crate::models::qwen2_vl::PairScore;
+use crate::models::reranker::RerankerParts;
+use crate::schema::outputs;
 
 /// What a successful verification checked.
 #[derive(Debug, Clone)]
@@ -39,13 +40,13 @@ pub fn verify(
     let manifest = ReleaseManifest::read(dir)?;
     check_files(dir, &manifest.files)?;
     let check = &manifest.check;
-    let manifest_path = || dir.join(RELEASE_MANIFEST);
+    let manifest_path = || dir.join(outputs::release::MANIFEST);
     let mut scores = Vec::new();
     let loaded_base = match (manifest.kind, &manifest.base_model) {
         (ReleaseKind::Adapter, Some(recorded)) => {
             let base = base.map_or_else(|| recorded.path.clone(), Path::to_path_buf);
             check_base(&base, recorded, &manifest.files)?;
-            let adapter = Reranker::load(&base, dir, Some(dir), device)?.score(&check.pair)?;
+            let adapter = score_check_pair(parts(&base, dir, Some(dir)), &check.pair, device)?;
             compare("adapter", adapter, check.expected, check.tolerance)?;
             scores.push(("adapter".to_string(), adapter));
             Some(base)
@@ -58,7 +59,7 @@ pub fn verify(
                     base.display()
                 )));
             }
-            let full = Reranker::load(dir, dir, None, device)?.score(&check.pair)?;
+            let full = score_check_pair(parts(dir, dir, None), &check.pair, device)?;
             compare("full", full, check.expected, check.tolerance)?;
             scores.push(("full".to_string(), full));
             None
@@ -73,14 +74,14 @@ pub fn verify(
         }
     };
     if manifest.merged {
-        let merged_dir = dir.join(MERGED_DIR);
+        let merged_dir = dir.join(outputs::release::MERGED);
         let tolerance = check.merged_tolerance.ok_or_else(|| {
             ReleaseError::invalid(
                 manifest_path(),
                 "the release has merged weights but no tolerance for them",
             )
         })?;
-        let merged = Reranker::load(&merged_dir, &merged_dir, None, device)?.score(&check.pair)?;
+        let merged = score_check_pair(parts(&merged_dir, &merged_dir, None), &check.pair, device)?;
         compare("merged", merged, check.expected, tolerance)?;
         scores.push(("merged".to_string(), merged));
     }
@@ -196,5 +197,15 @@ fn compare(
             got,
             expected,
         })
+    }
+}
+
+/// The parts of a reranker kept in a release: weights (and their config) in `weights`, the tokenizer and image
+/// processor in `files`.
+fn parts<'a>(weights: &'a Path, files: &'a Path, adapter: Option<&'a Path>) -> RerankerParts<'a> {
+    RerankerParts {
+        weights,
+        files: Some(files),
+        adapter,
     }
 }

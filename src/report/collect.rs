@@ -12,12 +12,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::ReportError;
-use crate::eval::stage::{EvalSummary, METRICS_JSON};
+use crate::eval::stage::EvalSummary;
 use crate::pipeline::Manifest;
-use crate::train::log::TRAIN_LOG;
-
-/// File name of the mine stage's statistics (a sharded run writes `stats.part-I-of-N.json` instead).
-pub const STATS_JSON: &str = "stats.json";
+use crate::schema::outputs;
 
 /// One stage's contribution.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,7 +95,7 @@ fn same_dir(a: &Path, b: &Path) -> bool {
 pub fn collect(stages: &[(String, PathBuf)]) -> Result<Findings, ReportError> {
     let mut findings = Findings::default();
     for (stage, dir) in stages {
-        let metrics = dir.join(METRICS_JSON);
+        let metrics = dir.join(outputs::eval::METRICS_JSON);
         if metrics.is_file() {
             findings.evals.push(Named {
                 stage: stage.clone(),
@@ -111,7 +108,7 @@ pub fn collect(stages: &[(String, PathBuf)]) -> Result<Findings, ReportError> {
                 value: read_json(&path)?,
             });
         }
-        let log = dir.join(TRAIN_LOG);
+        let log = dir.join(outputs::train::TRAIN_LOG);
         if log.is_file() {
             findings.training.push(Named {
                 stage: stage.clone(),
@@ -124,7 +121,7 @@ pub fn collect(stages: &[(String, PathBuf)]) -> Result<Findings, ReportError> {
 
 /// `stats.json`, or else every `stats.<part>.json` in name order, each with the label the report gives it.
 fn stats_files(stage: &str, dir: &Path) -> Result<Vec<(String, PathBuf)>, ReportError> {
-    let whole = dir.join(STATS_JSON);
+    let whole = dir.join(outputs::STATS_JSON);
     if whole.is_file() {
         return Ok(vec![(stage.to_owned(), whole)]);
     }

@@ -13,14 +13,12 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::collect::{Findings, Named, TrainStep};
-use super::plot::{bar_chart, line_chart, Bars, Series};
 use super::ReportError;
+use crate::charts::{bar_chart, line_chart, Bars, Series};
 use crate::eval::stage::EvalSummary;
 use crate::eval::summary::ALL;
 use crate::eval::{paired_values, randomisation_test, Comparison, Significance};
-
-/// The subdirectory of the report that holds its PNGs; images are referenced relative to the report.
-pub const PLOTS_DIR: &str = "plots";
+use crate::schema::outputs;
 
 /// A p-value below this is marked significant (`*`).
 pub const SIGNIFICANCE_LEVEL: f64 = 0.05;
@@ -176,7 +174,10 @@ impl Builder<'_> {
             })
             .collect();
         let name = format!("{safe}.png");
-        (self.plots_dir.join(&name), format!("{PLOTS_DIR}/{name}"))
+        (
+            self.plots_dir.join(&name),
+            format!("{}/{name}", outputs::report::PLOTS),
+        )
     }
 
     fn image(&mut self, path: PathBuf, file: String, alt: String) {

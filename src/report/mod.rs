@@ -1,5 +1,5 @@
 //! Human-readable output: `umrank report` and the `report` stage turn a pipeline's stage directories into
-//! `report.md` and a self-contained `report.html` with PNG charts ([`plot`], which the trainer uses too).
+//! `report.md` and a self-contained `report.html` with PNG charts ([`crate::charts`], which the trainer uses too).
 //!
 //! [`collect`] reads what the stages left (eval metrics, mining statistics, train logs), [`document`] builds the
 //! format-free content and draws the charts, and [`markdown`] / [`html`] lay it out.
@@ -8,7 +8,6 @@ pub mod collect;
 pub mod document;
 pub mod html;
 pub mod markdown;
-pub mod plot;
 pub mod stage;
 
 use std::fs;
@@ -16,14 +15,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub use collect::{collect, stage_dirs, Findings};
-pub use document::{ReportSettings, PLOTS_DIR};
+pub use document::ReportSettings;
 pub use stage::{ReportConfig, ReportStage};
 
+use crate::charts::PlotError;
 use crate::eval::{EvalError, EvalStageError};
-use plot::PlotError;
-
-pub const REPORT_MD: &str = "report.md";
-pub const REPORT_HTML: &str = "report.html";
+use crate::schema::outputs;
 
 /// Why a report could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -83,15 +80,15 @@ pub fn write_report(
             .collect();
         return Err(ReportError::Nothing(names.join(", ")));
     }
-    let plots_dir = out.join(PLOTS_DIR);
+    let plots_dir = out.join(outputs::report::PLOTS);
     if plots_dir.exists() {
         fs::remove_dir_all(&plots_dir).map_err(ReportError::io(&plots_dir))?;
     }
     fs::create_dir_all(&plots_dir).map_err(ReportError::io(&plots_dir))?;
     let document = document::build(&findings, settings, &plots_dir)?;
-    let markdown = out.join(REPORT_MD);
+    let markdown = out.join(outputs::report::REPORT_MD);
     write_atomically(&markdown, markdown::render(&document).as_bytes())?;
-    let html = out.join(REPORT_HTML);
+    let html = out.join(outputs::report::REPORT_HTML);
     write_atomically(&html, html::render(&document, out)?.as_bytes())?;
     Ok(ReportFiles {
         markdown,

@@ -7,10 +7,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{write_report, ReportSettings, PLOTS_DIR, REPORT_HTML, REPORT_MD};
+use super::{write_report, ReportSettings};
 use crate::eval::DEFAULT_PERMUTATIONS;
 use crate::pipeline::{Input, Output, PipelineError, Stage, StageContext, StageError};
 use crate::progress;
+use crate::schema::outputs;
 
 /// The `[report]` table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,9 +77,9 @@ impl Stage for ReportStage {
 
     fn outputs(&self) -> Vec<Output> {
         vec![
-            Output::tree(REPORT_MD),
-            Output::tree(REPORT_HTML),
-            Output::tree(PLOTS_DIR),
+            Output::tree(outputs::report::REPORT_MD),
+            Output::tree(outputs::report::REPORT_HTML),
+            Output::tree(outputs::report::PLOTS),
         ]
     }
 

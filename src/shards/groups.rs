@@ -11,8 +11,8 @@ use sha2::{Digest, Sha256};
 
 use super::inputs::{DocParts, NegativesRow, QueryParts, Table};
 use super::ShardsError;
-use crate::mine::NegativeKind;
 use crate::pipeline::Reject;
+use crate::schema::NegativeKind;
 use crate::shard::stable_hash;
 
 /// One positive and its query's negatives, as indices into the query and document tables.

@@ -6,8 +6,8 @@
 use super::columns::{lists, optional, string_list, strings, struct_dids};
 use super::ShardsError;
 use crate::dataset::Dataset;
-use crate::mine::NegativeKind;
 use crate::schema;
+use crate::schema::NegativeKind;
 use std::collections::{HashMap, HashSet};
 
 /// One row of the `negatives` dataset, with where it came from.

@@ -53,7 +53,7 @@ pub use index::{
 };
 pub use stage::ShardsStage;
 
-use crate::mine::NegativeKind;
+use crate::schema::NegativeKind;
 
 /// Directory of the pointwise dataset.
 pub const SFT: &str = "sft";
@@ -66,7 +66,6 @@ pub const POSITIVE_KIND: &str = "none";
 pub fn kind_name(kind: Option<NegativeKind>) -> &'static str {
     match kind {
         None => POSITIVE_KIND,
-        Some(NegativeKind::Hard) => "hard",
-        Some(NegativeKind::Random) => "random",
+        Some(kind) => kind.name(),
     }
 }

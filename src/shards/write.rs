@@ -217,7 +217,7 @@ fn cl_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mine::NegativeKind;
+    use crate::schema::NegativeKind;
 
     #[test]
     fn group_size_counts_every_row_and_value() {

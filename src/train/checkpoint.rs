@@ -20,8 +20,6 @@ use super::failure::TrainRunError;
 use super::log::StepLog;
 use super::model::write_safetensors;
 
-/// The checkpoints directory under the stage directory.
-pub const CHECKPOINTS: &str = "checkpoints";
 const STATE: &str = "state.safetensors";
 const META: &str = "meta.json";
 const FORMAT: u32 = 1;

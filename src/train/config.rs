@@ -9,9 +9,9 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::objective::{DirectionSource, Objective, ObjectiveConfig, WeightSource};
-use super::optim::AdamWConfig;
-use super::schedule::{Decay, Schedule};
 use crate::models::lora::{LoraConfig, DECODER_TARGETS};
+use crate::optim::AdamWConfig;
+use crate::optim::{Decay, Schedule};
 
 /// Which shard dataset the groups are read from. Both hold the same groups; `sft` carries the document parts in
 /// its rows, `cl` names documents by id and takes their parts from the ingest stage's corpus.

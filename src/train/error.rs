@@ -1,4 +1,4 @@
-//! What can go wrong while computing a training loss or applying an optimizer step.
+//! What can go wrong while computing a training loss, or applying an optimizer step ([`crate::optim`]'s errors).
 //!
 //! Configuration problems are reported before any tensor is touched, with the offending field named; problems in
 //! the numbers themselves (a non-finite logit or gradient) stop training with the position at which they
@@ -30,30 +30,8 @@ pub enum TrainError {
         column: usize,
         value: f64,
     },
-    #[error("optimizer: {field} {problem}")]
-    Optimizer {
-        field: &'static str,
-        problem: String,
-    },
-    #[error(
-        "optimizer: the gradient of parameter {param} has shape {got:?}, but the parameter has shape {expected:?}"
-    )]
-    GradientShape {
-        param: usize,
-        expected: Shape,
-        got: Shape,
-    },
-    #[error(
-        "optimizer: the global gradient norm at step {step} is {norm}; the update was not applied"
-    )]
-    NonFiniteGradient { step: u64, norm: f64 },
-    #[error("optimizer state: {name}: {problem}")]
-    OptimizerState { name: String, problem: String },
-    #[error("schedule: {field} {problem}")]
-    Schedule {
-        field: &'static str,
-        problem: String,
-    },
+    #[error(transparent)]
+    Optim(#[from] crate::optim::OptimError),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

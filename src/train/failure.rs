@@ -41,7 +41,7 @@ pub enum TrainRunError {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
     #[error(transparent)]
-    Plot(Box<crate::report::plot::PlotError>),
+    Plot(Box<crate::charts::PlotError>),
 }
 
 impl TrainRunError {
@@ -52,5 +52,12 @@ impl TrainRunError {
 
     pub(crate) fn model(what: impl std::fmt::Display) -> Self {
         Self::Model(what.to_string())
+    }
+}
+
+/// An optimizer or schedule error is a training error, as the loss's are.
+impl From<crate::optim::OptimError> for TrainRunError {
+    fn from(error: crate::optim::OptimError) -> Self {
+        Self::Train(TrainError::Optim(error))
     }
 }

@@ -13,8 +13,9 @@ use super::config::TrainConfig;
 use super::encode::Sequence;
 use super::failure::TrainRunError;
 use super::images::ImageBank;
-use super::model::{Backbone, Reranker};
+use super::model::TrainableReranker;
 use super::prefix::SharedRow;
+use crate::models::backbone::Backbone;
 use crate::models::decoder::{select_positions, AttentionLayout};
 use crate::models::qwen2_vl::model::ids_tensor;
 use crate::models::qwen2_vl::{
@@ -56,7 +57,7 @@ impl BatchLayout {
 /// Runs `sequences` (group after group, each positive first, `per_group` sequences each). `train` turns LoRA
 /// dropout on.
 pub fn batch_logits(
-    model: &Reranker,
+    model: &TrainableReranker,
     images: Option<&mut ImageBank>,
     sequences: &[Sequence],
     per_group: usize,
@@ -187,7 +188,7 @@ impl Rows {
 
 /// The final hidden states of the padded or packed rows.
 fn rows_hidden(
-    model: &Reranker,
+    model: &TrainableReranker,
     images: Option<&mut ImageBank>,
     sequences: &[Sequence],
     rows: &Rows,
@@ -230,7 +231,7 @@ fn rows_hidden(
 
 /// The final hidden states of a shared-prefix row, `(1, row tokens, hidden)`.
 fn shared_hidden(
-    model: &Reranker,
+    model: &TrainableReranker,
     images: Option<&mut ImageBank>,
     sequences: &[Sequence],
     row: &SharedRow,
@@ -291,7 +292,7 @@ fn grids(bank: Option<&ImageBank>, ids: &[&str]) -> Result<Vec<ImageGrid>, Train
 /// The embedded rows `ids` with the tower's output for `image_ids` spliced in at `placeholders` (flat
 /// `row * seq + column` indexes, in the order of `image_ids`' tokens).
 fn embed_with_images(
-    model: &Reranker,
+    model: &TrainableReranker,
     vl: &Qwen2VlModel,
     images: Option<&mut ImageBank>,
     ids: &[Vec<u32>],

@@ -13,12 +13,6 @@ use serde::{Deserialize, Serialize};
 
 use super::failure::TrainRunError;
 
-/// File name of the log in the stage directory.
-pub const TRAIN_LOG: &str = "train_log.jsonl";
-
-/// File name of the throughput measurements in the stage directory.
-pub const TRAIN_TIMING: &str = "train_timing.jsonl";
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepLog {
     /// 1-based optimizer step.

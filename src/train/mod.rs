@@ -11,11 +11,8 @@
 //! order, [`trainer`] is the loop with [`checkpoint`]s, the per-step [`log`] and its [`plots`], and [`stage`]
 //! puts it in the pipeline.
 
-pub mod dual_encoder;
 pub mod error;
 pub mod objective;
-pub mod optim;
-pub mod schedule;
 
 pub mod checkpoint;
 pub mod config;

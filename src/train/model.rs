@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use super::config::{ModelSource, TrainConfig, Tuning};
 use super::failure::TrainRunError;
 use crate::models::attention::AttentionKernel;
+use crate::models::backbone::Backbone;
 use crate::models::decoder::Decoder;
 use crate::models::embedders::init::seeded_var_builder;
 use crate::models::hf_config::DecoderConfig;
@@ -28,19 +29,7 @@ use crate::models::prompt::{IMAGE_PAD, IM_END, VISION_END, VISION_START};
 use crate::models::qwen2_vl::Qwen2VlModel;
 use crate::models::tokenizer::{AnswerIds, Tokenizer};
 use crate::models::weights::Weights;
-
-/// The file a fully fine-tuned model's weights are written to, next to its config.json.
-pub const FULL_WEIGHTS: &str = "model.safetensors";
-/// Trained weights that are not LoRA adapters (a tuned vision tower, an unfrozen LM head), written next to a
-/// PEFT adapter under their checkpoint names. PEFT itself ignores the file.
-pub const EXTRA_WEIGHTS: &str = "extra_weights.safetensors";
-
-/// The network: with a vision tower or without.
-#[derive(Debug)]
-pub enum Backbone {
-    Text(Box<Decoder>),
-    Vl(Box<Qwen2VlModel>),
-}
+use crate::schema::outputs;
 
 /// Which base weights train, by checkpoint name.
 #[derive(Debug, Clone, Copy)]
@@ -228,8 +217,9 @@ impl SimpleBackend for ParamSource {
     }
 }
 
-/// The model being trained and what scoring needs besides it.
-pub struct Reranker {
+/// The reranker being trained: its network with the trainable variables marked, and what scoring needs besides
+/// it. (Inference loads a [`crate::models::reranker::Reranker`] instead, from the files training writes.)
+pub struct TrainableReranker {
     backbone: Backbone,
     tokenizer: Tokenizer,
     tokenizer_dir: PathBuf,
@@ -240,7 +230,7 @@ pub struct Reranker {
     served: Vec<Served>,
 }
 
-impl Reranker {
+impl TrainableReranker {
     /// Builds the base model of `config` on `device`, attaches LoRA adapters when tuning with LoRA, and marks the
     /// trainable base weights. Random initialisation and adapter initialisation both follow `seed`.
     pub fn build(config: &TrainConfig, seed: u64, device: &Device) -> Result<Self, TrainRunError> {
@@ -311,7 +301,9 @@ impl Reranker {
             ))
         };
         if config.tune == Tuning::Lora {
-            let attached = decoder_mut(&mut backbone).add_lora(&config.lora_config(), seed)?;
+            let attached = backbone
+                .decoder_mut()
+                .add_lora(&config.lora_config(), seed)?;
             if attached == 0 {
                 return Err(TrainRunError::model(format!(
                     "no projection matches lora_targets {:?}",
@@ -340,25 +332,16 @@ impl Reranker {
     }
 
     pub fn decoder(&self) -> &Decoder {
-        match &self.backbone {
-            Backbone::Text(decoder) => decoder,
-            Backbone::Vl(model) => model.decoder(),
-        }
+        self.backbone.decoder()
     }
 
     /// Runs every attention of the model (decoder and vision tower) on `kernel`.
     pub fn set_attention_kernel(&mut self, kernel: AttentionKernel) {
-        match &mut self.backbone {
-            Backbone::Text(decoder) => decoder.set_attention_kernel(kernel),
-            Backbone::Vl(model) => model.set_attention_kernel(kernel),
-        }
+        self.backbone.set_attention_kernel(kernel);
     }
 
     pub fn vl(&self) -> Option<&Qwen2VlModel> {
-        match &self.backbone {
-            Backbone::Vl(model) => Some(model),
-            Backbone::Text(_) => None,
-        }
+        self.backbone.vision_language()
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -440,7 +423,7 @@ impl Reranker {
         Ok(())
     }
 
-    /// Writes the LoRA adapters in PEFT's format into `dir`, plus [`EXTRA_WEIGHTS`] when base weights trained too.
+    /// Writes the LoRA adapters in PEFT's format into `dir`, plus [`outputs::train::EXTRA_WEIGHTS`] when base weights trained too.
     pub fn save_adapter(&self, dir: &Path) -> Result<(), TrainRunError> {
         self.decoder().save_lora(dir, Some(&self.base_name))?;
         let extra: Vec<(String, Tensor)> = self
@@ -450,19 +433,22 @@ impl Reranker {
             .map(|s| (s.name.clone(), s.tensor.clone()))
             .collect();
         if !extra.is_empty() {
-            write_safetensors(&dir.join(EXTRA_WEIGHTS), &extra)?;
+            write_safetensors(&dir.join(outputs::train::EXTRA_WEIGHTS), &extra)?;
         }
         Ok(())
     }
 
-    /// Writes a complete Hugging Face model directory: config.json, [`FULL_WEIGHTS`] and the tokenizer files.
+    /// Writes a complete Hugging Face model directory: config.json, [`outputs::train::FULL_WEIGHTS`] and the tokenizer files.
     pub fn save_full(&self, dir: &Path) -> Result<(), TrainRunError> {
         std::fs::create_dir_all(dir).map_err(TrainRunError::io(dir))?;
         let config_path = dir.join("config.json");
         let text = serde_json::to_string_pretty(&self.config_json)
             .map_err(|e| TrainRunError::model(format!("config.json: {e}")))?;
         std::fs::write(&config_path, text + "\n").map_err(TrainRunError::io(&config_path))?;
-        write_safetensors(&dir.join(FULL_WEIGHTS), &self.base_weights())?;
+        write_safetensors(
+            &dir.join(outputs::train::FULL_WEIGHTS),
+            &self.base_weights(),
+        )?;
         for file in ["tokenizer.json", "tokenizer_config.json"] {
             let from = self.tokenizer_dir.join(file);
             if from.is_file() {
@@ -471,13 +457,6 @@ impl Reranker {
             }
         }
         Ok(())
-    }
-}
-
-fn decoder_mut(backbone: &mut Backbone) -> &mut Decoder {
-    match backbone {
-        Backbone::Text(decoder) => decoder,
-        Backbone::Vl(model) => model.decoder_mut(),
     }
 }
 

@@ -8,14 +8,8 @@ use std::path::Path;
 
 use super::failure::TrainRunError;
 use super::log::StepLog;
-use crate::report::plot::{line_chart, Series};
-
-/// The charts' directory in the stage directory.
-pub const PLOTS: &str = "plots";
-/// The loss chart, under [`PLOTS`].
-pub const LOSS_PLOT: &str = "loss.png";
-/// The weights chart, under [`PLOTS`].
-pub const WEIGHTS_PLOT: &str = "weights.png";
+use crate::charts::{line_chart, Series};
+use crate::schema::outputs;
 
 /// A log field by name.
 type Field = (&'static str, fn(&StepLog) -> f64);
@@ -31,9 +25,15 @@ const WEIGHTS: [Field; 2] = [("mean W+", |r| r.w_pos), ("mean W-", |r| r.w_neg)]
 /// Writes both charts of `log` into `dir` (created if needed).
 pub fn write_plots(dir: &Path, log: &[StepLog]) -> Result<(), TrainRunError> {
     std::fs::create_dir_all(dir).map_err(TrainRunError::io(dir))?;
-    chart(&dir.join(LOSS_PLOT), "training loss", "loss", &LOSSES, log)?;
     chart(
-        &dir.join(WEIGHTS_PLOT),
+        &dir.join(outputs::train::LOSS_PLOT),
+        "training loss",
+        "loss",
+        &LOSSES,
+        log,
+    )?;
+    chart(
+        &dir.join(outputs::train::WEIGHTS_PLOT),
         "mean example weights of the unified view",
         "weight",
         &WEIGHTS,

@@ -12,13 +12,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::config::{DataFormat, ModelSource, TrainConfig};
-use super::log::TRAIN_LOG;
-use super::plots::PLOTS;
 use super::trainer::{output_dir, prepare, train_prepared, RunSettings, TrainInputs};
 use super::TrainRunError;
 use crate::dataset::Dataset;
 use crate::digest::Fingerprint;
 use crate::pipeline::{Input, Manifest, Output, PipelineError, Stage, StageContext, StageError};
+use crate::schema::outputs;
 
 /// Trains a reranker on the groups of the shards stage.
 pub struct TrainStage {
@@ -108,19 +107,19 @@ impl Stage for TrainStage {
         let model = output_dir(&self.config, Path::new(""));
         vec![
             Output::tree(&model.to_string_lossy()),
-            Output::tree(TRAIN_LOG),
-            Output::tree(PLOTS),
+            Output::tree(outputs::train::TRAIN_LOG),
+            Output::tree(outputs::train::PLOTS),
         ]
     }
 
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
         let shards = ctx.upstream_dir(&self.config.shards)?.to_path_buf();
         let ingest = ctx.upstream_dir(&self.config.ingest)?.to_path_buf();
-        let images = ingest.join("images");
+        let images = ingest.join(outputs::ingest::IMAGES);
         let inputs = TrainInputs {
             groups: Dataset::open(&shards.join(self.config.data.dir_name()))?,
             corpus: match self.config.data {
-                DataFormat::Cl => Some(Dataset::open(&ingest.join("corpus"))?),
+                DataFormat::Cl => Some(Dataset::open(&ingest.join(outputs::ingest::CORPUS))?),
                 DataFormat::Sft => None,
             },
             images: if images.exists() {

@@ -18,29 +18,25 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 
-use super::checkpoint::{self, CheckpointMeta, CHECKPOINTS};
+use super::checkpoint::{self, CheckpointMeta};
 use super::config::{DataFormat, TrainConfig, Tuning};
 use super::data::{fix_negatives, read_cl, read_sft, Group, GroupSet};
 use super::encode::{Encoder, Sequence};
 use super::failure::TrainRunError;
 use super::forward::{batch_logits, BatchLayout};
 use super::images::ImageBank;
-use super::log::{write_log, StepLog, StepTiming, TRAIN_LOG, TRAIN_TIMING};
-use super::model::Reranker;
+use super::log::{write_log, StepLog, StepTiming};
+use super::model::TrainableReranker;
 use super::objective::{group_loss, ObjectiveConfig};
-use super::optim::{AdamW, GradAccumulator};
 use super::order::DataOrder;
-use super::plots::{write_plots, PLOTS};
-use super::schedule::Schedule;
+use super::plots::write_plots;
 use crate::dataset::Dataset;
 use crate::models::prompt::PromptBuilder;
+use crate::optim::Schedule;
+use crate::optim::{AdamW, GradAccumulator};
 use crate::pipeline::Reject;
 use crate::progress;
-
-/// Where the trained LoRA adapter goes (PEFT format), under the output directory.
-pub const ADAPTER: &str = "adapter";
-/// Where a fully fine-tuned model goes (a Hugging Face model directory).
-pub const MODEL: &str = "model";
+use crate::schema::outputs;
 
 /// The datasets a run reads.
 #[derive(Debug, Clone)]
@@ -91,7 +87,7 @@ pub struct TrainOutcome {
 
 /// A model with the groups it can train on.
 pub struct Prepared {
-    pub model: Reranker,
+    pub model: TrainableReranker,
     pub images: Option<ImageBank>,
     pub groups: Vec<Group>,
     pub negatives: usize,
@@ -120,7 +116,7 @@ pub fn prepare(
     let records = (set.groups.len() + set.rejects.len()) as u64;
     let source = inputs.groups.path().display().to_string();
     let negatives = fix_negatives(&mut set, config.negatives, &source);
-    let model = Reranker::build(config, seed, device)?;
+    let model = TrainableReranker::build(config, seed, device)?;
     let images = match model.vl() {
         Some(vl) => {
             let wanted: HashSet<&str> = set.groups.iter().flat_map(Group::image_ids).collect();
@@ -184,7 +180,7 @@ pub fn prepare(
 }
 
 fn encoder<'a>(
-    model: &'a Reranker,
+    model: &'a TrainableReranker,
     images: Option<&'a ImageBank>,
     max_len: usize,
 ) -> Result<Encoder<'a>, TrainRunError> {
@@ -211,7 +207,7 @@ pub fn train_prepared(
     config: &TrainConfig,
     prepared: Prepared,
     settings: &RunSettings,
-) -> Result<(TrainOutcome, Reranker), TrainRunError> {
+) -> Result<(TrainOutcome, TrainableReranker), TrainRunError> {
     Trainer::new(config, prepared, settings)?.run()
 }
 
@@ -276,10 +272,10 @@ impl<'a> Trainer<'a> {
     }
 
     fn checkpoints(&self) -> PathBuf {
-        self.settings.out_dir.join(CHECKPOINTS)
+        self.settings.out_dir.join(outputs::train::CHECKPOINTS)
     }
 
-    fn run(mut self) -> Result<(TrainOutcome, Reranker), TrainRunError> {
+    fn run(mut self) -> Result<(TrainOutcome, TrainableReranker), TrainRunError> {
         if self.config.resume {
             self.resume()?;
         } else {
@@ -460,19 +456,19 @@ impl<'a> Trainer<'a> {
         std::fs::create_dir_all(out).map_err(TrainRunError::io(out))?;
         let dir = match self.config.tune {
             Tuning::Lora => {
-                let dir = out.join(ADAPTER);
+                let dir = out.join(outputs::train::ADAPTER);
                 self.prepared.model.save_adapter(&dir)?;
                 dir
             }
             Tuning::Full => {
-                let dir = out.join(MODEL);
+                let dir = out.join(outputs::train::MODEL);
                 self.prepared.model.save_full(&dir)?;
                 dir
             }
         };
-        write_log(&out.join(TRAIN_LOG), &self.log)?;
-        write_log(&out.join(TRAIN_TIMING), &self.timing)?;
-        write_plots(&out.join(PLOTS), &self.log)?;
+        write_log(&out.join(outputs::train::TRAIN_LOG), &self.log)?;
+        write_log(&out.join(outputs::train::TRAIN_TIMING), &self.timing)?;
+        write_plots(&out.join(outputs::train::PLOTS), &self.log)?;
         Ok(dir)
     }
 }
@@ -484,7 +480,7 @@ fn scalar(tensor: &Tensor) -> candle_core::Result<f64> {
 /// The output directory a config produces under `out`.
 pub fn output_dir(config: &TrainConfig, out: &Path) -> PathBuf {
     match config.tune {
-        Tuning::Lora => out.join(ADAPTER),
-        Tuning::Full => out.join(MODEL),
+        Tuning::Lora => out.join(outputs::train::ADAPTER),
+        Tuning::Full => out.join(outputs::train::MODEL),
     }
 }

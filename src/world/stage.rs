@@ -4,9 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{generate, WorldConfig, WorldSize};
 use crate::pipeline::{Input, Output, PipelineError, Stage, StageContext, StageError};
-
-/// Name of the stage's output tree: an M-BEIR directory that an ingest stage reads.
-pub const OUTPUT: &str = "mbeir";
+use crate::schema::outputs;
 
 /// The `[world]` table. The seed is the pipeline's.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -63,7 +61,7 @@ impl Stage for WorldStage {
     }
 
     fn outputs(&self) -> Vec<Output> {
-        vec![Output::tree(OUTPUT)]
+        vec![Output::tree(outputs::world::MBEIR)]
     }
 
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
@@ -72,7 +70,7 @@ impl Stage for WorldStage {
             size: self.config.size,
             image_side: self.config.image_side,
         };
-        let summary = generate(&config, &ctx.output_path(OUTPUT))?;
+        let summary = generate(&config, &ctx.output_path(outputs::world::MBEIR))?;
         let queries: usize = summary
             .tasks
             .iter()

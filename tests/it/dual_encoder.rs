@@ -12,11 +12,12 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use umrank::dataset::Dataset;
 use umrank::digest::sha256_file;
-use umrank::embed::QUERY_EMBEDDINGS;
+use umrank::embedder::{Inputs, PairSet, Pixels};
 use umrank::media::preprocess::{ClipProcessor, PreprocessorConfig};
 use umrank::models::embedders::clip::{ClipConfig, ClipModel};
 use umrank::pipeline::{PipelineConfig, RunOptions, Runner, StageOutcome, StageReport};
-use umrank::train::dual_encoder::{Inputs, PairSet, Pixels, MODEL_DIR, TRAIN_LOG};
+use umrank::schema::outputs::embed::QUERY_EMBEDDINGS;
+use umrank::schema::outputs::embedder::{MODEL as MODEL_DIR, TRAIN_LOG};
 
 use crate::common::datasets::small_world;
 

@@ -17,7 +17,7 @@ use umrank::dataset::{Dataset, DatasetWriter};
 use umrank::digest::sha256_file;
 use umrank::embed::{
     embed_into, load_model, EmbedConfig, EmbedError, EmbedModel, EmbedReport, EmbedSources,
-    EmbedStage, ModelOptions, Prepared, PreparedImage, DOC_EMBEDDINGS, QUERY_EMBEDDINGS,
+    EmbedStage, ModelOptions, Prepared, PreparedImage,
 };
 use umrank::ingest::{Format, IngestConfig};
 use umrank::media::preprocess::{
@@ -33,6 +33,7 @@ use umrank::models::tokenizer::Tokenizer;
 use umrank::pipeline::{
     Input, Output, RejectPolicy, RunOptions, Runner, Stage, StageContext, StageError,
 };
+use umrank::schema::outputs::embed::{DOC_EMBEDDINGS, QUERY_EMBEDDINGS};
 use umrank::shard::Shard;
 
 use crate::common::cli::umrank;

@@ -28,6 +28,7 @@ mod mine_cuda;
 mod mine_cuda_sim;
 mod mine_stage;
 mod model_ops;
+mod module_order;
 mod pipeline;
 mod pipelines;
 mod preprocess_parity;

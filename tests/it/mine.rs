@@ -8,9 +8,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use umrank::mine::{
     exact_top_k, filter_candidates, merge_top_k, sample_negatives, Candidate, CorpusPart, DocOrder,
-    Exclusions, FilterConfig, FilterKind, Filtered, Hit, Matrix, MineError, NegativeKind,
-    QueryInput, QueryNegatives, RandomPool, SampleConfig, StatsBuilder, TopKConfig,
+    Exclusions, FilterConfig, FilterKind, Filtered, Hit, Matrix, MineError, QueryInput,
+    QueryNegatives, RandomPool, SampleConfig, StatsBuilder, TopKConfig,
 };
+use umrank::schema::NegativeKind;
 
 /// The score every path must reproduce bit for bit: one FMA chain over the dimensions in order.
 fn fma_chain(a: &[f32], b: &[f32]) -> f32 {

@@ -20,8 +20,9 @@ use umrank::models::lora::{LoraAdapter, LoraConfig, DECODER_TARGETS};
 use umrank::models::peft;
 use umrank::models::qwen2_vl::PairScore;
 use umrank::pipeline::{InputRecord, Manifest, OutputRecord, PipelineConfig};
-use umrank::release::{verify, ReleaseError, ReleaseKind, ReleaseManifest, MERGED_DIR};
+use umrank::release::{verify, ReleaseError, ReleaseKind, ReleaseManifest};
 use umrank::schema;
+use umrank::schema::outputs::release::MERGED as MERGED_DIR;
 use umrank::shard::Shard;
 
 use crate::common::cli::{umrank_fails, umrank_ok};

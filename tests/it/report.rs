@@ -5,13 +5,13 @@ use std::path::{Path, PathBuf};
 
 use image::{Rgb, RgbImage};
 use serde_json::json;
+use umrank::charts::{bar_chart, line_chart, Bars, PlotError, Series, CHART_SIZE};
 use umrank::eval::stage::{EvalSummary, FIRST_STAGE, RERANKED};
 use umrank::eval::{
     compare, paired_values, randomisation_test, read_qrels, read_run, Comparison, Metric, Run,
     ScoreField, Significance, TestSettings,
 };
 use umrank::report::document::p_value_text;
-use umrank::report::plot::{bar_chart, line_chart, Bars, PlotError, Series, CHART_SIZE};
 use umrank::report::{write_report, ReportError, ReportSettings};
 
 use crate::common::cli::umrank_ok;

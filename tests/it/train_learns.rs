@@ -32,7 +32,7 @@ use umrank::models::prompt::{PromptBuilder, RerankInput, Side, IM_END};
 use umrank::models::qwen2_vl::{score, ScoreInput};
 use umrank::models::tokenizer::Tokenizer;
 use umrank::train::config::DataFormat;
-use umrank::train::model::Reranker;
+use umrank::train::model::TrainableReranker;
 use umrank::train::{train, RunSettings, TrainConfig, TrainInputs};
 use umrank::world::WorldSize;
 
@@ -182,7 +182,7 @@ fn a_tiny_model_learns_the_demo_world_with_sft_and_with_cl() {
     };
 
     let untrained_dir = tmp.path().join("untrained");
-    Reranker::build(&config(""), SEED, &Device::Cpu)
+    TrainableReranker::build(&config(""), SEED, &Device::Cpu)
         .unwrap()
         .save_full(&untrained_dir)
         .unwrap();

@@ -14,10 +14,11 @@ use candle_core::Device;
 use train_data::{small_demo_data, tokenizer_dir, DemoData};
 use umrank::dataset::Dataset;
 use umrank::pipeline::{RunOptions, Runner, Stage, StageOutcome};
+use umrank::schema::outputs::train::TRAIN_LOG;
 use umrank::train::config::DataFormat;
 use umrank::train::encode::Encoder;
 use umrank::train::forward::{batch_logits, BatchLayout};
-use umrank::train::log::{read_log, TRAIN_LOG};
+use umrank::train::log::read_log;
 use umrank::train::{
     prepare, train, train_prepared, RunSettings, TrainConfig, TrainInputs, TrainStage,
 };

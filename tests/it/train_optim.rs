@@ -9,11 +9,10 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use serde_json::Value;
 use std::sync::OnceLock;
-use umrank::train::optim::{AdamW, AdamWConfig, GradAccumulator};
+use umrank::optim::{AdamW, AdamWConfig, GradAccumulator, OptimError};
 
 use crate::common::reference::to_f32;
-use umrank::train::schedule::{Decay, Schedule};
-use umrank::train::TrainError;
+use umrank::optim::{Decay, Schedule};
 
 fn reference() -> &'static Value {
     static REFERENCE: OnceLock<Value> = OnceLock::new();
@@ -403,7 +402,7 @@ fn bad_gradients_and_configs_are_errors() {
     );
     let err = opt.step(&store, 0.1).unwrap_err();
     assert!(
-        matches!(err, TrainError::NonFiniteGradient { step: 1, .. }),
+        matches!(err, OptimError::NonFiniteGradient { step: 1, .. }),
         "{err}"
     );
     assert_eq!(to_f32(a.as_tensor()), [1.0, 2.0]);
@@ -416,7 +415,7 @@ fn bad_gradients_and_configs_are_errors() {
     );
     assert!(matches!(
         opt.step(&store, 0.1),
-        Err(TrainError::GradientShape { param: 0, .. })
+        Err(OptimError::GradientShape { param: 0, .. })
     ));
     assert!(opt.step(&GradStore::default(), f64::NAN).is_err());
 
@@ -446,7 +445,7 @@ fn bad_gradients_and_configs_are_errors() {
         assert!(
             matches!(
                 AdamW::new(vec![a.clone()], cfg),
-                Err(TrainError::Optimizer { .. })
+                Err(OptimError::Optimizer { .. })
             ),
             "{cfg:?}"
         );
@@ -630,7 +629,7 @@ fn bad_schedules_are_errors() {
     ] {
         let err = bad.check().unwrap_err();
         assert!(
-            matches!(err, TrainError::Schedule { field: f, .. } if f == field),
+            matches!(err, OptimError::Schedule { field: f, .. } if f == field),
             "{err}"
         );
     }

@@ -8,9 +8,9 @@ use std::path::Path;
 
 use candle_core::Device;
 use train_data::{small_demo_data, tokenizer_dir};
+use umrank::charts::CHART_SIZE;
 use umrank::dataset::Dataset;
-use umrank::report::plot::CHART_SIZE;
-use umrank::train::plots::{LOSS_PLOT, PLOTS, WEIGHTS_PLOT};
+use umrank::schema::outputs::train::{LOSS_PLOT, PLOTS, WEIGHTS_PLOT};
 use umrank::train::{train, RunSettings, TrainConfig, TrainInputs};
 
 fn run(out: &Path, inputs: &TrainInputs) {

@@ -74,6 +74,9 @@ pub enum ProcessorKind {
 }
 
 impl PreprocessorConfig {
+    /// The file's name in a model directory.
+    pub const FILE_NAME: &'static str = "preprocessor_config.json";
+
     pub fn from_json_str(json: &str) -> Result<Self, PreprocessError> {
         serde_json::from_str(json)
             .map_err(|source| PreprocessError::ConfigParse { path: None, source })

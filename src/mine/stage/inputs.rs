@@ -16,9 +16,9 @@ use arrow::datatypes::{DataType, Float32Type, Int32Type};
 use super::config::{MineConfig, Scope};
 use super::error::MineStageError;
 use crate::dataset::Dataset;
-use crate::embed::{DOC_EMBEDDINGS, QUERY_EMBEDDINGS};
 use crate::mine::MineError;
 use crate::pipeline::Reject;
+use crate::schema::outputs;
 use crate::shard::Shard;
 
 /// The documents that have embeddings, in (scope, did) order.
@@ -74,11 +74,11 @@ pub(super) struct Paths {
 impl Paths {
     pub fn new(ingest: &Path, embed: &Path) -> Self {
         Self {
-            corpus: ingest.join("corpus"),
-            queries: ingest.join("queries"),
-            qrels: ingest.join("qrels"),
-            doc_embeddings: embed.join(DOC_EMBEDDINGS),
-            query_embeddings: embed.join(QUERY_EMBEDDINGS),
+            corpus: ingest.join(outputs::ingest::CORPUS),
+            queries: ingest.join(outputs::ingest::QUERIES),
+            qrels: ingest.join(outputs::ingest::QRELS),
+            doc_embeddings: embed.join(outputs::embed::DOC_EMBEDDINGS),
+            query_embeddings: embed.join(outputs::embed::QUERY_EMBEDDINGS),
         }
     }
 }

@@ -47,9 +47,9 @@ use super::{
     MineError, MiningStats, QueryInput, QueryNegatives, RandomPool, SampleConfig, StatsBuilder,
 };
 use crate::device::DeviceSpec;
-use crate::embed::{DOC_EMBEDDINGS, QUERY_EMBEDDINGS};
 use crate::pipeline::{Input, Output, PipelineError, Reject, Stage, StageContext, StageError};
 use crate::progress;
+use crate::schema::outputs;
 use crate::shard::Shard;
 
 /// Queries searched per top-k call: the unit the progress bar advances by.
@@ -91,19 +91,29 @@ impl Stage for MineStage {
             Source::Dir(dir) => Input::Files(datasets.iter().map(|name| dir.join(name)).collect()),
         };
         vec![
-            as_input(self.config.ingest(), &["corpus", "queries", "qrels"]),
+            as_input(
+                self.config.ingest(),
+                &[
+                    outputs::ingest::CORPUS,
+                    outputs::ingest::QUERIES,
+                    outputs::ingest::QRELS,
+                ],
+            ),
             as_input(
                 self.config.embeddings(),
-                &[DOC_EMBEDDINGS, QUERY_EMBEDDINGS],
+                &[
+                    outputs::embed::DOC_EMBEDDINGS,
+                    outputs::embed::QUERY_EMBEDDINGS,
+                ],
             ),
         ]
     }
 
     fn outputs(&self) -> Vec<Output> {
         vec![
-            Output::dataset("candidates", "candidates"),
-            Output::dataset("negatives", "negatives"),
-            Output::dataset(query_stats::QUERY_STATS, "mine_stats"),
+            Output::dataset(outputs::mine::CANDIDATES, "candidates"),
+            Output::dataset(outputs::mine::NEGATIVES, "negatives"),
+            Output::dataset(outputs::mine::QUERY_STATS, "mine_stats"),
         ]
     }
 
@@ -122,7 +132,7 @@ impl Stage for MineStage {
         }
 
         let k = u32::try_from(self.config.k).unwrap_or(u32::MAX);
-        let mut candidates = ctx.create_dataset("candidates", "candidates")?;
+        let mut candidates = ctx.create_dataset(outputs::mine::CANDIDATES, "candidates")?;
         output::write_candidates(
             &mut candidates,
             &mined.candidates,
@@ -131,7 +141,7 @@ impl Stage for MineStage {
             k,
         )?;
         candidates.finish()?;
-        let mut negatives = ctx.create_dataset("negatives", "negatives")?;
+        let mut negatives = ctx.create_dataset(outputs::mine::NEGATIVES, "negatives")?;
         output::write_negatives(
             &mut negatives,
             &mined.negatives,
@@ -140,7 +150,7 @@ impl Stage for MineStage {
         )?;
         negatives.finish()?;
         let mut stats = mined.stats;
-        let mut per_query = ctx.create_dataset(query_stats::QUERY_STATS, "mine_stats")?;
+        let mut per_query = ctx.create_dataset(outputs::mine::QUERY_STATS, "mine_stats")?;
         query_stats::write(&mut per_query, stats.queries())?;
         per_query.finish()?;
 
@@ -171,7 +181,7 @@ impl Stage for MineStage {
             retriever.get_or_insert(part.retriever);
             candidate_queries += part.candidate_queries;
         }
-        let queries = query_stats::read(&dir.join(query_stats::QUERY_STATS))?;
+        let queries = query_stats::read(&dir.join(outputs::mine::QUERY_STATS))?;
         let stats = StageStats {
             retriever: retriever.unwrap_or_default(),
             shard: Shard::ALL.to_string(),
@@ -230,7 +240,7 @@ impl std::fmt::Display for StageStats {
 /// The stats file of a shard, named like its manifest.
 pub fn stats_path(stage_dir: &Path, shard: Shard) -> PathBuf {
     if shard.is_all() {
-        stage_dir.join("stats.json")
+        stage_dir.join(outputs::STATS_JSON)
     } else {
         stage_dir.join(format!("stats.{}.json", shard.part_name()))
     }
@@ -250,7 +260,7 @@ fn save_stats(dir: &Path, shard: Shard, stats: &StageStats) -> Result<(), MineSt
             .and_then(|rest| rest.strip_suffix(".json"))
             .and_then(Shard::from_part_name)
             .is_some_and(|other| other.count != shard.count);
-        let unsharded_leftover = name == "stats.json" && !shard.is_all();
+        let unsharded_leftover = name == outputs::STATS_JSON && !shard.is_all();
         if other_count || unsharded_leftover {
             fs::remove_file(entry.path()).map_err(MineStageError::io(entry.path()))?;
         }

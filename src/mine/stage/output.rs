@@ -12,7 +12,8 @@ use serde::Serialize;
 
 use super::error::MineStageError;
 use crate::dataset::DatasetWriter;
-use crate::mine::{FilterConfig, Hit, NegativeKind, QueryNegatives};
+use crate::mine::{FilterConfig, Hit, QueryNegatives};
+use crate::schema::NegativeKind;
 
 /// Rows per written batch.
 const BATCH_ROWS: usize = 4096;

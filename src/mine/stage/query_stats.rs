@@ -17,9 +17,6 @@ use crate::mine::{DropCounts, FilterKind, QueryStats};
 /// Rows per written batch.
 const BATCH_ROWS: usize = 4096;
 
-/// The dataset's directory name under the stage directory.
-pub const QUERY_STATS: &str = "query_stats";
-
 pub(super) fn write(
     writer: &mut DatasetWriter,
     queries: &[QueryStats],

@@ -4,7 +4,7 @@
 //! Text is pooled at the first `eos_token_id`, as transformers does for current configs (any vocabulary), or at
 //! the largest token id for configs whose `eos_token_id` is the legacy 2. [`ClipModel`] loads the same weight names
 //! as transformers' `CLIPModel`, and can also be built with seeded random weights ([`ClipModel::random`]) and
-//! trained (the demo's embedder, [`crate::train::dual_encoder`]).
+//! trained (the demo's embedder, [`crate::embedder`]).
 
 use std::path::Path;
 

@@ -13,7 +13,7 @@
 //! document and for queries given no instruction). The pooled token is the closing `<|endoftext|>`. Special
 //! tokens are placed by id and the text runs between them encoded as data, as in [`crate::models::prompt`].
 
-use super::score::{Backbone, PaddedBatch, ScoreInput};
+use super::score::{HiddenStates, PaddedBatch, ScoreInput};
 use crate::models::decoder::select_positions;
 use crate::models::prompt::{IMAGE_PAD, IM_END, IM_START, VISION_END, VISION_START};
 use crate::models::tokenizer::{Tokenizer, TokenizerError};
@@ -95,7 +95,7 @@ impl<'t> GmePromptBuilder<'t> {
 
 /// The L2-normalised last-token hidden states `(n, hidden)` in f32 of the prompts of `inputs`, run as one
 /// right-padded batch.
-pub fn gme_embed(model: &impl Backbone, inputs: &[ScoreInput], pad_id: u32) -> Result<Tensor> {
+pub fn gme_embed(model: &impl HiddenStates, inputs: &[ScoreInput], pad_id: u32) -> Result<Tensor> {
     let batch = PaddedBatch::new(inputs, pad_id)?;
     let hidden = model.hidden_states(&batch, false)?;
     let pooled = select_positions(&hidden, &batch.last)?.to_dtype(DType::F32)?;

@@ -23,6 +23,6 @@ pub use grid::{GridError, ImageGrid};
 pub use model::{splice_image_tokens, Qwen2VlModel, VlBatch, VlInputError, VlLoadError};
 pub use rope_index::{packed_rope_index, rope_index, MropePositions, MropeTokens, RopeIndexError};
 pub use score::{
-    score, score_batch, Backbone, ImagePatches, PaddedBatch, PairScore, ScoreInput, Scores,
+    score, score_batch, HiddenStates, ImagePatches, PaddedBatch, PairScore, ScoreInput, Scores,
 };
 pub use vision::{VisionBlock, VisionInputError, VisionTransformer};

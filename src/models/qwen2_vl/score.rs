@@ -5,7 +5,7 @@
 //! length - 1 and its positions count from 0 exactly as when it runs alone. Only the two LM-head rows are
 //! multiplied ([`Decoder::token_logits`]), never the full vocabulary. The same code scores with the
 //! vision-language model and with text-only decoders (Qwen2/Qwen3/Llama directories, GGUF), through
-//! [`Backbone`]; the scores are tensors so that a training loss can be built on them.
+//! [`HiddenStates`]; the scores are tensors so that a training loss can be built on them.
 
 use super::grid::ImageGrid;
 use super::model::{ids_tensor, Qwen2VlModel, VlBatch};
@@ -83,15 +83,17 @@ impl PaddedBatch {
     }
 }
 
-/// A model that turns a padded batch into final hidden states and owns the decoder whose LM head scores them.
-pub trait Backbone {
+/// What scoring and embedding need of a model: final hidden states for a padded batch, and the decoder whose
+/// LM head scores them. Implemented by each network and by [`crate::models::backbone::Backbone`], which holds
+/// either.
+pub trait HiddenStates {
     fn decoder(&self) -> &Decoder;
 
     /// `(batch, seq, hidden)`; `train` enables LoRA dropout.
     fn hidden_states(&self, batch: &PaddedBatch, train: bool) -> Result<Tensor>;
 }
 
-impl Backbone for Qwen2VlModel {
+impl HiddenStates for Qwen2VlModel {
     fn decoder(&self) -> &Decoder {
         Qwen2VlModel::decoder(self)
     }
@@ -101,7 +103,7 @@ impl Backbone for Qwen2VlModel {
     }
 }
 
-impl Backbone for Decoder {
+impl HiddenStates for Decoder {
     fn decoder(&self) -> &Decoder {
         self
     }
@@ -170,7 +172,7 @@ impl Scores {
 
 /// The scores of one padded batch.
 pub fn score_batch(
-    model: &impl Backbone,
+    model: &impl HiddenStates,
     batch: &PaddedBatch,
     answers: AnswerIds,
     train: bool,
@@ -189,7 +191,7 @@ pub fn score_batch(
 
 /// Scores every input, `batch_size` prompts at a time, in input order; for inference (no dropout).
 pub fn score(
-    model: &impl Backbone,
+    model: &impl HiddenStates,
     inputs: &[ScoreInput],
     answers: AnswerIds,
     pad_id: u32,

@@ -4,8 +4,8 @@ use std::collections::HashSet;
 
 use super::ExportError;
 use crate::dataset::Dataset;
-use crate::mine::NegativeKind;
 use crate::schema;
+use crate::schema::NegativeKind;
 use crate::shards::columns::{bools, optional, strings, u64s};
 use crate::shards::POSITIVE_KIND;
 

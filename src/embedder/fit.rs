@@ -18,8 +18,8 @@ use super::loss::symmetric_info_nce;
 use super::vocab::{END_OF_TEXT_ID, PAD_ID};
 use crate::models::embedders::clip::ClipModel;
 use crate::models::embedders::clip_towers::l2_normalise;
-use crate::train::optim::{AdamW, AdamWConfig};
-use crate::train::schedule::{Decay, Schedule};
+use crate::optim::{AdamW, AdamWConfig};
+use crate::optim::{Decay, Schedule};
 
 /// What one epoch did, as the training log records it.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use crate::dataset::DatasetError;
 use crate::media::preprocess::PreprocessError;
 use crate::models::embedders::EmbedderError;
+use crate::optim::OptimError;
 use crate::pipeline::PipelineError;
-use crate::train::TrainError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DualEncoderError {
@@ -34,7 +34,7 @@ pub enum DualEncoderError {
         source: candle_core::Error,
     },
     #[error(transparent)]
-    Train(#[from] TrainError),
+    Optim(#[from] OptimError),
     #[error(transparent)]
     Dataset(#[from] DatasetError),
     #[error(transparent)]

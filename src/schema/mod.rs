@@ -4,6 +4,11 @@
 //! stage checks every batch it writes against the same definition a person reads. A mismatch is caught at the
 //! writer, where the field that broke the contract can still be named, instead of in a downstream stage.
 
+mod negative_kind;
+pub mod outputs;
+
+pub use negative_kind::NegativeKind;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
@@ -13,23 +18,23 @@ use serde::Deserialize;
 
 /// The schema files, embedded at build time.
 const SOURCES: &[(&str, &str)] = &[
-    ("candidates", include_str!("../schemas/candidates.json")),
-    ("cl", include_str!("../schemas/cl.json")),
-    ("corpus", include_str!("../schemas/corpus.json")),
+    ("candidates", include_str!("../../schemas/candidates.json")),
+    ("cl", include_str!("../../schemas/cl.json")),
+    ("corpus", include_str!("../../schemas/corpus.json")),
     (
         "embedding_cache",
-        include_str!("../schemas/embedding_cache.json"),
+        include_str!("../../schemas/embedding_cache.json"),
     ),
-    ("embeddings", include_str!("../schemas/embeddings.json")),
-    ("images", include_str!("../schemas/images.json")),
-    ("metrics", include_str!("../schemas/metrics.json")),
-    ("mine_stats", include_str!("../schemas/mine_stats.json")),
-    ("negatives", include_str!("../schemas/negatives.json")),
-    ("qrels", include_str!("../schemas/qrels.json")),
-    ("queries", include_str!("../schemas/queries.json")),
-    ("rejects", include_str!("../schemas/rejects.json")),
-    ("run", include_str!("../schemas/run.json")),
-    ("sft", include_str!("../schemas/sft.json")),
+    ("embeddings", include_str!("../../schemas/embeddings.json")),
+    ("images", include_str!("../../schemas/images.json")),
+    ("metrics", include_str!("../../schemas/metrics.json")),
+    ("mine_stats", include_str!("../../schemas/mine_stats.json")),
+    ("negatives", include_str!("../../schemas/negatives.json")),
+    ("qrels", include_str!("../../schemas/qrels.json")),
+    ("queries", include_str!("../../schemas/queries.json")),
+    ("rejects", include_str!("../../schemas/rejects.json")),
+    ("run", include_str!("../../schemas/run.json")),
+    ("sft", include_str!("../../schemas/sft.json")),
 ];
 
 /// Why a schema could not be loaded or a batch does not conform to it.

@@ -14,12 +14,7 @@ use super::vocab::build_tokenizer;
 use crate::media::preprocess::{ClipProcessor, PreprocessorConfig};
 use crate::models::embedders::clip::{ClipConfig, ClipModel};
 use crate::pipeline::{Input, Output, PipelineError, Stage, StageContext, StageError};
-
-/// The trained model's directory under the stage directory; the embed stage's `model_from` finds it with
-/// `model = "model"`.
-pub const MODEL_DIR: &str = "model";
-/// One JSON line per epoch ([`EpochLog`]).
-pub const TRAIN_LOG: &str = "train_log.jsonl";
+use crate::schema::outputs;
 
 /// Trains a CLIP-architecture dual encoder from scratch on an ingest stage's pairs.
 pub struct DualEncoderStage {
@@ -43,7 +38,7 @@ impl DualEncoderStage {
         let preprocessor = preprocessor_config(arch);
         let processor = PreprocessorConfig::from_json_str(&preprocessor.to_string())
             .and_then(|c| ClipProcessor::from_config(&c))?;
-        let images = ingest.join("images");
+        let images = ingest.join(outputs::ingest::IMAGES);
         let pixels = Pixels::read(&images, &pairs.image_ids(), &processor)?;
         pairs.drop_unusable(&pixels, &images.display().to_string());
         ctx.add_records((pairs.train.len() + pairs.val.len() + pairs.rejects.len()) as u64);
@@ -99,7 +94,10 @@ impl DualEncoderStage {
             },
         )?;
         bar.finish_and_clear();
-        write_log(&ctx.output_path(TRAIN_LOG), &report.epochs)?;
+        write_log(
+            &ctx.output_path(outputs::embedder::TRAIN_LOG),
+            &report.epochs,
+        )?;
         ModelFiles {
             config: &model_config,
             preprocessor: &preprocessor,
@@ -107,7 +105,7 @@ impl DualEncoderStage {
             arch,
             weights: &varmap,
         }
-        .write(&ctx.output_path(MODEL_DIR))?;
+        .write(&ctx.output_path(outputs::embedder::MODEL))?;
         if let Some(last) = report.epochs.last() {
             tracing::info!(
                 "{}: {} steps, final loss {:.4}, held-out recall@1 {}",
@@ -151,7 +149,10 @@ impl Stage for DualEncoderStage {
     }
 
     fn outputs(&self) -> Vec<Output> {
-        vec![Output::tree(MODEL_DIR), Output::tree(TRAIN_LOG)]
+        vec![
+            Output::tree(outputs::embedder::MODEL),
+            Output::tree(outputs::embedder::TRAIN_LOG),
+        ]
     }
 
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {

@@ -18,7 +18,7 @@
 //! applied to the master and its rounding is written back into the `Var`, because an update of `lr * 1e-4`
 //! relative size is below half a bf16 ulp and would round away if applied to the bf16 value itself.
 
-use super::error::TrainError;
+use super::error::OptimError;
 use crate::models::precision::compute_dtype;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
@@ -53,8 +53,8 @@ impl Default for AdamWConfig {
 
 impl AdamWConfig {
     /// Rejects betas outside `[0, 1)`, a non-positive eps or clip norm, and a negative weight decay.
-    pub fn check(&self) -> Result<(), TrainError> {
-        let problem = |field, problem: String| Err(TrainError::Optimizer { field, problem });
+    pub fn check(&self) -> Result<(), OptimError> {
+        let problem = |field, problem: String| Err(OptimError::Optimizer { field, problem });
         for (field, beta) in [("beta1", self.beta1), ("beta2", self.beta2)] {
             if !(0.0..1.0).contains(&beta) {
                 return problem(field, format!("{beta} is not in [0, 1)"));
@@ -116,7 +116,7 @@ struct Param {
 }
 
 impl Param {
-    fn new(var: Var) -> Result<Self, TrainError> {
+    fn new(var: Var) -> Result<Self, OptimError> {
         let dtype = var.dtype();
         let math = compute_dtype(dtype);
         let master = (math != dtype)
@@ -145,7 +145,7 @@ impl Param {
     }
 
     /// Stores `value` as the parameter's new full-precision value.
-    fn set_value(&mut self, value: Tensor) -> Result<(), TrainError> {
+    fn set_value(&mut self, value: Tensor) -> Result<(), OptimError> {
         if self.master.is_some() {
             self.var.set(&value.to_dtype(self.var.dtype())?)?;
             self.master = Some(value);
@@ -156,7 +156,7 @@ impl Param {
     }
 
     /// One AdamW update with gradient `grad` (in the math dtype, already clipped).
-    fn update(&mut self, grad: &Tensor, lr: f64, config: &AdamWConfig) -> Result<(), TrainError> {
+    fn update(&mut self, grad: &Tensor, lr: f64, config: &AdamWConfig) -> Result<(), OptimError> {
         self.steps += 1;
         let t = self.steps as f64;
         let bias_correction1 = 1.0 - config.beta1.powf(t);
@@ -187,18 +187,18 @@ fn lerp(start: &Tensor, end: &Tensor, weight: f64) -> candle_core::Result<Tensor
 
 impl AdamW {
     /// An optimizer for `vars`, with zero moments. Every variable must be a float tensor and appear once.
-    pub fn new(vars: Vec<Var>, config: AdamWConfig) -> Result<Self, TrainError> {
+    pub fn new(vars: Vec<Var>, config: AdamWConfig) -> Result<Self, OptimError> {
         config.check()?;
         let mut seen = HashSet::new();
         for (index, var) in vars.iter().enumerate() {
             if !seen.insert(var.as_tensor().id()) {
-                return Err(TrainError::Optimizer {
+                return Err(OptimError::Optimizer {
                     field: "vars",
                     problem: format!("variable {index} is listed twice"),
                 });
             }
             if !var.dtype().is_float() {
-                return Err(TrainError::Optimizer {
+                return Err(OptimError::Optimizer {
                     field: "vars",
                     problem: format!("variable {index} has non-float dtype {:?}", var.dtype()),
                 });
@@ -223,9 +223,9 @@ impl AdamW {
     /// Clips by global norm, then applies decoupled weight decay and the bias-corrected Adam update at learning
     /// rate `lr` (the schedule's value for this step) to every variable that has a gradient in `grads`.
     /// Gradients of other tensors are ignored. A non-finite gradient norm is an error and changes nothing.
-    pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<StepReport, TrainError> {
+    pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<StepReport, OptimError> {
         if !(lr.is_finite() && lr >= 0.0) {
-            return Err(TrainError::Optimizer {
+            return Err(OptimError::Optimizer {
                 field: "lr",
                 problem: format!("{lr} is not a non-negative finite number"),
             });
@@ -233,7 +233,7 @@ impl AdamW {
         let grads = self.gradients(grads)?;
         let grad_norm = global_norm(grads.iter().flatten())?;
         if !grad_norm.is_finite() {
-            return Err(TrainError::NonFiniteGradient {
+            return Err(OptimError::NonFiniteGradient {
                 step: self.steps + 1,
                 norm: grad_norm,
             });
@@ -263,7 +263,7 @@ impl AdamW {
     }
 
     /// Each parameter's gradient in its math dtype, `None` for a parameter the loss did not reach.
-    fn gradients(&self, grads: &GradStore) -> Result<Vec<Option<Tensor>>, TrainError> {
+    fn gradients(&self, grads: &GradStore) -> Result<Vec<Option<Tensor>>, OptimError> {
         self.params
             .iter()
             .enumerate()
@@ -272,7 +272,7 @@ impl AdamW {
                     return Ok(None);
                 };
                 if grad.shape() != param.var.shape() {
-                    return Err(TrainError::GradientShape {
+                    return Err(OptimError::GradientShape {
                         param: index,
                         expected: param.var.shape().clone(),
                         got: grad.shape().clone(),
@@ -286,7 +286,7 @@ impl AdamW {
     /// The optimizer's state as named tensors, for a checkpoint: the step count, and per variable `i` (in the
     /// order given to [`AdamW::new`]) `param.i.exp_avg`, `param.i.exp_avg_sq`, `param.i.steps` and, for a
     /// half-precision variable, `param.i.master`. Counts are I64 tensors of shape `(1,)`.
-    pub fn state(&self) -> Result<Vec<(String, Tensor)>, TrainError> {
+    pub fn state(&self) -> Result<Vec<(String, Tensor)>, OptimError> {
         let device = candle_core::Device::Cpu;
         let count = |n: u64| Tensor::new(&[n as i64], &device);
         let mut state = vec![("step".to_string(), count(self.steps)?)];
@@ -308,7 +308,7 @@ impl AdamW {
     pub fn load_state(
         &mut self,
         state: impl IntoIterator<Item = (String, Tensor)>,
-    ) -> Result<(), TrainError> {
+    ) -> Result<(), OptimError> {
         let mut state: BTreeMap<String, Tensor> = state.into_iter().collect();
         let steps = take_count(&mut state, "step")?;
         let mut restored = Vec::with_capacity(self.params.len());
@@ -328,7 +328,7 @@ impl AdamW {
             restored.push((exp_avg, exp_avg_sq, param_steps, master));
         }
         if let Some(name) = state.keys().next() {
-            return Err(TrainError::OptimizerState {
+            return Err(OptimError::OptimizerState {
                 name: name.clone(),
                 problem: "is not part of this optimizer's state (a checkpoint of other variables?)"
                     .into(),
@@ -352,10 +352,10 @@ fn take_like(
     state: &mut BTreeMap<String, Tensor>,
     name: &str,
     like: &Tensor,
-) -> Result<Tensor, TrainError> {
+) -> Result<Tensor, OptimError> {
     let tensor = take(state, name)?;
     if tensor.shape() != like.shape() || tensor.dtype() != like.dtype() {
-        return Err(TrainError::OptimizerState {
+        return Err(OptimError::OptimizerState {
             name: name.to_string(),
             problem: format!(
                 "has shape {:?} and dtype {:?}, expected {:?} and {:?}",
@@ -370,9 +370,9 @@ fn take_like(
 }
 
 /// Removes the step counter `name` (an I64 tensor of shape `(1,)`) from `state`.
-fn take_count(state: &mut BTreeMap<String, Tensor>, name: &str) -> Result<u64, TrainError> {
+fn take_count(state: &mut BTreeMap<String, Tensor>, name: &str) -> Result<u64, OptimError> {
     let tensor = take(state, name)?;
-    let bad = |problem: String| TrainError::OptimizerState {
+    let bad = |problem: String| OptimError::OptimizerState {
         name: name.to_string(),
         problem,
     };
@@ -387,17 +387,17 @@ fn take_count(state: &mut BTreeMap<String, Tensor>, name: &str) -> Result<u64, T
     u64::try_from(value).map_err(|_| bad(format!("is negative ({value})")))
 }
 
-fn take(state: &mut BTreeMap<String, Tensor>, name: &str) -> Result<Tensor, TrainError> {
+fn take(state: &mut BTreeMap<String, Tensor>, name: &str) -> Result<Tensor, OptimError> {
     state
         .remove(name)
-        .ok_or_else(|| TrainError::OptimizerState {
+        .ok_or_else(|| OptimError::OptimizerState {
             name: name.to_string(),
             problem: "is missing".into(),
         })
 }
 
 /// `sqrt(sum of squares)` over all the gradients, reduced on their device and read back once.
-fn global_norm<'a>(grads: impl Iterator<Item = &'a Tensor>) -> Result<f64, TrainError> {
+fn global_norm<'a>(grads: impl Iterator<Item = &'a Tensor>) -> Result<f64, OptimError> {
     let squares = grads
         .map(|grad| grad.sqr()?.sum_all()?.to_dtype(DType::F64))
         .collect::<candle_core::Result<Vec<_>>>()?;
@@ -435,14 +435,14 @@ impl GradAccumulator {
     }
 
     /// Adds one micro-batch's gradients with weight 1.
-    pub fn add(&mut self, grads: &GradStore) -> Result<(), TrainError> {
+    pub fn add(&mut self, grads: &GradStore) -> Result<(), OptimError> {
         self.add_weighted(grads, 1.0)
     }
 
     /// Adds one micro-batch's gradients with weight `weight` (e.g. its number of groups).
-    pub fn add_weighted(&mut self, grads: &GradStore, weight: f64) -> Result<(), TrainError> {
+    pub fn add_weighted(&mut self, grads: &GradStore, weight: f64) -> Result<(), OptimError> {
         if !(weight.is_finite() && weight > 0.0) {
-            return Err(TrainError::Optimizer {
+            return Err(OptimError::Optimizer {
                 field: "accumulation weight",
                 problem: format!("{weight} is not a positive finite number"),
             });
@@ -452,7 +452,7 @@ impl GradAccumulator {
                 continue;
             };
             if grad.shape() != var.shape() {
-                return Err(TrainError::GradientShape {
+                return Err(OptimError::GradientShape {
                     param: index,
                     expected: var.shape().clone(),
                     got: grad.shape().clone(),
@@ -476,9 +476,9 @@ impl GradAccumulator {
 
     /// The weighted mean of the added gradients, keyed by variable, and a reset. A variable that no micro-batch
     /// reached has no entry. Taking from an empty accumulator is an error.
-    pub fn take(&mut self) -> Result<GradStore, TrainError> {
+    pub fn take(&mut self) -> Result<GradStore, OptimError> {
         if self.added == 0 {
-            return Err(TrainError::Optimizer {
+            return Err(OptimError::Optimizer {
                 field: "accumulator",
                 problem: "holds no gradients to take".into(),
             });

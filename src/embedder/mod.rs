@@ -27,5 +27,5 @@ pub use data::{Pair, PairSet, Pixels, Record};
 pub use error::DualEncoderError;
 pub use fit::{fit, recall_at_1, steps_per_epoch, EpochLog, FitReport, Inputs};
 pub use loss::symmetric_info_nce;
-pub use stage::{DualEncoderStage, MODEL_DIR, TRAIN_LOG};
+pub use stage::DualEncoderStage;
 pub use vocab::{build_tokenizer, END_OF_TEXT_ID, PAD_ID};

@@ -10,6 +10,7 @@ use super::error::DualEncoderError;
 use crate::dataset::{columns, Dataset};
 use crate::media::preprocess::{ClipProcessor, ImagePreprocessor};
 use crate::pipeline::Reject;
+use crate::schema::outputs;
 
 /// One side of a pair as the embed stage embeds it: its text, its image, or both.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -43,9 +44,9 @@ impl PairSet {
         split: &str,
         val_split: Option<&str>,
     ) -> Result<Self, DualEncoderError> {
-        let corpus = read_corpus(&ingest.join("corpus"))?;
-        let queries = read_queries(&ingest.join("queries"), split, val_split)?;
-        let qrels_path = ingest.join("qrels");
+        let corpus = read_corpus(&ingest.join(outputs::ingest::CORPUS))?;
+        let queries = read_queries(&ingest.join(outputs::ingest::QUERIES), split, val_split)?;
+        let qrels_path = ingest.join(outputs::ingest::QRELS);
         let mut set = PairSet::default();
         let mut train: BTreeMap<(String, String), Pair> = BTreeMap::new();
         let mut val: BTreeMap<(String, String), Pair> = BTreeMap::new();

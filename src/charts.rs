@@ -22,7 +22,7 @@ pub const CHART_SIZE: (u32, u32) = (800, 480);
 
 /// The family name the embedded font is registered under.
 const FONT: &str = "umrank-sans";
-const FONT_BYTES: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans-subset.ttf");
+const FONT_BYTES: &[u8] = include_bytes!("../assets/fonts/DejaVuSans-subset.ttf");
 
 /// Distinct, colour-blind-friendly series colours (Okabe-Ito), cycled when there are more series.
 const COLOURS: [RGBColor; 8] = [

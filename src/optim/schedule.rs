@@ -15,7 +15,7 @@
 //! with `progress = (step - warmup_steps) / (total_steps - warmup_steps)`. One deliberate difference: past
 //! `total_steps` the learning rate stays at its floor, where transformers' cosine would climb back up.
 
-use super::error::TrainError;
+use super::error::OptimError;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,8 +39,8 @@ pub struct Schedule {
 
 impl Schedule {
     /// Rejects a negative or non-finite peak, a floor outside `[0, 1]`, and a warmup longer than the run.
-    pub fn check(&self) -> Result<(), TrainError> {
-        let problem = |field, problem: String| Err(TrainError::Schedule { field, problem });
+    pub fn check(&self) -> Result<(), OptimError> {
+        let problem = |field, problem: String| Err(OptimError::Schedule { field, problem });
         if !(self.peak_lr.is_finite() && self.peak_lr >= 0.0) {
             return problem(
                 "peak_lr",

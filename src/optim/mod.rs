@@ -1,0 +1,10 @@
+//! The optimiser and learning-rate schedules that both trainers use: the reranker's (`train`) and the first-stage
+//! dual encoder's (`embedder`).
+
+pub mod adamw;
+mod error;
+pub mod schedule;
+
+pub use adamw::{AdamW, AdamWConfig, GradAccumulator, StepReport};
+pub use error::OptimError;
+pub use schedule::{Decay, Schedule};
