@@ -7,6 +7,7 @@
 use std::borrow::Cow;
 
 use image::RgbImage;
+use serde::Serialize;
 
 use super::chw::{centre_window_chw, ChwPixels};
 use super::config::{side, PreprocessorConfig, ProcessorKind, SizeConfig};
@@ -21,7 +22,7 @@ use super::resize::{resize_rgb, Resample};
 const DEFAULT_SIDE: u32 = 224;
 
 /// How the image is resized before any crop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum ResizeTarget {
     /// Scale so the shorter side has this length; the longer side is truncated, as transformers'
     /// `get_resize_output_image_size` does.
@@ -54,8 +55,9 @@ impl ResizeTarget {
     }
 }
 
-/// Every setting of a CLIP/SigLIP image processor.
-#[derive(Debug, Clone, PartialEq)]
+/// Every setting of a CLIP/SigLIP image processor. Serialisable, so that an embedder's fingerprint covers every
+/// setting that changes its vectors.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ClipParams {
     pub do_resize: bool,
     pub size: ResizeTarget,
@@ -76,6 +78,16 @@ impl ClipParams {
             center_crop: Some((DEFAULT_SIDE, DEFAULT_SIDE)),
             normalization: default_normalization(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
             do_convert_rgb: true,
+        }
+    }
+
+    /// The `(height, width)` of every output image, when it does not depend on the input: the crop, else an
+    /// exact resize. A vision tower with fixed position embeddings needs one.
+    pub fn fixed_output(&self) -> Option<(u32, u32)> {
+        match (self.center_crop, self.do_resize, self.size) {
+            (Some(crop), _, _) => Some(crop),
+            (None, true, ResizeTarget::Exact { height, width }) => Some((height, width)),
+            _ => None,
         }
     }
 

@@ -15,7 +15,7 @@ pub const IMAGENET_STANDARD_STD: [f64; 3] = [0.5; 3];
 
 /// How an 8-bit channel value becomes a model input: optionally times `rescale_factor`, then optionally
 /// `(v - mean) / std`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Normalization {
     pub do_rescale: bool,
     pub rescale_factor: f64,

@@ -22,7 +22,7 @@ use super::error::PreprocessError;
 const MAX_OUTPUT_PIXELS: u64 = 1 << 28;
 
 /// The PIL resampling filters that resize by convolution (PIL's NEAREST is not a convolution and is not offered).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum Resample {
     Lanczos,
     Bilinear,

@@ -3,16 +3,18 @@
 //! A family supplies only its model's two forwards ([`Towers`]) and how it reads its config and tokenizes
 //! (in its own `load`).
 
-use candle_core::Tensor;
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use image::RgbImage;
 use serde::Serialize;
 
 use super::checkpoint::ModelDir;
 use super::error::{compute, EmbedderError};
-use super::preprocess::ImagePreprocess;
 use super::text::{TextEncoder, TextSettings};
 use super::{in_batches, Embedder, EmbedderOptions, Modality};
+use crate::media::preprocess::{
+    ClipParams, ClipProcessor, ImagePreprocessor, PreprocessError, PreprocessorConfig,
+};
 
 const WEIGHTS_FILE: &str = "model.safetensors";
 const TOKENIZER_FILE: &str = "tokenizer.json";
@@ -39,7 +41,7 @@ pub trait Towers: Send + Sync {
 #[derive(Serialize)]
 struct Settings<'a> {
     text: &'a TextSettings,
-    image: &'a ImagePreprocess,
+    image: &'a ClipParams,
     dtype: &'static str,
 }
 
@@ -47,7 +49,7 @@ struct Settings<'a> {
 pub struct DualEncoder<M> {
     model: M,
     text: TextEncoder,
-    preprocess: ImagePreprocess,
+    preprocess: ClipProcessor,
     image_size: usize,
     dim: usize,
     options: EmbedderOptions,
@@ -70,7 +72,7 @@ impl<M: Towers> DualEncoder<M> {
         options: &EmbedderOptions,
         build: impl FnOnce(VarBuilder) -> candle_core::Result<M>,
     ) -> Result<Self, EmbedderError> {
-        let preprocess = ImagePreprocess::load(&mut files, shape.image_size as u32)?;
+        let preprocess = image_processor(&mut files, shape.image_size as u32)?;
         let tokenizer = files.tokenizer(TOKENIZER_FILE)?;
         let text = TextEncoder::new(tokenizer, &files.path(TOKENIZER_FILE), shape.text)?;
         let vb = files.weights(WEIGHTS_FILE, options.dtype, &options.device)?;
@@ -79,7 +81,7 @@ impl<M: Towers> DualEncoder<M> {
             M::FAMILY,
             &Settings {
                 text: text.settings(),
-                image: &preprocess,
+                image: preprocess.params(),
                 dtype: options.dtype.as_str(),
             },
         );
@@ -100,8 +102,13 @@ impl<M: Towers> DualEncoder<M> {
 
     /// The images preprocessed for the vision tower, `(batch, 3, image_size, image_size)`.
     pub fn pixel_values(&self, images: &[RgbImage]) -> Result<Tensor, EmbedderError> {
-        self.preprocess
-            .pixel_values(images, 0, self.options.dtype, &self.options.device)
+        pixel_values(
+            &self.preprocess,
+            images,
+            0,
+            self.options.dtype,
+            &self.options.device,
+        )
     }
 
     /// Embeds already preprocessed pixel values (one batch, however large).
@@ -143,7 +150,8 @@ impl<M: Towers> Embedder for DualEncoder<M> {
 
     fn embed_images(&self, images: &[RgbImage]) -> Result<Vec<Vec<f32>>, EmbedderError> {
         in_batches(images, self.options.batch_size, |chunk, first| {
-            let pixel_values = self.preprocess.pixel_values(
+            let pixel_values = pixel_values(
+                &self.preprocess,
                 chunk,
                 first,
                 self.options.dtype,
@@ -152,6 +160,63 @@ impl<M: Towers> Embedder for DualEncoder<M> {
             self.embed_pixel_values(&pixel_values)
         })
     }
+}
+
+/// The directory's CLIP/SigLIP image processor (transformers' class defaults fill absent fields), which must
+/// turn every image into `image_size` x `image_size` pixels, the size the vision tower's position embeddings were
+/// trained for.
+fn image_processor(files: &mut ModelDir, image_size: u32) -> Result<ClipProcessor, EmbedderError> {
+    let name = PreprocessorConfig::FILE_NAME;
+    let config: PreprocessorConfig = files.json(name)?;
+    let processor = ClipProcessor::from_config(&config).map_err(|error| match error {
+        PreprocessError::ConfigMissing { field } => {
+            files.config_error(name, field, "missing".into())
+        }
+        PreprocessError::ConfigInvalid { field, reason } => files.config_error(name, field, reason),
+        other => files.config_error(name, "image_processor_type", other.to_string()),
+    })?;
+    match processor.params().fixed_output() {
+        Some(output) if output == (image_size, image_size) => Ok(processor),
+        other => {
+            let field = if processor.params().center_crop.is_some() {
+                "crop_size"
+            } else {
+                "size"
+            };
+            Err(files.config_error(
+                name,
+                field,
+                format!("images come out as {other:?} (height, width), the model takes {image_size}x{image_size}"),
+            ))
+        }
+    }
+}
+
+/// `(batch, 3, height, width)` pixel values in `dtype`; `first` numbers the first image for errors.
+fn pixel_values(
+    processor: &ClipProcessor,
+    images: &[RgbImage],
+    first: usize,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor, EmbedderError> {
+    let planes = images
+        .iter()
+        .enumerate()
+        .map(|(k, image)| {
+            processor
+                .preprocess_rgb(image)
+                .map_err(|error| EmbedderError::Image {
+                    index: first + k,
+                    reason: error.to_string(),
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let (height, width) = planes.first().map_or((0, 0), |p| (p.h, p.w));
+    let data: Vec<f32> = planes.into_iter().flat_map(|p| p.data).collect();
+    Tensor::from_vec(data, (images.len(), 3, height, width), device)
+        .and_then(|t| t.to_dtype(dtype))
+        .map_err(compute("pixel values"))
 }
 
 /// Pixel values must be `(batch, 3, size, size)`: the towers' position embeddings fix the size, and a wrong one

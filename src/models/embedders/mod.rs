@@ -20,7 +20,6 @@ pub mod clip_towers;
 pub mod dual;
 mod error;
 pub mod init;
-mod preprocess;
 pub mod siglip;
 mod text;
 
