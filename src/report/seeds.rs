@@ -3,8 +3,8 @@
 //!
 //! A pipeline run over N seeds ([`crate::pipeline::seeds`]) leaves one eval stage per reranker and seed
 //! (`eval_sft`, `eval_sft@s2`, ...); the report groups them back by reranker. One training run's figures move
-//! with its seed (initialisation, data order, dropout) and with the CPU's kernels, at the demo's scale by more
-//! than a reranker's gap to the first stage, so a claim about a reranker has to hold over seeds, not in one run.
+//! with its seed (initialisation, data order, and dropout where it is on) and with the CPU's kernels, on the demo
+//! by up to 0.05 ndcg@10 over three seeds, so a claim about a reranker has to hold over seeds, not in one run.
 //!
 //! **Spread.** Per metric, over all queries, macro-averaged over tasks, and per task: the mean over the seeds,
 //! the standard deviation (n - 1 in the denominator; none for one seed), the smallest and the largest value, and
