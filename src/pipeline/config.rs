@@ -17,6 +17,8 @@ pub struct PipelineConfig {
     pub seed: u64,
     /// How many stages may run at the same time (those that do not read each other); 1 runs them in file order.
     pub jobs: usize,
+    /// How many training seeds the `per_seed` stages run over (see [`super::seeds`]); 1 runs each once.
+    pub seeds: u32,
     /// Stages in file order, which is run order.
     pub stages: Vec<StageSpec>,
 }
@@ -29,7 +31,12 @@ pub struct StageSpec {
     /// What the stage is (`kind = "train"`); defaults to the table name, so `[ingest]` is an ingest stage and
     /// `[train_cl] kind = "train"` is a second train stage.
     pub kind: String,
-    /// The table without `kind`, handed to the stage's factory.
+    /// The stage's own seed (`seed = N` in its table), instead of the pipeline's: everything random in the stage
+    /// derives from it.
+    pub seed: Option<u64>,
+    /// `per_seed = true`: the stage runs once per seed when the pipeline runs several (see [`super::seeds`]).
+    pub per_seed: bool,
+    /// The table without the keys above, handed to the stage's factory.
     pub table: toml::Table,
 }
 
@@ -42,9 +49,15 @@ struct PipelineTable {
     seed: u64,
     #[serde(default = "one_job")]
     jobs: usize,
+    #[serde(default = "one_seed")]
+    seeds: u32,
 }
 
 fn one_job() -> usize {
+    1
+}
+
+fn one_seed() -> u32 {
     1
 }
 
@@ -82,7 +95,31 @@ impl PipelineConfig {
                     )))
                 }
             };
-            stages.push(StageSpec { name, kind, table });
+            let seed = match table.remove("seed") {
+                None => None,
+                Some(toml::Value::Integer(seed)) if seed >= 0 => Some(seed as u64),
+                Some(other) => {
+                    return Err(bad(format!(
+                        "[{name}]: `seed` must be a non-negative integer, got {other}"
+                    )))
+                }
+            };
+            let per_seed = match table.remove("per_seed") {
+                None => false,
+                Some(toml::Value::Boolean(per_seed)) => per_seed,
+                Some(other) => {
+                    return Err(bad(format!(
+                        "[{name}]: `per_seed` must be true or false, got {other}"
+                    )))
+                }
+            };
+            stages.push(StageSpec {
+                name,
+                kind,
+                seed,
+                per_seed,
+                table,
+            });
         }
         if stages.is_empty() {
             return Err(bad("the pipeline has no stages".into()));
@@ -90,12 +127,16 @@ impl PipelineConfig {
         if head.jobs == 0 {
             return Err(bad("[pipeline]: `jobs` must be at least 1".into()));
         }
+        if head.seeds == 0 {
+            return Err(bad("[pipeline]: `seeds` must be at least 1".into()));
+        }
         Ok(Self {
             path: path.to_path_buf(),
             name: head.name,
             workdir: head.workdir,
             seed: head.seed,
             jobs: head.jobs,
+            seeds: head.seeds,
             stages,
         })
     }
@@ -143,10 +184,13 @@ mod tests {
             x = 1
             [alpha]
             kind = "zeta"
+            seed = 11
+            per_seed = true
         "#;
         let p = PipelineConfig::parse(Path::new("t.toml"), text).unwrap();
         assert_eq!(p.seed, 7);
         assert_eq!(p.jobs, 1);
+        assert_eq!(p.seeds, 1);
         let names: Vec<_> = p
             .stages
             .iter()
@@ -154,6 +198,16 @@ mod tests {
             .collect();
         assert_eq!(names, [("zeta", "zeta"), ("alpha", "zeta")]);
         assert!(!p.stages[1].table.contains_key("kind"));
+        assert_eq!(
+            (p.stages[0].seed, p.stages[0].per_seed),
+            (None, false),
+            "the pipeline's seed, run once"
+        );
+        assert_eq!((p.stages[1].seed, p.stages[1].per_seed), (Some(11), true));
+        assert!(
+            p.stages[1].table.is_empty(),
+            "`seed` and `per_seed` are the runner's keys, not the stage's"
+        );
     }
 
     #[test]
@@ -172,6 +226,18 @@ mod tests {
         assert!(err.contains("[Bad]: stage names"), "{err}");
         let err = error("[pipeline]\nname='x'\nworkdir='w'\njobs=0\n[a]\n");
         assert!(err.contains("`jobs` must be at least 1"), "{err}");
+        let err = error("[pipeline]\nname='x'\nworkdir='w'\nseeds=0\n[a]\n");
+        assert!(err.contains("`seeds` must be at least 1"), "{err}");
+        let err = error("[pipeline]\nname='x'\nworkdir='w'\n[a]\nper_seed='yes'\n");
+        assert!(
+            err.contains("[a]: `per_seed` must be true or false"),
+            "{err}"
+        );
+        let err = error("[pipeline]\nname='x'\nworkdir='w'\n[a]\nseed=-1\n");
+        assert!(
+            err.contains("[a]: `seed` must be a non-negative integer"),
+            "{err}"
+        );
         let err = error("[pipeline\n");
         assert!(err.contains("line 1"), "{err}");
     }

@@ -4,7 +4,8 @@
 //! order. Each stage writes `<workdir>/<stage>/` with its datasets, `rejects.parquet` and, last of all,
 //! `manifest.json`. A stage whose fingerprint (umrank version, kind, resolved config, seed, shard, and the content
 //! hashes of its inputs) matches its manifest and whose outputs are intact is skipped. Because an upstream stage's
-//! fingerprint is part of each downstream input hash, a change anywhere reruns everything below it.
+//! fingerprint is part of each downstream input hash, a change anywhere reruns everything below it. Stages marked
+//! `per_seed` run once per training seed when the pipeline runs several ([`seeds`]).
 
 mod config;
 mod context;
@@ -14,6 +15,7 @@ mod registry;
 mod rejects;
 mod runner;
 mod schedule;
+pub mod seeds;
 mod stage;
 
 pub use config::{PipelineConfig, StageSpec};
@@ -23,4 +25,5 @@ pub use manifest::{manifest_path, InputRecord, Manifest, ObservedFile, OutputRec
 pub use registry::{StageFactory, StageRegistry};
 pub use rejects::{rejects_path, Reject, RejectPolicy};
 pub use runner::{RunOptions, Runner, StageOutcome, StagePlan, StageReport};
+pub use seeds::SeedRuns;
 pub use stage::{Input, Output, Stage};

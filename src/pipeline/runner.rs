@@ -8,6 +8,7 @@ use std::time::{Instant, SystemTime};
 use super::manifest::{mtime_ns, rfc3339};
 use super::rejects::RejectSink;
 use super::schedule;
+use super::seeds;
 use super::{
     manifest_path, rejects_path, Input, InputRecord, Manifest, Output, OutputRecord,
     PipelineConfig, PipelineError, RejectPolicy, Stage, StageContext, StageRegistry,
@@ -33,6 +34,8 @@ pub struct RunOptions {
     pub dirs: BTreeMap<String, PathBuf>,
     /// How many stages may run at the same time; `None` takes the pipeline file's `jobs` (default 1).
     pub jobs: Option<usize>,
+    /// How many seeds the per-seed stages run over; `None` takes the pipeline file's `seeds` (default 1).
+    pub seeds: Option<u32>,
 }
 
 /// What happened to a stage.
@@ -80,29 +83,69 @@ pub struct StagePlan {
 /// A pipeline ready to run.
 pub struct Runner {
     workdir: PathBuf,
-    seed: u64,
-    stages: Vec<(String, Box<dyn Stage>)>,
+    stages: Vec<Placed>,
     options: RunOptions,
     source: PathBuf,
     jobs: usize,
 }
 
+/// A built stage in its place in the run.
+struct Placed {
+    name: String,
+    stage: Box<dyn Stage>,
+    seed: u64,
+    /// The stage runs it reads instead of the stages its inputs name (a replica reads its own seed's runs; see
+    /// [`seeds`]).
+    scope: BTreeMap<String, String>,
+}
+
+impl Placed {
+    /// The stage run that input `stage` names for this stage.
+    fn upstream<'a>(&'a self, stage: &'a str) -> &'a str {
+        self.scope.get(stage).map_or(stage, String::as_str)
+    }
+
+    /// The stage runs this stage reads, in the order it declares them.
+    fn upstream_runs(&self) -> Vec<String> {
+        self.stage
+            .inputs()
+            .iter()
+            .filter_map(|input| match input {
+                Input::Stage(up) => Some(self.upstream(up).to_owned()),
+                Input::Files(_) => None,
+            })
+            .collect()
+    }
+}
+
 impl Runner {
-    /// Builds every stage of a pipeline file (so that a config error anywhere is reported before anything runs).
+    /// Builds every stage of a pipeline file, each per-seed stage once per seed (so that a config error anywhere
+    /// is reported before anything runs).
     pub fn from_config(
         config: &PipelineConfig,
         registry: &StageRegistry,
         options: RunOptions,
     ) -> Result<Self, PipelineError> {
-        let stages = config
-            .stages
-            .iter()
-            .map(|spec| Ok((spec.name.clone(), registry.build(spec, &config.path)?)))
+        let expansion = seeds::expand(config, options.seeds.unwrap_or(config.seeds))?;
+        let stages = expansion
+            .placements
+            .into_iter()
+            .map(|placement| {
+                let mut stage = registry.build(&placement.spec, &config.path)?;
+                if !expansion.runs.is_empty() && !placement.spec.per_seed {
+                    stage = stage.over_seeds(&expansion.runs).unwrap_or(stage);
+                }
+                Ok(Placed {
+                    name: placement.spec.name,
+                    stage,
+                    seed: placement.seed,
+                    scope: placement.scope,
+                })
+            })
             .collect::<Result<Vec<_>, PipelineError>>()?;
         let jobs = options.jobs.unwrap_or(config.jobs);
         Ok(Self {
             workdir: config.workdir.clone(),
-            seed: config.seed,
             stages,
             options,
             source: config.path.clone(),
@@ -118,9 +161,17 @@ impl Runner {
         options: RunOptions,
     ) -> Self {
         let jobs = options.jobs.unwrap_or(1);
+        let stages = stages
+            .into_iter()
+            .map(|(name, stage)| Placed {
+                name,
+                stage,
+                seed,
+                scope: BTreeMap::new(),
+            })
+            .collect();
         Self {
             workdir,
-            seed,
             stages,
             options,
             source: PathBuf::from("<command line>"),
@@ -159,21 +210,21 @@ impl Runner {
                 }
             })
             .collect();
-        for (i, (name, stage)) in self.stages.iter().enumerate() {
+        for (i, placed) in self.stages.iter().enumerate() {
             if selected(i) {
-                check_files_exist(name, stage.as_ref())?;
+                check_files_exist(&placed.name, placed.stage.as_ref())?;
             }
         }
         schedule::run_ordered(self.jobs, &waits_on, |i| {
-            let (name, stage) = &self.stages[i];
+            let placed = &self.stages[i];
             if selected(i) {
-                self.run_stage(name, stage.as_ref())
+                self.run_stage(placed)
             } else {
                 Ok(StageReport {
-                    name: name.clone(),
-                    kind: stage.name().to_string(),
+                    name: placed.name.clone(),
+                    kind: placed.stage.name().to_string(),
                     outcome: StageOutcome::NotSelected,
-                    dir: self.stage_dir(name),
+                    dir: self.stage_dir(&placed.name),
                     records: 0,
                     rejects: 0,
                     seconds: 0.0,
@@ -186,13 +237,9 @@ impl Runner {
     /// in [`RunOptions::dirs`], outside the pipeline, is not waited for.
     fn upstream_positions(&self, i: usize) -> impl Iterator<Item = usize> + '_ {
         self.stages[i]
-            .1
-            .inputs()
+            .upstream_runs()
             .into_iter()
-            .filter_map(move |input| match input {
-                Input::Stage(up) => self.stages[..i].iter().position(|(name, _)| *name == up),
-                Input::Files(_) => None,
-            })
+            .filter_map(move |up| self.stages[..i].iter().position(|s| s.name == up))
     }
 
     /// Checks the pipeline without running or reading anything: the stages were built (so every table parsed, with
@@ -203,18 +250,20 @@ impl Runner {
         let (first, last) = self.selection()?;
         let shard = self.options.shard.unwrap_or(Shard::ALL);
         let mut plans = Vec::with_capacity(self.stages.len());
-        for (i, (name, stage)) in self.stages.iter().enumerate() {
-            let mut reads = Vec::new();
-            let mut files = Vec::new();
-            for input in stage.inputs() {
-                match input {
-                    Input::Stage(up) => {
-                        self.check_upstream(i, name, &up)?;
-                        reads.push(up);
-                    }
-                    Input::Files(paths) => files.extend(paths),
-                }
+        for (i, placed) in self.stages.iter().enumerate() {
+            let (name, stage) = (&placed.name, &placed.stage);
+            let reads = placed.upstream_runs();
+            for up in &reads {
+                self.check_upstream(i, name, up)?;
             }
+            let files: Vec<PathBuf> = stage
+                .inputs()
+                .into_iter()
+                .flat_map(|input| match input {
+                    Input::Files(paths) => paths,
+                    Input::Stage(_) => Vec::new(),
+                })
+                .collect();
             let shardable = !stage
                 .outputs()
                 .iter()
@@ -244,7 +293,7 @@ impl Runner {
         if self.options.dirs.contains_key(up) {
             return Ok(());
         }
-        match self.stages.iter().position(|(n, _)| n == up) {
+        match self.stages.iter().position(|s| s.name == up) {
             Some(at) if at < position => Ok(()),
             Some(at) if at == position => {
                 Err(self.config_error(format!("[{name}] reads its own outputs (`{up}`)")))
@@ -253,7 +302,7 @@ impl Runner {
                 "[{name}] reads stage `{up}`, which comes after it; move [{up}] above [{name}]"
             ))),
             None => {
-                let names: Vec<&str> = self.stages.iter().map(|(n, _)| n.as_str()).collect();
+                let names: Vec<&str> = self.stages.iter().map(|s| s.name.as_str()).collect();
                 Err(self.config_error(format!(
                     "[{name}] reads stage `{up}`, which is not in the pipeline (stages: {})",
                     names.join(", ")
@@ -273,9 +322,9 @@ impl Runner {
         let position = |name: &str| {
             self.stages
                 .iter()
-                .position(|(n, _)| n == name)
+                .position(|s| s.name == name)
                 .ok_or_else(|| {
-                    let names: Vec<&str> = self.stages.iter().map(|(n, _)| n.as_str()).collect();
+                    let names: Vec<&str> = self.stages.iter().map(|s| s.name.as_str()).collect();
                     PipelineError::Config {
                         path: self.source.clone(),
                         message: format!("no stage named `{name}` (stages: {})", names.join(", ")),
@@ -290,7 +339,16 @@ impl Runner {
             .transpose()?
             .unwrap_or(0);
         let last = match self.options.until.as_deref() {
-            Some(name) => position(name)?,
+            // A per-seed stage's replicas follow it, and stopping after a stage means after every seed's run
+            // of it: `--until eval_cl` over three seeds includes `eval_cl@s2` and `eval_cl@s3`.
+            Some(name) => {
+                let at = position(name)?;
+                let replicas = self.stages[at + 1..]
+                    .iter()
+                    .take_while(|s| seeds::replica_of(&s.name).0 == name)
+                    .count();
+                at + replicas
+            }
             None => self.stages.len().saturating_sub(1),
         };
         if first > last {
@@ -302,7 +360,8 @@ impl Runner {
         Ok((first, last))
     }
 
-    fn run_stage(&self, name: &str, stage: &dyn Stage) -> Result<StageReport, PipelineError> {
+    fn run_stage(&self, placed: &Placed) -> Result<StageReport, PipelineError> {
+        let (name, stage, seed) = (placed.name.as_str(), placed.stage.as_ref(), placed.seed);
         let shard = self.options.shard.unwrap_or(Shard::ALL);
         let dir = self.stage_dir(name);
         let outputs = stage.outputs();
@@ -318,8 +377,8 @@ impl Runner {
         );
         let manifest_file = manifest_path(&dir, shard);
         let previous = Manifest::read(&manifest_file)?;
-        let inputs = self.hash_inputs(name, stage, previous.as_ref())?;
-        let fingerprint = fingerprint(stage.name(), &config_hash, self.seed, shard, &inputs);
+        let inputs = self.hash_inputs(placed, previous.as_ref())?;
+        let fingerprint = fingerprint(stage.name(), &config_hash, seed, shard, &inputs);
 
         let mut report = StageReport {
             name: name.to_string(),
@@ -341,7 +400,7 @@ impl Runner {
         if previous.is_none() && shard.is_all() && !self.options.force {
             let kind = stage.name();
             if let Some(parts) = completed_as_shards(&dir, |part| {
-                self::fingerprint(kind, &config_hash, self.seed, part, &inputs)
+                self::fingerprint(kind, &config_hash, seed, part, &inputs)
             })? {
                 tracing::info!(
                     "{name}: up to date, completed as {} shards ({})",
@@ -365,7 +424,7 @@ impl Runner {
             .inputs()
             .iter()
             .filter_map(|i| match i {
-                Input::Stage(up) => Some((up.clone(), self.stage_dir(up))),
+                Input::Stage(up) => Some((up.clone(), self.stage_dir(placed.upstream(up)))),
                 Input::Files(_) => None,
             })
             .collect();
@@ -374,7 +433,7 @@ impl Runner {
             name: name.to_string(),
             dir: dir.clone(),
             config: config.clone(),
-            seed: self.seed,
+            seed,
             shard,
             device: self.options.device,
             upstream,
@@ -420,7 +479,7 @@ impl Runner {
             stage: name.to_string(),
             kind: stage.name().to_string(),
             shard,
-            seed: self.seed,
+            seed,
             device: self.options.device.to_string(),
             config,
             config_hash,
@@ -445,18 +504,18 @@ impl Runner {
 
     fn hash_inputs(
         &self,
-        name: &str,
-        stage: &dyn Stage,
+        placed: &Placed,
         previous: Option<&Manifest>,
     ) -> Result<Vec<InputRecord>, PipelineError> {
         let mut records = Vec::new();
-        for input in stage.inputs() {
+        for input in placed.stage.inputs() {
             match input {
                 Input::Stage(up) => {
+                    let up = placed.upstream(&up).to_owned();
                     let dir = self.stage_dir(&up);
                     let manifests = Manifest::read_complete(&dir).map_err(|reason| {
                         PipelineError::MissingUpstream {
-                            stage: name.to_string(),
+                            stage: placed.name.clone(),
                             upstream: up.clone(),
                             reason,
                         }

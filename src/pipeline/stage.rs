@@ -1,6 +1,6 @@
 use std::path::Path;
 
-use super::{StageContext, StageError};
+use super::{SeedRuns, StageContext, StageError};
 
 /// What a stage reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,5 +65,13 @@ pub trait Stage: Send + Sync {
     fn merge_parts(&self, dir: &Path, parts: u32) -> Result<(), StageError> {
         let _ = (dir, parts);
         Ok(())
+    }
+
+    /// When the pipeline runs several seeds: the stage that reads every seed's run of the per-seed stages it
+    /// names (`runs`: each per-seed stage's runs, seed 1 first), for a stage that aggregates over seeds (a
+    /// report). `None`, the default, keeps the stage as it is, reading seed 1's run. See [`super::seeds`].
+    fn over_seeds(&self, runs: &SeedRuns) -> Option<Box<dyn Stage>> {
+        let _ = runs;
+        None
     }
 }

@@ -2,7 +2,8 @@
 //! [`Findings`] of a run. [`super::markdown`] and [`super::html`] only lay the blocks out, so both formats
 //! always say the same thing.
 //!
-//! Sections, in order: a summary of every reranker (macro averages), a paired test between each two rerankers,
+//! Sections, in order: for a pipeline run over several seeds, each reranker over its seeds ([`super::seeds`]);
+//! a summary of every reranker (macro averages), a paired test between each two rerankers (of the same seed),
 //! then per eval stage its metrics over all queries, macro-averaged and per task, first stage against reranked
 //! with the difference and the randomisation test's p-value; the mining statistics; and per train stage its
 //! loss, W+/W-, learning-rate and gradient-norm curves. The charts are written as PNGs while building.
@@ -13,11 +14,13 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::collect::{Findings, Named, TrainStep};
+use super::seeds::{OverSeeds, RerankerOverSeeds, Spread};
 use super::ReportError;
 use crate::charts::{bar_chart, line_chart, Bars, Series};
 use crate::eval::stage::EvalSummary;
 use crate::eval::summary::ALL;
 use crate::eval::{paired_values, randomisation_test, Comparison, Significance};
+use crate::pipeline::seeds::replica_of;
 use crate::schema::outputs;
 
 /// A p-value below this is marked significant (`*`).
@@ -100,9 +103,11 @@ pub struct Document {
     pub plots: Vec<PathBuf>,
 }
 
-/// Builds the report of `findings`, writing its charts into `plots_dir`.
+/// Builds the report of `findings`, with the rerankers `over_seeds` when the run has several seeds, writing its
+/// charts into `plots_dir`.
 pub fn build(
     findings: &Findings,
+    over_seeds: Option<&OverSeeds>,
     settings: &ReportSettings,
     plots_dir: &Path,
 ) -> Result<Document, ReportError> {
@@ -119,6 +124,9 @@ pub fn build(
          a relevant document, a query missing from a run scores 0, ties broken by document id. Δ is reranked \
          minus first stage; p is the two-sided paired randomisation test; * marks p < {SIGNIFICANCE_LEVEL}."
     ));
+    if let Some(over_seeds) = over_seeds {
+        builder.seeds_section(over_seeds);
+    }
     if !findings.evals.is_empty() {
         builder.summary(&findings.evals);
         builder.rerankers_compared(&findings.evals, settings)?;
@@ -191,13 +199,21 @@ impl Builder<'_> {
         self.blocks.extend(summary_table(evals).map(Block::Table));
     }
 
-    /// A paired test between the reranked runs of each two eval stages, on the queries they share.
+    /// A paired test between the reranked runs of each two eval stages of the same seed, on the queries they
+    /// share (two seeds of one reranker differ by noise alone; [`Self::seeds_section`] compares over seeds).
     fn rerankers_compared(
         &mut self,
         evals: &[Named<EvalSummary>],
         settings: &ReportSettings,
     ) -> Result<(), ReportError> {
-        if evals.len() < 2 {
+        let seed = |eval: &Named<EvalSummary>| replica_of(&eval.stage).1;
+        let pairs: Vec<(&Named<EvalSummary>, &Named<EvalSummary>)> = evals
+            .iter()
+            .enumerate()
+            .flat_map(|(i, a)| evals[i + 1..].iter().map(move |b| (a, b)))
+            .filter(|(a, b)| seed(a) == seed(b))
+            .collect();
+        if pairs.is_empty() {
             return Ok(());
         }
         self.heading(2, "Rerankers compared");
@@ -205,45 +221,102 @@ impl Builder<'_> {
             "Mean over all queries; Δ is the second minus the first; p from {} permutations.",
             settings.permutations
         ));
-        for (i, a) in evals.iter().enumerate() {
-            for b in &evals[i + 1..] {
-                self.heading(3, format!("{} vs {}", a.stage, b.stage));
-                let (ca, cb) = (&a.value.comparison, &b.value.comparison);
-                let (Some(run_a), Some(run_b)) =
-                    (ca.runs.get(&ca.candidate), cb.runs.get(&cb.candidate))
-                else {
-                    continue;
-                };
-                if run_a.per_query.keys().ne(run_b.per_query.keys()) {
-                    self.paragraph("Not compared: the two stages evaluated different queries.");
-                    continue;
-                }
-                let mut rows = Vec::new();
-                for metric in &ca.metrics {
-                    let values = |run: &crate::eval::RunMetrics| -> BTreeMap<String, f64> {
-                        run.per_query
-                            .iter()
-                            .filter_map(|(q, v)| Some((q.clone(), *v.get(metric)?)))
-                            .collect()
-                    };
-                    let (xs, ys) = paired_values(&values(run_a), &values(run_b))?;
-                    let test = randomisation_test(&ys, &xs, settings.permutations, settings.seed)?;
-                    let significance = Significance {
-                        mean_difference: test.mean_difference,
-                        p_value: test.p_value,
-                        permutations: test.permutations,
-                    };
-                    rows.push(comparison_row(
-                        metric,
-                        run_a.mean.get(metric),
-                        run_b.mean.get(metric),
-                        Some(&significance),
-                    ));
-                }
-                self.table(comparison_header(&a.stage, &b.stage), rows);
+        for (a, b) in pairs {
+            self.heading(3, format!("{} vs {}", a.stage, b.stage));
+            let (ca, cb) = (&a.value.comparison, &b.value.comparison);
+            let (Some(run_a), Some(run_b)) =
+                (ca.runs.get(&ca.candidate), cb.runs.get(&cb.candidate))
+            else {
+                continue;
+            };
+            if run_a.per_query.keys().ne(run_b.per_query.keys()) {
+                self.paragraph("Not compared: the two stages evaluated different queries.");
+                continue;
             }
+            let mut rows = Vec::new();
+            for metric in &ca.metrics {
+                let values = |run: &crate::eval::RunMetrics| -> BTreeMap<String, f64> {
+                    run.per_query
+                        .iter()
+                        .filter_map(|(q, v)| Some((q.clone(), *v.get(metric)?)))
+                        .collect()
+                };
+                let (xs, ys) = paired_values(&values(run_a), &values(run_b))?;
+                let test = randomisation_test(&ys, &xs, settings.permutations, settings.seed)?;
+                let significance = Significance {
+                    mean_difference: test.mean_difference,
+                    p_value: test.p_value,
+                    permutations: test.permutations,
+                };
+                rows.push(comparison_row(
+                    metric,
+                    run_a.mean.get(metric),
+                    run_b.mean.get(metric),
+                    Some(&significance),
+                ));
+            }
+            self.table(comparison_header(&a.stage, &b.stage), rows);
         }
         Ok(())
+    }
+
+    /// Each reranker over its seeds: the summary over seeds, each reranker's figures over all queries and per
+    /// task, and the rerankers compared over seeds.
+    fn seeds_section(&mut self, over: &OverSeeds) {
+        self.heading(2, format!("Over {} seeds", over.seeds()));
+        self.paragraph(format!(
+            "Each reranker was trained and evaluated once per seed: seed 1 is its eval stage, seed k > 1 the \
+             replica <stage>@s<k>, trained with seed + k - 1 on the same data; the first stage is the same in \
+             every seed. mean, sd (n - 1 in the denominator), min and max are over the seeds; above counts the \
+             seeds whose macro average is above the first stage's. Δ and p are the paired randomisation test \
+             pooled over seeds ({} permutations): each query's reranked minus first-stage value averaged over \
+             the seeds, one pair per query, over all queries; * marks p < {SIGNIFICANCE_LEVEL}.",
+            over.permutations
+        ));
+        self.blocks.push(Block::Table(seeds_summary_table(over)));
+        for reranker in &over.rerankers {
+            self.heading(
+                3,
+                format!(
+                    "{} over {} seeds: all queries",
+                    reranker.reranker,
+                    reranker.runs.len()
+                ),
+            );
+            self.paragraph(format!(
+                "Eval stages {}; {} queries.",
+                reranker.runs.join(", "),
+                reranker.queries
+            ));
+            self.blocks
+                .push(Block::Table(seeds_all_queries_table(reranker)));
+            self.heading(
+                3,
+                format!(
+                    "{} over {} seeds: per task",
+                    reranker.reranker,
+                    reranker.runs.len()
+                ),
+            );
+            self.blocks
+                .push(Block::Table(seeds_per_task_table(reranker)));
+        }
+        if over.compared.is_empty() {
+            return;
+        }
+        self.heading(3, "Rerankers compared over seeds");
+        self.paragraph(
+            "Per query, each reranker's value averaged over its seeds; Δ is the second minus the first, over all \
+             queries, with the pooled test's p.",
+        );
+        for pair in over.compared.iter().filter(|pair| pair.tests.is_none()) {
+            self.paragraph(format!(
+                "{} vs {}: not compared, they evaluated different queries.",
+                pair.first, pair.second
+            ));
+        }
+        self.blocks
+            .extend(seeds_compared_table(over).map(Block::Table));
     }
 
     fn eval_section(&mut self, eval: &Named<EvalSummary>) -> Result<(), ReportError> {
@@ -551,6 +624,160 @@ pub fn summary_table(evals: &[Named<EvalSummary>]) -> Option<Table> {
     Some(Table { header, rows })
 }
 
+/// The summary over seeds, one row per reranker and metric: macro averages over tasks (first stage, then the
+/// reranker's mean, sd, min and max over seeds and the seeds above the first stage), and the pooled test over all
+/// queries. It is what a report over seeds prints.
+pub fn seeds_summary_table(over: &OverSeeds) -> Table {
+    let header = [
+        "reranker",
+        "metric",
+        "first stage",
+        "mean",
+        "sd",
+        "min",
+        "max",
+        "above",
+        "Δ all queries",
+        "p",
+    ];
+    let mut rows = Vec::new();
+    for reranker in &over.rerankers {
+        for metric in &reranker.metrics {
+            let first_stage = reranker.first_stage.macro_average.get(metric);
+            let mut row = vec![
+                reranker.reranker.clone(),
+                metric.clone(),
+                value_cell(first_stage.map(|s| &s.mean)),
+            ];
+            row.extend(spread_cells(reranker.reranked.macro_average.get(metric)));
+            row.push(format!(
+                "{}/{}",
+                reranker.seeds_above.get(metric).copied().unwrap_or(0),
+                reranker.runs.len()
+            ));
+            row.extend(test_cells(reranker.pooled.get(metric)));
+            rows.push(row);
+        }
+    }
+    Table {
+        header: header.into_iter().map(str::to_owned).collect(),
+        rows,
+    }
+}
+
+/// One reranker over its seeds, over all queries: first stage, spread, and the pooled test.
+fn seeds_all_queries_table(reranker: &RerankerOverSeeds) -> Table {
+    let header = [
+        "metric",
+        "first stage",
+        "mean",
+        "sd",
+        "min",
+        "max",
+        "Δ",
+        "p",
+    ];
+    let rows = reranker
+        .metrics
+        .iter()
+        .map(|metric| {
+            let mut row = vec![
+                metric.clone(),
+                value_cell(reranker.first_stage.mean.get(metric).map(|s| &s.mean)),
+            ];
+            row.extend(spread_cells(reranker.reranked.mean.get(metric)));
+            row.extend(test_cells(reranker.pooled.get(metric)));
+            row
+        })
+        .collect();
+    Table {
+        header: header.into_iter().map(str::to_owned).collect(),
+        rows,
+    }
+}
+
+/// One reranker over its seeds, per task: first stage and spread (no test: see [`super::seeds`]).
+fn seeds_per_task_table(reranker: &RerankerOverSeeds) -> Table {
+    let header = ["task", "metric", "first stage", "mean", "sd", "min", "max"];
+    let mut rows = Vec::new();
+    for (task, spreads) in &reranker.reranked.per_task {
+        let first_stage = reranker.first_stage.per_task.get(task);
+        for metric in &reranker.metrics {
+            let mut row = vec![
+                task.clone(),
+                metric.clone(),
+                value_cell(first_stage.and_then(|f| f.get(metric)).map(|s| &s.mean)),
+            ];
+            row.extend(spread_cells(spreads.get(metric)));
+            rows.push(row);
+        }
+    }
+    Table {
+        header: header.into_iter().map(str::to_owned).collect(),
+        rows,
+    }
+}
+
+/// Each two rerankers compared over their seeds (those that evaluated the same queries); `None` without any.
+pub fn seeds_compared_table(over: &OverSeeds) -> Option<Table> {
+    let reranker = |name: &str| over.rerankers.iter().find(|r| r.reranker == name);
+    let mean_of = |name: &str, metric: &str| {
+        reranker(name)
+            .and_then(|r| r.reranked.mean.get(metric))
+            .map(|s| s.mean)
+    };
+    let mut rows = Vec::new();
+    for pair in &over.compared {
+        let (Some(tests), Some(first)) = (&pair.tests, reranker(&pair.first)) else {
+            continue;
+        };
+        for metric in &first.metrics {
+            let mut row = vec![
+                format!("{} vs {}", pair.first, pair.second),
+                metric.clone(),
+                value_cell(mean_of(&pair.first, metric).as_ref()),
+                value_cell(mean_of(&pair.second, metric).as_ref()),
+            ];
+            row.extend(test_cells(tests.get(metric)));
+            rows.push(row);
+        }
+    }
+    if rows.is_empty() {
+        return None;
+    }
+    let header = ["rerankers", "metric", "first", "second", "Δ", "p"];
+    Some(Table {
+        header: header.into_iter().map(str::to_owned).collect(),
+        rows,
+    })
+}
+
+/// mean, sd, min and max of a spread; sd is "–" for a single seed.
+fn spread_cells(spread: Option<&Spread>) -> [String; 4] {
+    let Some(spread) = spread else {
+        return ["n/a", "n/a", "n/a", "n/a"].map(str::to_owned);
+    };
+    [
+        value_cell(Some(&spread.mean)),
+        spread
+            .sd
+            .map_or_else(|| "–".to_owned(), |sd| value_cell(Some(&sd))),
+        value_cell(Some(&spread.min)),
+        value_cell(Some(&spread.max)),
+    ]
+}
+
+/// Δ and p of a test.
+fn test_cells(test: Option<&Significance>) -> [String; 2] {
+    [
+        test.map_or_else(
+            || "n/a".to_owned(),
+            |t| format!("{:+.4}", t.mean_difference),
+        ),
+        p_cell(test),
+    ]
+}
+
 /// Four decimals for values of order 1, scientific notation for tiny ones (a learning rate).
 fn format_value(value: f64) -> String {
     if value != 0.0 && value.abs() < 1e-3 {
@@ -591,7 +818,18 @@ fn comparison_row(
         (Some(a), Some(b)) => format!("{:+.4}", b - a),
         _ => "n/a".to_owned(),
     };
-    let p = test.map_or_else(
+    vec![
+        metric.to_owned(),
+        value_cell(a),
+        value_cell(b),
+        delta,
+        p_cell(test),
+    ]
+}
+
+/// A test's p-value, marked `*` when significant; "–" without a test.
+fn p_cell(test: Option<&Significance>) -> String {
+    test.map_or_else(
         || "–".to_owned(),
         |t| {
             let mark = if t.p_value < SIGNIFICANCE_LEVEL {
@@ -601,8 +839,7 @@ fn comparison_row(
             };
             format!("{}{mark}", p_value_text(t))
         },
-    );
-    vec![metric.to_owned(), value_cell(a), value_cell(b), delta, p]
+    )
 }
 
 #[cfg(test)]

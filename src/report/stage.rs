@@ -3,13 +3,16 @@
 //!
 //! The stages are named explicitly rather than discovered, so that each is a declared input: the report is
 //! rewritten exactly when one of them changed. The summary table (one row per reranker) is also printed, so that a
-//! pipeline comparing several rerankers (pipelines/probe.toml) ends with its comparison on the terminal.
+//! pipeline comparing several rerankers (pipelines/probe.toml) ends with its comparison on the terminal. In a
+//! pipeline run over several seeds the stage reads every seed's run of the per-seed stages it names, writes
+//! `seeds.json` and prints the summary over seeds last ([`super::seeds`]).
 
 use serde::{Deserialize, Serialize};
 
+use super::seeds::names_replicas;
 use super::{write_report, ReportSettings};
 use crate::eval::DEFAULT_PERMUTATIONS;
-use crate::pipeline::{Input, Output, PipelineError, Stage, StageContext, StageError};
+use crate::pipeline::{Input, Output, PipelineError, SeedRuns, Stage, StageContext, StageError};
 use crate::progress;
 use crate::schema::outputs;
 
@@ -38,6 +41,9 @@ fn default_permutations() -> usize {
 /// The report stage; see the module docs.
 pub struct ReportStage {
     config: ReportConfig,
+    /// The stage runs it reads, in report order: `config.stages`, each per-seed stage followed by its other seeds'
+    /// runs when the pipeline runs several.
+    reads: Vec<String>,
 }
 
 impl ReportStage {
@@ -54,7 +60,12 @@ impl ReportStage {
         if config.permutations == 0 {
             return Err(bad("`permutations` must be at least 1"));
         }
-        Ok(Self { config })
+        let reads = config.stages.clone();
+        Ok(Self { config, reads })
+    }
+
+    fn reads_seeds(&self) -> bool {
+        names_replicas(self.reads.iter().map(String::as_str))
     }
 }
 
@@ -68,25 +79,44 @@ impl Stage for ReportStage {
     }
 
     fn inputs(&self) -> Vec<Input> {
-        self.config
-            .stages
+        self.reads
             .iter()
             .map(|stage| Input::Stage(stage.clone()))
             .collect()
     }
 
     fn outputs(&self) -> Vec<Output> {
-        vec![
+        let mut written = vec![
             Output::tree(outputs::report::REPORT_MD),
             Output::tree(outputs::report::REPORT_HTML),
             Output::tree(outputs::report::PLOTS),
-        ]
+        ];
+        if self.reads_seeds() {
+            written.push(Output::tree(outputs::report::SEEDS_JSON));
+        }
+        written
+    }
+
+    fn over_seeds(&self, runs: &SeedRuns) -> Option<Box<dyn Stage>> {
+        let reads = self
+            .config
+            .stages
+            .iter()
+            .flat_map(|stage| {
+                runs.get(stage)
+                    .cloned()
+                    .unwrap_or_else(|| vec![stage.clone()])
+            })
+            .collect();
+        Some(Box::new(Self {
+            config: self.config.clone(),
+            reads,
+        }))
     }
 
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
         let stages = self
-            .config
-            .stages
+            .reads
             .iter()
             .map(|stage| Ok((stage.clone(), ctx.upstream_dir(stage)?.to_path_buf())))
             .collect::<Result<Vec<_>, PipelineError>>()?;
@@ -110,6 +140,14 @@ impl Stage for ReportStage {
                 self.config.title
             );
             progress::multi().suspend(|| println!("{heading}\n{summary}"));
+        }
+        if let Some((_, over_seeds)) = &files.over_seeds {
+            let heading = format!(
+                "{}: {} over seeds (macro averages over tasks; Δ and p: all queries, pooled over seeds)",
+                ctx.name(),
+                self.config.title
+            );
+            progress::multi().suspend(|| println!("{heading}\n{over_seeds}"));
         }
         Ok(())
     }

@@ -89,6 +89,8 @@ pub mod report {
     pub const REPORT_HTML: &str = "report.html";
     /// The report's PNGs, referenced relative to the report.
     pub const PLOTS: &str = "plots";
+    /// The rerankers' figures over seeds, when the run trained them over several.
+    pub const SEEDS_JSON: &str = "seeds.json";
 }
 
 /// The `release` stage.

@@ -330,6 +330,76 @@ fn stages_that_do_not_read_each_other_run_side_by_side_with_the_same_outputs() {
 }
 
 #[test]
+fn per_seed_stages_run_once_per_seed_after_the_stages_they_read_ran_once() {
+    let w = World::new();
+    let p = w.pipeline("work", "count = 30", "per_seed = true");
+    let three = RunOptions {
+        seeds: Some(3),
+        ..Default::default()
+    };
+    let reports = Runner::from_config(&p, &w.registry(), three.clone())
+        .unwrap()
+        .run()
+        .unwrap();
+    let runs: Vec<(&str, StageOutcome)> = reports
+        .iter()
+        .map(|r| (r.name.as_str(), r.outcome))
+        .collect();
+    assert_eq!(
+        runs,
+        [
+            ("numbers", Ran),
+            ("doubler", Ran),
+            ("doubler@s2", Ran),
+            ("doubler@s3", Ran)
+        ]
+    );
+    for (stage, seed) in [("doubler", 3), ("doubler@s2", 4), ("doubler@s3", 5)] {
+        let manifest: serde_json::Value = serde_json::from_slice(
+            &fs::read(w.path(&format!("work/{stage}/manifest.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(manifest["seed"], seed, "{stage}");
+        assert_eq!(
+            manifest["inputs"][0]["name"], "numbers",
+            "{stage} reads the one numbers stage"
+        );
+    }
+    assert_eq!(
+        rows(&w.path("work/doubler@s3/doubled")),
+        rows(&w.path("work/doubler/doubled"))
+    );
+
+    // `--until` a per-seed stage stops after every seed's run of it; a replica named on its own is one run.
+    let select = |from: &str, until: &str| RunOptions {
+        from: Some(from.into()),
+        until: Some(until.into()),
+        force: true,
+        ..three.clone()
+    };
+    assert_eq!(
+        w.run(&p, select("doubler", "doubler")).unwrap(),
+        [NotSelected, Ran, Ran, Ran]
+    );
+    assert_eq!(
+        w.run(&p, select("doubler@s2", "doubler@s2")).unwrap(),
+        [NotSelected, NotSelected, Ran, NotSelected]
+    );
+
+    // Seed 1 is the single-seed run: one seed finds it up to date.
+    assert_eq!(
+        w.run(&p, RunOptions::default()).unwrap(),
+        [UpToDate, UpToDate]
+    );
+    let plain = w.pipeline("work", "count = 30", "");
+    let err = w.run(&plain, three).unwrap_err().to_string();
+    assert!(
+        err.contains("no stage is marked `per_seed = true`"),
+        "{err}"
+    );
+}
+
+#[test]
 fn with_several_jobs_a_failed_stage_still_stops_the_stages_that_read_it() {
     let w = World::new();
     w.crash_once.store(true, Ordering::SeqCst);

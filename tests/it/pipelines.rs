@@ -213,6 +213,10 @@ fn the_probe_trains_the_whole_grid_on_one_set_of_shards_and_reports_all_of_it() 
     let eval_names: Vec<String> = evals.iter().map(|e| e.name.clone()).collect();
     assert_eq!(reported, eval_names);
     assert_eq!(probe.stages.last().unwrap().name, "report");
+    assert!(
+        trains.iter().chain(&evals).all(|s| s.per_seed),
+        "`--seeds N` runs every cell over N seeds"
+    );
 }
 
 #[test]
