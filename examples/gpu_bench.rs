@@ -24,16 +24,16 @@ use candle_nn::{Optimizer, VarBuilder};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 use umrank::device::DeviceSpec;
+use umrank::models::adapters::lora::LoraConfig;
 use umrank::models::decoder::Decoder;
-use umrank::models::hf_config::DecoderConfig;
-use umrank::models::lora::LoraConfig;
+use umrank::models::formats::hf_config::DecoderConfig;
 use umrank::models::qwen2_vl::config::VisionConfig;
 use umrank::models::qwen2_vl::grid::ImageGrid;
 use umrank::models::qwen2_vl::model::Qwen2VlModel;
 use umrank::models::qwen2_vl::rope_index::MropeTokens;
 use umrank::models::qwen2_vl::score::{score_batch, ImagePatches, PaddedBatch, ScoreInput};
 use umrank::models::qwen2_vl::vision::VisionTransformer;
-use umrank::models::tokenizer::AnswerIds;
+use umrank::models::text::tokenizer::AnswerIds;
 
 #[derive(Parser)]
 #[command(about = "GPU parity checks and model benchmarks (prints JSON lines)")]

@@ -13,12 +13,12 @@ use crate::media::preprocess::{
     ImagePreprocessor, PreprocessError, PreprocessorConfig, Qwen2VlParams, Qwen2VlProcessor,
 };
 use crate::modality::Modality;
-use crate::models::prompt::IM_END;
 use crate::models::qwen2_vl::{
     gme_embed, GmeInput, GmePromptBuilder, ImageGrid, ImagePatches, Qwen2VlModel, ScoreInput,
     GME_DEFAULT_INSTRUCTION,
 };
-use crate::models::tokenizer::Tokenizer;
+use crate::models::text::prompt::IM_END;
+use crate::models::text::tokenizer::Tokenizer;
 
 const PREPROCESSOR_CONFIG: &str = "preprocessor_config.json";
 

@@ -31,7 +31,7 @@ use crate::dataset::DatasetError;
 use crate::media::preprocess::PreprocessError;
 use crate::models::embedders::EmbedderError;
 use crate::models::qwen2_vl::VlLoadError;
-use crate::models::tokenizer::TokenizerError;
+use crate::models::text::tokenizer::TokenizerError;
 use crate::pipeline::PipelineError;
 
 /// Why the embed stage could not run. Records it cannot embed are rejects, not errors.

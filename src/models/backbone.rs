@@ -4,9 +4,9 @@
 
 use candle_core::{Device, Result, Tensor};
 
-use super::attention::AttentionKernel;
-use super::decoder::Decoder;
 use super::qwen2_vl::{HiddenStates, PaddedBatch, Qwen2VlModel};
+use crate::models::decoder::Decoder;
+use crate::models::layers::attention::AttentionKernel;
 
 #[derive(Debug)]
 pub enum Backbone {

@@ -12,19 +12,19 @@
 //! The result is the final-norm hidden state; scoring then needs only a few LM-head rows
 //! ([`Decoder::token_logits`], e.g. "yes" and "no"), never the full-vocabulary matmul.
 
-use super::activation::Activation;
-use super::attention::{attention, AttentionKernel};
-use super::hf_config::{ConfigError, DecoderConfig};
-use super::layer_error::LayerError;
-use super::linear::{matmul_transposed, Linear};
-use super::lora::{self, LoraConfig};
-use super::mask::AttentionMask;
-use super::norm::RmsNorm;
-use super::packed::PackedAttention;
-use super::peft::{self, PeftAdapter, PeftError};
-use super::rope::{apply_rotary_emb, MropeSection, RotaryEmbedding};
-use super::shared_prefix::{PrefixGroup, SharedPrefixAttention};
-use super::weights::{Weights, WeightsError};
+use crate::models::adapters::lora::{self, LoraConfig};
+use crate::models::adapters::peft::{self, PeftAdapter, PeftError};
+use crate::models::formats::hf_config::{ConfigError, DecoderConfig};
+use crate::models::formats::weights::{Weights, WeightsError};
+use crate::models::layers::activation::Activation;
+use crate::models::layers::attention::{attention, AttentionKernel};
+use crate::models::layers::layer_error::LayerError;
+use crate::models::layers::linear::{matmul_transposed, Linear};
+use crate::models::layers::mask::AttentionMask;
+use crate::models::layers::norm::RmsNorm;
+use crate::models::layers::packed::PackedAttention;
+use crate::models::layers::rope::{apply_rotary_emb, MropeSection, RotaryEmbedding};
+use crate::models::layers::shared_prefix::{PrefixGroup, SharedPrefixAttention};
 use candle_core::{DType, Device, Module, Result, Tensor, Var, D};
 use candle_nn::VarBuilder;
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@
 //! that a layer trains is to compare the gradients `backward` produces with central finite differences of the
 //! same function, in f64 where both are accurate to many digits.
 
-use super::layer_error::LayerError;
+use crate::models::layers::layer_error::LayerError;
 use candle_core::{DType, Result, Tensor, Var};
 use std::fmt;
 

@@ -3,33 +3,24 @@
 //! Everything the trainer differentiates through is built here from candle ops that have a backward pass (see
 //! docs/dependencies.md#trainable-layers-are-our-own: candle-nn's fused softmax, norms and rope have none), and every
 //! block is checked against finite differences with [`gradcheck`].
+//!
+//! By kind:
+//! - the building blocks: [`layers`] (linear, norms, rotary positions, masks, attention) and [`adapters`] (LoRA
+//!   and its PEFT files);
+//! - the architectures: [`decoder`] (Qwen2/Qwen3/Llama-family text decoders), [`qwen2_vl`] (the vision tower and
+//!   the vision-language model) and [`embedders`] (the first-stage retrievers: BERT, CLIP, SigLIP);
+//! - the task: [`backbone`] (the network under the LM head) and [`reranker`] (a reranker ready to score pairs);
+//! - what surrounds them: [`formats`] (checkpoints, configs, GGUF, dtypes), [`text`] (tokenizers, chat templates,
+//!   the prompt), [`init`] (seeded initial weights for both trainers) and [`gradcheck`].
 
-pub mod activation;
-pub mod attention;
+pub mod adapters;
 pub mod backbone;
-pub mod blocked_attention;
-pub mod chat_template;
 pub mod decoder;
 pub mod embedders;
-pub mod gguf;
-pub mod gguf_tokenizer;
+pub mod formats;
 pub mod gradcheck;
-pub mod hf_config;
-pub mod key_spans;
-pub mod layer_error;
-pub mod linear;
-pub mod lora;
-pub mod mask;
-pub mod norm;
-pub mod packed;
-pub mod peft;
-pub mod precision;
-pub mod prompt;
-pub mod pyjson;
+pub mod init;
+pub mod layers;
 pub mod qwen2_vl;
 pub mod reranker;
-pub mod rope;
-pub mod shared_prefix;
-pub mod softmax;
-pub mod tokenizer;
-pub mod weights;
+pub mod text;

@@ -15,17 +15,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{DType, Device, Tensor};
 
-use super::backbone::Backbone;
-use super::decoder::Decoder;
-use super::gguf::GgufCheckpoint;
-use super::peft::PeftError;
-use super::prompt::{PromptBuilder, PromptError, RerankInput, Side, IM_END};
 use super::qwen2_vl::{score, ImageGrid, ImagePatches, PairScore, Qwen2VlModel, ScoreInput};
-use super::tokenizer::{AnswerIds, Tokenizer, TokenizerError};
 use crate::media::preprocess::{
     ImageInput, ImagePreprocessor, PreprocessError, PreprocessorConfig, Qwen2VlParams,
     Qwen2VlProcessor,
 };
+use crate::models::adapters::peft::PeftError;
+use crate::models::backbone::Backbone;
+use crate::models::decoder::Decoder;
+use crate::models::formats::gguf::GgufCheckpoint;
+use crate::models::text::prompt::{PromptBuilder, PromptError, RerankInput, Side, IM_END};
+use crate::models::text::tokenizer::{AnswerIds, Tokenizer, TokenizerError};
 
 /// Why a reranker could not be loaded or could not score a pair.
 #[derive(Debug, thiserror::Error)]

@@ -19,7 +19,7 @@
 //! relative size is below half a bf16 ulp and would round away if applied to the bf16 value itself.
 
 use super::error::OptimError;
-use crate::models::precision::compute_dtype;
+use crate::models::formats::precision::compute_dtype;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};

@@ -6,7 +6,7 @@ use std::fmt::Write;
 use super::manifest::ReleaseKind;
 use super::metrics::MetricsTable;
 use super::provenance::{Provenance, StageRecord};
-use crate::models::lora::LoraConfig;
+use crate::models::adapters::lora::LoraConfig;
 use crate::models::qwen2_vl::PairScore;
 
 /// Where the license in the card came from.

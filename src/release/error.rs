@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use crate::dataset::DatasetError;
-use crate::models::peft::PeftError;
+use crate::models::adapters::peft::PeftError;
 use crate::models::qwen2_vl::PairScore;
 use crate::pipeline::PipelineError;
 

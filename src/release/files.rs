@@ -9,8 +9,8 @@ use serde_json::json;
 
 use super::ReleaseError;
 use crate::media::preprocess::PreprocessorConfig;
+use crate::models::formats::weights::{INDEX_FILE, SINGLE_FILE};
 use crate::models::qwen2_vl::{Qwen2VlModel, VisionConfig};
-use crate::models::weights::{INDEX_FILE, SINGLE_FILE};
 
 /// Files of a Hugging Face model directory that describe the model without being its weights. config.json and
 /// tokenizer.json are required; the others are copied when the base has them.

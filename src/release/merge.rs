@@ -18,9 +18,9 @@ use safetensors::{Dtype, View};
 
 use super::files::weight_files;
 use super::ReleaseError;
-use crate::models::linear::Linear;
-use crate::models::peft::PeftAdapter;
-use crate::models::weights::INDEX_FILE;
+use crate::models::adapters::peft::PeftAdapter;
+use crate::models::formats::weights::INDEX_FILE;
+use crate::models::layers::linear::Linear;
 use crate::progress;
 
 /// Where a Llama-family checkpoint keeps its decoder layers (flat, and nested inside a VL model).

@@ -17,7 +17,7 @@
 //! then its negatives in group order. In cl a group is one row; its documents' parts come from the corpus by did.
 //!
 //! **Prompts are parts**, never rendered: instruction, query text, query image id, document text, document image
-//! id. The trainer renders them with its model's own chat template (src/models/prompt.rs for Qwen2-VL), so one set
+//! id. The trainer renders them with its model's own chat template (src/models/text/prompt.rs for Qwen2-VL), so one set
 //! of shards serves every backbone; `index.json` says so (`"prompt": "parts"`). Images are not copied: image ids
 //! key into the ingest stage's `images` dataset, whose path the index records.
 //!

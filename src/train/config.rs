@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::objective::{DirectionSource, Objective, ObjectiveConfig, WeightSource};
-use crate::models::lora::{LoraConfig, DECODER_TARGETS};
+use crate::models::adapters::lora::{LoraConfig, DECODER_TARGETS};
 use crate::optim::AdamWConfig;
 use crate::optim::{Decay, Schedule};
 

@@ -7,7 +7,7 @@
 
 use super::data::{Group, Part};
 use super::images::ImageBank;
-use crate::models::prompt::{PromptBuilder, PromptError, RerankInput, Side};
+use crate::models::text::prompt::{PromptBuilder, PromptError, RerankInput, Side};
 
 /// One prompt: token ids, and the image ids its placeholders stand for, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]

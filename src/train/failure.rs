@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use super::config::ConfigProblem;
 use super::error::TrainError;
 use crate::dataset::DatasetError;
-use crate::models::peft::PeftError;
-use crate::models::prompt::PromptError;
-use crate::models::tokenizer::TokenizerError;
+use crate::models::adapters::peft::PeftError;
+use crate::models::text::prompt::PromptError;
+use crate::models::text::tokenizer::TokenizerError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainRunError {

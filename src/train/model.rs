@@ -20,15 +20,15 @@ use serde_json::{json, Value};
 
 use super::config::{ModelSource, TrainConfig, Tuning};
 use super::failure::TrainRunError;
-use crate::models::attention::AttentionKernel;
 use crate::models::backbone::Backbone;
 use crate::models::decoder::Decoder;
-use crate::models::embedders::init::seeded_var_builder;
-use crate::models::hf_config::DecoderConfig;
-use crate::models::prompt::{IMAGE_PAD, IM_END, VISION_END, VISION_START};
+use crate::models::formats::hf_config::DecoderConfig;
+use crate::models::formats::weights::Weights;
+use crate::models::init::seeded_var_builder;
+use crate::models::layers::attention::AttentionKernel;
 use crate::models::qwen2_vl::Qwen2VlModel;
-use crate::models::tokenizer::{AnswerIds, Tokenizer};
-use crate::models::weights::Weights;
+use crate::models::text::prompt::{IMAGE_PAD, IM_END, VISION_END, VISION_START};
+use crate::models::text::tokenizer::{AnswerIds, Tokenizer};
 use crate::schema::outputs;
 
 /// Which base weights train, by checkpoint name.

@@ -24,8 +24,8 @@
 //! logits, whatever the model's dtype.
 
 use super::error::TrainError;
-use crate::models::precision::compute_dtype;
-use crate::models::softmax::log_softmax;
+use crate::models::formats::precision::compute_dtype;
+use crate::models::layers::softmax::log_softmax;
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 use std::fmt;

@@ -1,5 +1,5 @@
 //! The shared-prefix layout of a micro-batch: the tokens a group's prompts have in common run once, and every
-//! prompt's remaining suffix attends to them (see [`crate::models::shared_prefix`] for the attention).
+//! prompt's remaining suffix attends to them (see [`crate::models::layers::shared_prefix`] for the attention).
 //!
 //! Every prompt of a group starts with the same system turn, instruction and query (docs/method.md#prompt-layout), so
 //! the shared part is the longest common prefix of the group's token ids, with two limits:
@@ -20,7 +20,7 @@
 //! draw for the whole group where the plain path draws one per prompt: the same training distribution, another
 //! sample. With dropout off (or at evaluation) the two layouts give the same numbers.
 
-use crate::models::shared_prefix::PrefixGroup;
+use crate::models::layers::shared_prefix::PrefixGroup;
 
 use super::encode::Sequence;
 

@@ -31,7 +31,7 @@ use super::objective::{group_loss, ObjectiveConfig};
 use super::order::DataOrder;
 use super::plots::write_plots;
 use crate::dataset::Dataset;
-use crate::models::prompt::PromptBuilder;
+use crate::models::text::prompt::PromptBuilder;
 use crate::optim::Schedule;
 use crate::optim::{AdamW, GradAccumulator};
 use crate::pipeline::Reject;

@@ -7,12 +7,14 @@
 
 use crate::model_ops::common::{max_abs_diff, uniform};
 use candle_core::{DType, Device, Result, Tensor, Var};
-use umrank::models::attention::{attention, scaled_dot_product_attention, AttentionKernel};
-use umrank::models::blocked_attention::{blocked_attention, blocked_attention_with, BlockSizes};
-use umrank::models::key_spans::{KeySpans, Span};
-use umrank::models::mask::AttentionMask;
-use umrank::models::packed::PackedAttention;
-use umrank::models::shared_prefix::{PrefixGroup, SharedPrefixAttention};
+use umrank::models::layers::attention::{attention, scaled_dot_product_attention, AttentionKernel};
+use umrank::models::layers::blocked_attention::{
+    blocked_attention, blocked_attention_with, BlockSizes,
+};
+use umrank::models::layers::key_spans::{KeySpans, Span};
+use umrank::models::layers::mask::AttentionMask;
+use umrank::models::layers::packed::PackedAttention;
+use umrank::models::layers::shared_prefix::{PrefixGroup, SharedPrefixAttention};
 
 /// How close two results must be.
 #[derive(Debug, Clone, Copy)]

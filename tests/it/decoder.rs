@@ -11,8 +11,8 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use reference::{fixture, get, load, rel_error, rel_error_at, to_f64, Batch};
 use std::path::Path;
 use umrank::models::decoder::{select_positions, AttentionLayout, Decoder};
+use umrank::models::formats::hf_config::Architecture;
 use umrank::models::gradcheck::GradCheck;
-use umrank::models::hf_config::Architecture;
 
 const TOLERANCE: f64 = 1e-4;
 

@@ -11,8 +11,8 @@ use candle_transformers::models::quantized_llama;
 use reference::{fixture, get, rel_error, rel_error_at, to_f64, Batch};
 use std::sync::OnceLock;
 use umrank::models::decoder::{select_positions, AttentionLayout, Decoder};
-use umrank::models::gguf::GgufCheckpoint;
-use umrank::models::hf_config::Architecture;
+use umrank::models::formats::gguf::GgufCheckpoint;
+use umrank::models::formats::hf_config::Architecture;
 
 fn tiny() -> GgufCheckpoint {
     GgufCheckpoint::read(&fixture("llama_gguf/tiny-llama.gguf"), &Device::Cpu).unwrap()

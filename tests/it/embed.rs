@@ -25,11 +25,11 @@ use umrank::media::preprocess::{
 };
 use umrank::modality::Modality;
 use umrank::models::embedders::{self, EmbedderOptions};
-use umrank::models::prompt::IM_END;
 use umrank::models::qwen2_vl::{
     gme_embed, GmeInput, GmePromptBuilder, ImageGrid, ImagePatches, Qwen2VlModel, ScoreInput,
 };
-use umrank::models::tokenizer::Tokenizer;
+use umrank::models::text::prompt::IM_END;
+use umrank::models::text::tokenizer::Tokenizer;
 use umrank::pipeline::{
     Input, Output, RejectPolicy, RunOptions, Runner, Stage, StageContext, StageError,
 };

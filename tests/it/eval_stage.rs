@@ -19,7 +19,7 @@ use umrank::dataset::{Dataset, DatasetWriter};
 use umrank::eval::stage::{EvalSummary, FIRST_STAGE, RERANKED};
 use umrank::eval::{evaluate, read_run, EvalConfig, EvalStage, Metric, Qrels, Run, ScoreField};
 use umrank::media::preprocess::ImageInput;
-use umrank::models::lora::LoraConfig;
+use umrank::models::adapters::lora::LoraConfig;
 use umrank::models::qwen2_vl::Qwen2VlModel;
 use umrank::models::reranker::{PairSide, Reranker};
 use umrank::pipeline::{

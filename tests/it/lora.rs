@@ -9,10 +9,10 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use reference::{fixture, get, load, rel_error, rel_error_at, to_f64, Batch};
 use std::collections::BTreeMap;
 use std::path::Path;
+use umrank::models::adapters::lora::{LoraConfig, DECODER_TARGETS};
+use umrank::models::adapters::peft::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use umrank::models::decoder::{select_positions, Decoder};
-use umrank::models::lora::{LoraConfig, DECODER_TARGETS};
-use umrank::models::peft::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
-use umrank::models::softmax::log_softmax;
+use umrank::models::layers::softmax::log_softmax;
 
 fn with_peft_adapter() -> Decoder {
     let mut decoder = load("qwen2");

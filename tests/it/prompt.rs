@@ -6,11 +6,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use umrank::models::chat_template::{Chat, ChatMessage, ChatTemplates, ContentPart};
-use umrank::models::prompt::{
+use umrank::models::text::chat_template::{Chat, ChatMessage, ChatTemplates, ContentPart};
+use umrank::models::text::prompt::{
     ImageOwner, KeptText, PromptBuilder, PromptError, RerankInput, Side, IMAGE_PAD, RERANK_SYSTEM,
 };
-use umrank::models::tokenizer::Tokenizer;
+use umrank::models::text::tokenizer::Tokenizer;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer")

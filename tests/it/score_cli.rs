@@ -92,7 +92,8 @@ fn library_scores() -> Vec<PairScore> {
         .collect();
     let model =
         Qwen2VlModel::from_model_dir(&fixture("qwen2_vl"), DType::F32, &Device::Cpu).unwrap();
-    let tokenizer = umrank::models::tokenizer::Tokenizer::from_dir(&fixture("qwen2_vl")).unwrap();
+    let tokenizer =
+        umrank::models::text::tokenizer::Tokenizer::from_dir(&fixture("qwen2_vl")).unwrap();
     score(&model, &inputs, tokenizer.yes_no_ids().unwrap(), 0, 2).unwrap()
 }
 

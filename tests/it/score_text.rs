@@ -5,7 +5,7 @@ use crate::common::reference;
 
 use reference::{get, load, rel_error, Batch};
 use umrank::models::qwen2_vl::{score, ScoreInput};
-use umrank::models::tokenizer::AnswerIds;
+use umrank::models::text::tokenizer::AnswerIds;
 
 #[test]
 fn text_decoder_scores_match_transformers_logits() {

@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use umrank::models::tokenizer::{AnswerIds, Tokenizer, TokenizerError};
+use umrank::models::text::tokenizer::{AnswerIds, Tokenizer, TokenizerError};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer")

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 
 use minijinja::Value;
 use serde::Deserialize;
-use umrank::models::chat_template::{
+use umrank::models::text::chat_template::{
     Chat, ChatMessage, ChatTemplateError, ChatTemplates, ContentPart, DEFAULT_TEMPLATE,
     TOOL_USE_TEMPLATE,
 };
-use umrank::models::pyjson::float_repr;
+use umrank::models::text::pyjson::float_repr;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer")

@@ -28,9 +28,9 @@ use train_data::{
 use umrank::dataset::Dataset;
 use umrank::eval::{evaluate, paired_values, randomisation_test, Metric, Qrels, Run};
 use umrank::models::decoder::Decoder;
-use umrank::models::prompt::{PromptBuilder, RerankInput, Side, IM_END};
 use umrank::models::qwen2_vl::{score, ScoreInput};
-use umrank::models::tokenizer::Tokenizer;
+use umrank::models::text::prompt::{PromptBuilder, RerankInput, Side, IM_END};
+use umrank::models::text::tokenizer::Tokenizer;
 use umrank::train::config::DataFormat;
 use umrank::train::model::TrainableReranker;
 use umrank::train::{train, RunSettings, TrainConfig, TrainInputs};

@@ -189,7 +189,7 @@ fn packing_and_the_vision_cache_give_the_logits_of_the_plain_path() {
             prepare(&config, &inputs(&data, DataFormat::Sft), 3, &Device::Cpu).unwrap();
         let sequences: Vec<_> = {
             let builder =
-                umrank::models::prompt::PromptBuilder::reranker(prepared.model.tokenizer())
+                umrank::models::text::prompt::PromptBuilder::reranker(prepared.model.tokenizer())
                     .unwrap();
             let encoder = Encoder::new(builder, 512, prepared.images.as_ref());
             prepared.groups[..4]

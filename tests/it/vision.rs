@@ -9,15 +9,15 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use umrank::models::activation::Activation;
-use umrank::models::attention::AttentionKernel;
 use umrank::models::gradcheck::GradCheck;
-use umrank::models::packed::PackedAttention;
+use umrank::models::layers::activation::Activation;
+use umrank::models::layers::attention::AttentionKernel;
+use umrank::models::layers::packed::PackedAttention;
+use umrank::models::layers::rope::VisionRotaryEmbedding;
 use umrank::models::qwen2_vl::grid::{frame_cu_seqlens, patch_positions, WindowPartition};
 use umrank::models::qwen2_vl::{
     ImageGrid, VisionBlock, VisionConfig, VisionTransformer, VisionVariant, WindowAttention,
 };
-use umrank::models::rope::VisionRotaryEmbedding;
 
 fn fixture_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -7,14 +7,14 @@ use candle_nn::{Optimizer, SGD};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;
-use umrank::models::lora::LoraConfig;
-use umrank::models::prompt::{PromptBuilder, RerankInput, Side};
+use umrank::models::adapters::lora::LoraConfig;
+use umrank::models::layers::softmax::log_softmax;
 use umrank::models::qwen2_vl::{
     gme_embed, score, score_batch, GmeInput, GmePromptBuilder, ImageGrid, ImagePatches,
     PaddedBatch, Qwen2VlModel, ScoreInput, VlBatch,
 };
-use umrank::models::softmax::log_softmax;
-use umrank::models::tokenizer::Tokenizer;
+use umrank::models::text::prompt::{PromptBuilder, RerankInput, Side};
+use umrank::models::text::tokenizer::Tokenizer;
 
 use crate::common::reference::{rel_error, to_f64};
 

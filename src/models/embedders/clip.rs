@@ -17,10 +17,10 @@ use super::checkpoint::ModelDir;
 use super::clip_towers::{flat_positions, EncoderShape, TextTower, VisionTower};
 use super::dual::{DualEncoder, Shape, Towers};
 use super::error::{compute, EmbedderError};
-use super::init::seeded_var_builder;
 use super::text::{Padding, TextSettings};
 use super::{l2_normalised_rows, EmbedderOptions, CONFIG_FILE};
-use crate::models::activation::Activation;
+use crate::models::init::seeded_var_builder;
+use crate::models::layers::activation::Activation;
 
 /// The `eos_token_id` of configs written before transformers PR #24773, which pool at the largest token id.
 const LEGACY_EOS_TOKEN_ID: u32 = 2;

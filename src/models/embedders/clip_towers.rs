@@ -10,10 +10,10 @@ use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::init::Init;
 use candle_nn::{Embedding, Linear, VarBuilder};
 
-use crate::models::activation::Activation;
-use crate::models::attention::{attention, AttentionKernel};
-use crate::models::mask::AttentionMask;
-use crate::models::norm::LayerNorm;
+use crate::models::layers::activation::Activation;
+use crate::models::layers::attention::{attention, AttentionKernel};
+use crate::models::layers::mask::AttentionMask;
+use crate::models::layers::norm::LayerNorm;
 
 /// What both towers' encoder layers need to know.
 #[derive(Debug, Clone, Copy)]
@@ -309,7 +309,7 @@ impl VisionTower {
 
 /// Masks add to scores in the softmax's dtype, which is f32 for half-precision activations.
 fn mask_dtype(dtype: DType) -> DType {
-    crate::models::precision::compute_dtype(dtype)
+    crate::models::formats::precision::compute_dtype(dtype)
 }
 
 /// Index of each row's pooled token, as a flat index into `(batch * len)` rows.

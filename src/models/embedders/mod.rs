@@ -19,7 +19,6 @@ pub mod clip;
 pub mod clip_towers;
 pub mod dual;
 mod error;
-pub mod init;
 pub mod siglip;
 mod text;
 

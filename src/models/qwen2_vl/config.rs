@@ -6,7 +6,7 @@
 //! `model_type`. transformers 4 wrote `in_chans` where 5 writes `in_channels`, and both write only the values that
 //! differ from the class defaults, so a missing field takes transformers' default for that variant.
 
-use crate::models::activation::Activation;
+use crate::models::layers::activation::Activation;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};

@@ -11,12 +11,12 @@
 //! where `{image}` is `<|vision_start|>`, the image's placeholders and `<|vision_end|>`, the image comes before
 //! the text, and the instruction defaults to "You are a helpful assistant." (GME uses the default for every
 //! document and for queries given no instruction). The pooled token is the closing `<|endoftext|>`. Special
-//! tokens are placed by id and the text runs between them encoded as data, as in [`crate::models::prompt`].
+//! tokens are placed by id and the text runs between them encoded as data, as in [`crate::models::text::prompt`].
 
 use super::score::{HiddenStates, PaddedBatch, ScoreInput};
 use crate::models::decoder::select_positions;
-use crate::models::prompt::{IMAGE_PAD, IM_END, IM_START, VISION_END, VISION_START};
-use crate::models::tokenizer::{Tokenizer, TokenizerError};
+use crate::models::text::prompt::{IMAGE_PAD, IM_END, IM_START, VISION_END, VISION_START};
+use crate::models::text::tokenizer::{Tokenizer, TokenizerError};
 use candle_core::{DType, Result, Tensor, D};
 
 /// GME's instruction for documents and for queries without one.

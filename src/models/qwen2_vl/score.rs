@@ -10,7 +10,7 @@
 use super::grid::ImageGrid;
 use super::model::{ids_tensor, Qwen2VlModel, VlBatch};
 use crate::models::decoder::{select_positions, AttentionLayout, Decoder};
-use crate::models::tokenizer::AnswerIds;
+use crate::models::text::tokenizer::AnswerIds;
 use candle_core::{DType, Result, Tensor};
 
 /// One image as the vision tower takes it: `(patches, patch_dim)` pixel patches and their grid.

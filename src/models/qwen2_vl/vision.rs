@@ -10,11 +10,11 @@ use super::config::{VisionConfig, VisionVariant};
 use super::grid::{
     check_grids, frame_cu_seqlens, patch_positions, GridError, ImageGrid, WindowPartition,
 };
-use crate::models::activation::{gelu_erf, Activation};
-use crate::models::attention::AttentionKernel;
-use crate::models::norm::{LayerNorm, RmsNorm};
-use crate::models::packed::PackedAttention;
-use crate::models::rope::{apply_rotary_emb, VisionRotaryEmbedding};
+use crate::models::layers::activation::{gelu_erf, Activation};
+use crate::models::layers::attention::AttentionKernel;
+use crate::models::layers::norm::{LayerNorm, RmsNorm};
+use crate::models::layers::packed::PackedAttention;
+use crate::models::layers::rope::{apply_rotary_emb, VisionRotaryEmbedding};
 use candle_core::{DType, Device, Module, Result, Shape, Tensor};
 use candle_nn::{linear, Linear, VarBuilder};
 

@@ -1,6 +1,6 @@
 use crate::model_ops::common::{assert_close, assert_gradients, project, uniform};
 use candle_core::DType;
-use umrank::models::activation::{gelu_erf, gelu_tanh, quick_gelu, swiglu, Activation};
+use umrank::models::layers::activation::{gelu_erf, gelu_tanh, quick_gelu, swiglu, Activation};
 
 #[test]
 fn forwards_match_candle() {

@@ -1,7 +1,7 @@
 use crate::model_ops::common::{assert_close, assert_gradients, project, uniform};
 use candle_core::{DType, Device, Tensor};
-use umrank::models::attention::scaled_dot_product_attention;
-use umrank::models::mask::AttentionMask;
+use umrank::models::layers::attention::scaled_dot_product_attention;
+use umrank::models::layers::mask::AttentionMask;
 
 /// An independent attention: keys and values copied per query head, the mask written element by element on the
 /// host from `allowed(batch, query, key)`, candle-nn's fused softmax.

@@ -2,8 +2,8 @@
 
 use crate::model_ops::common::{project, uniform};
 use candle_core::DType;
-use umrank::models::activation::gelu_tanh;
 use umrank::models::gradcheck::GradCheck;
+use umrank::models::layers::activation::gelu_tanh;
 
 #[test]
 fn exact_gradients_pass_at_f64_precision() {

@@ -2,7 +2,7 @@ use crate::model_ops::common::{assert_close, assert_gradients, project, uniform}
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 use std::collections::HashMap;
-use umrank::models::norm::{LayerNorm, RmsNorm};
+use umrank::models::layers::norm::{LayerNorm, RmsNorm};
 
 #[test]
 fn rms_norm_matches_candle_fused_kernel() {

@@ -1,8 +1,8 @@
 use crate::model_ops::common::{assert_close, assert_gradients, project, uniform};
 use candle_core::{DType, Device, Tensor};
-use umrank::models::attention::{scaled_dot_product_attention, AttentionKernel};
-use umrank::models::mask::AttentionMask;
-use umrank::models::packed::PackedAttention;
+use umrank::models::layers::attention::{scaled_dot_product_attention, AttentionKernel};
+use umrank::models::layers::mask::AttentionMask;
+use umrank::models::layers::packed::PackedAttention;
 
 /// `(total, heads, dim)` to `(1, heads, len, dim)` for tokens `start..start + len`.
 fn sequence(xs: &Tensor, start: usize, len: usize) -> Tensor {

@@ -4,11 +4,11 @@
 use crate::model_ops::common::assert_close;
 use candle_core::{DType, Device, Module, Tensor};
 use std::collections::HashMap;
-use umrank::models::activation::Activation;
-use umrank::models::attention::scaled_dot_product_attention;
-use umrank::models::mask::AttentionMask;
-use umrank::models::norm::{LayerNorm, RmsNorm};
-use umrank::models::rope::{
+use umrank::models::layers::activation::Activation;
+use umrank::models::layers::attention::scaled_dot_product_attention;
+use umrank::models::layers::mask::AttentionMask;
+use umrank::models::layers::norm::{LayerNorm, RmsNorm};
+use umrank::models::layers::rope::{
     apply_rotary_emb, MropeSection, RotaryEmbedding, VisionRotaryEmbedding,
 };
 

@@ -1,6 +1,6 @@
 use crate::model_ops::common::{assert_close, assert_gradients, project, uniform};
 use candle_core::{DType, Device, Tensor};
-use umrank::models::rope::{
+use umrank::models::layers::rope::{
     apply_rotary_emb, MropeSection, RotaryEmbedding, VisionRotaryEmbedding,
 };
 

@@ -1,6 +1,6 @@
 use crate::model_ops::common::{assert_close, assert_gradients, project, uniform};
 use candle_core::{DType, Device, Tensor, D};
-use umrank::models::softmax::{log_softmax, softmax};
+use umrank::models::layers::softmax::{log_softmax, softmax};
 
 /// Rows with a repeated maximum, a large spread, and entries masked with a large negative value.
 fn awkward_rows(masked: f64) -> Tensor {

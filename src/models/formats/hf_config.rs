@@ -8,7 +8,7 @@
 //! cannot guess either, are required. Anything the decoder would silently get wrong (a rope scaling other than
 //! plain or M-RoPE, sliding-window attention, MLP biases) is refused.
 
-use super::activation::Activation;
+use crate::models::layers::activation::Activation;
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 

@@ -4,8 +4,8 @@
 //! allocate gradients for them; only an attached [`LoraAdapter`] trains. Each projection remembers its full
 //! checkpoint path (e.g. `model.layers.0.self_attn.q_proj`), which is what PEFT keys its adapter weights by.
 
-use super::layer_error::LayerError;
-use super::lora::LoraAdapter;
+use crate::models::adapters::lora::LoraAdapter;
+use crate::models::layers::layer_error::LayerError;
 use candle_core::{Result, Tensor, D};
 use candle_nn::VarBuilder;
 

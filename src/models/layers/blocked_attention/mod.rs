@@ -1,7 +1,7 @@
 //! Exact attention that never holds a `(q_len, kv_len)` score matrix: FlashAttention-2's algorithm as a candle
 //! `CustomOp3` with its own backward pass.
 //!
-//! [`super::attention::scaled_dot_product_attention`] materialises every head's scores and autograd keeps them
+//! [`crate::models::layers::attention::scaled_dot_product_attention`] materialises every head's scores and autograd keeps them
 //! (and the softmax intermediates) until the backward pass: `heads * q_len * kv_len` floats per layer. Here the
 //! forward pass walks the keys block by block with an online softmax and saves only the output and each query's
 //! log-sum-exp; the backward pass recomputes each block's probabilities from those and accumulates the gradients
@@ -10,11 +10,11 @@
 //!
 //! The mask is a [`KeySpans`]: the kernel asks it which key blocks a query block may see, skips the others, and
 //! masks within a block element by element, so causal and block-diagonal layouts cost what they attend to.
-//! Fully masked rows follow [`super::mask`]'s rule (they attend to every key), so results equal the reference's.
+//! Fully masked rows follow [`crate::models::layers::mask`]'s rule (they attend to every key), so results equal the reference's.
 //!
 //! The CPU kernels are plain Rust over slices, parallel over `(batch, head)` pairs, accumulating in f32; bf16
 //! inputs are widened on entry and the output rounded back. Other devices and dtypes are not handled here:
-//! [`super::attention::attention`] and the packed layouts check [`supports`] and take the reference path
+//! [`crate::models::layers::attention::attention`] and the packed layouts check [`supports`] and take the reference path
 //! instead. The tile loop is the whole algorithm (per tile: scores, masking, online softmax update; backward: P,
 //! dP, dS and three tile products), so a CUDA path can run it unchanged with candle matmuls over block views.
 
@@ -22,9 +22,9 @@ mod backward;
 mod forward;
 mod vector;
 
-use super::attention::check_shapes;
-use super::key_spans::KeySpans;
-use super::layer_error::LayerError;
+use crate::models::layers::attention::check_shapes;
+use crate::models::layers::key_spans::KeySpans;
+use crate::models::layers::layer_error::LayerError;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use half::bf16;
@@ -58,7 +58,7 @@ pub fn supports(q: &Tensor, k: &Tensor, v: &Tensor) -> bool {
 }
 
 /// `softmax(q k^T * scale + mask) v` with the shapes and head grouping of
-/// [`super::attention::scaled_dot_product_attention`], `mask` a structured mask (`None`: every key visible).
+/// [`crate::models::layers::attention::scaled_dot_product_attention`], `mask` a structured mask (`None`: every key visible).
 /// Differentiable in `q`, `k` and `v`. Fails unless [`supports`] holds.
 pub fn blocked_attention(
     q: &Tensor,

@@ -6,7 +6,7 @@
 //! component through the maximum, and detaching spares the backward pass the tie mask that `max` would build.
 //!
 //! Inputs may hold large finite negatives (masked attention scores): a row that is masked everywhere comes out
-//! uniform rather than NaN. An all `-inf` row does give NaN, which is why [`super::mask`] uses finite values.
+//! uniform rather than NaN. An all `-inf` row does give NaN, which is why [`crate::models::layers::mask`] uses finite values.
 
 use candle_core::{Result, Tensor, D};
 

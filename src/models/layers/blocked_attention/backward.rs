@@ -10,7 +10,7 @@
 
 use super::vector::{axpy, dot};
 use super::{BlockSizes, Geometry, HeadInputs};
-use crate::models::key_spans::KeySpans;
+use crate::models::layers::key_spans::KeySpans;
 use rayon::prelude::*;
 use std::ops::Range;
 

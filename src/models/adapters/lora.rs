@@ -11,8 +11,8 @@
 //! that reason, since candle cannot seed its CPU generator; for long sequences on a GPU this host-side draw is a
 //! cost to revisit.
 
-use super::linear::{matmul_transposed, Linear};
-use super::precision::compute_dtype;
+use crate::models::formats::precision::compute_dtype;
+use crate::models::layers::linear::{matmul_transposed, Linear};
 use candle_core::{DType, Device, Result, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -8,8 +8,8 @@
 //! Angles are computed in f32 exactly as transformers does (`inv_freq` in f32, `position * inv_freq` in f32),
 //! because at thousands of positions the angle's rounding is visible in the result; only cos/sin are then cast.
 
-use super::layer_error::LayerError;
-use super::precision::compute_dtype;
+use crate::models::formats::precision::compute_dtype;
+use crate::models::layers::layer_error::LayerError;
 use candle_core::{DType, Device, Result, Tensor, D};
 
 /// Rotates `xs` (`(.., head_dim)`) by the angles whose cos and sin are given at half width: `cos` and `sin` must

@@ -7,7 +7,7 @@
 
 use super::vector::{axpy, dot};
 use super::{BlockSizes, Geometry, HeadInputs};
-use crate::models::key_spans::KeySpans;
+use crate::models::layers::key_spans::KeySpans;
 use rayon::prelude::*;
 
 /// Returns the output `(batch, heads, q_len, head_dim)` and the log-sum-exp `(batch, heads, q_len)`.

@@ -9,14 +9,14 @@
 //! not depend on them, while backward passes a gradient through them regardless.
 //!
 //! A mask is kept as the description it was built from and turned, on first use, into what the kernel at hand
-//! needs: the dense bias for [`super::attention::scaled_dot_product_attention`] (built on the device from
+//! needs: the dense bias for [`crate::models::layers::attention::scaled_dot_product_attention`] (built on the device from
 //! `arange` comparisons, never element by element on the host), or [`KeySpans`] for
-//! [`super::blocked_attention`] (built on the host from per-row numbers, `O(rows + keys)`). A model that runs
+//! [`crate::models::layers::blocked_attention`] (built on the host from per-row numbers, `O(rows + keys)`). A model that runs
 //! blocked never allocates the `(q_len, kv_len)` bias.
 
-use super::key_spans::{KeySpans, Span};
-use super::layer_error::LayerError;
-use super::precision::compute_dtype;
+use crate::models::formats::precision::compute_dtype;
+use crate::models::layers::key_spans::{KeySpans, Span};
+use crate::models::layers::layer_error::LayerError;
 use candle_core::{DType, Device, Result, Shape, Tensor, D};
 use std::sync::{Arc, OnceLock};
 

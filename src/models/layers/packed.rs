@@ -15,11 +15,11 @@
 //! `sequences * max_len^2`. Both layouts are built once per batch in [`PackedAttention::new`] and shared by every
 //! layer.
 
-use super::attention::{scaled_dot_product_attention, AttentionKernel};
-use super::blocked_attention::blocked_attention;
-use super::key_spans::{KeySpans, Span};
-use super::layer_error::LayerError;
-use super::mask::AttentionMask;
+use crate::models::layers::attention::{scaled_dot_product_attention, AttentionKernel};
+use crate::models::layers::blocked_attention::blocked_attention;
+use crate::models::layers::key_spans::{KeySpans, Span};
+use crate::models::layers::layer_error::LayerError;
+use crate::models::layers::mask::AttentionMask;
 use candle_core::{DType, Device, Result, Tensor};
 
 /// The layout of one packed batch, reusable across layers.

@@ -5,8 +5,8 @@
 //! precision rule: half-precision inputs are normalised in f32 and cast back, because the mean of squares over
 //! thousands of channels is not representable in bf16.
 
-use super::layer_error::LayerError;
-use super::precision::compute_dtype;
+use crate::models::formats::precision::compute_dtype;
+use crate::models::layers::layer_error::LayerError;
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 

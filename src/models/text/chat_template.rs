@@ -8,7 +8,7 @@
 //!
 //! What makes the rendering match Jinja2's: transformers' environment settings (`trim_blocks`, `lstrip_blocks`,
 //! loop controls, no auto-escaping), its globals (`raise_exception`, `namespace`, `dict`), its `tojson` (Python's
-//! `json.dumps`, see [`super::pyjson`]), Python's `str`/`dict` methods through minijinja-contrib's pycompat, Python's
+//! `json.dumps`, see [`crate::models::text::pyjson`]), Python's `str`/`dict` methods through minijinja-contrib's pycompat, Python's
 //! spelling of `True`, `False`, `None` and floats when a value is printed, and the same context variables
 //! (`messages`, `tools`, `documents`, `add_generation_prompt`, the tokenizer's special tokens, extra keyword
 //! arguments). Not provided: `strftime_now` (a rendering that depends on the clock has no place in a
@@ -21,7 +21,7 @@ use minijinja::value::ValueKind;
 use minijinja::{AutoEscape, Environment, Error, ErrorKind, Output, State, Value};
 use serde::Deserialize;
 
-use super::pyjson;
+use crate::models::text::pyjson;
 
 pub const TEMPLATE_JINJA_FILE: &str = "chat_template.jinja";
 pub const PROCESSOR_TEMPLATE_FILE: &str = "chat_template.json";

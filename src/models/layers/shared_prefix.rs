@@ -11,17 +11,17 @@
 //! itself: a prefix token sees its prefix up to itself, a suffix token its group's prefix and its own suffix up to
 //! itself, two spans of the row, so nothing is gathered or copied and key blocks outside the spans are skipped.
 //! For the reference kernel attention runs as two padded blocks, gathered from the row like
-//! [`super::packed::PackedAttention`]: the prefixes, each causal over itself, and the suffixes, each query seeing
+//! [`crate::models::layers::packed::PackedAttention`]: the prefixes, each causal over itself, and the suffixes, each query seeing
 //! its group's whole prefix and its own suffix causally. Padding each block to its own longest row keeps the cost
 //! at `prefixes * P^2 + suffixes * S * (P + S)` instead of `suffixes * (P + S)^2`.
 
 use std::ops::Range;
 
-use super::attention::{scaled_dot_product_attention, AttentionKernel};
-use super::key_spans::{KeySpans, Span};
-use super::layer_error::LayerError;
-use super::mask::AttentionMask;
-use super::packed::{attend_row, check_tokens};
+use crate::models::layers::attention::{scaled_dot_product_attention, AttentionKernel};
+use crate::models::layers::key_spans::{KeySpans, Span};
+use crate::models::layers::layer_error::LayerError;
+use crate::models::layers::mask::AttentionMask;
+use crate::models::layers::packed::{attend_row, check_tokens};
 use candle_core::{DType, Device, Result, Tensor};
 
 /// One group's tokens in the packed row: its shared prefix (may be empty) and each sequence's own suffix.

@@ -8,14 +8,14 @@
 //! - GGUF lists dimensions innermost first; candle's reader already reverses them to the usual `(out, in)`.
 //!
 //! The configuration comes from the `llama.*` metadata and the tokenizer from the embedded vocabulary (see
-//! [`super::gguf_tokenizer`]). Quantised tensors are expanded to f32 here: training needs dense weights anyway,
+//! [`crate::models::text::gguf_tokenizer`]). Quantised tensors are expanded to f32 here: training needs dense weights anyway,
 //! and at the sizes this serves (SmolLM2-135M for tests) memory is not the constraint.
 
-use super::activation::Activation;
-use super::decoder::Decoder;
-use super::gguf_tokenizer;
-use super::hf_config::{Architecture, ConfigError, DecoderConfig};
-use super::weights::Weights;
+use crate::models::decoder::Decoder;
+use crate::models::formats::hf_config::{Architecture, ConfigError, DecoderConfig};
+use crate::models::formats::weights::Weights;
+use crate::models::layers::activation::Activation;
+use crate::models::text::gguf_tokenizer;
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;

@@ -7,11 +7,11 @@
 //! 3200^2 scores is several GB per layer. It is the reference that [`blocked_attention`] must match, and the path
 //! for what that kernel does not run (f64 gradient checks, devices other than the CPU for now).
 
-use super::blocked_attention::{self, blocked_attention};
-use super::layer_error::LayerError;
-use super::mask::AttentionMask;
-use super::precision::compute_dtype;
-use super::softmax::softmax;
+use crate::models::formats::precision::compute_dtype;
+use crate::models::layers::blocked_attention::{self, blocked_attention};
+use crate::models::layers::layer_error::LayerError;
+use crate::models::layers::mask::AttentionMask;
+use crate::models::layers::softmax::softmax;
 use candle_core::{Result, Tensor};
 
 /// Which implementation computes a model's attention.

@@ -26,7 +26,7 @@ use std::fmt;
 use std::ops::Range;
 use std::path::PathBuf;
 
-use super::tokenizer::{Tokenizer, TokenizerError};
+use crate::models::text::tokenizer::{Tokenizer, TokenizerError};
 
 /// The system turn of the reranker prompt (docs/method.md#prompt-layout).
 pub const RERANK_SYSTEM: &str = "Judge whether the Document meets the requirements based on the Query and the Instruct provided. Note that the answer can only be \"yes\" or \"no\".";

@@ -9,8 +9,8 @@
 //! under `model.` or (some transformers versions) under `model.language_model.`; an adapter trained on one layout
 //! applies to the other.
 
-use super::linear::Linear;
-use super::lora::{LoraAdapter, LoraConfig};
+use crate::models::adapters::lora::{LoraAdapter, LoraConfig};
+use crate::models::layers::linear::Linear;
 use candle_core::{Device, Shape, Tensor};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -131,7 +131,7 @@ impl PeftAdapter {
     }
 
     /// Attaches an adapter to every linear the configuration targets, taking its `A` and `B` from the file; `seed`
-    /// drives the dropout masks as in [`crate::models::lora::attach`]. Returns how many were attached.
+    /// drives the dropout masks as in [`crate::models::adapters::lora::attach`]. Returns how many were attached.
     pub fn apply(&mut self, linears: &mut [&mut Linear], seed: u64) -> Result<usize, PeftError> {
         let mut attached = 0;
         for (index, linear) in linears.iter_mut().enumerate() {

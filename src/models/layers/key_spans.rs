@@ -6,10 +6,10 @@
 //! minus padding). Stored this way a mask costs `O(rows + keys)` memory, and a blocked kernel can tell from the
 //! spans alone which key blocks a query block needs, so it skips the rest without looking at them.
 //!
-//! The rule of [`super::mask`] for queries that may attend to no key (they attend to every key instead) is
+//! The rule of [`crate::models::layers::mask`] for queries that may attend to no key (they attend to every key instead) is
 //! applied once, at construction: such a row's spans become all keys, with validity ignored.
 
-use super::layer_error::LayerError;
+use crate::models::layers::layer_error::LayerError;
 use std::ops::Range;
 
 /// A half-open run of key positions, `start..end`; empty when `start >= end`.

@@ -7,7 +7,7 @@
 //! user-defined tokens (type 4) as plain added tokens, and a BOS/EOS template when the file asks for one.
 //! Pre-tokenizer names we cannot reproduce exactly are refused rather than approximated.
 
-use super::gguf::{GgufError, Metadata};
+use crate::models::formats::gguf::{GgufError, Metadata};
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
