@@ -22,12 +22,14 @@ use super::mask::AttentionMask;
 use super::norm::RmsNorm;
 use super::packed::PackedAttention;
 use super::peft::{self, PeftAdapter, PeftError};
+use super::recompute::RecomputeTape;
 use super::rope::{apply_rotary_emb, MropeSection, RotaryEmbedding};
 use super::shared_prefix::{PrefixGroup, SharedPrefixAttention};
 use super::weights::{Weights, WeightsError};
 use candle_core::{DType, Device, Module, Result, Tensor, Var, D};
 use candle_nn::VarBuilder;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 /// Where transformers versions that nest the VL language model keep the decoder's weights.
 const NESTED_VL_PREFIX: &str = "model.language_model";
@@ -279,6 +281,28 @@ impl DecoderLayer {
         xs + mlp
     }
 
+    /// Where each adapter's dropout generator stands, in [`Self::linears`] order.
+    fn dropout_positions(&self) -> Result<Vec<Option<u128>>> {
+        self.linears()
+            .iter()
+            .map(|linear| {
+                let position = linear.lora().map(|adapter| adapter.dropout_position());
+                position.transpose().map(Option::flatten)
+            })
+            .collect()
+    }
+
+    /// Moves the adapters' dropout generators back to `positions`, so that a recomputed pass draws the masks
+    /// the first pass drew.
+    fn set_dropout_positions(&self, positions: &[Option<u128>]) -> Result<()> {
+        for (linear, position) in self.linears().iter().zip(positions) {
+            if let (Some(adapter), Some(position)) = (linear.lora(), position) {
+                adapter.set_dropout_position(*position)?;
+            }
+        }
+        Ok(())
+    }
+
     fn linears(&self) -> [&Linear; 7] {
         let (a, m) = (&self.self_attn, &self.mlp);
         [
@@ -427,6 +451,45 @@ impl Decoder {
         layout: &AttentionLayout,
         train: bool,
     ) -> Result<Tensor> {
+        self.forward_embeds_on(embeds, position_ids, layout, train, None)
+    }
+
+    /// [`Self::forward_embeds`], with each layer a segment of `tape` when one is given: the layers' activations
+    /// are then recomputed in the tape's backward pass instead of kept (see [`RecomputeTape`]).
+    pub fn forward_embeds_on<'a>(
+        &'a self,
+        embeds: &Tensor,
+        position_ids: &Tensor,
+        layout: &AttentionLayout,
+        train: bool,
+        tape: Option<&RecomputeTape<'a>>,
+    ) -> Result<Tensor> {
+        let (cos, sin) = self.rotary_angles(embeds, position_ids)?;
+        let kernel = self.attention_kernel;
+        let mut xs = embeds.clone();
+        match tape {
+            None => {
+                for layer in &self.layers {
+                    xs = layer.forward(&xs, &cos, &sin, layout, kernel, train)?;
+                }
+            }
+            Some(tape) => {
+                let layout = Rc::new(layout.clone());
+                for layer in &self.layers {
+                    let positions = layer.dropout_positions()?;
+                    let (cos, sin, layout) = (cos.clone(), sin.clone(), Rc::clone(&layout));
+                    xs = tape.run(&xs, move |xs| {
+                        layer.set_dropout_positions(&positions)?;
+                        layer.forward(xs, &cos, &sin, &layout, kernel, train)
+                    })?;
+                }
+            }
+        }
+        self.norm.forward(&xs)
+    }
+
+    /// The rotary `cos` and `sin`, `(batch, seq, 1, head_dim / 2)`, of `position_ids` for `embeds`.
+    fn rotary_angles(&self, embeds: &Tensor, position_ids: &Tensor) -> Result<(Tensor, Tensor)> {
         let (batch, seq, _) = embeds.dims3()?;
         let dtype = embeds.dtype();
         let (cos, sin) = match (position_ids.dims(), &self.mrope) {
@@ -447,12 +510,7 @@ impl Decoder {
                 .into())
             }
         };
-        let (cos, sin) = (cos.unsqueeze(2)?, sin.unsqueeze(2)?);
-        let mut xs = embeds.clone();
-        for layer in &self.layers {
-            xs = layer.forward(&xs, &cos, &sin, layout, self.attention_kernel, train)?;
-        }
-        self.norm.forward(&xs)
+        Ok((cos.unsqueeze(2)?, sin.unsqueeze(2)?))
     }
 
     /// The LM head `(vocab, hidden)`: its own weight, or the embedding matrix when tied.

@@ -26,6 +26,7 @@ pub mod precision;
 pub mod prompt;
 pub mod pyjson;
 pub mod qwen2_vl;
+pub mod recompute;
 pub mod reranker;
 pub mod rope;
 pub mod shared_prefix;

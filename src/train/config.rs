@@ -69,6 +69,18 @@ impl Precision {
     }
 }
 
+/// Which activations the backward pass gets by recomputing them instead of keeping them from the forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Recompute {
+    /// Keep every activation until the backward pass: the fastest step, the most memory.
+    None,
+    /// Keep only each decoder layer's and vision block's input, and run the layer again during the backward
+    /// pass: activation memory of one layer plus one hidden state per layer, for about one more forward pass of
+    /// compute. The gradients are the same.
+    Layers,
+}
+
 /// How the base model comes to be.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSource {
@@ -210,6 +222,12 @@ pub struct TrainConfig {
     /// `packing` says.
     #[serde(default = "yes")]
     pub shared_prefix: bool,
+    /// Activation recomputation, `layers` or `none`. Default: `layers` when training a checkpoint (`model`),
+    /// `none` for a model initialised from scratch (`init`). A real checkpoint at the paper's lengths needs it
+    /// (`umrank run --plan` shows the activations with and without), while the built-in tiny models' activations
+    /// are a few megabytes and recomputing them would only cost time.
+    #[serde(default)]
+    pub recompute: Option<Recompute>,
 }
 
 fn default_shards() -> String {
@@ -500,6 +518,15 @@ impl TrainConfig {
         (groups as u64 * self.epochs).div_ceil(per_step).max(1)
     }
 
+    /// The recomputation the run uses: `recompute`, or the default for the model source.
+    pub fn recompute_mode(&self) -> Recompute {
+        self.recompute.unwrap_or(if self.model.is_some() {
+            Recompute::Layers
+        } else {
+            Recompute::None
+        })
+    }
+
     /// The weight dtype on `device`.
     pub fn precision_on(&self, device: &candle_core::Device) -> Precision {
         self.precision.unwrap_or(if device.is_cuda() {
@@ -533,6 +560,35 @@ mod tests {
             ObjectiveConfig::default()
         );
         assert_eq!(config.max_len, 3200);
+        assert_eq!(config.recompute_mode(), Recompute::Layers);
+    }
+
+    #[test]
+    fn recompute_defaults_by_model_source_and_parses() {
+        let tiny = parse(
+            "init = 'tiny'
+tokenizer = 't'",
+        )
+        .unwrap();
+        assert_eq!(tiny.recompute_mode(), Recompute::None);
+        let forced = parse(
+            "init = 'tiny'
+tokenizer = 't'
+recompute = 'layers'",
+        )
+        .unwrap();
+        assert_eq!(forced.recompute_mode(), Recompute::Layers);
+        let off = parse(
+            "model = 'm'
+recompute = 'none'",
+        )
+        .unwrap();
+        assert_eq!(off.recompute_mode(), Recompute::None);
+        assert!(parse(
+            "model = 'm'
+recompute = 'all'"
+        )
+        .is_err());
     }
 
     #[test]

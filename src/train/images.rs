@@ -18,6 +18,7 @@ use super::failure::TrainRunError;
 use crate::dataset::Dataset;
 use crate::media::preprocess::{ImagePreprocessor, Qwen2VlParams, Qwen2VlProcessor};
 use crate::models::qwen2_vl::{ImageGrid, VisionConfig, VisionTransformer};
+use crate::models::recompute::RecomputeTape;
 
 /// One stored image.
 struct Stored {
@@ -130,19 +131,19 @@ impl ImageBank {
     }
 
     /// The tower's output for `ids` (in order, repeats allowed), `(sum of tokens, hidden)`. With `frozen`, the
-    /// output is detached and, with the cache on, computed once per distinct image.
-    pub fn embed(
+    /// output is detached and, with the cache on, computed once per distinct image. A tower that trains runs its
+    /// blocks as segments of `tape` when one is given.
+    pub fn embed<'a>(
         &mut self,
-        tower: &VisionTransformer,
+        tower: &'a VisionTransformer,
         ids: &[&str],
         frozen: bool,
+        tape: Option<&RecomputeTape<'a>>,
     ) -> Result<Tensor, TrainRunError> {
         match (&self.cache, frozen) {
             (Some(_), true) => self.embed_cached(tower, ids),
-            _ => {
-                let out = self.run_tower(tower, ids)?;
-                Ok(if frozen { out.detach() } else { out })
-            }
+            (_, true) => Ok(self.run_tower(tower, ids, None)?.detach()),
+            (_, false) => self.run_tower(tower, ids, tape),
         }
     }
 
@@ -166,7 +167,7 @@ impl ImageBank {
         // value must not depend on which batch first needed it (a resumed run meets images in other batches).
         let mut fresh = Vec::with_capacity(missing.len());
         for id in missing {
-            fresh.push((id.to_string(), self.run_tower(tower, &[id])?.detach()));
+            fresh.push((id.to_string(), self.run_tower(tower, &[id], None)?.detach()));
         }
         if let Some(cache) = &mut self.cache {
             cache.extend(fresh);
@@ -187,7 +188,12 @@ impl ImageBank {
     }
 
     /// Decodes and patches `ids` and runs the tower over all of them at once.
-    fn run_tower(&self, tower: &VisionTransformer, ids: &[&str]) -> Result<Tensor, TrainRunError> {
+    fn run_tower<'a>(
+        &self,
+        tower: &'a VisionTransformer,
+        ids: &[&str],
+        tape: Option<&RecomputeTape<'a>>,
+    ) -> Result<Tensor, TrainRunError> {
         let mut pixels = Vec::with_capacity(ids.len());
         let mut grids = Vec::with_capacity(ids.len());
         for id in ids {
@@ -208,6 +214,6 @@ impl ImageBank {
             grids.push(grid);
         }
         let pixels = Tensor::cat(&pixels, 0)?;
-        Ok(tower.forward(&pixels, &grids)?)
+        Ok(tower.forward_on(&pixels, &grids, tape)?)
     }
 }

@@ -45,6 +45,7 @@ mod train_loop;
 mod train_objective;
 mod train_optim;
 mod train_plots;
+mod train_recompute;
 mod train_shared_prefix;
 mod vision;
 mod vision_rope_index;

@@ -211,6 +211,7 @@ fn packing_and_the_vision_cache_give_the_logits_of_the_plain_path() {
                 3,
                 layout,
                 false,
+                None,
             )
             .unwrap();
             assert_eq!(batch.z_yes.dims(), &[4, 3]);
