@@ -23,6 +23,7 @@ pub mod mine;
 pub mod modality;
 pub mod models;
 pub mod pipeline;
+pub mod plan;
 pub mod progress;
 pub mod release;
 pub mod report;

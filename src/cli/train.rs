@@ -209,6 +209,11 @@ pub struct TrainArgs {
     #[arg(long)]
     pub no_shared_prefix: bool,
 
+    /// The most the vision cache may hold, e.g. 4GiB; the least recently used outputs are dropped beyond it
+    /// [default: 4GiB].
+    #[arg(long, value_name = "SIZE")]
+    pub vision_cache_budget: Option<String>,
+
     /// Activation recomputation: layers (keep each layer's input, run the layer again in the backward pass) or
     /// none (keep every activation) [default: layers for --model, none for --init].
     #[arg(long, value_enum)]
@@ -290,6 +295,7 @@ impl TrainArgs {
             ("checkpoint_every", value(&self.checkpoint_every)?),
             ("keep_checkpoints", value(&self.keep_checkpoints)?),
             ("recompute", value(&self.recompute)?),
+            ("vision_cache_budget", value(&self.vision_cache_budget)?),
         ];
         Ok(flags
             .into_iter()

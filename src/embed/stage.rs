@@ -17,6 +17,7 @@ use crate::device::DeviceSpec;
 use crate::digest::Fingerprint;
 use crate::modality::Modality;
 use crate::pipeline::{Input, Output, PipelineError, Reject, Stage, StageContext, StageError};
+use crate::plan::{PlanContext, PlanError, Verdict};
 use crate::shard::Shard;
 
 /// The precision weights and activations are held in; vectors are always written as f32.
@@ -195,6 +196,23 @@ impl EmbedStage {
 }
 
 impl Stage for EmbedStage {
+    fn memory_plan(&self, ctx: &PlanContext) -> Option<Result<Verdict, PlanError>> {
+        let model = match (&self.config.model_from, &self.config.model) {
+            (Some(stage), Some(sub)) => (ctx.stage_dir)(stage).join(sub),
+            (Some(stage), None) => (ctx.stage_dir)(stage),
+            (None, Some(dir)) => dir.clone(),
+            (None, None) => return None,
+        };
+        let model_bytes = self.config.dtype.dtype().size_in_bytes() as u64;
+        let batch = self.config.batch_size as u64;
+        Some(crate::plan::inference::embed_verdict(
+            &model,
+            batch,
+            model_bytes,
+            ctx,
+        ))
+    }
+
     fn name(&self) -> &'static str {
         "embed"
     }

@@ -31,6 +31,7 @@ use crate::media::preprocess::ImageInput;
 use crate::models::qwen2_vl::{ImagePatches, PairScore};
 use crate::models::reranker::{PairSide, PreparedPair, Reranker};
 use crate::pipeline::{Input, Output, PipelineError, Reject, Stage, StageContext, StageError};
+use crate::plan::{PlanContext, PlanError, Verdict};
 use crate::progress;
 use crate::train::trainer::{ADAPTER, MODEL};
 
@@ -297,6 +298,10 @@ fn source_dir(
 }
 
 impl Stage for EvalStage {
+    fn memory_plan(&self, ctx: &PlanContext) -> Option<Result<Verdict, PlanError>> {
+        Some(crate::plan::inference::eval_verdict(&self.config, ctx))
+    }
+
     fn name(&self) -> &'static str {
         "eval"
     }

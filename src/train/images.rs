@@ -9,7 +9,7 @@
 //! once per distinct image for the whole run and its (detached) output is reused; off, it runs for every
 //! occurrence, which is the plain path the benchmark compares against. A tower being trained is never cached.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use arrow::array::{Array, LargeBinaryArray, StringArray, UInt32Array};
 use candle_core::{Device, Tensor};
@@ -33,19 +33,91 @@ pub struct ImageBank {
     processor: Qwen2VlProcessor,
     patch_dim: usize,
     merge: usize,
-    cache: Option<HashMap<String, Tensor>>,
+    cache: Option<VisionCache>,
     device: Device,
+}
+
+/// Tower outputs by image id, within a byte budget: storing one beyond it drops the outputs used least recently.
+/// A corpus's images can outnumber any memory (M-BEIR has millions), while the images a run meets again soon
+/// (a query's image in each of its groups, a popular document) are the ones worth keeping.
+struct VisionCache {
+    budget: u64,
+    bytes: u64,
+    clock: u64,
+    entries: HashMap<String, Cached>,
+    /// Image ids by last use, oldest first.
+    by_use: BTreeMap<u64, String>,
+}
+
+struct Cached {
+    output: Tensor,
+    bytes: u64,
+    used: u64,
+}
+
+impl VisionCache {
+    fn new(budget: u64) -> Self {
+        Self {
+            budget,
+            bytes: 0,
+            clock: 0,
+            entries: HashMap::new(),
+            by_use: BTreeMap::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The output of `id`, now the most recently used.
+    fn get(&mut self, id: &str) -> Option<Tensor> {
+        self.clock += 1;
+        let entry = self.entries.get_mut(id)?;
+        self.by_use.remove(&entry.used);
+        entry.used = self.clock;
+        self.by_use.insert(self.clock, id.to_string());
+        Some(entry.output.clone())
+    }
+
+    /// Stores the output of `id`, then drops the least recently used outputs while the cache is over budget.
+    fn insert(&mut self, id: &str, output: Tensor) {
+        self.clock += 1;
+        let bytes = (output.elem_count() * output.dtype().size_in_bytes()) as u64;
+        if let Some(old) = self.entries.insert(
+            id.to_string(),
+            Cached {
+                output,
+                bytes,
+                used: self.clock,
+            },
+        ) {
+            self.by_use.remove(&old.used);
+            self.bytes -= old.bytes;
+        }
+        self.by_use.insert(self.clock, id.to_string());
+        self.bytes += bytes;
+        while self.bytes > self.budget {
+            let Some((_, oldest)) = self.by_use.pop_first() else {
+                break;
+            };
+            if let Some(dropped) = self.entries.remove(&oldest) {
+                self.bytes -= dropped.bytes;
+            }
+        }
+    }
 }
 
 impl ImageBank {
     /// Reads the images in `wanted` from `dataset` and prepares a processor for `vision` within the pixel
-    /// bounds. Ids that the dataset lacks are simply absent: [`Self::tokens`] reports them.
+    /// bounds. Ids that the dataset lacks are simply absent: [`Self::tokens`] reports them. `cache_budget` turns
+    /// the cache of a frozen tower's outputs on, holding at most that many bytes.
     pub fn load(
         dataset: &Dataset,
         wanted: &HashSet<&str>,
         vision: &VisionConfig,
         (min_pixels, max_pixels): (u64, u64),
-        cache: bool,
+        cache_budget: Option<u64>,
         device: &Device,
     ) -> Result<Self, TrainRunError> {
         let mut images = HashMap::with_capacity(wanted.len());
@@ -102,7 +174,7 @@ impl ImageBank {
             processor,
             patch_dim: vision.patch_dim(),
             merge: vision.spatial_merge_size,
-            cache: cache.then(HashMap::new),
+            cache: cache_budget.map(VisionCache::new),
             device: device.clone(),
         })
     }
@@ -125,9 +197,9 @@ impl ImageBank {
         Ok(self.grid(id)?.merged_tokens(self.merge))
     }
 
-    /// How many distinct images the tower has embedded and kept.
+    /// How many distinct images' tower outputs the cache holds.
     pub fn cached(&self) -> usize {
-        self.cache.as_ref().map_or(0, HashMap::len)
+        self.cache.as_ref().map_or(0, VisionCache::len)
     }
 
     /// The tower's output for `ids` (in order, repeats allowed), `(sum of tokens, hidden)`. With `frozen`, the
@@ -152,38 +224,28 @@ impl ImageBank {
         tower: &VisionTransformer,
         ids: &[&str],
     ) -> Result<Tensor, TrainRunError> {
-        let missing: Vec<&str> = {
-            let cache = self
-                .cache
-                .as_ref()
-                .ok_or_else(|| TrainRunError::model("the image cache is off"))?;
-            let mut seen = HashSet::new();
-            ids.iter()
-                .copied()
-                .filter(|id| !cache.contains_key(*id) && seen.insert(*id))
-                .collect()
-        };
-        // One image per tower pass: a batched pass may round differently with its batch-mates, and a cached
-        // value must not depend on which batch first needed it (a resumed run meets images in other batches).
-        let mut fresh = Vec::with_capacity(missing.len());
-        for id in missing {
-            fresh.push((id.to_string(), self.run_tower(tower, &[id], None)?.detach()));
+        let mut batch: HashMap<&str, Tensor> = HashMap::new();
+        for &id in ids {
+            if batch.contains_key(id) {
+                continue;
+            }
+            let cached = self.cache.as_mut().and_then(|cache| cache.get(id));
+            let output = match cached {
+                Some(output) => output,
+                // One image per tower pass: a batched pass may round differently with its batch-mates, and a
+                // cached value must not depend on which batch first needed it (a resumed run meets images in
+                // other batches).
+                None => {
+                    let output = self.run_tower(tower, &[id], None)?.detach();
+                    if let Some(cache) = &mut self.cache {
+                        cache.insert(id, output.clone());
+                    }
+                    output
+                }
+            };
+            batch.insert(id, output);
         }
-        if let Some(cache) = &mut self.cache {
-            cache.extend(fresh);
-        }
-        let cache = self
-            .cache
-            .as_ref()
-            .ok_or_else(|| TrainRunError::model("the image cache is off"))?;
-        let parts = ids
-            .iter()
-            .map(|id| {
-                cache.get(*id).cloned().ok_or_else(|| {
-                    TrainRunError::model(format!("image `{id}` is missing from the cache"))
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let parts: Vec<Tensor> = ids.iter().map(|id| batch[id].clone()).collect();
         Ok(Tensor::cat(&parts, 0)?)
     }
 
@@ -215,5 +277,40 @@ impl ImageBank {
         }
         let pixels = Tensor::cat(&pixels, 0)?;
         Ok(tower.forward_on(&pixels, &grids, tape)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn output(values: usize) -> Tensor {
+        Tensor::zeros(values, candle_core::DType::F32, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn the_vision_cache_keeps_the_recently_used_outputs_within_its_budget() {
+        let mut cache = VisionCache::new(3 * 16);
+        for id in ["a", "b", "c"] {
+            cache.insert(id, output(4));
+        }
+        assert_eq!((cache.len(), cache.bytes), (3, 48));
+        assert!(cache.get("a").is_some());
+        cache.insert("d", output(4));
+        assert!(
+            cache.get("b").is_none(),
+            "the least recently used goes first"
+        );
+        assert!(cache.get("a").is_some() && cache.get("c").is_some() && cache.get("d").is_some());
+        cache.insert("big", output(8));
+        assert_eq!(cache.bytes, 48);
+        assert!(cache.get("big").is_some());
+        assert_eq!(cache.len(), 2);
+        cache.insert("huge", output(100));
+        assert_eq!(
+            (cache.len(), cache.bytes),
+            (0, 0),
+            "an output over the budget is not kept"
+        );
     }
 }

@@ -354,6 +354,11 @@ impl Reranker {
         }
     }
 
+    /// Tokens per slice of a recomputed decoder MLP (see [`Decoder::set_recompute_rows`]).
+    pub fn set_recompute_rows(&mut self, rows: usize) {
+        decoder_mut(&mut self.backbone).set_recompute_rows(rows);
+    }
+
     pub fn vl(&self) -> Option<&Qwen2VlModel> {
         match &self.backbone {
             Backbone::Vl(model) => Some(model),

@@ -131,7 +131,9 @@ pub fn prepare(
                     &wanted,
                     vl.vision_config(),
                     (config.min_pixels, config.max_pixels),
-                    config.vision_cache,
+                    config
+                        .vision_cache
+                        .then(|| config.vision_cache_budget_bytes()),
                     device,
                 )?),
                 (None, true) => None,

@@ -30,6 +30,7 @@ mod mine_stage;
 mod model_ops;
 mod pipeline;
 mod pipelines;
+mod plan;
 mod preprocess_parity;
 mod progress;
 mod prompt;
