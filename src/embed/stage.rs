@@ -68,6 +68,13 @@ pub struct EmbedConfig {
     /// Vectors per cache chunk: how much work a kill can lose.
     #[serde(default = "default_cache_rows")]
     pub cache_rows: usize,
+    /// Bounds on an image's pixels before a GME model patches it, in place of its preprocessor_config.json's
+    /// (fewer pixels, fewer image tokens) [default: the model's].
+    #[serde(default)]
+    pub min_pixels: Option<u64>,
+    /// The upper bound; see `min_pixels`.
+    #[serde(default)]
+    pub max_pixels: Option<u64>,
 }
 
 fn default_batch_size() -> usize {
@@ -95,6 +102,8 @@ impl EmbedConfig {
             batch_size: default_batch_size(),
             dtype: default_precision(),
             cache_rows: default_cache_rows(),
+            min_pixels: None,
+            max_pixels: None,
         }
     }
 }
@@ -266,6 +275,7 @@ impl Stage for EmbedStage {
             device,
             dtype: self.config.dtype.dtype(),
             batch_size: self.config.batch_size,
+            pixels: (self.config.min_pixels, self.config.max_pixels),
         };
         tracing::info!("{}: loading {}", ctx.name(), dir.display());
         let model = load_model(&dir, &options)?;

@@ -1,12 +1,14 @@
 //! The images a run uses, and their vision-tower outputs.
 //!
-//! The encoded bytes of every image the groups name are read once from the ingest stage's `images` dataset. The
-//! number of image tokens of an image follows from its stored size alone, so prompts are built without decoding
-//! anything. Pixels are decoded and patched when a batch needs them.
+//! Where each image the groups name is in the ingest stage's `images` dataset, and its stored size, are read once
+//! (the small columns only); an image's encoded bytes are read when a batch needs its pixels, so the run's host
+//! memory does not grow with the corpus's images (M-BEIR's are tens of GB). The number of image tokens of an image
+//! follows from its stored size and the pixel bounds alone, so prompts are built without decoding anything.
 //!
 //! A frozen tower gives the same output for an image every time it appears, and in a reranker corpus an image
-//! appears in many groups (as a query, as a positive, as somebody's negative). With the cache on, the tower runs
-//! once per distinct image for the whole run and its (detached) output is reused; off, it runs for every
+//! appears in many groups (as a query, as a positive, as somebody's negative). With the cache on, the tower's
+//! (detached) output for an image is kept in host memory and reused, within a byte budget beyond which the outputs
+//! used least recently are dropped (and computed again if their image comes back); off, the tower runs for every
 //! occurrence, which is the plain path the benchmark compares against. A tower being trained is never cached.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -15,20 +17,24 @@ use arrow::array::{Array, LargeBinaryArray, StringArray, UInt32Array};
 use candle_core::{Device, Tensor};
 
 use super::failure::TrainRunError;
-use crate::dataset::Dataset;
-use crate::media::preprocess::{ImagePreprocessor, Qwen2VlParams, Qwen2VlProcessor};
+use crate::dataset::{Dataset, RowGroupAt};
+use crate::media::preprocess::{
+    ImagePreprocessor, ImageTokenCounts, Qwen2VlParams, Qwen2VlProcessor,
+};
 use crate::models::qwen2_vl::{ImageGrid, VisionConfig, VisionTransformer};
 use crate::models::recompute::RecomputeTape;
 
-/// One stored image.
+/// Where one image is stored, and its size.
 struct Stored {
-    bytes: Vec<u8>,
+    at: RowGroupAt,
+    row: usize,
     width: u32,
     height: u32,
 }
 
 /// The run's images by id, the processor that patches them, and the cache of tower outputs.
 pub struct ImageBank {
+    dataset: Dataset,
     images: HashMap<String, Stored>,
     processor: Qwen2VlProcessor,
     patch_dim: usize,
@@ -37,7 +43,7 @@ pub struct ImageBank {
     device: Device,
 }
 
-/// Tower outputs by image id, within a byte budget: storing one beyond it drops the outputs used least recently.
+/// Tower outputs by image id, in host memory within a byte budget: storing one beyond it drops the outputs used least recently.
 /// A corpus's images can outnumber any memory (M-BEIR has millions), while the images a run meets again soon
 /// (a query's image in each of its groups, a popular document) are the ones worth keeping.
 struct VisionCache {
@@ -109,9 +115,9 @@ impl VisionCache {
 }
 
 impl ImageBank {
-    /// Reads the images in `wanted` from `dataset` and prepares a processor for `vision` within the pixel
-    /// bounds. Ids that the dataset lacks are simply absent: [`Self::tokens`] reports them. `cache_budget` turns
-    /// the cache of a frozen tower's outputs on, holding at most that many bytes.
+    /// Notes where the images in `wanted` are in `dataset` and prepares a processor for `vision` within the
+    /// pixel bounds. Ids that the dataset lacks are simply absent: [`Self::tokens`] reports them. `cache_budget`
+    /// turns the cache of a frozen tower's outputs on, holding at most that many bytes.
     pub fn load(
         dataset: &Dataset,
         wanted: &HashSet<&str>,
@@ -122,8 +128,8 @@ impl ImageBank {
     ) -> Result<Self, TrainRunError> {
         let mut images = HashMap::with_capacity(wanted.len());
         if !wanted.is_empty() {
-            for batch in dataset.batches()? {
-                let batch = batch?;
+            for group in dataset.row_groups(&["image_id", "width", "height"]) {
+                let (at, batch) = group?;
                 let bad = |name: &str| TrainRunError::Data {
                     path: dataset.path().to_path_buf(),
                     message: format!("column `{name}` is missing or of the wrong type"),
@@ -133,10 +139,6 @@ impl ImageBank {
                     .as_any()
                     .downcast_ref::<StringArray>()
                     .ok_or_else(|| bad("image_id"))?;
-                let bytes = column("bytes")?
-                    .as_any()
-                    .downcast_ref::<LargeBinaryArray>()
-                    .ok_or_else(|| bad("bytes"))?;
                 let widths = column("width")?
                     .as_any()
                     .downcast_ref::<UInt32Array>()
@@ -145,15 +147,16 @@ impl ImageBank {
                     .as_any()
                     .downcast_ref::<UInt32Array>()
                     .ok_or_else(|| bad("height"))?;
-                for i in 0..batch.num_rows() {
-                    let id = ids.value(i);
-                    if wanted.contains(id) && !images.contains_key(id) && !bytes.is_null(i) {
+                for row in 0..batch.num_rows() {
+                    let id = ids.value(row);
+                    if wanted.contains(id) && !images.contains_key(id) {
                         images.insert(
                             id.to_string(),
                             Stored {
-                                bytes: bytes.value(i).to_vec(),
-                                width: widths.value(i),
-                                height: heights.value(i),
+                                at,
+                                row,
+                                width: widths.value(row),
+                                height: heights.value(row),
                             },
                         );
                     }
@@ -170,6 +173,7 @@ impl ImageBank {
         };
         let processor = Qwen2VlProcessor::new(params).map_err(TrainRunError::model)?;
         Ok(Self {
+            dataset: dataset.clone(),
             images,
             processor,
             patch_dim: vision.patch_dim(),
@@ -195,6 +199,17 @@ impl ImageBank {
     /// The number of image tokens `id` becomes in a prompt.
     pub fn tokens(&self, id: &str) -> Result<usize, String> {
         Ok(self.grid(id)?.merged_tokens(self.merge))
+    }
+
+    /// The token counts of the run's images within its pixel bounds (images that cannot be used left out);
+    /// `None` without images.
+    pub fn token_counts(&self) -> Option<ImageTokenCounts> {
+        ImageTokenCounts::of(
+            self.images
+                .keys()
+                .filter_map(|id| self.tokens(id).ok())
+                .collect(),
+        )
     }
 
     /// How many distinct images' tower outputs the cache holds.
@@ -231,14 +246,14 @@ impl ImageBank {
             }
             let cached = self.cache.as_mut().and_then(|cache| cache.get(id));
             let output = match cached {
-                Some(output) => output,
+                Some(output) => output.to_device(&self.device)?,
                 // One image per tower pass: a batched pass may round differently with its batch-mates, and a
                 // cached value must not depend on which batch first needed it (a resumed run meets images in
                 // other batches).
                 None => {
                     let output = self.run_tower(tower, &[id], None)?.detach();
                     if let Some(cache) = &mut self.cache {
-                        cache.insert(id, output.clone());
+                        cache.insert(id, output.to_device(&Device::Cpu)?);
                     }
                     output
                 }
@@ -249,22 +264,55 @@ impl ImageBank {
         Ok(Tensor::cat(&parts, 0)?)
     }
 
-    /// Decodes and patches `ids` and runs the tower over all of them at once.
+    /// The encoded bytes of `ids`, read from the images dataset (one read per row group they are in).
+    fn read_bytes(&self, ids: &[&str]) -> Result<HashMap<String, Vec<u8>>, TrainRunError> {
+        let mut by_group: BTreeMap<RowGroupAt, Vec<(usize, &str)>> = BTreeMap::new();
+        for &id in ids {
+            let stored = self.images.get(id).ok_or_else(|| {
+                TrainRunError::model(format!("image `{id}` is not in the images dataset"))
+            })?;
+            by_group
+                .entry(stored.at)
+                .or_default()
+                .push((stored.row, id));
+        }
+        let mut out = HashMap::with_capacity(ids.len());
+        for (at, mut rows) in by_group {
+            rows.sort_unstable();
+            rows.dedup();
+            let indexes: Vec<usize> = rows.iter().map(|(row, _)| *row).collect();
+            let batch = self.dataset.read_rows(at, &indexes, &["bytes"])?;
+            let bytes = batch
+                .column_by_name("bytes")
+                .and_then(|c| c.as_any().downcast_ref::<LargeBinaryArray>())
+                .ok_or_else(|| TrainRunError::Data {
+                    path: self.dataset.path().to_path_buf(),
+                    message: "column `bytes` is missing or of the wrong type".into(),
+                })?;
+            for (i, (_, id)) in rows.iter().enumerate() {
+                if bytes.is_null(i) {
+                    return Err(TrainRunError::model(format!("image `{id}` has no bytes")));
+                }
+                out.insert(id.to_string(), bytes.value(i).to_vec());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads, decodes and patches `ids` and runs the tower over all of them at once.
     fn run_tower<'a>(
         &self,
         tower: &'a VisionTransformer,
         ids: &[&str],
         tape: Option<&RecomputeTape<'a>>,
     ) -> Result<Tensor, TrainRunError> {
+        let bytes = self.read_bytes(ids)?;
         let mut pixels = Vec::with_capacity(ids.len());
         let mut grids = Vec::with_capacity(ids.len());
         for id in ids {
-            let stored = self.images.get(*id).ok_or_else(|| {
-                TrainRunError::model(format!("image `{id}` is not in the images dataset"))
-            })?;
             let patched = self
                 .processor
-                .preprocess_bytes(&stored.bytes)
+                .preprocess_bytes(&bytes[*id])
                 .map_err(|e| TrainRunError::model(format!("image `{id}`: {e}")))?;
             let [t, h, w] = patched.grid_thw;
             let grid = ImageGrid::new(t, h, w);

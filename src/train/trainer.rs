@@ -144,6 +144,10 @@ pub fn prepare(
                     })
                 }
             };
+            if let Some(counts) = bank.as_ref().and_then(ImageBank::token_counts) {
+                let (min, max) = (config.min_pixels, config.max_pixels);
+                tracing::info!("images at {min} to {max} pixels: {counts}");
+            }
             bank
         }
         None => None,
