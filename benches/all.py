@@ -13,6 +13,8 @@ is the release profile, so a tree built for `cargo test --release` is reused.
 | exact top-k, k = 100, 2 threads | topk bench | faiss-cpu IndexFlatIP, chunked numpy |
 | reranker training step, tiny Qwen2-VL, the default levers | train_levers bench | the same loop on the plain path (padded, no vision cache, no shared prefix) |
 | reranker training step (LoRA and full fine-tuning), allocator keeping freed memory | train_levers bench | the same with glibc's defaults |
+| training step peak memory and time at 1k-8k tokens, Qwen2.5-VL-shaped decoder, blocked attention + recomputation | train_memory bench | the reference path (materialised scores, nothing recomputed) |
+| the memory plan's estimate of those peaks | umrank::plan | the measured peak |
 
 The GPU part (candle CUDA against PyTorch, docs/performance.md#gpu-reference-figures) is benches/gpu/run.sh, run on a
 device machine. Each sub-benchmark is also a command of its own (see the scripts and benches/*.rs); wall-clock figures
@@ -111,6 +113,31 @@ def train_levers(quick):
     return rows
 
 
+def train_memory(quick):
+    lengths = "256,512" if quick else "256,512,1024,2048"
+    stdout = run(["cargo", "bench", "--bench", "train_memory", "--", "--lengths", lengths])
+    points = [json.loads(line[len("RESULT "):]) for line in stdout.splitlines() if line.startswith("RESULT ")]
+    by = {(p["len"], p["path"]): p for p in points}
+    mib = 1024 * 1024
+    rows = []
+    for (length, path), point in sorted(by.items()):
+        if path != "blocked+recompute" or point.get("skipped"):
+            continue
+        shape = f"Qwen2.5-VL-shaped decoder LoRA, {point['tokens']} tokens"
+        reference = by.get((length, "reference"), {})
+        measured = None if reference.get("skipped") else reference
+        rows.append((f"training step peak memory, {shape}, blocked attention + recomputation", "MiB",
+                     point["measured_bytes"] / mib, "reference path (plan if it did not fit)",
+                     (measured or reference).get("measured_bytes", reference.get("plan_bytes", 0)) / mib))
+        rows.append((f"training step time, {shape}, blocked attention + recomputation", "s", point["seconds"],
+                     "reference path", measured["seconds"] if measured else None))
+        for p in (point, measured):
+            if p:
+                rows.append((f"memory plan, {shape}, {p['path']}", "MiB", p["plan_bytes"] / mib,
+                             "measured peak", p["measured_bytes"] / mib))
+    return rows
+
+
 def table(rows, when, where, loadavg):
     lines = [f"benchmarks of {when} on {where} (load average before: {loadavg})", "",
              "| benchmark | unit | ours | peer | peer's figure | ratio |", "|---|---|---|---|---|---|"]
@@ -131,7 +158,8 @@ def main():
     loadavg = load()
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        rows = preprocess(scratch) + topk(scratch, args.quick) + train_levers(args.quick)
+        rows = (preprocess(scratch) + topk(scratch, args.quick) + train_levers(args.quick)
+                + train_memory(args.quick))
     print()
     print(table(rows, when, where, loadavg))
     if args.json:

@@ -1,13 +1,17 @@
 //! `umrank inspect`: what is in a dataset or a manifest, laid out for a person or as JSON.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
+use arrow::array::{Array, ArrayRef, RecordBatch, StringArray, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 
 use crate::dataset::{Dataset, DatasetError};
+use crate::media::preprocess::{
+    ImageTokenCounts, PreprocessError, Qwen2VlParams, Qwen2VlProcessor,
+};
 use crate::pipeline::{InputRecord, Manifest, PipelineError};
 use crate::schema;
 
@@ -29,6 +33,8 @@ pub enum InspectError {
         #[source]
         source: arrow::error::ArrowError,
     },
+    #[error("image pixel bounds: {0}")]
+    Bounds(#[from] PreprocessError),
 }
 
 /// What a path holds.
@@ -46,11 +52,14 @@ pub struct DatasetView {
     pub schema: Arc<Schema>,
     /// The first rows, with binary values replaced by their length so that image bytes never flood a terminal.
     pub head: Option<RecordBatch>,
+    /// For an images dataset: how many vision tokens its images become within the pixel bounds asked for.
+    pub image_tokens: Option<(u64, u64, ImageTokenCounts)>,
 }
 
 /// Reads a manifest (a `manifest*.json` file, or a stage directory holding `manifest.json`) or a dataset (a Parquet
-/// file or a directory of parts).
-pub fn inspect(path: &Path, rows: usize) -> Result<Inspected, InspectError> {
+/// file or a directory of parts). An images dataset's image token counts are computed within `(min_pixels,
+/// max_pixels)`.
+pub fn inspect(path: &Path, rows: usize, pixels: (u64, u64)) -> Result<Inspected, InspectError> {
     let is_json = path.extension().is_some_and(|e| e == "json");
     let stage_manifest = path.join("manifest.json");
     if is_json || stage_manifest.is_file() {
@@ -78,14 +87,75 @@ pub fn inspect(path: &Path, rows: usize) -> Result<Inspected, InspectError> {
             );
         }
     }
+    let kind = dataset.kind()?;
+    let image_tokens = match kind.as_deref() {
+        Some("images") => image_tokens(&dataset, pixels)?.map(|c| (pixels.0, pixels.1, c)),
+        _ => None,
+    };
     Ok(Inspected::Dataset(DatasetView {
         path: path.display().to_string(),
-        kind: dataset.kind()?,
+        kind,
         parts: dataset.parts().len(),
         rows: dataset.num_rows()?,
         schema: dataset.schema()?,
         head,
+        image_tokens,
     }))
+}
+
+/// The token counts of an images dataset's images within `(min_pixels, max_pixels)` at Qwen2-VL's patch
+/// geometry.
+fn image_tokens(
+    dataset: &Dataset,
+    (min_pixels, max_pixels): (u64, u64),
+) -> Result<Option<ImageTokenCounts>, InspectError> {
+    let processor = Qwen2VlProcessor::new(Qwen2VlParams {
+        min_pixels,
+        max_pixels,
+        ..Qwen2VlParams::default()
+    })?;
+    Ok(image_token_counts(dataset, None, &processor)?)
+}
+
+/// How many vision tokens `processor` makes of the images of an images dataset (of those in `wanted`, when
+/// given), from their stored sizes alone: the bytes are not read. Images whose size the processor refuses are
+/// left out.
+pub fn image_token_counts(
+    dataset: &Dataset,
+    wanted: Option<&HashSet<&str>>,
+    processor: &Qwen2VlProcessor,
+) -> Result<Option<ImageTokenCounts>, DatasetError> {
+    let mut counts = Vec::new();
+    let mut seen = HashSet::new();
+    for group in dataset.row_groups(&["image_id", "width", "height"]) {
+        let (_, batch) = group?;
+        let missing = |name: &str| DatasetError::Rows {
+            path: dataset.path().to_path_buf(),
+            detail: format!("column `{name}` is missing or of the wrong type"),
+        };
+        let ids = batch
+            .column_by_name("image_id")
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            .ok_or_else(|| missing("image_id"))?;
+        let size = |name: &str| {
+            batch
+                .column_by_name(name)
+                .and_then(|c| c.as_any().downcast_ref::<UInt32Array>())
+                .ok_or_else(|| missing(name))
+        };
+        let (widths, heights) = (size("width")?, size("height")?);
+        for row in 0..batch.num_rows() {
+            let id = ids.value(row);
+            // An image that records of two shards use is in both parts: count it once.
+            if wanted.is_some_and(|w| !w.contains(id)) || !seen.insert(id.to_string()) {
+                continue;
+            }
+            if let Ok(tokens) = processor.num_vision_tokens(heights.value(row), widths.value(row)) {
+                counts.push(tokens);
+            }
+        }
+    }
+    Ok(ImageTokenCounts::of(counts))
 }
 
 /// Replaces binary columns by "<N bytes>" strings.
@@ -251,6 +321,9 @@ fn render_dataset(d: &DatasetView) -> String {
     out.push_str(&format!("kind      {kind}\n"));
     out.push_str(&format!("parts     {}\n", d.parts));
     out.push_str(&format!("rows      {}\n", thousands(d.rows)));
+    if let Some((min, max, counts)) = &d.image_tokens {
+        out.push_str(&format!("tokens    {counts}, at {min} to {max} pixels\n"));
+    }
     out.push_str("schema\n");
     let width = d
         .schema
@@ -362,6 +435,11 @@ fn dataset_json(d: &DatasetView) -> Result<serde_json::Value, InspectError> {
         "rows": d.rows,
         "schema": fields,
         "first_rows": rows,
+        "image_tokens": d.image_tokens.as_ref().map(|(min, max, counts)| serde_json::json!({
+            "min_pixels": min,
+            "max_pixels": max,
+            "counts": counts,
+        })),
     }))
 }
 

@@ -26,6 +26,7 @@ pub mod modality;
 pub mod models;
 pub mod optim;
 pub mod pipeline;
+pub mod plan;
 pub mod progress;
 pub mod release;
 pub mod report;

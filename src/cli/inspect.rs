@@ -17,10 +17,24 @@ pub struct InspectArgs {
     /// How many rows of a dataset to show.
     #[arg(short = 'n', long, default_value_t = 5)]
     pub rows: usize,
+
+    /// For an images dataset: the pixel bounds its image token counts are computed at (a train stage's
+    /// `min_pixels`) [default: 3136, Qwen2-VL's processor].
+    #[arg(long, value_name = "PIXELS")]
+    pub min_pixels: Option<u64>,
+
+    /// For an images dataset: the upper pixel bound (a train stage's `max_pixels`) [default: 1003520].
+    #[arg(long, value_name = "PIXELS")]
+    pub max_pixels: Option<u64>,
 }
 
 pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
-    let inspected = umrank::inspect::inspect(&args.path, args.rows)?;
+    let defaults = umrank::media::preprocess::Qwen2VlParams::default();
+    let bounds = (
+        args.min_pixels.unwrap_or(defaults.min_pixels),
+        args.max_pixels.unwrap_or(defaults.max_pixels),
+    );
+    let inspected = umrank::inspect::inspect(&args.path, args.rows, bounds)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&inspected.to_json()?)?);
     } else {

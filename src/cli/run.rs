@@ -4,6 +4,7 @@ use anyhow::Context;
 
 use umrank::device::DeviceSpec;
 use umrank::pipeline::{PipelineConfig, RunOptions, Runner, StageOutcome, StagePlan, StageReport};
+use umrank::plan::device::device_memory;
 use umrank::shard::Shard;
 
 use super::Global;
@@ -28,6 +29,17 @@ pub struct RunArgs {
     /// resolved configs (defaults filled in). Reads no data; exits non-zero on the first problem.
     #[arg(long)]
     pub check: bool,
+
+    /// Print each train, eval and embed stage's estimated peak device memory, part by part (weights, gradients,
+    /// optimizer, activations with and without recomputation, attention workspace, vision cache, image
+    /// buffers), against the device's memory, and whether it fits; run nothing. Reads only each model's
+    /// config.json, so it works before the weights are downloaded.
+    #[arg(long)]
+    pub plan: bool,
+
+    /// With --plan: print `{"stages": {"<stage>": {"peak_bytes", "device_bytes", "fits", "parts"}}}`.
+    #[arg(long, requires = "plan")]
+    pub json: bool,
 
     #[command(flatten)]
     pub select: Selection,
@@ -60,6 +72,11 @@ pub struct Selection {
     /// Override the pipeline's workdir.
     #[arg(long, value_name = "DIR")]
     pub workdir: Option<PathBuf>,
+
+    /// The device's memory, e.g. 80GiB: stages are planned against it, and a stage whose plan exceeds it is
+    /// not started [default: read from CUDA for a CUDA device, else unknown].
+    #[arg(long, value_name = "SIZE", value_parser = umrank::plan::parse_bytes)]
+    pub device_memory: Option<u64>,
 
     /// Run up to N stages at the same time: a stage starts once the stages it reads have finished, so stages that
     /// do not read each other (two trainings on the same shards, their evals) run side by side. Each takes about
@@ -104,6 +121,9 @@ pub fn run(args: &RunArgs, global: &Global) -> anyhow::Result<()> {
     if args.check {
         return check(config, &args.select, global);
     }
+    if args.plan {
+        return plan(config, &args.select, global, args.json);
+    }
     execute(config, &args.select, global)
 }
 
@@ -142,6 +162,7 @@ fn runner(
         dirs: Default::default(),
         jobs: select.jobs.map(|n| n as usize),
         seeds: select.seeds,
+        device_memory: device_memory(select.device, select.device_memory),
     };
     Ok(Runner::from_config(
         config,
@@ -170,6 +191,53 @@ fn check(mut config: PipelineConfig, select: &Selection, global: &Global) -> any
         print_plan(i + 1, plans.len(), plan)?;
     }
     println!("ok: the pipeline is valid");
+    Ok(())
+}
+
+/// `--plan`: every selected model stage's memory plan, as text or JSON.
+fn plan(
+    mut config: PipelineConfig,
+    select: &Selection,
+    global: &Global,
+    json: bool,
+) -> anyhow::Result<()> {
+    let runner = runner(&mut config, select, global)?;
+    let plans = runner.memory_plans()?;
+    if json {
+        let stages: serde_json::Map<String, serde_json::Value> = plans
+            .iter()
+            .map(|(name, verdict)| {
+                let value = match verdict {
+                    Ok(verdict) => verdict.to_json(),
+                    Err(e) => serde_json::json!({"error": e.to_string()}),
+                };
+                (name.clone(), value)
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "stages": stages }))?
+        );
+        return Ok(());
+    }
+    println!(
+        "pipeline {} ({}): memory plan on {}",
+        config.name,
+        config.path.display(),
+        select.device
+    );
+    for (name, verdict) in &plans {
+        println!();
+        match verdict {
+            Ok(verdict) => {
+                println!("[{name}]");
+                for line in verdict.render() {
+                    println!("{line}");
+                }
+            }
+            Err(e) => println!("[{name}] not planned: {e}"),
+        }
+    }
     Ok(())
 }
 

@@ -10,7 +10,7 @@ use anyhow::Context;
 use umrank::device::DeviceSpec;
 use umrank::optim::Decay;
 use umrank::pipeline::{RunOptions, Runner};
-use umrank::train::config::{DataFormat, ObjectiveName, Precision, Tuning};
+use umrank::train::config::{DataFormat, ObjectiveName, Precision, Recompute, Tuning};
 use umrank::train::objective::{DirectionSource, WeightSource};
 use umrank::train::{TrainConfig, TrainStage};
 
@@ -208,6 +208,16 @@ pub struct TrainArgs {
     /// query) once per group.
     #[arg(long)]
     pub no_shared_prefix: bool,
+
+    /// The most the vision cache may hold, e.g. 4GiB; the least recently used outputs are dropped beyond it
+    /// [default: 4GiB].
+    #[arg(long, value_name = "SIZE")]
+    pub vision_cache_budget: Option<String>,
+
+    /// Activation recomputation: layers (keep each layer's input, run the layer again in the backward pass) or
+    /// none (keep every activation) [default: layers for --model, none for --init].
+    #[arg(long, value_enum)]
+    pub recompute: Option<Recompute>,
 }
 
 fn parse_weight(s: &str) -> Result<WeightSource, String> {
@@ -284,6 +294,8 @@ impl TrainArgs {
             ("max_pixels", value(&self.max_pixels)?),
             ("checkpoint_every", value(&self.checkpoint_every)?),
             ("keep_checkpoints", value(&self.keep_checkpoints)?),
+            ("recompute", value(&self.recompute)?),
+            ("vision_cache_budget", value(&self.vision_cache_budget)?),
         ];
         Ok(flags
             .into_iter()

@@ -44,6 +44,8 @@ pub enum DatasetError {
     MixedCounts { path: PathBuf, counts: String },
     #[error("{path}: parts disagree on the schema: {detail}")]
     SchemaDrift { path: PathBuf, detail: String },
+    #[error("{path}: cannot read the rows asked for: {detail}")]
+    Rows { path: PathBuf, detail: String },
 }
 
 impl DatasetError {

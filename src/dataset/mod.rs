@@ -10,7 +10,7 @@ mod reader;
 mod writer;
 
 pub use error::DatasetError;
-pub use reader::{Dataset, DEFAULT_BATCH_ROWS};
+pub use reader::{Dataset, RowGroupAt, DEFAULT_BATCH_ROWS};
 pub use writer::{DatasetWriter, WriteOptions, WrittenPart};
 
 /// Key-value metadata key under which each Parquet file records its dataset kind.

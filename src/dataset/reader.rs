@@ -2,9 +2,12 @@ use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
-use arrow::array::RecordBatch;
+use arrow::array::{RecordBatch, RecordBatchReader};
 use arrow::datatypes::SchemaRef;
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::{
+    ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
+};
+use parquet::arrow::ProjectionMask;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 
 use super::{is_temporary, DatasetError, KIND_METADATA_KEY, PART_EXTENSION};
@@ -84,6 +87,102 @@ impl Dataset {
         })
     }
 
+    /// Streams `columns` of every row group, part after part, with where each group is: `(group, rows)`. With
+    /// [`Self::read_rows`], a reader can note where rows are in one pass over small columns and read a large
+    /// column (image bytes) only for the rows it needs, when it needs them.
+    pub fn row_groups<'a>(
+        &'a self,
+        columns: &'a [&'a str],
+    ) -> impl Iterator<Item = Result<(RowGroupAt, RecordBatch), DatasetError>> + 'a {
+        let groups = self.parts.iter().enumerate().flat_map(|(part, path)| {
+            let count = footer(path).map(|r| r.metadata().num_row_groups());
+            let (count, error) = match count {
+                Ok(count) => (count, None),
+                Err(e) => (0, Some(Err(e))),
+            };
+            error
+                .into_iter()
+                .chain((0..count).map(move |row_group| Ok(RowGroupAt { part, row_group })))
+        });
+        groups.map(move |at| {
+            let at = at?;
+            let batch = self.read_group(at, None, columns)?;
+            Ok((at, batch))
+        })
+    }
+
+    /// `columns` of the rows `rows` (indexes within the group, ascending) of row group `at`, in that order.
+    pub fn read_rows(
+        &self,
+        at: RowGroupAt,
+        rows: &[usize],
+        columns: &[&str],
+    ) -> Result<RecordBatch, DatasetError> {
+        let mut selectors = Vec::with_capacity(2 * rows.len());
+        let mut next = 0;
+        for &row in rows {
+            if row < next {
+                return Err(DatasetError::Rows {
+                    path: self.part_path(at)?.to_path_buf(),
+                    detail: format!("row {row} comes after row {}: rows must ascend", next - 1),
+                });
+            }
+            if row > next {
+                selectors.push(RowSelector::skip(row - next));
+            }
+            selectors.push(RowSelector::select(1));
+            next = row + 1;
+        }
+        self.read_group(at, Some(RowSelection::from(selectors)), columns)
+    }
+
+    fn part_path(&self, at: RowGroupAt) -> Result<&Path, DatasetError> {
+        self.parts
+            .get(at.part)
+            .map(PathBuf::as_path)
+            .ok_or_else(|| DatasetError::Rows {
+                path: self.path.clone(),
+                detail: format!("no part {} (the dataset has {})", at.part, self.parts.len()),
+            })
+    }
+
+    /// One row group's `columns`, all rows or the `selection`, as one batch.
+    fn read_group(
+        &self,
+        at: RowGroupAt,
+        selection: Option<RowSelection>,
+        columns: &[&str],
+    ) -> Result<RecordBatch, DatasetError> {
+        let path = self.part_path(at)?;
+        let builder = self.builder(path)?;
+        let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
+        let rows = builder
+            .metadata()
+            .row_groups()
+            .get(at.row_group)
+            .map_or(0, |g| g.num_rows() as usize);
+        let mut builder = builder
+            .with_row_groups(vec![at.row_group])
+            .with_projection(mask)
+            .with_batch_size(rows.max(1));
+        if let Some(selection) = selection {
+            builder = builder.with_row_selection(selection);
+        }
+        let reader = builder.build().map_err(DatasetError::parquet(path))?;
+        let schema = reader.schema();
+        let batches =
+            reader
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|source| DatasetError::Arrow {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+        arrow::compute::concat_batches(&schema, &batches).map_err(|source| DatasetError::Arrow {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
     fn builder(&self, part: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>, DatasetError> {
         let file = File::open(part).map_err(DatasetError::io(part))?;
         ParquetRecordBatchReaderBuilder::try_new(file).map_err(DatasetError::parquet(part))
@@ -137,6 +236,13 @@ fn complete_parts(dir: &Path) -> Result<Vec<PathBuf>, DatasetError> {
         });
     }
     Ok(found.into_iter().map(|(_, p)| p).collect())
+}
+
+/// Where a row group is: its part file (index in [`Dataset::parts`]) and its index in that file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RowGroupAt {
+    pub part: usize,
+    pub row_group: usize,
 }
 
 /// Streaming iterator over a dataset's batches.

@@ -39,7 +39,7 @@ impl GmeModel {
     pub fn load(dir: &Path, options: &ModelOptions) -> Result<Self, EmbedError> {
         let tokenizer = Tokenizer::from_dir(dir)?;
         let model = Qwen2VlModel::from_model_dir(dir, options.dtype, &options.device)?;
-        let processor = processor(dir)?;
+        let processor = processor(dir, options.pixels)?;
         check_patches(dir, processor.params(), &model)?;
         // The prompt builder needs the chat tokens; building it once here turns a wrong vocabulary into a load
         // error instead of a failure at the first batch.
@@ -93,14 +93,20 @@ impl GmeModel {
     }
 }
 
-fn processor(dir: &Path) -> Result<Qwen2VlProcessor, EmbedError> {
+/// The model directory's image processor (transformers' defaults without a preprocessor_config.json), within
+/// `pixels` where given.
+fn processor(
+    dir: &Path,
+    pixels: (Option<u64>, Option<u64>),
+) -> Result<Qwen2VlProcessor, EmbedError> {
     let path = dir.join(PREPROCESSOR_CONFIG);
     let built = if path.is_file() {
         PreprocessorConfig::from_file(&path).and_then(|c| Qwen2VlProcessor::from_config(&c))
     } else {
         Qwen2VlProcessor::new(Qwen2VlParams::default())
     };
-    built.map_err(|source| EmbedError::Preprocessing { path, source })
+    let bounded = built.and_then(|p| Qwen2VlProcessor::new(p.params().clone().with_bounds(pixels)));
+    bounded.map_err(|source| EmbedError::Preprocessing { path, source })
 }
 
 /// The processor's patch geometry must be the tower's, or every image would fail deep in the model.

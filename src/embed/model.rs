@@ -72,6 +72,8 @@ pub struct ModelOptions {
     pub dtype: DType,
     /// Items per forward pass.
     pub batch_size: usize,
+    /// `(min_pixels, max_pixels)` overriding a GME model's image processor; `None` keeps the model's.
+    pub pixels: (Option<u64>, Option<u64>),
 }
 
 /// Loads the model in `dir`: a Qwen2-VL / Qwen2.5-VL directory as GME, otherwise the embedder family that

@@ -17,6 +17,7 @@ use crate::device::DeviceSpec;
 use crate::digest::Fingerprint;
 use crate::modality::Modality;
 use crate::pipeline::{Input, Output, PipelineError, Reject, Stage, StageContext, StageError};
+use crate::plan::{PlanContext, PlanError, Verdict};
 use crate::schema::outputs;
 use crate::shard::Shard;
 
@@ -68,6 +69,13 @@ pub struct EmbedConfig {
     /// Vectors per cache chunk: how much work a kill can lose.
     #[serde(default = "default_cache_rows")]
     pub cache_rows: usize,
+    /// Bounds on an image's pixels before a GME model patches it, in place of its preprocessor_config.json's
+    /// (fewer pixels, fewer image tokens) [default: the model's].
+    #[serde(default)]
+    pub min_pixels: Option<u64>,
+    /// The upper bound; see `min_pixels`.
+    #[serde(default)]
+    pub max_pixels: Option<u64>,
 }
 
 fn default_batch_size() -> usize {
@@ -95,6 +103,8 @@ impl EmbedConfig {
             batch_size: default_batch_size(),
             dtype: default_precision(),
             cache_rows: default_cache_rows(),
+            min_pixels: None,
+            max_pixels: None,
         }
     }
 }
@@ -196,6 +206,23 @@ impl EmbedStage {
 }
 
 impl Stage for EmbedStage {
+    fn memory_plan(&self, ctx: &PlanContext) -> Option<Result<Verdict, PlanError>> {
+        let model = match (&self.config.model_from, &self.config.model) {
+            (Some(stage), Some(sub)) => (ctx.stage_dir)(stage).join(sub),
+            (Some(stage), None) => (ctx.stage_dir)(stage),
+            (None, Some(dir)) => dir.clone(),
+            (None, None) => return None,
+        };
+        let model_bytes = self.config.dtype.dtype().size_in_bytes() as u64;
+        let batch = self.config.batch_size as u64;
+        Some(crate::plan::inference::embed_verdict(
+            &model,
+            batch,
+            model_bytes,
+            ctx,
+        ))
+    }
+
     fn name(&self) -> &'static str {
         "embed"
     }
@@ -249,6 +276,7 @@ impl Stage for EmbedStage {
             device,
             dtype: self.config.dtype.dtype(),
             batch_size: self.config.batch_size,
+            pixels: (self.config.min_pixels, self.config.max_pixels),
         };
         tracing::info!("{}: loading {}", ctx.name(), dir.display());
         let model = load_model(&dir, &options)?;

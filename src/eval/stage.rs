@@ -31,6 +31,7 @@ use crate::media::preprocess::ImageInput;
 use crate::models::qwen2_vl::{ImagePatches, PairScore};
 use crate::models::reranker::{PairSide, PreparedPair, Reranker};
 use crate::pipeline::{Input, Output, PipelineError, Reject, Stage, StageContext, StageError};
+use crate::plan::{PlanContext, PlanError, Verdict};
 use crate::progress;
 use crate::schema::outputs;
 
@@ -113,6 +114,13 @@ pub struct EvalConfig {
     /// Permutations of each randomisation test.
     #[serde(default = "default_permutations")]
     pub permutations: usize,
+    /// Bounds on an image's pixels before the reranker patches it, in place of the model directory's
+    /// preprocessor_config.json (fewer pixels, fewer image tokens) [default: the model's].
+    #[serde(default)]
+    pub min_pixels: Option<u64>,
+    /// The upper bound; see `min_pixels`.
+    #[serde(default)]
+    pub max_pixels: Option<u64>,
 }
 
 fn default_k() -> usize {
@@ -149,6 +157,8 @@ impl EvalConfig {
             batch: default_batch(),
             max_len: default_max_len(),
             permutations: default_permutations(),
+            min_pixels: None,
+            max_pixels: None,
         }
     }
 }
@@ -296,6 +306,10 @@ fn source_dir(
 }
 
 impl Stage for EvalStage {
+    fn memory_plan(&self, ctx: &PlanContext) -> Option<Result<Verdict, PlanError>> {
+        Some(crate::plan::inference::eval_verdict(&self.config, ctx))
+    }
+
     fn name(&self) -> &'static str {
         "eval"
     }
@@ -337,8 +351,12 @@ impl Stage for EvalStage {
         let evaluated = Evaluated::read(&ingest, &candidates, &self.config)?;
         let device = ctx.device().candle().map_err(EvalStageError::Device)?;
         let model = self.model_dir(ctx)?;
-        let reranker =
+        let mut reranker =
             Reranker::load(&model, adapter.as_deref(), &device).map_err(EvalStageError::from)?;
+        reranker
+            .set_pixel_bounds((self.config.min_pixels, self.config.max_pixels))
+            .map_err(EvalStageError::from)?;
+        log_image_tokens(&reranker, &ingest, &evaluated)?;
         let pairs: usize = evaluated.lists.iter().map(|l| l.ranked.len()).sum();
         ctx.add_records(pairs as u64);
         let (reranked, rejects) = rerank(ctx, &reranker, &evaluated, &self.config)?;
@@ -474,6 +492,31 @@ impl Evaluated {
             .map(Vec::as_slice)
             .ok_or_else(|| format!("image {image_id} is not in the images dataset"))
     }
+}
+
+/// Logs how many tokens the evaluated images become within the reranker's pixel bounds.
+fn log_image_tokens(
+    reranker: &Reranker,
+    ingest: &Path,
+    evaluated: &Evaluated,
+) -> Result<(), EvalStageError> {
+    let Some(processor) = reranker.image_processor() else {
+        return Ok(());
+    };
+    if evaluated.images.is_empty() {
+        return Ok(());
+    }
+    let wanted: HashSet<&str> = evaluated.images.keys().map(String::as_str).collect();
+    let dataset = crate::dataset::Dataset::open(&ingest.join("images"))?;
+    if let Some(counts) = crate::inspect::image_token_counts(&dataset, Some(&wanted), processor)? {
+        let params = processor.params();
+        tracing::info!(
+            "images at {} to {} pixels: {counts}",
+            params.min_pixels,
+            params.max_pixels
+        );
+    }
+    Ok(())
 }
 
 /// Scores every pair of every list, a batch at a time. A pair that cannot be prepared (unknown document, broken

@@ -23,11 +23,13 @@ use crate::models::layers::linear::{matmul_transposed, Linear};
 use crate::models::layers::mask::AttentionMask;
 use crate::models::layers::norm::RmsNorm;
 use crate::models::layers::packed::PackedAttention;
+use crate::models::layers::recompute::RecomputeTape;
 use crate::models::layers::rope::{apply_rotary_emb, MropeSection, RotaryEmbedding};
 use crate::models::layers::shared_prefix::{PrefixGroup, SharedPrefixAttention};
 use candle_core::{DType, Device, Module, Result, Tensor, Var, D};
 use candle_nn::VarBuilder;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 /// Where transformers versions that nest the VL language model keep the decoder's weights.
 const NESTED_VL_PREFIX: &str = "model.language_model";
@@ -193,6 +195,38 @@ impl Attention {
     }
 }
 
+/// Where each of `linears`' adapters' dropout generators stands.
+fn dropout_positions(linears: &[&Linear]) -> Result<Vec<Option<u128>>> {
+    linears
+        .iter()
+        .map(|linear| {
+            let position = linear.lora().map(|adapter| adapter.dropout_position());
+            position.transpose().map(Option::flatten)
+        })
+        .collect()
+}
+
+/// Moves `linears`' adapters' dropout generators back to `positions`, so that a recomputed pass draws the masks
+/// the first pass drew.
+fn set_dropout_positions(linears: &[&Linear], positions: &[Option<u128>]) -> Result<()> {
+    set_dropout_positions_at_row(linears, positions, 0)
+}
+
+/// [`set_dropout_positions`] for a run on the rows from `row` on: each generator where it stands once the rows
+/// before `row` have drawn their masks.
+fn set_dropout_positions_at_row(
+    linears: &[&Linear],
+    positions: &[Option<u128>],
+    row: usize,
+) -> Result<()> {
+    for (linear, position) in linears.iter().zip(positions) {
+        if let (Some(adapter), Some(position)) = (linear.lora(), position) {
+            adapter.set_dropout_position_at_row(*position, row)?;
+        }
+    }
+    Ok(())
+}
+
 /// Runs a one-row layout's attention over `(1, total, heads, head_dim)` tensors.
 fn one_row(
     batch: usize,
@@ -264,6 +298,20 @@ impl DecoderLayer {
         kernel: AttentionKernel,
         train: bool,
     ) -> Result<Tensor> {
+        let xs = self.attention_block(xs, cos, sin, layout, kernel, train)?;
+        self.mlp_block(&xs, train)
+    }
+
+    /// The first half of the layer: `xs + attention(norm(xs))`.
+    fn attention_block(
+        &self,
+        xs: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        layout: &AttentionLayout,
+        kernel: AttentionKernel,
+        train: bool,
+    ) -> Result<Tensor> {
         let attn = self.self_attn.forward(
             &self.input_layernorm.forward(xs)?,
             cos,
@@ -272,11 +320,27 @@ impl DecoderLayer {
             kernel,
             train,
         )?;
-        let xs = (xs + attn)?;
+        xs + attn
+    }
+
+    /// The second half of the layer: `xs + mlp(norm(xs))`.
+    fn mlp_block(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let mlp = self
             .mlp
-            .forward(&self.post_attention_layernorm.forward(&xs)?, train)?;
+            .forward(&self.post_attention_layernorm.forward(xs)?, train)?;
         xs + mlp
+    }
+
+    /// The projections of the attention half, q, k, v, o.
+    fn attention_linears(&self) -> [&Linear; 4] {
+        let a = &self.self_attn;
+        [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj]
+    }
+
+    /// The projections of the MLP half, gate, up, down.
+    fn mlp_linears(&self) -> [&Linear; 3] {
+        let m = &self.mlp;
+        [&m.gate_proj, &m.up_proj, &m.down_proj]
     }
 
     fn linears(&self) -> [&Linear; 7] {
@@ -319,7 +383,13 @@ pub struct Decoder {
     mrope: Option<MropeSection>,
     lora: Option<LoraConfig>,
     attention_kernel: AttentionKernel,
+    /// Tokens per slice of a recomputed MLP half (see [`Self::forward_embeds_on`]).
+    recompute_rows: usize,
 }
+
+/// Tokens per slice of a recomputed MLP half by default: a slice's intermediates (about 600 KB a token for a
+/// 3B model's MLP with LoRA in bf16) stay near a GB, and matmuls of 2048 rows run at full speed.
+pub const RECOMPUTE_ROWS: usize = 2048;
 
 impl Decoder {
     /// Builds the decoder from `vb` at the checkpoint's root. The decoder's weights are read under `model.` or,
@@ -358,6 +428,7 @@ impl Decoder {
             mrope,
             lora: None,
             attention_kernel: AttentionKernel::default(),
+            recompute_rows: RECOMPUTE_ROWS,
         })
     }
 
@@ -390,6 +461,12 @@ impl Decoder {
 
     pub fn set_attention_kernel(&mut self, kernel: AttentionKernel) {
         self.attention_kernel = kernel;
+    }
+
+    /// Tokens per slice of a recomputed MLP half; [`RECOMPUTE_ROWS`] unless set (tests set a few, to cross slice
+    /// borders on small inputs).
+    pub fn set_recompute_rows(&mut self, rows: usize) {
+        self.recompute_rows = rows.max(1);
     }
 
     pub fn device(&self) -> &Device {
@@ -427,6 +504,53 @@ impl Decoder {
         layout: &AttentionLayout,
         train: bool,
     ) -> Result<Tensor> {
+        self.forward_embeds_on(embeds, position_ids, layout, train, None)
+    }
+
+    /// [`Self::forward_embeds`], with each layer two segments of `tape` when one is given (its attention half
+    /// and its MLP half, so that the backward pass holds the intermediates of half a layer at a time): the layers'
+    /// activations are then recomputed in the tape's backward pass instead of kept (see [`RecomputeTape`]). The
+    /// MLP half treats each token on its own and runs on slices of the tokens, so its intermediates, the largest
+    /// of a layer's (an MLP several times the width, with adapters), are held for one slice at a time.
+    pub fn forward_embeds_on<'a>(
+        &'a self,
+        embeds: &Tensor,
+        position_ids: &Tensor,
+        layout: &AttentionLayout,
+        train: bool,
+        tape: Option<&RecomputeTape<'a>>,
+    ) -> Result<Tensor> {
+        let (cos, sin) = self.rotary_angles(embeds, position_ids)?;
+        let kernel = self.attention_kernel;
+        let mut xs = embeds.clone();
+        match tape {
+            None => {
+                for layer in &self.layers {
+                    xs = layer.forward(&xs, &cos, &sin, layout, kernel, train)?;
+                }
+            }
+            Some(tape) => {
+                let layout = Rc::new(layout.clone());
+                for layer in &self.layers {
+                    let positions = dropout_positions(&layer.attention_linears())?;
+                    let (cos, sin, layout) = (cos.clone(), sin.clone(), Rc::clone(&layout));
+                    xs = tape.run(&xs, move |xs| {
+                        set_dropout_positions(&layer.attention_linears(), &positions)?;
+                        layer.attention_block(xs, &cos, &sin, &layout, kernel, train)
+                    })?;
+                    let positions = dropout_positions(&layer.mlp_linears())?;
+                    xs = tape.run_rows(&xs, self.recompute_rows, move |xs, row| {
+                        set_dropout_positions_at_row(&layer.mlp_linears(), &positions, row)?;
+                        layer.mlp_block(xs, train)
+                    })?;
+                }
+            }
+        }
+        self.norm.forward(&xs)
+    }
+
+    /// The rotary `cos` and `sin`, `(batch, seq, 1, head_dim / 2)`, of `position_ids` for `embeds`.
+    fn rotary_angles(&self, embeds: &Tensor, position_ids: &Tensor) -> Result<(Tensor, Tensor)> {
         let (batch, seq, _) = embeds.dims3()?;
         let dtype = embeds.dtype();
         let (cos, sin) = match (position_ids.dims(), &self.mrope) {
@@ -447,12 +571,7 @@ impl Decoder {
                 .into())
             }
         };
-        let (cos, sin) = (cos.unsqueeze(2)?, sin.unsqueeze(2)?);
-        let mut xs = embeds.clone();
-        for layer in &self.layers {
-            xs = layer.forward(&xs, &cos, &sin, layout, self.attention_kernel, train)?;
-        }
-        self.norm.forward(&xs)
+        Ok((cos.unsqueeze(2)?, sin.unsqueeze(2)?))
     }
 
     /// The LM head `(vocab, hidden)`: its own weight, or the embedding matrix when tied.

@@ -162,6 +162,23 @@ impl Reranker {
         self.processor.is_some()
     }
 
+    /// The image processor of a vision-language model.
+    pub fn image_processor(&self) -> Option<&Qwen2VlProcessor> {
+        self.processor.as_ref()
+    }
+
+    /// Resizes images within `(min_pixels, max_pixels)` where given instead of the model directory's bounds (a
+    /// text-only model has nothing to bound).
+    pub fn set_pixel_bounds(
+        &mut self,
+        pixels: (Option<u64>, Option<u64>),
+    ) -> Result<(), RerankerError> {
+        if let Some(processor) = &mut self.processor {
+            *processor = Qwen2VlProcessor::new(processor.params().clone().with_bounds(pixels))?;
+        }
+        Ok(())
+    }
+
     /// Preprocesses one image for the vision tower (an error for a text-only model).
     pub fn image(&self, image: ImageInput<'_>) -> Result<ImagePatches, RerankerError> {
         let processor = self

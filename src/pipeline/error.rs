@@ -42,6 +42,16 @@ pub enum PipelineError {
     },
     #[error(transparent)]
     Rejects(Box<RejectFailure>),
+    #[error(
+        "stage `{stage}` would need about {peak} of device memory at its peak, more than the device's {device} \
+         (`umrank run --plan` shows where it goes); to fit: {fix}"
+    )]
+    DoesNotFit {
+        stage: String,
+        peak: String,
+        device: String,
+        fix: String,
+    },
     #[error("stage `{stage}` declared output `{output}` but did not write {path}")]
     MissingOutput {
         stage: String,

@@ -16,6 +16,7 @@ use super::{
 use crate::dataset::{is_temporary, Dataset, PART_EXTENSION};
 use crate::device::DeviceSpec;
 use crate::digest::{sha256_file, sha256_hex, Fingerprint};
+use crate::plan::{format_bytes, PlanContext, StagePlans, Target};
 use crate::shard::Shard;
 
 /// How to run: which stages, which shard, which device, and the reject policy.
@@ -36,6 +37,8 @@ pub struct RunOptions {
     pub jobs: Option<usize>,
     /// How many seeds the per-seed stages run over; `None` takes the pipeline file's `seeds` (default 1).
     pub seeds: Option<u32>,
+    /// The device's memory in bytes, when known: a stage whose memory plan exceeds it is refused.
+    pub device_memory: Option<u64>,
 }
 
 /// What happened to a stage.
@@ -213,6 +216,7 @@ impl Runner {
         for (i, placed) in self.stages.iter().enumerate() {
             if selected(i) {
                 check_files_exist(&placed.name, placed.stage.as_ref())?;
+                self.check_memory(&placed.name, placed.stage.as_ref())?;
             }
         }
         schedule::run_ordered(self.jobs, &waits_on, |i| {
@@ -240,6 +244,57 @@ impl Runner {
             .upstream_runs()
             .into_iter()
             .filter_map(move |up| self.stages[..i].iter().position(|s| s.name == up))
+    }
+
+    /// The memory plan of every selected stage that runs a model, in file order (see [`crate::plan`]).
+    pub fn memory_plans(&self) -> Result<StagePlans, PipelineError> {
+        let (first, last) = self.selection()?;
+        let stage_dir = |name: &str| self.stage_dir(name);
+        let ctx = self.plan_context(&stage_dir);
+        Ok(self.stages[first..=last]
+            .iter()
+            .filter_map(|placed| {
+                placed
+                    .stage
+                    .memory_plan(&ctx)
+                    .map(|plan| (placed.name.clone(), plan))
+            })
+            .collect())
+    }
+
+    fn plan_context<'a>(&self, stage_dir: &'a dyn Fn(&str) -> PathBuf) -> PlanContext<'a> {
+        PlanContext {
+            target: match self.options.device {
+                DeviceSpec::Cpu => Target::Cpu,
+                DeviceSpec::Cuda(_) => Target::Cuda,
+            },
+            device_bytes: self.options.device_memory,
+            stage_dir,
+        }
+    }
+
+    /// Refuses a selected stage whose memory plan does not fit the device, before any stage runs (a train stage
+    /// should not fail after hours of the stages above it). A stage that cannot be planned (its model is not
+    /// there to read yet) is let through: the plan is a guard, not a gate on what it cannot see.
+    fn check_memory(&self, name: &str, stage: &dyn Stage) -> Result<(), PipelineError> {
+        if self.options.device_memory.is_none() {
+            return Ok(());
+        }
+        let stage_dir = |name: &str| self.stage_dir(name);
+        let ctx = self.plan_context(&stage_dir);
+        match stage.memory_plan(&ctx) {
+            Some(Ok(verdict)) if verdict.fits() == Some(false) => Err(PipelineError::DoesNotFit {
+                stage: name.to_string(),
+                peak: format_bytes(verdict.plan.peak_bytes()),
+                device: format_bytes(verdict.device_bytes.unwrap_or(0)),
+                fix: verdict.fix.unwrap_or_default(),
+            }),
+            Some(Err(e)) => {
+                tracing::warn!("{name}: no memory plan: {e}");
+                Ok(())
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Checks the pipeline without running or reading anything: the stages were built (so every table parsed, with

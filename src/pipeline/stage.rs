@@ -1,6 +1,7 @@
 use std::path::Path;
 
 use super::{SeedRuns, StageContext, StageError};
+use crate::plan::{PlanContext, PlanError, Verdict};
 
 /// What a stage reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +59,13 @@ pub trait Stage: Send + Sync {
 
     /// Does the work. Row-level problems go to `ctx.reject`, not into the error.
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError>;
+
+    /// The stage's peak device memory estimated from its config and its model's `config.json`, checked against
+    /// the device (see [`crate::plan`]); `None` for a stage that runs no model on the device.
+    fn memory_plan(&self, ctx: &PlanContext) -> Option<Result<Verdict, PlanError>> {
+        let _ = ctx;
+        None
+    }
 
     /// Called when a run finds the stage completed as `parts` shards by a job array (and so up to date), to
     /// combine what the parts cannot each give alone, such as one summary over all of them. The datasets need

@@ -12,6 +12,7 @@ use super::objective::{DirectionSource, Objective, ObjectiveConfig, WeightSource
 use crate::models::adapters::lora::{LoraConfig, DECODER_TARGETS};
 use crate::optim::AdamWConfig;
 use crate::optim::{Decay, Schedule};
+use crate::plan::parse_bytes;
 
 /// Which shard dataset the groups are read from. Both hold the same groups; `sft` carries the document parts in
 /// its rows, `cl` names documents by id and takes their parts from the ingest stage's corpus.
@@ -67,6 +68,18 @@ impl Precision {
             Self::Bf16 => candle_core::DType::BF16,
         }
     }
+}
+
+/// Which activations the backward pass gets by recomputing them instead of keeping them from the forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Recompute {
+    /// Keep every activation until the backward pass: the fastest step, the most memory.
+    None,
+    /// Keep only each decoder layer's and vision block's input, and run the layer again during the backward
+    /// pass: activation memory of one layer plus one hidden state per layer, for about one more forward pass of
+    /// compute. The gradients are the same.
+    Layers,
 }
 
 /// How the base model comes to be.
@@ -202,6 +215,10 @@ pub struct TrainConfig {
     /// Run a frozen vision tower once per distinct image and reuse its output for the whole run.
     #[serde(default = "yes")]
     pub vision_cache: bool,
+    /// The most the vision cache may hold (`"4GiB"`, `"512MiB"`): beyond it, the outputs used least recently are
+    /// dropped (and recomputed if their image comes back).
+    #[serde(default = "default_cache_budget")]
+    pub vision_cache_budget: String,
     /// Pack a micro-batch's sequences into one row instead of padding them to the longest.
     #[serde(default = "yes")]
     pub packing: bool,
@@ -210,6 +227,12 @@ pub struct TrainConfig {
     /// `packing` says.
     #[serde(default = "yes")]
     pub shared_prefix: bool,
+    /// Activation recomputation, `layers` or `none`. Default: `layers` when training a checkpoint (`model`),
+    /// `none` for a model initialised from scratch (`init`). A real checkpoint at the paper's lengths needs it
+    /// (`umrank run --plan` shows the activations with and without), while the built-in tiny models' activations
+    /// are a few megabytes and recomputing them would only cost time.
+    #[serde(default)]
+    pub recompute: Option<Recompute>,
 }
 
 fn default_shards() -> String {
@@ -278,6 +301,9 @@ fn default_min_pixels() -> u64 {
 }
 fn default_max_pixels() -> u64 {
     1280 * 28 * 28
+}
+fn default_cache_budget() -> String {
+    "4GiB".into()
 }
 fn default_checkpoint_every() -> u64 {
     500
@@ -348,6 +374,9 @@ impl TrainConfig {
                     self.min_pixels, self.max_pixels
                 ),
             );
+        }
+        if let Err(e) = parse_bytes(&self.vision_cache_budget) {
+            return problem("vision_cache_budget", e);
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return problem("lr", format!("{} is not a positive number", self.lr));
@@ -500,6 +529,20 @@ impl TrainConfig {
         (groups as u64 * self.epochs).div_ceil(per_step).max(1)
     }
 
+    /// `vision_cache_budget` in bytes (0 when unparsable; [`Self::validate`] refuses that).
+    pub fn vision_cache_budget_bytes(&self) -> u64 {
+        parse_bytes(&self.vision_cache_budget).unwrap_or(0)
+    }
+
+    /// The recomputation the run uses: `recompute`, or the default for the model source.
+    pub fn recompute_mode(&self) -> Recompute {
+        self.recompute.unwrap_or(if self.model.is_some() {
+            Recompute::Layers
+        } else {
+            Recompute::None
+        })
+    }
+
     /// The weight dtype on `device`.
     pub fn precision_on(&self, device: &candle_core::Device) -> Precision {
         self.precision.unwrap_or(if device.is_cuda() {
@@ -533,6 +576,23 @@ mod tests {
             ObjectiveConfig::default()
         );
         assert_eq!(config.max_len, 3200);
+        assert_eq!(config.recompute_mode(), Recompute::Layers);
+    }
+
+    #[test]
+    fn recompute_defaults_by_model_source_and_parses() {
+        let tiny = parse("init = 'tiny'\ntokenizer = 't'").unwrap();
+        assert_eq!(tiny.recompute_mode(), Recompute::None);
+        let forced = parse("init = 'tiny'\ntokenizer = 't'\nrecompute = 'layers'").unwrap();
+        assert_eq!(forced.recompute_mode(), Recompute::Layers);
+        let off = parse("model = 'm'\nrecompute = 'none'").unwrap();
+        assert_eq!(off.recompute_mode(), Recompute::None);
+        assert!(parse("model = 'm'\nrecompute = 'all'").is_err());
+        let budget = parse("model = 'm'\nvision_cache_budget = '512MiB'").unwrap();
+        assert_eq!(budget.vision_cache_budget_bytes(), 512 << 20);
+        assert!(parse("model = 'm'\nvision_cache_budget = 'big'")
+            .unwrap_err()
+            .contains("`vision_cache_budget`"));
     }
 
     #[test]

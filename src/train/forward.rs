@@ -17,6 +17,7 @@ use super::model::TrainableReranker;
 use super::prefix::SharedRow;
 use crate::models::backbone::Backbone;
 use crate::models::decoder::{select_positions, AttentionLayout};
+use crate::models::layers::recompute::RecomputeTape;
 use crate::models::qwen2_vl::model::ids_tensor;
 use crate::models::qwen2_vl::{
     packed_rope_index, rope_index, splice_image_tokens, ImageGrid, Qwen2VlModel,
@@ -55,14 +56,16 @@ impl BatchLayout {
 }
 
 /// Runs `sequences` (group after group, each positive first, `per_group` sequences each). `train` turns LoRA
-/// dropout on.
-pub fn batch_logits(
-    model: &TrainableReranker,
+/// dropout on. With a `tape`, every decoder layer (and every block of a vision tower that trains) is a segment of
+/// it, and the gradients come from [`RecomputeTape::backward`] instead of the loss's own.
+pub fn batch_logits<'a>(
+    model: &'a TrainableReranker,
     images: Option<&mut ImageBank>,
     sequences: &[Sequence],
     per_group: usize,
     layout: BatchLayout,
     train: bool,
+    tape: Option<&RecomputeTape<'a>>,
 ) -> Result<BatchLogits, TrainRunError> {
     if sequences.is_empty() || per_group == 0 || sequences.len() % per_group != 0 {
         return Err(TrainRunError::model(format!(
@@ -74,12 +77,14 @@ pub fn batch_logits(
         BatchLayout::SharedPrefix => {
             let image_token = model.vl().map(|vl| vl.tokens().image_token_id);
             let row = SharedRow::new(sequences, per_group, image_token);
-            let hidden = shared_hidden(model, images, sequences, &row, train)?;
+            let pass = Pass { train, tape };
+            let hidden = shared_hidden(model, images, sequences, &row, pass)?;
             (hidden, row.last().iter().map(|&t| (0, t)).collect())
         }
         plain => {
             let rows = Rows::new(sequences, model.pad_id(), plain == BatchLayout::Packed);
-            let hidden = rows_hidden(model, images, sequences, &rows, train)?;
+            let pass = Pass { train, tape };
+            let hidden = rows_hidden(model, images, sequences, &rows, pass)?;
             (hidden, rows.last)
         }
     };
@@ -98,6 +103,13 @@ pub fn batch_logits(
         z_no: column(1)?,
         tokens: sequences.iter().map(|s| s.ids.len()).sum(),
     })
+}
+
+/// How the model runs: with LoRA dropout or not, keeping activations or recording segments on a tape.
+#[derive(Clone, Copy)]
+struct Pass<'t, 'a> {
+    train: bool,
+    tape: Option<&'t RecomputeTape<'a>>,
 }
 
 /// The decoder input rows of a micro-batch in either layout.
@@ -187,12 +199,12 @@ impl Rows {
 }
 
 /// The final hidden states of the padded or packed rows.
-fn rows_hidden(
-    model: &TrainableReranker,
+fn rows_hidden<'a>(
+    model: &'a TrainableReranker,
     images: Option<&mut ImageBank>,
     sequences: &[Sequence],
     rows: &Rows,
-    train: bool,
+    pass: Pass<'_, 'a>,
 ) -> Result<Tensor, TrainRunError> {
     match model.backbone() {
         Backbone::Text(decoder) => {
@@ -200,7 +212,8 @@ fn rows_hidden(
             let ids = ids_tensor(&rows.ids, device)?;
             let positions = ids_tensor(&rows.text_positions(), device)?;
             let layout = rows.layout(decoder.dtype(), device)?;
-            Ok(decoder.forward(&ids, &positions, &layout, train)?)
+            let embeds = decoder.embed(&ids)?;
+            Ok(decoder.forward_embeds_on(&embeds, &positions, &layout, pass.train, pass.tape)?)
         }
         Backbone::Vl(vl) => {
             let tokens = vl.tokens();
@@ -213,6 +226,7 @@ fn rows_hidden(
                 &rows.ids,
                 &rows.placeholders(tokens.image_token_id),
                 &image_ids,
+                pass.tape,
             )?;
             let device = vl.decoder().device();
             let positions = match &rows.cu_seqlens {
@@ -224,18 +238,18 @@ fn rows_hidden(
             let layout = rows.layout(embeds.dtype(), device)?;
             Ok(vl
                 .decoder()
-                .forward_embeds(&embeds, &positions, &layout, train)?)
+                .forward_embeds_on(&embeds, &positions, &layout, pass.train, pass.tape)?)
         }
     }
 }
 
 /// The final hidden states of a shared-prefix row, `(1, row tokens, hidden)`.
-fn shared_hidden(
-    model: &TrainableReranker,
+fn shared_hidden<'a>(
+    model: &'a TrainableReranker,
     images: Option<&mut ImageBank>,
     sequences: &[Sequence],
     row: &SharedRow,
-    train: bool,
+    pass: Pass<'_, 'a>,
 ) -> Result<Tensor, TrainRunError> {
     let decoder = model.decoder();
     let device = decoder.device();
@@ -244,7 +258,8 @@ fn shared_hidden(
     match model.backbone() {
         Backbone::Text(decoder) => {
             let positions = Tensor::from_slice(row.positions(), (1, row.ids().len()), device)?;
-            Ok(decoder.forward(&ids_tensor(&ids, device)?, &positions, &layout, train)?)
+            let embeds = decoder.embed(&ids_tensor(&ids, device)?)?;
+            Ok(decoder.forward_embeds_on(&embeds, &positions, &layout, pass.train, pass.tape)?)
         }
         Backbone::Vl(vl) => {
             let tokens = vl.tokens();
@@ -254,7 +269,8 @@ fn shared_hidden(
                 .filter(|&t| row.ids()[t] == tokens.image_token_id)
                 .collect();
             let grids = grids(images.as_deref(), &all)?;
-            let embeds = embed_with_images(model, vl, images, &ids, &placeholders, &in_row)?;
+            let embeds =
+                embed_with_images(model, vl, images, &ids, &placeholders, &in_row, pass.tape)?;
             // The whole prompts' positions in the plain packed layout, gathered for the row's tokens.
             let (concat, cu) = concatenated(sequences);
             let source = Tensor::from_slice(row.source(), row.source().len(), device)?;
@@ -264,7 +280,7 @@ fn shared_hidden(
                 .index_select(&source, 2)?;
             Ok(vl
                 .decoder()
-                .forward_embeds(&embeds, &positions, &layout, train)?)
+                .forward_embeds_on(&embeds, &positions, &layout, pass.train, pass.tape)?)
         }
     }
 }
@@ -291,13 +307,14 @@ fn grids(bank: Option<&ImageBank>, ids: &[&str]) -> Result<Vec<ImageGrid>, Train
 
 /// The embedded rows `ids` with the tower's output for `image_ids` spliced in at `placeholders` (flat
 /// `row * seq + column` indexes, in the order of `image_ids`' tokens).
-fn embed_with_images(
+fn embed_with_images<'a>(
     model: &TrainableReranker,
-    vl: &Qwen2VlModel,
+    vl: &'a Qwen2VlModel,
     images: Option<&mut ImageBank>,
     ids: &[Vec<u32>],
     placeholders: &[usize],
     image_ids: &[&str],
+    tape: Option<&RecomputeTape<'a>>,
 ) -> Result<Tensor, TrainRunError> {
     let decoder = vl.decoder();
     let embeds = decoder.embed(&ids_tensor(ids, decoder.device())?)?;
@@ -306,7 +323,7 @@ fn embed_with_images(
     }
     let bank =
         images.ok_or_else(|| TrainRunError::model("the batch has images but no image bank"))?;
-    let image_embeds = bank.embed(vl.vision(), image_ids, !model.trains_vision())?;
+    let image_embeds = bank.embed(vl.vision(), image_ids, !model.trains_vision(), tape)?;
     Ok(splice_image_tokens(&embeds, placeholders, &image_embeds)?)
 }
 

@@ -1,56 +1,135 @@
 //! The images a run uses, and their vision-tower outputs.
 //!
-//! The encoded bytes of every image the groups name are read once from the ingest stage's `images` dataset. The
-//! number of image tokens of an image follows from its stored size alone, so prompts are built without decoding
-//! anything. Pixels are decoded and patched when a batch needs them.
+//! Where each image the groups name is in the ingest stage's `images` dataset, and its stored size, are read once
+//! (the small columns only); an image's encoded bytes are read when a batch needs its pixels, so the run's host
+//! memory does not grow with the corpus's images (M-BEIR's are tens of GB). The number of image tokens of an image
+//! follows from its stored size and the pixel bounds alone, so prompts are built without decoding anything.
 //!
 //! A frozen tower gives the same output for an image every time it appears, and in a reranker corpus an image
-//! appears in many groups (as a query, as a positive, as somebody's negative). With the cache on, the tower runs
-//! once per distinct image for the whole run and its (detached) output is reused; off, it runs for every
+//! appears in many groups (as a query, as a positive, as somebody's negative). With the cache on, the tower's
+//! (detached) output for an image is kept in host memory and reused, within a byte budget beyond which the outputs
+//! used least recently are dropped (and computed again if their image comes back); off, the tower runs for every
 //! occurrence, which is the plain path the benchmark compares against. A tower being trained is never cached.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use arrow::array::{Array, LargeBinaryArray, StringArray, UInt32Array};
 use candle_core::{Device, Tensor};
 
 use super::failure::TrainRunError;
-use crate::dataset::Dataset;
-use crate::media::preprocess::{ImagePreprocessor, Qwen2VlParams, Qwen2VlProcessor};
+use crate::dataset::{Dataset, RowGroupAt};
+use crate::media::preprocess::{
+    ImagePreprocessor, ImageTokenCounts, Qwen2VlParams, Qwen2VlProcessor,
+};
+use crate::models::layers::recompute::RecomputeTape;
 use crate::models::qwen2_vl::{ImageGrid, VisionConfig, VisionTransformer};
 
-/// One stored image.
+/// Where one image is stored, and its size.
 struct Stored {
-    bytes: Vec<u8>,
+    at: RowGroupAt,
+    row: usize,
     width: u32,
     height: u32,
 }
 
 /// The run's images by id, the processor that patches them, and the cache of tower outputs.
 pub struct ImageBank {
+    dataset: Dataset,
     images: HashMap<String, Stored>,
     processor: Qwen2VlProcessor,
     patch_dim: usize,
     merge: usize,
-    cache: Option<HashMap<String, Tensor>>,
+    cache: Option<VisionCache>,
     device: Device,
 }
 
+/// Tower outputs by image id, in host memory within a byte budget: storing one beyond it drops the outputs used least recently.
+/// A corpus's images can outnumber any memory (M-BEIR has millions), while the images a run meets again soon
+/// (a query's image in each of its groups, a popular document) are the ones worth keeping.
+struct VisionCache {
+    budget: u64,
+    bytes: u64,
+    clock: u64,
+    entries: HashMap<String, Cached>,
+    /// Image ids by last use, oldest first.
+    by_use: BTreeMap<u64, String>,
+}
+
+struct Cached {
+    output: Tensor,
+    bytes: u64,
+    used: u64,
+}
+
+impl VisionCache {
+    fn new(budget: u64) -> Self {
+        Self {
+            budget,
+            bytes: 0,
+            clock: 0,
+            entries: HashMap::new(),
+            by_use: BTreeMap::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The output of `id`, now the most recently used.
+    fn get(&mut self, id: &str) -> Option<Tensor> {
+        self.clock += 1;
+        let entry = self.entries.get_mut(id)?;
+        self.by_use.remove(&entry.used);
+        entry.used = self.clock;
+        self.by_use.insert(self.clock, id.to_string());
+        Some(entry.output.clone())
+    }
+
+    /// Stores the output of `id`, then drops the least recently used outputs while the cache is over budget.
+    fn insert(&mut self, id: &str, output: Tensor) {
+        self.clock += 1;
+        let bytes = (output.elem_count() * output.dtype().size_in_bytes()) as u64;
+        if let Some(old) = self.entries.insert(
+            id.to_string(),
+            Cached {
+                output,
+                bytes,
+                used: self.clock,
+            },
+        ) {
+            self.by_use.remove(&old.used);
+            self.bytes -= old.bytes;
+        }
+        self.by_use.insert(self.clock, id.to_string());
+        self.bytes += bytes;
+        while self.bytes > self.budget {
+            let Some((_, oldest)) = self.by_use.pop_first() else {
+                break;
+            };
+            if let Some(dropped) = self.entries.remove(&oldest) {
+                self.bytes -= dropped.bytes;
+            }
+        }
+    }
+}
+
 impl ImageBank {
-    /// Reads the images in `wanted` from `dataset` and prepares a processor for `vision` within the pixel
-    /// bounds. Ids that the dataset lacks are simply absent: [`Self::tokens`] reports them.
+    /// Notes where the images in `wanted` are in `dataset` and prepares a processor for `vision` within the
+    /// pixel bounds. Ids that the dataset lacks are simply absent: [`Self::tokens`] reports them. `cache_budget`
+    /// turns the cache of a frozen tower's outputs on, holding at most that many bytes.
     pub fn load(
         dataset: &Dataset,
         wanted: &HashSet<&str>,
         vision: &VisionConfig,
         (min_pixels, max_pixels): (u64, u64),
-        cache: bool,
+        cache_budget: Option<u64>,
         device: &Device,
     ) -> Result<Self, TrainRunError> {
         let mut images = HashMap::with_capacity(wanted.len());
         if !wanted.is_empty() {
-            for batch in dataset.batches()? {
-                let batch = batch?;
+            for group in dataset.row_groups(&["image_id", "width", "height"]) {
+                let (at, batch) = group?;
                 let bad = |name: &str| TrainRunError::Data {
                     path: dataset.path().to_path_buf(),
                     message: format!("column `{name}` is missing or of the wrong type"),
@@ -60,10 +139,6 @@ impl ImageBank {
                     .as_any()
                     .downcast_ref::<StringArray>()
                     .ok_or_else(|| bad("image_id"))?;
-                let bytes = column("bytes")?
-                    .as_any()
-                    .downcast_ref::<LargeBinaryArray>()
-                    .ok_or_else(|| bad("bytes"))?;
                 let widths = column("width")?
                     .as_any()
                     .downcast_ref::<UInt32Array>()
@@ -72,15 +147,16 @@ impl ImageBank {
                     .as_any()
                     .downcast_ref::<UInt32Array>()
                     .ok_or_else(|| bad("height"))?;
-                for i in 0..batch.num_rows() {
-                    let id = ids.value(i);
-                    if wanted.contains(id) && !images.contains_key(id) && !bytes.is_null(i) {
+                for row in 0..batch.num_rows() {
+                    let id = ids.value(row);
+                    if wanted.contains(id) && !images.contains_key(id) {
                         images.insert(
                             id.to_string(),
                             Stored {
-                                bytes: bytes.value(i).to_vec(),
-                                width: widths.value(i),
-                                height: heights.value(i),
+                                at,
+                                row,
+                                width: widths.value(row),
+                                height: heights.value(row),
                             },
                         );
                     }
@@ -97,11 +173,12 @@ impl ImageBank {
         };
         let processor = Qwen2VlProcessor::new(params).map_err(TrainRunError::model)?;
         Ok(Self {
+            dataset: dataset.clone(),
             images,
             processor,
             patch_dim: vision.patch_dim(),
             merge: vision.spatial_merge_size,
-            cache: cache.then(HashMap::new),
+            cache: cache_budget.map(VisionCache::new),
             device: device.clone(),
         })
     }
@@ -124,25 +201,36 @@ impl ImageBank {
         Ok(self.grid(id)?.merged_tokens(self.merge))
     }
 
-    /// How many distinct images the tower has embedded and kept.
+    /// The token counts of the run's images within its pixel bounds (images that cannot be used left out);
+    /// `None` without images.
+    pub fn token_counts(&self) -> Option<ImageTokenCounts> {
+        ImageTokenCounts::of(
+            self.images
+                .keys()
+                .filter_map(|id| self.tokens(id).ok())
+                .collect(),
+        )
+    }
+
+    /// How many distinct images' tower outputs the cache holds.
     pub fn cached(&self) -> usize {
-        self.cache.as_ref().map_or(0, HashMap::len)
+        self.cache.as_ref().map_or(0, VisionCache::len)
     }
 
     /// The tower's output for `ids` (in order, repeats allowed), `(sum of tokens, hidden)`. With `frozen`, the
-    /// output is detached and, with the cache on, computed once per distinct image.
-    pub fn embed(
+    /// output is detached and, with the cache on, computed once per distinct image. A tower that trains runs its
+    /// blocks as segments of `tape` when one is given.
+    pub fn embed<'a>(
         &mut self,
-        tower: &VisionTransformer,
+        tower: &'a VisionTransformer,
         ids: &[&str],
         frozen: bool,
+        tape: Option<&RecomputeTape<'a>>,
     ) -> Result<Tensor, TrainRunError> {
         match (&self.cache, frozen) {
             (Some(_), true) => self.embed_cached(tower, ids),
-            _ => {
-                let out = self.run_tower(tower, ids)?;
-                Ok(if frozen { out.detach() } else { out })
-            }
+            (_, true) => Ok(self.run_tower(tower, ids, None)?.detach()),
+            (_, false) => self.run_tower(tower, ids, tape),
         }
     }
 
@@ -151,52 +239,80 @@ impl ImageBank {
         tower: &VisionTransformer,
         ids: &[&str],
     ) -> Result<Tensor, TrainRunError> {
-        let missing: Vec<&str> = {
-            let cache = self
-                .cache
-                .as_ref()
-                .ok_or_else(|| TrainRunError::model("the image cache is off"))?;
-            let mut seen = HashSet::new();
-            ids.iter()
-                .copied()
-                .filter(|id| !cache.contains_key(*id) && seen.insert(*id))
-                .collect()
-        };
-        // One image per tower pass: a batched pass may round differently with its batch-mates, and a cached
-        // value must not depend on which batch first needed it (a resumed run meets images in other batches).
-        let mut fresh = Vec::with_capacity(missing.len());
-        for id in missing {
-            fresh.push((id.to_string(), self.run_tower(tower, &[id])?.detach()));
+        let mut batch: HashMap<&str, Tensor> = HashMap::new();
+        for &id in ids {
+            if batch.contains_key(id) {
+                continue;
+            }
+            let cached = self.cache.as_mut().and_then(|cache| cache.get(id));
+            let output = match cached {
+                Some(output) => output.to_device(&self.device)?,
+                // One image per tower pass: a batched pass may round differently with its batch-mates, and a
+                // cached value must not depend on which batch first needed it (a resumed run meets images in
+                // other batches).
+                None => {
+                    let output = self.run_tower(tower, &[id], None)?.detach();
+                    if let Some(cache) = &mut self.cache {
+                        cache.insert(id, output.to_device(&Device::Cpu)?);
+                    }
+                    output
+                }
+            };
+            batch.insert(id, output);
         }
-        if let Some(cache) = &mut self.cache {
-            cache.extend(fresh);
-        }
-        let cache = self
-            .cache
-            .as_ref()
-            .ok_or_else(|| TrainRunError::model("the image cache is off"))?;
-        let parts = ids
-            .iter()
-            .map(|id| {
-                cache.get(*id).cloned().ok_or_else(|| {
-                    TrainRunError::model(format!("image `{id}` is missing from the cache"))
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let parts: Vec<Tensor> = ids.iter().map(|id| batch[id].clone()).collect();
         Ok(Tensor::cat(&parts, 0)?)
     }
 
-    /// Decodes and patches `ids` and runs the tower over all of them at once.
-    fn run_tower(&self, tower: &VisionTransformer, ids: &[&str]) -> Result<Tensor, TrainRunError> {
+    /// The encoded bytes of `ids`, read from the images dataset (one read per row group they are in).
+    fn read_bytes(&self, ids: &[&str]) -> Result<HashMap<String, Vec<u8>>, TrainRunError> {
+        let mut by_group: BTreeMap<RowGroupAt, Vec<(usize, &str)>> = BTreeMap::new();
+        for &id in ids {
+            let stored = self.images.get(id).ok_or_else(|| {
+                TrainRunError::model(format!("image `{id}` is not in the images dataset"))
+            })?;
+            by_group
+                .entry(stored.at)
+                .or_default()
+                .push((stored.row, id));
+        }
+        let mut out = HashMap::with_capacity(ids.len());
+        for (at, mut rows) in by_group {
+            rows.sort_unstable();
+            rows.dedup();
+            let indexes: Vec<usize> = rows.iter().map(|(row, _)| *row).collect();
+            let batch = self.dataset.read_rows(at, &indexes, &["bytes"])?;
+            let bytes = batch
+                .column_by_name("bytes")
+                .and_then(|c| c.as_any().downcast_ref::<LargeBinaryArray>())
+                .ok_or_else(|| TrainRunError::Data {
+                    path: self.dataset.path().to_path_buf(),
+                    message: "column `bytes` is missing or of the wrong type".into(),
+                })?;
+            for (i, (_, id)) in rows.iter().enumerate() {
+                if bytes.is_null(i) {
+                    return Err(TrainRunError::model(format!("image `{id}` has no bytes")));
+                }
+                out.insert(id.to_string(), bytes.value(i).to_vec());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads, decodes and patches `ids` and runs the tower over all of them at once.
+    fn run_tower<'a>(
+        &self,
+        tower: &'a VisionTransformer,
+        ids: &[&str],
+        tape: Option<&RecomputeTape<'a>>,
+    ) -> Result<Tensor, TrainRunError> {
+        let bytes = self.read_bytes(ids)?;
         let mut pixels = Vec::with_capacity(ids.len());
         let mut grids = Vec::with_capacity(ids.len());
         for id in ids {
-            let stored = self.images.get(*id).ok_or_else(|| {
-                TrainRunError::model(format!("image `{id}` is not in the images dataset"))
-            })?;
             let patched = self
                 .processor
-                .preprocess_bytes(&stored.bytes)
+                .preprocess_bytes(&bytes[*id])
                 .map_err(|e| TrainRunError::model(format!("image `{id}`: {e}")))?;
             let [t, h, w] = patched.grid_thw;
             let grid = ImageGrid::new(t, h, w);
@@ -208,6 +324,41 @@ impl ImageBank {
             grids.push(grid);
         }
         let pixels = Tensor::cat(&pixels, 0)?;
-        Ok(tower.forward(&pixels, &grids)?)
+        Ok(tower.forward_on(&pixels, &grids, tape)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn output(values: usize) -> Tensor {
+        Tensor::zeros(values, candle_core::DType::F32, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn the_vision_cache_keeps_the_recently_used_outputs_within_its_budget() {
+        let mut cache = VisionCache::new(3 * 16);
+        for id in ["a", "b", "c"] {
+            cache.insert(id, output(4));
+        }
+        assert_eq!((cache.len(), cache.bytes), (3, 48));
+        assert!(cache.get("a").is_some());
+        cache.insert("d", output(4));
+        assert!(
+            cache.get("b").is_none(),
+            "the least recently used goes first"
+        );
+        assert!(cache.get("a").is_some() && cache.get("c").is_some() && cache.get("d").is_some());
+        cache.insert("big", output(8));
+        assert_eq!(cache.bytes, 48);
+        assert!(cache.get("big").is_some());
+        assert_eq!(cache.len(), 2);
+        cache.insert("huge", output(100));
+        assert_eq!(
+            (cache.len(), cache.bytes),
+            (0, 0),
+            "an output over the budget is not kept"
+        );
     }
 }

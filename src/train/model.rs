@@ -340,6 +340,11 @@ impl TrainableReranker {
         self.backbone.set_attention_kernel(kernel);
     }
 
+    /// Tokens per slice of a recomputed decoder MLP (see [`Decoder::set_recompute_rows`]).
+    pub fn set_recompute_rows(&mut self, rows: usize) {
+        self.backbone.decoder_mut().set_recompute_rows(rows);
+    }
+
     pub fn vl(&self) -> Option<&Qwen2VlModel> {
         self.backbone.vision_language()
     }

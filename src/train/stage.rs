@@ -17,6 +17,7 @@ use super::TrainRunError;
 use crate::dataset::Dataset;
 use crate::digest::Fingerprint;
 use crate::pipeline::{Input, Manifest, Output, PipelineError, Stage, StageContext, StageError};
+use crate::plan::{PlanContext, PlanError, Verdict};
 use crate::schema::outputs;
 
 /// Trains a reranker on the groups of the shards stage.
@@ -81,6 +82,10 @@ impl TrainStage {
 }
 
 impl Stage for TrainStage {
+    fn memory_plan(&self, ctx: &PlanContext) -> Option<Result<Verdict, PlanError>> {
+        Some(crate::plan::train::verdict(&self.config, ctx))
+    }
+
     fn name(&self) -> &'static str {
         "train"
     }

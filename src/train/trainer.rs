@@ -5,6 +5,8 @@
 //!   -> [resume from the newest checkpoint of this run]
 //!   -> per step: `accumulation` micro-batches of `groups_per_batch` groups:
 //!        prompts -> forward -> z_yes, z_no [G, 1 + N] -> group_loss -> backward -> accumulate
+//!        (with `recompute = "layers"`, the forward pass keeps each layer's input only and the backward pass
+//!        runs the layers again, last to first)
 //!      AdamW step at the schedule's lr -> log row -> checkpoint every `checkpoint_every` steps
 //!   -> adapter/ (PEFT) or model/ (full fine-tuning), train_log.jsonl, plots/
 //! ```
@@ -19,7 +21,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 
 use super::checkpoint::{self, CheckpointMeta};
-use super::config::{DataFormat, TrainConfig, Tuning};
+use super::config::{DataFormat, Recompute, TrainConfig, Tuning};
 use super::data::{fix_negatives, read_cl, read_sft, Group, GroupSet};
 use super::encode::{Encoder, Sequence};
 use super::failure::TrainRunError;
@@ -31,6 +33,7 @@ use super::objective::{group_loss, ObjectiveConfig};
 use super::order::DataOrder;
 use super::plots::write_plots;
 use crate::dataset::Dataset;
+use crate::models::layers::recompute::RecomputeTape;
 use crate::models::text::prompt::PromptBuilder;
 use crate::optim::Schedule;
 use crate::optim::{AdamW, GradAccumulator};
@@ -126,7 +129,9 @@ pub fn prepare(
                     &wanted,
                     vl.vision_config(),
                     (config.min_pixels, config.max_pixels),
-                    config.vision_cache,
+                    config
+                        .vision_cache
+                        .then(|| config.vision_cache_budget_bytes()),
                     device,
                 )?),
                 (None, true) => None,
@@ -137,6 +142,10 @@ pub fn prepare(
                     })
                 }
             };
+            if let Some(counts) = bank.as_ref().and_then(ImageBank::token_counts) {
+                let (min, max) = (config.min_pixels, config.max_pixels);
+                tracing::info!("images at {min} to {max} pixels: {counts}");
+            }
             bank
         }
         None => None,
@@ -382,6 +391,7 @@ impl<'a> Trainer<'a> {
             self.groups_seen += picked.len() as u64;
             let sequences = self.sequences(&picked)?;
             let prepared = &mut self.prepared;
+            let tape = (self.config.recompute_mode() == Recompute::Layers).then(RecomputeTape::new);
             let logits = batch_logits(
                 &prepared.model,
                 prepared.images.as_mut(),
@@ -389,9 +399,13 @@ impl<'a> Trainer<'a> {
                 prepared.negatives + 1,
                 BatchLayout::of(self.config),
                 true,
+                tape.as_ref(),
             )?;
             let report = group_loss(&self.objective, &logits.z_yes, &logits.z_no)?;
-            let grads = report.loss.backward()?;
+            let grads = match tape {
+                Some(tape) => tape.backward(&report.loss)?,
+                None => report.loss.backward()?,
+            };
             let weight = picked.len() as f64;
             accumulator.add_weighted(&grads, weight)?;
             totals.groups += picked.len();

@@ -111,6 +111,46 @@ fn inspect_shows_a_dataset_legibly_and_as_json() {
     assert_eq!(json["first_rows"][1]["did"], "9:20");
 }
 
+/// An images dataset: `umrank inspect` shows how many vision tokens its images become within the pixel bounds
+/// (Qwen2-VL's by default, or the ones given), from the stored sizes.
+#[test]
+fn inspect_shows_an_images_datasets_token_counts_within_the_pixel_bounds() {
+    use arrow::array::{LargeBinaryArray, UInt32Array};
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = DatasetWriter::create(dir.path(), "images", Shard::ALL).unwrap();
+    let sizes = [(28u32, 28u32), (2800, 2800), (640, 480)];
+    let batch = RecordBatch::try_new(
+        w.arrow_schema(),
+        vec![
+            Arc::new(StringArray::from(vec!["a", "b", "c"])),
+            Arc::new(LargeBinaryArray::from(vec![&b"x"[..], b"y", b"z"])),
+            Arc::new(UInt32Array::from(sizes.map(|(w, _)| w).to_vec())),
+            Arc::new(UInt32Array::from(sizes.map(|(_, h)| h).to_vec())),
+            Arc::new(StringArray::from(vec!["png"; 3])),
+        ],
+    )
+    .unwrap();
+    w.write(&batch).unwrap();
+    w.finish().unwrap();
+    let path = dir.path().to_str().unwrap();
+
+    // 28 x 28 is resized up to the 4 tokens of min_pixels, 2800 x 2800 down to 35 x 35 tokens within
+    // max_pixels (1280 tokens of 28 x 28 pixels), 640 x 480 to 644 x 476 pixels: 23 x 17 tokens.
+    let (ok, out, err) = umrank(&["inspect", path]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("tokens    3 images of 4 to 1225 tokens (median 391, 1620 in all), at 3136 to 1003520 pixels"),
+        "{out}"
+    );
+    let (ok, out, err) = umrank(&["inspect", path, "--json", "--max-pixels", "200704"]);
+    assert!(ok, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let tokens = &json["image_tokens"];
+    assert_eq!(tokens["max_pixels"], 200704, "{tokens}");
+    assert_eq!(tokens["counts"]["max"], 256, "{tokens}");
+    assert_eq!(tokens["counts"]["min"], 4, "{tokens}");
+}
+
 #[test]
 fn inspect_shows_a_manifest_legibly_and_as_json() {
     let dir = tempfile::tempdir().unwrap();

@@ -138,10 +138,20 @@ impl EmbedModel for FailingModel {
 }
 
 fn cpu_model(dir: &Path, batch_size: usize) -> Arc<dyn EmbedModel> {
+    cpu_model_within(dir, batch_size, (None, None))
+}
+
+/// [`cpu_model`] with the GME image processor's pixel bounds overridden.
+fn cpu_model_within(
+    dir: &Path,
+    batch_size: usize,
+    pixels: (Option<u64>, Option<u64>),
+) -> Arc<dyn EmbedModel> {
     let options = ModelOptions {
         device: Device::Cpu,
         dtype: DType::F32,
         batch_size,
+        pixels,
     };
     Arc::from(load_model(dir, &options).unwrap())
 }
@@ -643,6 +653,33 @@ fn gme_embeds_queries_with_their_instruction() {
             "{qid}: the instruction matters"
         );
     }
+}
+
+/// `max_pixels` in the embed table bounds GME's images: a 448 x 448 image is 256 tokens within the model's
+/// bounds and 4 within 4 x 28 x 28 pixels, and patched so, and the fingerprint (the cache key) changes.
+#[test]
+fn gme_images_are_bounded_by_the_configured_pixels() {
+    let gme_dir = fixture("vlm/qwen2_vl");
+    let model = cpu_model(&gme_dir, 8);
+    let bounded = cpu_model_within(&gme_dir, 8, (None, Some(4 * 28 * 28)));
+    assert_eq!(
+        model.length(None, Some((448, 448))) - model.length(None, None),
+        256
+    );
+    assert_eq!(
+        bounded.length(None, Some((448, 448))) - bounded.length(None, None),
+        4
+    );
+    assert_ne!(model.fingerprint(), bounded.fingerprint());
+    let mut png = Vec::new();
+    image::RgbImage::from_pixel(448, 448, image::Rgb([200, 40, 90]))
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    let patches = |m: &Arc<dyn EmbedModel>| match m.prepare_image(&png).unwrap() {
+        PreparedImage::Qwen(pixels) => pixels.num_patches,
+        PreparedImage::Chw(_) => panic!("GME prepares patches"),
+    };
+    assert_eq!((patches(&model), patches(&bounded)), (256 * 4, 4 * 4));
 }
 
 #[test]

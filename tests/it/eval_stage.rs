@@ -852,3 +852,29 @@ fn eval_cli_baseline_adds_the_randomisation_test() {
         "difference",
     );
 }
+
+/// `min_pixels` / `max_pixels` of an eval table bound the reranker's images in place of the model's processor:
+/// an image becomes fewer patches within a lower `max_pixels`, and the bounds of the model stay otherwise.
+#[test]
+fn the_rerankers_images_are_bounded_by_the_configured_pixels() {
+    let mut reranker = Reranker::load(&model_dir(), None, &Device::Cpu).unwrap();
+    let bytes = fixture_image(1);
+    let patches = |r: &Reranker| r.image(ImageInput::Encoded(&bytes)).unwrap().grid.patches();
+    let (default, params) = (
+        patches(&reranker),
+        reranker.image_processor().unwrap().params().clone(),
+    );
+    reranker.set_pixel_bounds((None, None)).unwrap();
+    assert_eq!(patches(&reranker), default);
+    reranker
+        .set_pixel_bounds((None, Some(params.min_pixels)))
+        .unwrap();
+    assert_eq!(
+        reranker.image_processor().unwrap().params().max_pixels,
+        params.min_pixels
+    );
+    assert!(
+        patches(&reranker) < default,
+        "{default} patches at the model's bounds"
+    );
+}

@@ -19,8 +19,10 @@ const LIBRARIES: [&str; 12] = [
     "progress", "schema", "shard",
 ];
 
-/// Modules that sit above the stages and may use all of them.
-const ORCHESTRATION: [&str; 6] = ["cli", "inspect", "lib", "main", "pipeline", "stages"];
+/// Modules that sit above the stages and may use all of them (the memory plan reads every stage's config).
+const ORCHESTRATION: [&str; 7] = [
+    "cli", "inspect", "lib", "main", "pipeline", "plan", "stages",
+];
 
 fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")

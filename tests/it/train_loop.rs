@@ -180,7 +180,7 @@ fn full_tuning_keeps_the_lm_head_and_vision_tower_frozen_unless_asked() {
 }
 
 #[test]
-fn packing_and_the_vision_cache_give_the_logits_of_the_plain_path() {
+fn packing_and_the_vision_cache_give_the_logits_of_the_plain_path_within_any_cache_budget() {
     let tmp = tempfile::tempdir().unwrap();
     let data = small_demo_data(tmp.path(), &[], 2);
     let logits = |extra: &str| {
@@ -209,6 +209,7 @@ fn packing_and_the_vision_cache_give_the_logits_of_the_plain_path() {
                 3,
                 layout,
                 false,
+                None,
             )
             .unwrap();
             assert_eq!(batch.z_yes.dims(), &[4, 3]);
@@ -219,15 +220,25 @@ fn packing_and_the_vision_cache_give_the_logits_of_the_plain_path() {
     };
     let (plain, cached) = logits("packing = false\nvision_cache = false\nshared_prefix = false");
     assert_eq!(cached, 0);
-    let (fast, cached) = logits("packing = true\nvision_cache = true\nshared_prefix = false");
-    assert!(cached > 0);
-    for (a, b) in plain
-        .0
-        .iter()
-        .zip(&fast.0)
-        .chain(plain.1.iter().zip(&fast.1))
-    {
-        assert!((a - b).abs() <= 1e-4 * (1.0 + a.abs()), "{a} vs {b}");
+    let (fast, all_cached) = logits("packing = true\nvision_cache = true\nshared_prefix = false");
+    assert!(all_cached > 0);
+    // A budget of a few tower outputs: the cache keeps dropping the least recently used and computing them again.
+    let (bounded, some_cached) = logits(
+        "packing = true\nvision_cache = true\nshared_prefix = false\nvision_cache_budget = '8KiB'",
+    );
+    assert!(
+        0 < some_cached && some_cached < all_cached,
+        "{some_cached} of {all_cached}"
+    );
+    for other in [&fast, &bounded] {
+        for (a, b) in plain
+            .0
+            .iter()
+            .zip(&other.0)
+            .chain(plain.1.iter().zip(&other.1))
+        {
+            assert!((a - b).abs() <= 1e-4 * (1.0 + a.abs()), "{a} vs {b}");
+        }
     }
 }
 

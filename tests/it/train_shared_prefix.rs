@@ -73,6 +73,7 @@ fn run(
         NEGATIVES + 1,
         layout,
         false,
+        None,
     )
     .unwrap();
     let report = group_loss(

@@ -33,6 +33,6 @@ pub use normalize::{
     Normalization, IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
 };
 pub use processor::{ImageInput, ImagePreprocessor};
-pub use qwen2vl::{Qwen2VlParams, Qwen2VlProcessor, QwenPixels};
+pub use qwen2vl::{ImageTokenCounts, Qwen2VlParams, Qwen2VlProcessor, QwenPixels};
 pub use resize::{resize_rgb, Resample};
 pub use smart_resize::smart_resize;

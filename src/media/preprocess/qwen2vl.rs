@@ -31,6 +31,16 @@ pub struct Qwen2VlParams {
     pub do_convert_rgb: bool,
 }
 
+impl Qwen2VlParams {
+    /// These settings with the pixel bounds a stage's config gives in place of the model's (`None` keeps the
+    /// model's): a run can trade image detail for memory and speed without editing the model directory.
+    pub fn with_bounds(mut self, (min_pixels, max_pixels): (Option<u64>, Option<u64>)) -> Self {
+        self.min_pixels = min_pixels.unwrap_or(self.min_pixels);
+        self.max_pixels = max_pixels.unwrap_or(self.max_pixels);
+        self
+    }
+}
+
 impl Default for Qwen2VlParams {
     fn default() -> Self {
         Self {
@@ -379,5 +389,40 @@ mod tests {
         assert_eq!(qwen.target_size(480, 640).unwrap(), (476, 644));
         assert_eq!(qwen.grid_thw(480, 640).unwrap(), [1, 34, 46]);
         assert_eq!(qwen.num_vision_tokens(480, 640).unwrap(), 391);
+    }
+}
+
+/// How many vision tokens a set of images becomes within a processor's pixel bounds: what a run's prompts will
+/// hold, shown in training logs and by `umrank inspect` so that `min_pixels` / `max_pixels` can be chosen.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ImageTokenCounts {
+    pub images: usize,
+    pub min: usize,
+    pub median: usize,
+    pub max: usize,
+    pub total: u64,
+}
+
+impl ImageTokenCounts {
+    /// The counts' distribution; `None` for no images.
+    pub fn of(mut counts: Vec<usize>) -> Option<Self> {
+        counts.sort_unstable();
+        Some(Self {
+            images: counts.len(),
+            min: *counts.first()?,
+            median: counts[counts.len() / 2],
+            max: *counts.last()?,
+            total: counts.iter().map(|&c| c as u64).sum(),
+        })
+    }
+}
+
+impl std::fmt::Display for ImageTokenCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} images of {} to {} tokens (median {}, {} in all)",
+            self.images, self.min, self.max, self.median, self.total
+        )
     }
 }

@@ -201,6 +201,14 @@ impl LoraAdapter {
             None => Ok(()),
         }
     }
+
+    /// Moves the dropout generator to where it stands once the masks of the first `rows` rows of an input have
+    /// been drawn from `start` (a position [`Self::dropout_position`] returned), so that a layer run on slices of
+    /// an input's rows draws each slice the mask a whole-input run gives those rows.
+    pub fn set_dropout_position_at_row(&self, start: u128, rows: usize) -> Result<()> {
+        let drawn = (rows * self.in_dim()) as u128;
+        self.set_dropout_position(start + drawn * Dropout::WORDS_PER_DRAW)
+    }
 }
 
 /// Inverted dropout (`x * mask / (1 - p)`) with a private generator.
@@ -211,6 +219,9 @@ struct Dropout {
 }
 
 impl Dropout {
+    /// The generator's 32-bit words one element's draw takes: an `f64` is made from one `u64`, two words.
+    const WORDS_PER_DRAW: u128 = 2;
+
     fn generator(&self) -> Result<std::sync::MutexGuard<'_, ChaCha8Rng>> {
         self.rng
             .lock()
@@ -290,4 +301,56 @@ pub fn merge(linears: &mut [&mut Linear]) -> Result<()> {
     linears
         .iter_mut()
         .try_for_each(|linear| linear.merge_lora())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An adapter with dropout on, run on a 5-row input whole and in slices of 2 rows with the generator moved to
+    /// each slice's first row: the same output, and the generator ends where the whole run leaves it.
+    #[test]
+    fn slices_of_rows_draw_the_dropout_masks_of_a_whole_input() {
+        let device = Device::Cpu;
+        let config = LoraConfig {
+            dropout: 0.5,
+            ..LoraConfig::default()
+        };
+        let adapter = LoraAdapter::init(6, 3, &config, (3, 1), DType::F32, &device).unwrap();
+        let b = Tensor::ones((3, config.r), DType::F32, &device).unwrap();
+        let adapter = LoraAdapter::from_weights(
+            adapter.a().as_tensor().clone(),
+            b,
+            &config,
+            (3, 1),
+            DType::F32,
+        )
+        .unwrap();
+        let xs = Tensor::arange(1f32, 31.0, &device)
+            .unwrap()
+            .reshape((1, 5, 6))
+            .unwrap();
+        let start = adapter.dropout_position().unwrap().unwrap();
+        let whole = adapter.forward_t(&xs, true).unwrap();
+        let end = adapter.dropout_position().unwrap();
+        let mut parts = Vec::new();
+        for first in [4, 0, 2] {
+            adapter.set_dropout_position_at_row(start, first).unwrap();
+            let slice = xs.narrow(1, first, 2.min(5 - first)).unwrap();
+            parts.push((first, adapter.forward_t(&slice, true).unwrap()));
+        }
+        assert_eq!(adapter.dropout_position().unwrap(), Some(start + 4 * 6 * 2));
+        parts.sort_by_key(|(first, _)| *first);
+        let sliced =
+            Tensor::cat(&parts.into_iter().map(|(_, t)| t).collect::<Vec<_>>(), 1).unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(flat(&whole), flat(&sliced));
+        assert_ne!(
+            flat(&whole),
+            flat(&adapter.forward_t(&xs, false).unwrap()),
+            "dropout is on"
+        );
+        adapter.set_dropout_position_at_row(start, 5).unwrap();
+        assert_eq!(adapter.dropout_position().unwrap(), end);
+    }
 }

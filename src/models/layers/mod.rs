@@ -10,6 +10,7 @@ pub mod linear;
 pub mod mask;
 pub mod norm;
 pub mod packed;
+pub mod recompute;
 pub mod rope;
 pub mod shared_prefix;
 pub mod softmax;

@@ -14,9 +14,11 @@ use crate::models::layers::activation::{gelu_erf, Activation};
 use crate::models::layers::attention::AttentionKernel;
 use crate::models::layers::norm::{LayerNorm, RmsNorm};
 use crate::models::layers::packed::PackedAttention;
+use crate::models::layers::recompute::RecomputeTape;
 use crate::models::layers::rope::{apply_rotary_emb, VisionRotaryEmbedding};
 use candle_core::{DType, Device, Module, Result, Shape, Tensor};
 use candle_nn::{linear, Linear, VarBuilder};
+use std::rc::Rc;
 
 /// Both variants' norms use this epsilon (hard-coded in transformers, not in the config).
 const NORM_EPS: f64 = 1e-6;
@@ -91,16 +93,41 @@ impl VisionTransformer {
     /// order. Returns the merged tokens `(sum of merged_tokens, out_hidden_size)`, image after image, each image's
     /// tokens in the order its placeholders take in the prompt.
     pub fn forward(&self, pixels: &Tensor, grids: &[ImageGrid]) -> Result<Tensor> {
-        let layout = VisionLayout::new(&self.config, grids, self.dtype, &self.device)?;
+        self.forward_on(pixels, grids, None)
+    }
+
+    /// [`Self::forward`], with each block a segment of `tape` when one is given: the blocks' activations are then
+    /// recomputed in the tape's backward pass instead of kept (see [`RecomputeTape`]).
+    pub fn forward_on<'a>(
+        &'a self,
+        pixels: &Tensor,
+        grids: &[ImageGrid],
+        tape: Option<&RecomputeTape<'a>>,
+    ) -> Result<Tensor> {
+        let layout = Rc::new(VisionLayout::new(
+            &self.config,
+            grids,
+            self.dtype,
+            &self.device,
+        )?);
         check_pixels(pixels, grids, self.config.patch_dim())?;
         let mut xs = self.patch_embed.forward(&pixels.to_dtype(self.dtype)?)?;
         if let Some(window) = &layout.window {
             xs = xs.index_select(&window.patch_order, 0)?;
         }
         let (cos, sin) = self.rotary.cos_sin(&layout.positions, self.dtype)?;
+        let kernel = self.attention_kernel;
         for (index, block) in self.blocks.iter().enumerate() {
-            let attention = layout.attention(self.config.is_windowed_block(index));
-            xs = block.forward(&xs, &cos, &sin, attention, self.attention_kernel)?;
+            let windowed = self.config.is_windowed_block(index);
+            xs = match tape {
+                None => block.forward(&xs, &cos, &sin, layout.attention(windowed), kernel)?,
+                Some(tape) => {
+                    let (cos, sin, layout) = (cos.clone(), sin.clone(), Rc::clone(&layout));
+                    tape.run(&xs, move |xs| {
+                        block.forward(xs, &cos, &sin, layout.attention(windowed), kernel)
+                    })?
+                }
+            };
         }
         let merged = self.merger.forward(&xs)?;
         match &layout.window {
