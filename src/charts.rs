@@ -6,7 +6,6 @@
 //! machine and needs no system fonts. The same inputs give byte-identical files. A file is written under a
 //! temporary name and renamed into place, so a crash never leaves a truncated PNG behind.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -322,17 +321,16 @@ fn render(
 }
 
 fn write_atomically(path: &Path, image: &RgbImage) -> Result<(), PlotError> {
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-    let temporary = path.with_file_name(format!(".{}.tmp", file_name.unwrap_or_default()));
+    let mut png = std::io::Cursor::new(Vec::new());
     image
-        .save_with_format(&temporary, ImageFormat::Png)
+        .write_to(&mut png, ImageFormat::Png)
         .map_err(|source| PlotError::Encode {
             path: path.to_owned(),
             source,
         })?;
-    fs::rename(&temporary, path).map_err(|source| PlotError::Io {
-        path: path.to_owned(),
-        source,
+    crate::atomic::write_atomically(path, png.get_ref()).map_err(|e| PlotError::Io {
+        path: e.path,
+        source: e.source,
     })
 }
 

@@ -10,6 +10,7 @@
 //! [`pipeline`] runs stages, skips the ones that are up to date and resumes after a crash; [`dataset`] and
 //! [`schema`] hold the on-disk contracts; [`media`] and [`models`] are the libraries the stages share.
 
+pub mod atomic;
 pub mod charts;
 pub mod dataset;
 pub mod device;

@@ -140,8 +140,8 @@ impl Stage for DualEncoderStage {
         "embedder"
     }
 
-    fn config(&self) -> serde_json::Value {
-        serde_json::to_value(&self.config).unwrap_or_default()
+    fn config(&self) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::to_value(&self.config)
     }
 
     fn inputs(&self) -> Vec<Input> {

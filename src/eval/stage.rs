@@ -15,7 +15,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -314,8 +313,8 @@ impl Stage for EvalStage {
         "eval"
     }
 
-    fn config(&self) -> serde_json::Value {
-        serde_json::to_value(&self.config).unwrap_or_default()
+    fn config(&self) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::to_value(&self.config)
     }
 
     fn inputs(&self) -> Vec<Input> {
@@ -750,14 +749,5 @@ fn write_batch(writer: &mut DatasetWriter, columns: Vec<ArrayRef>) -> Result<(),
 
 /// Writes through a temporary name, so that a killed run leaves no half-written file under the final name.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), EvalStageError> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temporary = path.with_file_name(format!(".{name}.tmp"));
-    let mut file = fs::File::create(&temporary).map_err(EvalStageError::io(&temporary))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(EvalStageError::io(&temporary))?;
-    fs::rename(&temporary, path).map_err(EvalStageError::io(path))
+    crate::atomic::write_atomically(path, bytes).map_err(|e| EvalStageError::io(e.path)(e.source))
 }

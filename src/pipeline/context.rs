@@ -20,6 +20,7 @@ pub struct StageContext {
     pub(crate) name: String,
     pub(crate) dir: PathBuf,
     pub(crate) config: serde_json::Value,
+    pub(crate) fingerprint: String,
     pub(crate) seed: u64,
     pub(crate) shard: Shard,
     pub(crate) device: DeviceSpec,
@@ -54,6 +55,12 @@ impl StageContext {
     }
 
     /// The pipeline seed; stages derive every random choice from it.
+    /// The fingerprint the runner computed for this run (kind, config, seed, shard and every input's hash): a
+    /// stage keys state it resumes from by it, so that state from another run is never taken for its own.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
     pub fn seed(&self) -> u64 {
         self.seed
     }

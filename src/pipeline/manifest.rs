@@ -4,7 +4,6 @@
 //! outputs no longer match) is not finished, whatever else lies in it.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -191,18 +190,7 @@ impl Manifest {
 
 /// Writes bytes to `path` via a temporary sibling and a rename.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), PipelineError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(PipelineError::io(dir))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut file = fs::File::create(&tmp).map_err(PipelineError::io(&tmp))?;
-    file.write_all(bytes).map_err(PipelineError::io(&tmp))?;
-    file.sync_all().map_err(PipelineError::io(&tmp))?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(PipelineError::io(path))
+    crate::atomic::write_atomically(path, bytes).map_err(|e| PipelineError::io(e.path)(e.source))
 }
 
 /// Modification time in nanoseconds since the epoch (negative before it), as stored in manifests.

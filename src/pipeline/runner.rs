@@ -276,6 +276,19 @@ impl Runner {
     /// Refuses a selected stage whose memory plan does not fit the device, before any stage runs (a train stage
     /// should not fail after hours of the stages above it). A stage that cannot be planned (its model is not
     /// there to read yet) is let through: the plan is a guard, not a gate on what it cannot see.
+    /// The stage's resolved config, or an error naming the stage when it cannot be serialised.
+    fn stage_config(
+        &self,
+        name: &str,
+        stage: &dyn Stage,
+    ) -> Result<serde_json::Value, PipelineError> {
+        stage.config().map_err(|e| {
+            self.config_error(format!(
+                "the configuration of stage `{name}` cannot be serialised: {e}"
+            ))
+        })
+    }
+
     fn check_memory(&self, name: &str, stage: &dyn Stage) -> Result<(), PipelineError> {
         if self.options.device_memory.is_none() {
             return Ok(());
@@ -332,7 +345,7 @@ impl Runner {
             plans.push(StagePlan {
                 name: name.clone(),
                 kind: stage.name().to_string(),
-                config: stage.config(),
+                config: self.stage_config(name, stage.as_ref())?,
                 reads,
                 files,
                 dir: self.stage_dir(name),
@@ -426,7 +439,7 @@ impl Runner {
                 message: format!("stage `{name}` writes a directory tree and cannot be sharded; run it without --shard"),
             });
         }
-        let config = stage.config();
+        let config = self.stage_config(name, stage)?;
         let config_hash = sha256_hex(
             canonical_json(&serde_json::json!({"kind": stage.name(), "config": config})).as_bytes(),
         );
@@ -488,6 +501,7 @@ impl Runner {
             name: name.to_string(),
             dir: dir.clone(),
             config: config.clone(),
+            fingerprint: fingerprint.clone(),
             seed,
             shard,
             device: self.options.device,

@@ -50,8 +50,9 @@ pub trait Stage: Send + Sync {
     fn name(&self) -> &'static str;
 
     /// The resolved configuration, defaults filled in. Its canonical JSON is hashed: anything that changes the
-    /// outputs must be in it.
-    fn config(&self) -> serde_json::Value;
+    /// outputs must be in it. An error (a value serde cannot represent) stops the run: hashing a placeholder
+    /// instead would let two different configurations share one fingerprint.
+    fn config(&self) -> Result<serde_json::Value, serde_json::Error>;
 
     fn inputs(&self) -> Vec<Input>;
 

@@ -355,7 +355,7 @@ fn temporary_sibling(out: &Path) -> Result<PathBuf, ReleaseError> {
     })?;
     let parent = out.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(parent).map_err(ReleaseError::io(parent))?;
-    Ok(parent.join(format!(".{}.tmp", name.to_string_lossy())))
+    Ok(parent.join(crate::atomic::temporary_sibling(Path::new(name))))
 }
 
 /// Copies the adapter with its config's `base_model_name_or_path` set to the base's name, which is what peft's

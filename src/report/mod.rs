@@ -13,7 +13,6 @@ pub mod seeds;
 pub mod stage;
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub use collect::{collect, stage_dirs, Findings};
@@ -150,14 +149,5 @@ fn remove_stale(path: &Path) -> Result<(), ReportError> {
 
 /// Writes through a temporary name, so that a killed run leaves no half-written report under the final name.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temporary = path.with_file_name(format!(".{name}.tmp"));
-    let mut file = fs::File::create(&temporary).map_err(ReportError::io(&temporary))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(ReportError::io(&temporary))?;
-    fs::rename(&temporary, path).map_err(ReportError::io(path))
+    crate::atomic::write_atomically(path, bytes).map_err(|e| ReportError::io(e.path)(e.source))
 }

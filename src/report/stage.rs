@@ -74,8 +74,8 @@ impl Stage for ReportStage {
         "report"
     }
 
-    fn config(&self) -> serde_json::Value {
-        serde_json::to_value(&self.config).unwrap_or_default()
+    fn config(&self) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::to_value(&self.config)
     }
 
     fn inputs(&self) -> Vec<Input> {

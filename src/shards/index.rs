@@ -3,7 +3,6 @@
 //! into are.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -142,18 +141,7 @@ impl ShardIndex {
 
 /// Writes `bytes` to `path` via a hidden temporary sibling and a rename, so the file appears whole or not at all.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ShardsError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(ShardsError::io(dir))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut file = fs::File::create(&tmp).map_err(ShardsError::io(&tmp))?;
-    file.write_all(bytes).map_err(ShardsError::io(&tmp))?;
-    file.sync_all().map_err(ShardsError::io(&tmp))?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(ShardsError::io(path))
+    crate::atomic::write_atomically(path, bytes).map_err(|e| ShardsError::io(e.path)(e.source))
 }
 
 /// `target` as seen from directory `base`: relative when both resolve under a common root (so a work directory

@@ -6,7 +6,6 @@
 //! of the same job, so it goes to its own file, `train_timing.jsonl`, which is not an output (no fingerprint
 //! covers it) and holds the steps of the process that wrote it.
 
-use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -42,26 +41,17 @@ pub struct StepTiming {
     pub tokens_per_s: f64,
 }
 
-/// Writes a log atomically: all rows to a temporary file, renamed into place.
+/// Writes a log atomically (see [`crate::atomic`]).
 pub fn write_log<T: Serialize>(path: &Path, rows: &[T]) -> Result<(), TrainRunError> {
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default()
-    ));
-    let mut out =
-        std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(TrainRunError::io(&tmp))?);
+    let mut bytes = Vec::new();
     for row in rows {
-        serde_json::to_writer(&mut out, row).map_err(|e| TrainRunError::Data {
-            path: tmp.clone(),
+        serde_json::to_writer(&mut bytes, row).map_err(|e| TrainRunError::Data {
+            path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-        out.write_all(b"\n").map_err(TrainRunError::io(&tmp))?;
+        bytes.push(b'\n');
     }
-    out.flush().map_err(TrainRunError::io(&tmp))?;
-    drop(out);
-    std::fs::rename(&tmp, path).map_err(TrainRunError::io(path))
+    crate::atomic::write_atomically(path, &bytes).map_err(|e| TrainRunError::io(e.path)(e.source))
 }
 
 /// Reads a log written by [`write_log`].

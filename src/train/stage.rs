@@ -8,15 +8,14 @@
 //! (broken group structure, too few negatives, a document that cannot fit `max_len`, a missing image) are
 //! rejects.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::config::{DataFormat, ModelSource, TrainConfig};
 use super::trainer::{output_dir, prepare, train_prepared, RunSettings, TrainInputs};
-use super::TrainRunError;
+
 use crate::dataset::Dataset;
-use crate::digest::Fingerprint;
-use crate::pipeline::{Input, Manifest, Output, PipelineError, Stage, StageContext, StageError};
+
+use crate::pipeline::{Input, Output, PipelineError, Stage, StageContext, StageError};
 use crate::plan::{PlanContext, PlanError, Verdict};
 use crate::schema::outputs;
 
@@ -44,34 +43,6 @@ impl TrainStage {
         }
     }
 
-    /// A hash of everything that determines the run: config, seed, the upstream stages' outputs and the model
-    /// files (by size and modification time). Checkpoints of a run with another key are not resumed from.
-    fn run_key(&self, ctx: &StageContext) -> Result<String, StageError> {
-        let mut fp = Fingerprint::new();
-        fp.part("config", self.config().to_string().as_bytes())
-            .part("seed", &ctx.seed().to_le_bytes());
-        for stage in self.upstream() {
-            let manifests =
-                Manifest::read_complete(ctx.upstream_dir(&stage)?).map_err(|reason| {
-                    PipelineError::MissingUpstream {
-                        stage: ctx.name().to_string(),
-                        upstream: stage.clone(),
-                        reason,
-                    }
-                })?;
-            fp.part("stage", stage.as_bytes())
-                .part("hash", Manifest::combined_hash(&manifests).as_bytes());
-        }
-        for root in self.model_files() {
-            for (path, size, mtime) in file_stamps(&root)? {
-                fp.part("file", path.to_string_lossy().as_bytes())
-                    .part("size", &size.to_le_bytes())
-                    .part("mtime", &mtime.to_le_bytes());
-            }
-        }
-        Ok(fp.finish())
-    }
-
     fn upstream(&self) -> Vec<String> {
         let mut stages = vec![self.config.shards.clone()];
         if self.config.ingest != self.config.shards {
@@ -91,12 +62,12 @@ impl Stage for TrainStage {
     }
 
     /// The config without `resume`, which decides how to get to the outputs, not what they are.
-    fn config(&self) -> serde_json::Value {
-        let mut value = serde_json::to_value(&self.config).unwrap_or_default();
+    fn config(&self) -> Result<serde_json::Value, serde_json::Error> {
+        let mut value = serde_json::to_value(&self.config)?;
         if let Some(table) = value.as_object_mut() {
             table.remove("resume");
         }
-        value
+        Ok(value)
     }
 
     fn inputs(&self) -> Vec<Input> {
@@ -137,7 +108,7 @@ impl Stage for TrainStage {
             seed: ctx.seed(),
             device: ctx.device().candle()?,
             out_dir: ctx.dir().to_path_buf(),
-            run_key: self.run_key(ctx)?,
+            run_key: ctx.fingerprint().to_string(),
             stop_after: None,
         };
         let prepared = prepare(&self.config, &inputs, settings.seed, &settings.device)?;
@@ -162,27 +133,4 @@ impl Stage for TrainStage {
         }
         Ok(())
     }
-}
-
-/// `(path, size, mtime in ns)` of a file or of every file under a directory, sorted by path.
-fn file_stamps(root: &Path) -> Result<Vec<(PathBuf, u64, i128)>, TrainRunError> {
-    let mut stamps = Vec::new();
-    let mut pending = vec![root.to_path_buf()];
-    while let Some(path) = pending.pop() {
-        let meta = fs::metadata(&path).map_err(TrainRunError::io(&path))?;
-        if meta.is_dir() {
-            for entry in fs::read_dir(&path).map_err(TrainRunError::io(&path))? {
-                pending.push(entry.map_err(TrainRunError::io(&path))?.path());
-            }
-            continue;
-        }
-        let mtime = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos() as i128);
-        stamps.push((path, meta.len(), mtime));
-    }
-    stamps.sort();
-    Ok(stamps)
 }

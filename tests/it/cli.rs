@@ -29,8 +29,8 @@ impl Stage for Judge {
         "judge"
     }
 
-    fn config(&self) -> serde_json::Value {
-        serde_json::json!({"level": 2})
+    fn config(&self) -> Result<serde_json::Value, serde_json::Error> {
+        Ok(serde_json::json!({"level": 2}))
     }
 
     fn inputs(&self) -> Vec<Input> {

@@ -76,7 +76,7 @@ impl Stage for Injected {
         "embed"
     }
 
-    fn config(&self) -> serde_json::Value {
+    fn config(&self) -> Result<serde_json::Value, serde_json::Error> {
         self.stage.config()
     }
 
@@ -730,8 +730,8 @@ impl Stage for CopyModel {
     fn name(&self) -> &'static str {
         "copy_model"
     }
-    fn config(&self) -> serde_json::Value {
-        serde_json::json!({})
+    fn config(&self) -> Result<serde_json::Value, serde_json::Error> {
+        Ok(serde_json::json!({}))
     }
     fn inputs(&self) -> Vec<Input> {
         vec![Input::Files(vec![clip_dir()])]

@@ -666,9 +666,9 @@ fn bad_settings_fail_before_any_work() {
         assert!(error.contains(needle), "{error}");
     }
     let stage = EvalStage::new(base()).unwrap();
-    assert_eq!(stage.config()["from"], "ingest");
-    assert_eq!(stage.config()["candidates_from"], "mine");
-    assert_eq!(stage.config()["k"], 100);
+    assert_eq!(stage.config().unwrap()["from"], "ingest");
+    assert_eq!(stage.config().unwrap()["candidates_from"], "mine");
+    assert_eq!(stage.config().unwrap()["k"], 100);
     assert!(ReportStage::new(ReportConfig {
         stages: Vec::new(),
         title: "t".into(),
@@ -686,8 +686,8 @@ impl Stage for FakeTrain {
         "fake_train"
     }
 
-    fn config(&self) -> Value {
-        Value::Null
+    fn config(&self) -> Result<Value, serde_json::Error> {
+        Ok(Value::Null)
     }
 
     fn inputs(&self) -> Vec<Input> {

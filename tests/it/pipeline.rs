@@ -78,8 +78,8 @@ impl Stage for Numbers {
         "numbers"
     }
 
-    fn config(&self) -> serde_json::Value {
-        serde_json::to_value(&self.config).unwrap()
+    fn config(&self) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::to_value(&self.config)
     }
 
     fn inputs(&self) -> Vec<Input> {
@@ -151,8 +151,8 @@ impl Stage for Doubler {
         "doubler"
     }
 
-    fn config(&self) -> serde_json::Value {
-        serde_json::to_value(&self.0).unwrap()
+    fn config(&self) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::to_value(&self.0)
     }
 
     fn inputs(&self) -> Vec<Input> {

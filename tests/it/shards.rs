@@ -47,8 +47,8 @@ impl Stage for FixtureMine {
         "mine"
     }
 
-    fn config(&self) -> serde_json::Value {
-        serde_json::json!({ "rows": format!("{:?}", self.rows) })
+    fn config(&self) -> Result<serde_json::Value, serde_json::Error> {
+        Ok(serde_json::json!({ "rows": format!("{:?}", self.rows) }))
     }
 
     fn inputs(&self) -> Vec<Input> {

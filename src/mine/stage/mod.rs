@@ -81,8 +81,8 @@ impl Stage for MineStage {
         "mine"
     }
 
-    fn config(&self) -> serde_json::Value {
-        serde_json::to_value(&self.config).unwrap_or_default()
+    fn config(&self) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::to_value(&self.config)
     }
 
     fn inputs(&self) -> Vec<Input> {
@@ -190,7 +190,7 @@ impl Stage for MineStage {
             mining_k: self.config.mining_k,
             mining: StatsBuilder::from_queries(queries).finish(),
         };
-        write_stats(dir, &stats_path(dir, Shard::ALL), &stats)?;
+        write_stats(&stats_path(dir, Shard::ALL), &stats)?;
         progress::multi().suspend(|| println!("{stats}"));
         Ok(())
     }
@@ -265,25 +265,18 @@ fn save_stats(dir: &Path, shard: Shard, stats: &StageStats) -> Result<(), MineSt
             fs::remove_file(entry.path()).map_err(MineStageError::io(entry.path()))?;
         }
     }
-    write_stats(dir, &path, stats)
+    write_stats(&path, stats)
 }
 
-/// Writes `stats` to `path` through a temporary name.
-fn write_stats(dir: &Path, path: &Path, stats: &StageStats) -> Result<(), MineStageError> {
+/// Writes `stats` to `path` atomically.
+fn write_stats(path: &Path, stats: &StageStats) -> Result<(), MineStageError> {
     let mut text = serde_json::to_string_pretty(stats).map_err(|source| MineStageError::Json {
         path: path.to_path_buf(),
         source,
     })?;
     text.push('\n');
-    // A dot name ending in .tmp: the runner removes it if a crash leaves it behind.
-    let file_name = path
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.tmp"));
-    fs::write(&tmp, text).map_err(MineStageError::io(&tmp))?;
-    fs::rename(&tmp, path).map_err(MineStageError::io(path))?;
-    Ok(())
+    crate::atomic::write_atomically(path, text.as_bytes())
+        .map_err(|e| MineStageError::io(e.path)(e.source))
 }
 
 /// The stage's results, rows in qid order.

@@ -26,14 +26,11 @@ pub struct JsonlSink {
 pub fn temporary(path: &Path) -> Result<PathBuf, ExportError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(ExportError::io(dir))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .ok_or_else(|| ExportError::Malformed {
-            path: path.to_path_buf(),
-            message: "the output must be a file name".into(),
-        })?;
-    Ok(dir.join(format!(".{name}.tmp")))
+    let name = path.file_name().ok_or_else(|| ExportError::Malformed {
+        path: path.to_path_buf(),
+        message: "the output must be a file name".into(),
+    })?;
+    Ok(dir.join(crate::atomic::temporary_sibling(Path::new(name))))
 }
 
 impl JsonlSink {
