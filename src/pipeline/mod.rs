@@ -10,7 +10,9 @@
 mod config;
 mod context;
 mod error;
+mod fingerprint;
 mod manifest;
+mod outputs;
 mod registry;
 mod rejects;
 mod runner;
