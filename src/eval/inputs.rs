@@ -170,38 +170,6 @@ pub fn read_qrels(path: &Path, queries: &BTreeSet<&str>) -> Result<Qrels, EvalSt
     Ok(qrels)
 }
 
-/// The encoded bytes of the images among `wanted`, by image id.
-pub fn read_images(
-    path: &Path,
-    wanted: &HashSet<&str>,
-) -> Result<HashMap<String, Vec<u8>>, EvalStageError> {
-    let mut images = HashMap::with_capacity(wanted.len());
-    if wanted.is_empty() {
-        return Ok(images);
-    }
-    for batch in Dataset::open(path)?.batches()? {
-        let batch = batch?;
-        let ids = strings(&batch, "image_id", path)?;
-        let bytes = column(&batch, "bytes", path)?;
-        let bytes = bytes
-            .as_binary_opt::<i64>()
-            .map(|b| (0..b.len()).map(|i| b.value(i)).collect::<Vec<_>>())
-            .or_else(|| {
-                bytes
-                    .as_binary_opt::<i32>()
-                    .map(|b| (0..b.len()).map(|i| b.value(i)).collect())
-            })
-            .ok_or_else(|| bad_column(path, "bytes", "not binary"))?;
-        for (row, data) in bytes.into_iter().enumerate() {
-            let id = ids.value(row);
-            if wanted.contains(id) {
-                images.insert(id.to_owned(), data.to_vec());
-            }
-        }
-    }
-    Ok(images)
-}
-
 fn column<'b>(
     batch: &'b RecordBatch,
     name: &'static str,

@@ -25,7 +25,8 @@ use super::inputs::{self, CandidateList, DocInfo, QueryInfo};
 use super::stage_error::EvalStageError;
 use super::summary::{compare, Comparison, TestSettings, ALL};
 use super::{ranked_documents, write_run, Metric, Run, DEFAULT_PERMUTATIONS};
-use crate::dataset::{DatasetError, DatasetWriter};
+use crate::dataset::{Dataset, DatasetError, DatasetWriter};
+use crate::media::image_table::ImageTable;
 use crate::media::preprocess::ImageInput;
 use crate::models::qwen2_vl::{ImagePatches, PairScore};
 use crate::models::reranker::{PairSide, PreparedPair, Reranker};
@@ -408,7 +409,8 @@ struct Evaluated {
     lists: Vec<CandidateList>,
     queries: BTreeMap<String, QueryInfo>,
     docs: HashMap<String, DocInfo>,
-    images: HashMap<String, Vec<u8>>,
+    /// Where the evaluated images are; their bytes are read a list or a batch at a time.
+    images: ImageTable,
     qrels: super::Qrels,
     /// qid -> task (or dataset) of every evaluated query.
     groups: BTreeMap<String, String>,
@@ -447,7 +449,10 @@ impl Evaluated {
             .filter_map(|list| queries.get(&list.qid)?.image_id.as_deref())
             .chain(docs.values().filter_map(|doc| doc.image_id.as_deref()))
             .collect();
-        let images = inputs::read_images(&ingest.join(outputs::ingest::IMAGES), &wanted_images)?;
+        let images = ImageTable::locate(
+            &Dataset::open(&ingest.join(outputs::ingest::IMAGES))?,
+            &wanted_images,
+        )?;
         let qids: BTreeSet<&str> = queries.keys().map(String::as_str).collect();
         let qrels = inputs::read_qrels(&ingest.join(outputs::ingest::QRELS), &qids)?;
         let groups = queries
@@ -484,12 +489,12 @@ impl Evaluated {
         distinct.into_iter().map(str::to_owned).collect()
     }
 
-    /// The encoded image `image_id`, or the reason it is unavailable.
-    fn image(&self, image_id: &str) -> Result<&[u8], String> {
-        self.images
-            .get(image_id)
-            .map(Vec::as_slice)
-            .ok_or_else(|| format!("image {image_id} is not in the images dataset"))
+    /// The encoded images of a list's query or of a batch's documents, read now.
+    fn read_images<'a>(
+        &self,
+        ids: impl IntoIterator<Item = Option<&'a str>>,
+    ) -> Result<HashMap<String, Vec<u8>>, EvalStageError> {
+        Ok(self.images.read(ids.into_iter().flatten())?)
     }
 }
 
@@ -505,8 +510,8 @@ fn log_image_tokens(
     if evaluated.images.is_empty() {
         return Ok(());
     }
-    let wanted: HashSet<&str> = evaluated.images.keys().map(String::as_str).collect();
-    let dataset = crate::dataset::Dataset::open(&ingest.join("images"))?;
+    let wanted: HashSet<&str> = evaluated.images.ids().collect();
+    let dataset = Dataset::open(&ingest.join(outputs::ingest::IMAGES))?;
     if let Some(counts) = crate::inspect::image_token_counts(&dataset, Some(&wanted), processor)? {
         let params = processor.params();
         tracing::info!(
@@ -538,7 +543,8 @@ fn rerank(
         let reject = |did: &str, reason: &str, detail: String| {
             Reject::new("candidates", reason, detail).with_id(format!("{} {did}", list.qid))
         };
-        let query_image = match prepare_image(reranker, evaluated, query.image_id.as_deref()) {
+        let query_images = evaluated.read_images([query.image_id.as_deref()])?;
+        let query_image = match prepare_image(reranker, &query_images, query.image_id.as_deref()) {
             Ok(image) => image,
             Err(detail) => {
                 let detail = format!("query image: {detail}");
@@ -555,10 +561,17 @@ fn rerank(
         for chunk in list.ranked.chunks(config.batch) {
             let mut prepared: Vec<PreparedPair> = Vec::with_capacity(chunk.len());
             let mut dids = Vec::with_capacity(chunk.len());
+            let doc_images = evaluated.read_images(chunk.iter().map(|(did, _)| {
+                evaluated
+                    .docs
+                    .get(did)
+                    .and_then(|doc| doc.image_id.as_deref())
+            }))?;
             for (did, _) in chunk {
                 match prepare_pair(
                     reranker,
                     evaluated,
+                    &doc_images,
                     query,
                     query_image.as_ref(),
                     did,
@@ -595,13 +608,15 @@ fn rerank(
 
 fn prepare_image(
     reranker: &Reranker,
-    evaluated: &Evaluated,
+    images: &HashMap<String, Vec<u8>>,
     image_id: Option<&str>,
 ) -> Result<Option<ImagePatches>, String> {
     let Some(image_id) = image_id else {
         return Ok(None);
     };
-    let bytes = evaluated.image(image_id)?;
+    let bytes = images
+        .get(image_id)
+        .ok_or_else(|| format!("image {image_id} is not in the images dataset"))?;
     reranker
         .image(ImageInput::Encoded(bytes))
         .map(Some)
@@ -611,6 +626,7 @@ fn prepare_image(
 fn prepare_pair(
     reranker: &Reranker,
     evaluated: &Evaluated,
+    doc_images: &HashMap<String, Vec<u8>>,
     query: &QueryInfo,
     query_image: Option<&ImagePatches>,
     did: &str,
@@ -622,7 +638,7 @@ fn prepare_pair(
             format!("document {did} is not in the corpus"),
         )
     })?;
-    let doc_image = prepare_image(reranker, evaluated, doc.image_id.as_deref())
+    let doc_image = prepare_image(reranker, doc_images, doc.image_id.as_deref())
         .map_err(|detail| ("document_image", detail))?;
     let query_side = PairSide {
         text: query.text.as_deref(),

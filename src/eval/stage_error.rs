@@ -34,6 +34,8 @@ pub enum EvalStageError {
     #[error(transparent)]
     Dataset(#[from] DatasetError),
     #[error(transparent)]
+    Images(#[from] crate::media::image_table::ImageTableError),
+    #[error(transparent)]
     Eval(#[from] EvalError),
     /// Boxed: the reranker's errors are large and this one travels up every read function.
     #[error(transparent)]

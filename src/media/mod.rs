@@ -2,6 +2,7 @@
 
 pub mod archive;
 pub mod fetch;
+pub mod image_table;
 pub mod loader;
 mod local;
 pub mod locator;

@@ -13,29 +13,20 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use arrow::array::{Array, LargeBinaryArray, StringArray, UInt32Array};
 use candle_core::{Device, Tensor};
 
 use super::failure::TrainRunError;
-use crate::dataset::{Dataset, RowGroupAt};
+use crate::dataset::Dataset;
+use crate::media::image_table::ImageTable;
 use crate::media::preprocess::{
     ImagePreprocessor, ImageTokenCounts, Qwen2VlParams, Qwen2VlProcessor,
 };
 use crate::models::layers::recompute::RecomputeTape;
 use crate::models::qwen2_vl::{ImageGrid, VisionConfig, VisionTransformer};
 
-/// Where one image is stored, and its size.
-struct Stored {
-    at: RowGroupAt,
-    row: usize,
-    width: u32,
-    height: u32,
-}
-
 /// The run's images by id, the processor that patches them, and the cache of tower outputs.
 pub struct ImageBank {
-    dataset: Dataset,
-    images: HashMap<String, Stored>,
+    images: ImageTable,
     processor: Qwen2VlProcessor,
     patch_dim: usize,
     merge: usize,
@@ -126,43 +117,10 @@ impl ImageBank {
         cache_budget: Option<u64>,
         device: &Device,
     ) -> Result<Self, TrainRunError> {
-        let mut images = HashMap::with_capacity(wanted.len());
-        if !wanted.is_empty() {
-            for group in dataset.row_groups(&["image_id", "width", "height"]) {
-                let (at, batch) = group?;
-                let bad = |name: &str| TrainRunError::Data {
-                    path: dataset.path().to_path_buf(),
-                    message: format!("column `{name}` is missing or of the wrong type"),
-                };
-                let column = |name: &str| batch.column_by_name(name).ok_or_else(|| bad(name));
-                let ids = column("image_id")?
-                    .as_any()
-                    .downcast_ref::<StringArray>()
-                    .ok_or_else(|| bad("image_id"))?;
-                let widths = column("width")?
-                    .as_any()
-                    .downcast_ref::<UInt32Array>()
-                    .ok_or_else(|| bad("width"))?;
-                let heights = column("height")?
-                    .as_any()
-                    .downcast_ref::<UInt32Array>()
-                    .ok_or_else(|| bad("height"))?;
-                for row in 0..batch.num_rows() {
-                    let id = ids.value(row);
-                    if wanted.contains(id) && !images.contains_key(id) {
-                        images.insert(
-                            id.to_string(),
-                            Stored {
-                                at,
-                                row,
-                                width: widths.value(row),
-                                height: heights.value(row),
-                            },
-                        );
-                    }
-                }
-            }
-        }
+        let images = ImageTable::locate(dataset, wanted).map_err(|e| TrainRunError::Data {
+            path: dataset.path().to_path_buf(),
+            message: e.to_string(),
+        })?;
         let params = Qwen2VlParams {
             min_pixels,
             max_pixels,
@@ -173,7 +131,6 @@ impl ImageBank {
         };
         let processor = Qwen2VlProcessor::new(params).map_err(TrainRunError::model)?;
         Ok(Self {
-            dataset: dataset.clone(),
             images,
             processor,
             patch_dim: vision.patch_dim(),
@@ -206,7 +163,7 @@ impl ImageBank {
     pub fn token_counts(&self) -> Option<ImageTokenCounts> {
         ImageTokenCounts::of(
             self.images
-                .keys()
+                .ids()
                 .filter_map(|id| self.tokens(id).ok())
                 .collect(),
         )
@@ -266,37 +223,16 @@ impl ImageBank {
 
     /// The encoded bytes of `ids`, read from the images dataset (one read per row group they are in).
     fn read_bytes(&self, ids: &[&str]) -> Result<HashMap<String, Vec<u8>>, TrainRunError> {
-        let mut by_group: BTreeMap<RowGroupAt, Vec<(usize, &str)>> = BTreeMap::new();
-        for &id in ids {
-            let stored = self.images.get(id).ok_or_else(|| {
-                TrainRunError::model(format!("image `{id}` is not in the images dataset"))
-            })?;
-            by_group
-                .entry(stored.at)
-                .or_default()
-                .push((stored.row, id));
+        let bytes = self
+            .images
+            .read(ids.iter().copied())
+            .map_err(TrainRunError::model)?;
+        match ids.iter().find(|id| !bytes.contains_key(**id)) {
+            Some(missing) => Err(TrainRunError::model(format!(
+                "image `{missing}` is not in the images dataset"
+            ))),
+            None => Ok(bytes),
         }
-        let mut out = HashMap::with_capacity(ids.len());
-        for (at, mut rows) in by_group {
-            rows.sort_unstable();
-            rows.dedup();
-            let indexes: Vec<usize> = rows.iter().map(|(row, _)| *row).collect();
-            let batch = self.dataset.read_rows(at, &indexes, &["bytes"])?;
-            let bytes = batch
-                .column_by_name("bytes")
-                .and_then(|c| c.as_any().downcast_ref::<LargeBinaryArray>())
-                .ok_or_else(|| TrainRunError::Data {
-                    path: self.dataset.path().to_path_buf(),
-                    message: "column `bytes` is missing or of the wrong type".into(),
-                })?;
-            for (i, (_, id)) in rows.iter().enumerate() {
-                if bytes.is_null(i) {
-                    return Err(TrainRunError::model(format!("image `{id}` has no bytes")));
-                }
-                out.insert(id.to_string(), bytes.value(i).to_vec());
-            }
-        }
-        Ok(out)
     }
 
     /// Reads, decodes and patches `ids` and runs the tower over all of them at once.
