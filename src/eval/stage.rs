@@ -356,7 +356,7 @@ impl Stage for EvalStage {
         reranker
             .set_pixel_bounds((self.config.min_pixels, self.config.max_pixels))
             .map_err(EvalStageError::from)?;
-        log_image_tokens(&reranker, &ingest, &evaluated)?;
+        log_image_tokens(&reranker, &evaluated);
         let pairs: usize = evaluated.lists.iter().map(|l| l.ranked.len()).sum();
         ctx.add_records(pairs as u64);
         let (reranked, rejects) = rerank(ctx, &reranker, &evaluated, &self.config)?;
@@ -499,20 +499,11 @@ impl Evaluated {
 }
 
 /// Logs how many tokens the evaluated images become within the reranker's pixel bounds.
-fn log_image_tokens(
-    reranker: &Reranker,
-    ingest: &Path,
-    evaluated: &Evaluated,
-) -> Result<(), EvalStageError> {
+fn log_image_tokens(reranker: &Reranker, evaluated: &Evaluated) {
     let Some(processor) = reranker.image_processor() else {
-        return Ok(());
+        return;
     };
-    if evaluated.images.is_empty() {
-        return Ok(());
-    }
-    let wanted: HashSet<&str> = evaluated.images.ids().collect();
-    let dataset = Dataset::open(&ingest.join(outputs::ingest::IMAGES))?;
-    if let Some(counts) = crate::inspect::image_token_counts(&dataset, Some(&wanted), processor)? {
+    if let Some(counts) = evaluated.images.token_counts(processor) {
         let params = processor.params();
         tracing::info!(
             "images at {} to {} pixels: {counts}",
@@ -520,7 +511,6 @@ fn log_image_tokens(
             params.max_pixels
         );
     }
-    Ok(())
 }
 
 /// Scores every pair of every list, a batch at a time. A pair that cannot be prepared (unknown document, broken

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use arrow::array::{Array, LargeBinaryArray, RecordBatch, StringArray, UInt32Array};
 
 use crate::dataset::{Dataset, DatasetError, RowGroupAt};
+use crate::media::preprocess::{ImageTokenCounts, Qwen2VlProcessor};
 
 /// Why the images dataset could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -69,8 +70,15 @@ impl ImageTable {
         self.located.get(id)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.located.is_empty()
+    /// How many vision tokens `processor` makes of the table's images, from their stored sizes alone (images
+    /// whose size it refuses left out); `None` for an empty table.
+    pub fn token_counts(&self, processor: &Qwen2VlProcessor) -> Option<ImageTokenCounts> {
+        let counts = self
+            .located
+            .values()
+            .filter_map(|place| processor.num_vision_tokens(place.height, place.width).ok())
+            .collect();
+        ImageTokenCounts::of(counts)
     }
 
     /// The ids in the table, in no particular order.
