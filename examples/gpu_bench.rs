@@ -4,7 +4,10 @@
 //! the CPU and on the GPU and compares their outputs, so a CUDA-only fault in an op shows up as a number.
 //! `train` times forward + backward + AdamW of a Qwen2.5-VL reranker built from a config alone (random weights,
 //! no download), with LoRA on the decoder and the vision tower frozen, on one group of prompts that each carry an
-//! image: the workload of the PyTorch figure in docs/performance.md#gpu-reference-figures. `score` times inference
+//! image: the workload of the PyTorch figure in docs/performance.md#gpu-reference-figures. With `--recompute` each
+//! decoder layer is recomputed in the backward pass (the PyTorch side's gradient checkpointing), which is what
+//! lets the paper's 3200-token prompts train; attention runs on the blocked algorithm either way (on a GPU its
+//! tensor-op tiles). It reports the device's peak memory where the backend tells it. `score` times inference
 //! scoring of a batch of such pairs. `topk` (built with the `cuda` feature only) checks the miner's CUDA exact top-k
 //! against the CPU's and times it (see gpu_bench/topk.rs). Every result is one JSON line on stdout. Everything but
 //! `topk` also runs on the CPU with a tiny config, which is how it is tested before a GPU session.
@@ -25,8 +28,9 @@ use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 use umrank::device::DeviceSpec;
 use umrank::models::adapters::lora::LoraConfig;
-use umrank::models::decoder::Decoder;
+use umrank::models::decoder::{select_positions, Decoder};
 use umrank::models::formats::hf_config::DecoderConfig;
+use umrank::models::layers::recompute::RecomputeTape;
 use umrank::models::qwen2_vl::config::VisionConfig;
 use umrank::models::qwen2_vl::grid::ImageGrid;
 use umrank::models::qwen2_vl::model::Qwen2VlModel;
@@ -59,6 +63,9 @@ enum Command {
         /// Timed steps after one warm-up step.
         #[arg(long, default_value_t = 3)]
         steps: usize,
+        /// Recompute each decoder layer in the backward pass instead of keeping its activations.
+        #[arg(long)]
+        recompute: bool,
     },
     /// Time inference scoring of one batch of image-text pairs.
     Score {
@@ -100,7 +107,11 @@ struct Workload {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Parity { fixtures, device } => parity(&fixtures, &device.candle()?),
-        Command::Train { shape, steps } => train(&shape, steps),
+        Command::Train {
+            shape,
+            steps,
+            recompute,
+        } => train(&shape, steps, recompute),
         Command::Score { shape, repeats } => score(&shape, repeats),
         #[cfg(feature = "cuda")]
         Command::Topk(args) => topk::run(&args),
@@ -348,7 +359,7 @@ fn answers(model: &Qwen2VlModel) -> AnswerIds {
     }
 }
 
-fn train(shape: &Workload, steps: usize) -> Result<()> {
+fn train(shape: &Workload, steps: usize, recompute: bool) -> Result<()> {
     let mut bench = build(shape)?;
     let lora = LoraConfig {
         r: shape.lora_rank,
@@ -364,9 +375,24 @@ fn train(shape: &Workload, steps: usize) -> Result<()> {
     for step in 0..=steps {
         bench.device.synchronize()?;
         let start = Instant::now();
-        let scores = score_batch(&bench.model, &bench.batch, answers, true)?;
-        let loss = sft_loss(&scores.z_yes, &scores.z_no)?;
-        optimizer.backward_step(&loss)?;
+        let tape = recompute.then(RecomputeTape::new);
+        let hidden = bench
+            .model
+            .forward_on(&bench.batch.as_vl(), true, tape.as_ref())?;
+        let logits = bench
+            .model
+            .decoder()
+            .token_logits(
+                &select_positions(&hidden, &bench.batch.last)?,
+                &[answers.yes, answers.no],
+            )?
+            .to_dtype(DType::F32)?;
+        let loss = sft_loss(&logits.narrow(1, 0, 1)?, &logits.narrow(1, 1, 1)?)?;
+        let grads = match tape {
+            Some(tape) => tape.backward(&loss)?,
+            None => loss.backward()?,
+        };
+        optimizer.step(&grads)?;
         bench.device.synchronize()?;
         let seconds = start.elapsed().as_secs_f64();
         emit(
@@ -379,7 +405,8 @@ fn train(shape: &Workload, steps: usize) -> Result<()> {
     let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
     emit(
         json!({"bench": "train_lora", "config": shape.config, "dtype": shape.dtype, "batch": shape.batch,
-        "adapters": adapters, "image_side": shape.image_side, "step_seconds": mean,
+        "adapters": adapters, "image_side": shape.image_side, "recompute": recompute,
+        "tokens_per_seq": bench.tokens / shape.batch, "step_seconds": mean,
         "seq_per_s": shape.batch as f64 / mean, "tokens_per_s": bench.tokens as f64 / mean}),
     );
     Ok(())
@@ -387,11 +414,12 @@ fn train(shape: &Workload, steps: usize) -> Result<()> {
 
 /// Pointwise SFT loss of a group whose first prompt is the positive (docs/method.md#sft), summed over its documents.
 fn sft_loss(z_yes: &Tensor, z_no: &Tensor) -> Result<Tensor> {
+    let (z_yes, z_no) = (z_yes.flatten_all()?, z_no.flatten_all()?);
     let n = z_yes.dim(0)?;
     let mut signs = vec![-1f32; n];
     signs[0] = 1.0;
     let signs = Tensor::new(signs.as_slice(), z_yes.device())?;
-    let margin = ((z_yes - z_no)? * signs)?;
+    let margin = ((&z_yes - &z_no)? * signs)?;
     let softplus = (margin.neg()?.exp()? + 1.0)?.log()?;
     Ok(softplus.sum_all()?)
 }

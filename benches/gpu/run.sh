@@ -44,7 +44,13 @@ phase parity 120 "$BIN" parity --device cuda
 TOPK_SHAPE="--k 100 --chunk-docs 131072 --repeat 5"
 phase topk 120 "$BIN" topk --device cuda $TOPK_SHAPE --bench-docs 1000000 --bench-dim 1024 --bench-queries 1024
 phase topk_torch 90 python3 benches/topk_gpu_torch.py $TOPK_SHAPE --docs 1000000 --dim 1024 --queries 1024
-phase train 180 "$BIN" train --config "$CONFIG" --batch 17 --image-side 448 --steps 3
-phase train_torch 180 python3 benches/gpu/torch_baseline.py train --config "$CONFIG" --batch 17 --image-side 448 --steps 3
+# The paper's training shape: Qwen2.5-VL-3B, a group of 1 + 16, 448 px images (256 image tokens), LoRA r 16. At 321
+# tokens a prompt (63 text tokens) the activations fit as they are; at 3200 (2942 text tokens) only with every layer
+# recomputed, so both sides recompute there (PyTorch: gradient checkpointing, sdpa attention).
+PAPER="--config $CONFIG --batch 17 --image-side 448 --steps 2"
+phase train 180 "$BIN" train $PAPER --text-tokens 63
+phase train_torch 180 python3 benches/gpu/torch_baseline.py train $PAPER --text-tokens 63
+phase train_3200 300 "$BIN" train $PAPER --text-tokens 2942 --recompute
+phase train_3200_torch 300 python3 benches/gpu/torch_baseline.py train $PAPER --text-tokens 2942 --recompute
 phase score 120 "$BIN" score --config "$CONFIG" --batch 32 --image-side 448
 phase score_torch 120 python3 benches/gpu/torch_baseline.py score --config "$CONFIG" --batch 32 --image-side 448

@@ -3,7 +3,8 @@
 Same config file, batch, image size and prompt length as the Rust benchmark: transformers' Qwen2.5-VL built from
 the config alone (random weights, bf16), peft LoRA on the decoder's seven projections (the vision tower frozen),
 one group of prompts that each hold one image, the SFT loss on the yes/no logits of the last position,
-forward + backward + AdamW. Prints one JSON line per figure, as the Rust side does.
+forward + backward + AdamW; with --recompute, transformers' gradient checkpointing of every decoder layer (the
+Rust side's --recompute). Prints one JSON line per figure, as the Rust side does.
 
     python benches/gpu/torch_baseline.py train --config benches/gpu/qwen2_5_vl_3b/config.json
     python benches/gpu/torch_baseline.py score --config benches/gpu/qwen2_5_vl_3b/config.json --batch 32
@@ -61,6 +62,9 @@ def train(args):
     lora = LoraConfig(r=args.lora_rank, lora_alpha=2 * args.lora_rank, lora_dropout=0.0,
                       target_modules=DECODER_TARGETS)
     model = get_peft_model(model, lora)
+    if args.recompute:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     signs = -torch.ones(args.batch, device=args.device)
     signs[0] = 1.0
@@ -82,7 +86,8 @@ def train(args):
             times.append(seconds)
     mean = sum(times) / len(times)
     peak = torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else None
-    print(json.dumps({"bench": "train_lora_torch", "batch": args.batch, "step_seconds": mean,
+    print(json.dumps({"bench": "train_lora_torch", "batch": args.batch, "recompute": args.recompute,
+                      "tokens_per_seq": tokens // args.batch, "step_seconds": mean,
                       "seq_per_s": args.batch / mean, "tokens_per_s": tokens / mean, "peak_gib": peak}), flush=True)
 
 
@@ -115,6 +120,7 @@ def main():
     parser.add_argument("--text-tokens", type=int, default=63)
     parser.add_argument("--lora-rank", type=int, default=16)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--recompute", action="store_true", help="gradient checkpointing of every decoder layer")
     args = parser.parse_args()
     {"train": train, "score": score}[args.command](args)
 

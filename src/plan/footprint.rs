@@ -15,6 +15,7 @@
 //! applies it to both.
 
 use super::shape::{DecoderShape, VisionShape};
+use crate::models::layers::blocked_attention::device_block_sizes;
 
 /// What a training step's activations and attention buffers take beyond the tensors counted here, as a
 /// percentage of them: fitted to the peaks `benches/train_memory.rs` measured on the CPU (see the README's
@@ -167,6 +168,14 @@ pub fn blocked_attention_workspace(shape: &DecoderShape) -> u64 {
     let saved = 3 * q + 2 * kv;
     let grads = q + 2 * q + 2 * kv;
     (saved + grads) * 4
+}
+
+/// The tensor-op tiles of the blocked algorithm off the CPU (`blocked_attention::tensor_tiles`) over `rows`
+/// batch rows: at most six f32 tiles of the sizes `device_block_sizes` picks are alive at once in a backward pass
+/// (the scores, their masked and exponentiated forms, the probabilities' gradient and the scores' gradient).
+pub fn device_attention_tiles(rows: u64, heads: u64) -> u64 {
+    let blocks = device_block_sizes(rows as usize, heads as usize);
+    6 * rows * heads * (blocks.queries * blocks.keys) as u64 * 4
 }
 
 /// What the reference kernel keeps per sequence of `len` tokens and layer: the `heads x len x len` scores, their

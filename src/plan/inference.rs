@@ -107,7 +107,8 @@ fn pass_plan_with(
     let attention = match target {
         Target::Cpu => tokens * footprint::blocked_attention_forward(d, w),
         Target::Cuda => {
-            batch.inputs * footprint::reference_attention_scores(d.heads, batch.tokens, w)
+            tokens * footprint::blocked_attention_forward(d, w)
+                + footprint::device_attention_tiles(batch.inputs, d.heads)
         }
     };
     let images = shape.vision.as_ref().map_or(0, |vision| {

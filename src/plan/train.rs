@@ -19,10 +19,9 @@ pub const ASSUMED_NEGATIVES: usize = 16;
 /// Where the plan is for: which attention kernel runs and which dtype the weights default to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
-    /// The CPU: the blocked kernel, f32 by default.
+    /// The CPU: the blocked kernel's slice implementation, f32 by default.
     Cpu,
-    /// A CUDA device: bf16 by default, and attention on the reference kernel, which keeps its scores (the
-    /// blocked kernel has no CUDA path yet).
+    /// A CUDA device: bf16 by default, the blocked algorithm in tensor-op tiles.
     Cuda,
 }
 
@@ -31,7 +30,7 @@ impl Target {
     pub fn kernel(self) -> AttentionKernel {
         match self {
             Target::Cpu => AttentionKernel::Blocked,
-            Target::Cuda => AttentionKernel::Reference,
+            Target::Cuda => AttentionKernel::Tiled,
         }
     }
 }
@@ -66,11 +65,6 @@ pub fn plan_on(
         plan.notes.push(format!(
             "negatives are not set (the data decides): planned at {ASSUMED_NEGATIVES}"
         ));
-    }
-    if target == Target::Cuda && kernel == AttentionKernel::Reference {
-        plan.notes.push(
-            "attention on CUDA runs the reference kernel, which keeps every score matrix".into(),
-        );
     }
     plan
 }
@@ -213,10 +207,10 @@ impl<'a> Run<'a> {
         footprint::with_overhead(embeds + head + layers + vision)
     }
 
-    /// The reference kernel's kept scores of one layer (on CUDA), nothing on the blocked kernel.
+    /// The reference kernel's kept scores of one layer, nothing on the blocked algorithm.
     fn scores(&self) -> u64 {
         match self.kernel {
-            AttentionKernel::Blocked => 0,
+            AttentionKernel::Blocked | AttentionKernel::Tiled => 0,
             AttentionKernel::Reference => {
                 self.sequences
                     * footprint::reference_attention_scores(
@@ -258,10 +252,18 @@ impl<'a> Run<'a> {
     }
 
     fn attention_workspace(&self) -> u64 {
+        let per_token = self.tokens * footprint::blocked_attention_workspace(&self.shape.decoder);
         match self.kernel {
-            AttentionKernel::Blocked => footprint::with_overhead(
-                self.tokens * footprint::blocked_attention_workspace(&self.shape.decoder),
-            ),
+            AttentionKernel::Blocked => footprint::with_overhead(per_token),
+            AttentionKernel::Tiled => {
+                let rows = if self.config.packing {
+                    1
+                } else {
+                    self.sequences
+                };
+                let tiles = footprint::device_attention_tiles(rows, self.shape.decoder.heads);
+                footprint::with_overhead(per_token + tiles)
+            }
             AttentionKernel::Reference => 0,
         }
     }

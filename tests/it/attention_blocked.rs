@@ -1,6 +1,7 @@
 //! Blocked attention against the reference attention: outputs and the gradients of q, k and v, for every mask
 //! layout umrank uses, grouped and plain heads, lengths that are not multiples of the tile sizes, fully masked rows
-//! and batches of several rows.
+//! and batches of several rows. Both implementations are checked: the CPU's slice kernels and the tensor-op tiles
+//! that run on a GPU (here on candle's CPU backend, the same code).
 //!
 //! The gradients come from candle's autograd on both sides (the reference through its differentiable ops, the
 //! blocked op through its own backward) of `sum(out * r)` for a fixed random `r`.
@@ -9,7 +10,7 @@ use crate::model_ops::common::{max_abs_diff, uniform};
 use candle_core::{DType, Device, Result, Tensor, Var};
 use umrank::models::layers::attention::{attention, scaled_dot_product_attention, AttentionKernel};
 use umrank::models::layers::blocked_attention::{
-    blocked_attention, blocked_attention_with, BlockSizes,
+    blocked_attention, blocked_attention_with, device_block_sizes, tiled_attention_with, BlockSizes,
 };
 use umrank::models::layers::key_spans::{KeySpans, Span};
 use umrank::models::layers::mask::AttentionMask;
@@ -129,23 +130,36 @@ fn assert_same(
     worst
 }
 
-/// Checks blocked against reference attention under `mask` with the small tiles and the default ones.
+/// Checks both blocked implementations against reference attention under `mask`, with the small tiles and the
+/// default ones.
 fn check_mask(what: &str, dims: Dims, mask: Option<&AttentionMask>, scale: f64) {
-    let (batch, _, _, q_len, kv_len, _) = dims;
+    let (batch, heads, _, q_len, kv_len, _) = dims;
     let spans = mask.map(|m| m.key_spans(batch, q_len, kv_len).unwrap().clone());
     let reference =
         |q: &Tensor, k: &Tensor, v: &Tensor| scaled_dot_product_attention(q, k, v, mask, scale);
     let qkv = inputs(10, dims, DType::F32);
     for blocks in [SMALL, BlockSizes::default()] {
         assert_same(
-            &format!("{what} {blocks:?}"),
+            &format!("{what} slices {blocks:?}"),
             &qkv,
             |q, k, v| blocked_attention_with(q, k, v, spans.as_ref(), scale, blocks),
             reference,
             F32_TOLERANCE,
         );
     }
+    for blocks in [SMALL, device_block_sizes(batch, heads)] {
+        assert_same(
+            &format!("{what} tensor tiles {blocks:?}"),
+            &qkv,
+            |q, k, v| tiled_attention_with(q, k, v, spans.as_ref(), scale, blocks),
+            reference,
+            F32_TOLERANCE,
+        );
+    }
 }
+
+/// The blocked kernels the layouts below are checked on.
+const BLOCKED: [AttentionKernel; 2] = [AttentionKernel::Blocked, AttentionKernel::Tiled];
 
 fn key_valid(rows: &[&[u32]]) -> Tensor {
     Tensor::new(
@@ -247,11 +261,14 @@ fn packed_rows_match_the_reference() {
     let cu_seqlens = [0, 3, 4, 4, 9, 15, 23];
     for causal in [false, true] {
         let packed = PackedAttention::new(&cu_seqlens, causal, DType::F32, &Device::Cpu).unwrap();
-        for (heads, kv_heads) in [(4, 2), (3, 3)] {
+        for ((heads, kv_heads), kernel) in [(4, 2), (3, 3)]
+            .into_iter()
+            .flat_map(|h| BLOCKED.map(|k| (h, k)))
+        {
             assert_same(
-                &format!("packed causal {causal} heads {heads}/{kv_heads}"),
+                &format!("packed causal {causal} heads {heads}/{kv_heads} {kernel:?}"),
                 &row_inputs(20, 23, heads, kv_heads, 8, DType::F32),
-                |q, k, v| packed.forward(q, k, v, 0.35, AttentionKernel::Blocked),
+                |q, k, v| packed.forward(q, k, v, 0.35, kernel),
                 |q, k, v| packed.forward(q, k, v, 0.35, AttentionKernel::Reference),
                 F32_TOLERANCE,
             );
@@ -278,11 +295,14 @@ fn shared_prefix_rows_match_the_reference() {
         },
     ];
     let shared = SharedPrefixAttention::new(&groups, DType::F32, &Device::Cpu).unwrap();
-    for (heads, kv_heads) in [(6, 2), (2, 2)] {
+    for ((heads, kv_heads), kernel) in [(6, 2), (2, 2)]
+        .into_iter()
+        .flat_map(|h| BLOCKED.map(|k| (h, k)))
+    {
         assert_same(
-            &format!("shared prefix heads {heads}/{kv_heads}"),
+            &format!("shared prefix heads {heads}/{kv_heads} {kernel:?}"),
             &row_inputs(30, 33, heads, kv_heads, 8, DType::F32),
-            |q, k, v| shared.forward(q, k, v, 0.35, AttentionKernel::Blocked),
+            |q, k, v| shared.forward(q, k, v, 0.35, kernel),
             |q, k, v| shared.forward(q, k, v, 0.35, AttentionKernel::Reference),
             F32_TOLERANCE,
         );
@@ -327,14 +347,24 @@ fn bf16_matches_the_reference_loosely() {
         "bf16 blocked {ours:e} vs reference {theirs:e} from f32"
     );
 
-    let packed = PackedAttention::new(&[0, 5, 6, 13], true, DType::BF16, &Device::Cpu).unwrap();
     assert_same(
-        "bf16 packed",
-        &row_inputs(50, 13, 4, 2, 16, DType::BF16),
-        |q, k, v| packed.forward(q, k, v, 0.25, AttentionKernel::Blocked),
-        |q, k, v| packed.forward(q, k, v, 0.25, AttentionKernel::Reference),
+        "bf16 causal key padding, tensor tiles",
+        &half,
+        |q, k, v| tiled_attention_with(q, k, v, Some(&spans), 0.25, SMALL),
+        |q, k, v| scaled_dot_product_attention(q, k, v, Some(&mask), 0.25),
         BF16_TOLERANCE,
     );
+
+    let packed = PackedAttention::new(&[0, 5, 6, 13], true, DType::BF16, &Device::Cpu).unwrap();
+    for kernel in BLOCKED {
+        assert_same(
+            &format!("bf16 packed {kernel:?}"),
+            &row_inputs(50, 13, 4, 2, 16, DType::BF16),
+            |q, k, v| packed.forward(q, k, v, 0.25, kernel),
+            |q, k, v| packed.forward(q, k, v, 0.25, AttentionKernel::Reference),
+            BF16_TOLERANCE,
+        );
+    }
 }
 
 /// The dispatcher takes the blocked kernel for f32 on the CPU, and the reference for f64, both agreeing.
@@ -343,6 +373,7 @@ fn the_dispatcher_picks_a_kernel_that_agrees_with_the_reference() {
     let mask = AttentionMask::causal(6, 6, DType::F32, &Device::Cpu).unwrap();
     let [q, k, v] = inputs(60, (1, 4, 2, 6, 6, 8), DType::F32);
     assert!(AttentionKernel::Blocked.runs_blocked(&q, &k, &v));
+    assert!(AttentionKernel::Tiled.runs_blocked(&q, &k, &v));
     assert!(!AttentionKernel::Reference.runs_blocked(&q, &k, &v));
     let blocked = attention(&q, &k, &v, Some(&mask), 0.35, AttentionKernel::Blocked).unwrap();
     let reference = scaled_dot_product_attention(&q, &k, &v, Some(&mask), 0.35).unwrap();
@@ -350,6 +381,7 @@ fn the_dispatcher_picks_a_kernel_that_agrees_with_the_reference() {
 
     let wide = [&q, &k, &v].map(|t| t.to_dtype(DType::F64).unwrap());
     assert!(!AttentionKernel::Blocked.runs_blocked(&wide[0], &wide[1], &wide[2]));
+    assert!(!AttentionKernel::Tiled.runs_blocked(&wide[0], &wide[1], &wide[2]));
     let f64_mask = AttentionMask::causal(6, 6, DType::F64, &Device::Cpu).unwrap();
     let out = attention(
         &wide[0],
@@ -405,4 +437,16 @@ fn masks_that_do_not_fit_are_clear_errors() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("5 rows"), "{err}");
+}
+
+/// The tensor path's tiles stay within their memory bound and never go below 64 x 64.
+#[test]
+fn device_tiles_are_as_large_as_their_budget_allows() {
+    let sizes = |batch, heads| {
+        let b = device_block_sizes(batch, heads);
+        (b.queries, b.keys)
+    };
+    assert_eq!(sizes(1, 16), (1024, 1024));
+    assert_eq!(sizes(17, 16), (256, 256));
+    assert_eq!(sizes(4096, 64), (64, 64));
 }

@@ -1,6 +1,7 @@
 //! Activation recomputation (`recompute = "layers"`, issue 17): a micro-batch run with every decoder layer and
-//! every trained vision block recomputed in the backward pass gives the plain path's loss and the same gradient
-//! of every trainable variable, with LoRA (dropout on, so the recomputed layers must redraw the same masks) and
+//! every trained vision block recomputed in the backward pass, attention on the blocked algorithm (the CPU's slice
+//! kernels, and the tensor-op tiles a GPU runs), gives the plain path's loss (reference attention, nothing
+//! recomputed) and the same gradient of every trainable variable, with LoRA (dropout on, so the recomputed layers must redraw the same masks) and
 //! with full fine-tuning (vision tower and tied LM head included; the MLP halves recomputed in slices of a few
 //! tokens), on the tiny Qwen2-VL with images, the tiny
 //! Qwen2.5-VL fixture (windowed vision blocks) and the tiny text decoder; and whole training steps through the
@@ -14,6 +15,7 @@ use std::path::PathBuf;
 use candle_core::{Device, Tensor};
 use train_data::{small_demo_data, tokenizer_dir};
 use umrank::dataset::Dataset;
+use umrank::models::layers::attention::AttentionKernel;
 use umrank::models::layers::recompute::RecomputeTape;
 use umrank::models::text::prompt::PromptBuilder;
 use umrank::train::config::{DataFormat, Recompute, Tuning};
@@ -86,6 +88,18 @@ fn wake_adapters(prepared: &Prepared) {
     }
 }
 
+/// How one pass computes: the attention kernel, and whether layers are recomputed.
+#[derive(Debug, Clone, Copy)]
+struct Path {
+    kernel: AttentionKernel,
+    recompute: bool,
+}
+
+const PLAIN: Path = Path {
+    kernel: AttentionKernel::Reference,
+    recompute: false,
+};
+
 /// The loss and every trainable variable's gradient of one training-mode pass (dropout on), and where the
 /// adapters' dropout generators stand after it. The generators start from `start` either way.
 fn run(
@@ -93,13 +107,14 @@ fn run(
     config: &TrainConfig,
     sequences: &[Sequence],
     layout: BatchLayout,
-    recompute: bool,
+    path: Path,
     start: &[Option<u128>],
 ) -> (Named, Vec<Option<u128>>) {
     prepared.model.set_dropout_positions(start).unwrap();
+    prepared.model.set_attention_kernel(path.kernel);
     // A few tokens per slice of a recomputed MLP, so that slices meet inside sequences and images.
     prepared.model.set_recompute_rows(7);
-    let tape = recompute.then(RecomputeTape::new);
+    let tape = path.recompute.then(RecomputeTape::new);
     let logits = batch_logits(
         &prepared.model,
         prepared.images.as_mut(),
@@ -172,19 +187,25 @@ fn recomputed_layers_give_the_plain_paths_loss_and_gradients() {
         assert_eq!(batch.iter().any(|s| !s.images.is_empty()), images, "{case}");
         let start = prepared.model.dropout_positions().unwrap();
         for layout in [BatchLayout::SharedPrefix, BatchLayout::Padded] {
-            let (plain, plain_end) = run(&mut prepared, &config, &batch, layout, false, &start);
-            let (recomputed, recomputed_end) =
-                run(&mut prepared, &config, &batch, layout, true, &start);
-            assert_eq!(plain_end, recomputed_end, "{case}: dropout generators");
-            assert_eq!(plain.len(), recomputed.len());
+            let (plain, plain_end) = run(&mut prepared, &config, &batch, layout, PLAIN, &start);
             let nonzero = plain
                 .iter()
                 .filter(|(_, a)| a.iter().any(|x| *x != 0.0))
                 .count();
             assert_eq!(nonzero, plain.len(), "{case}: every gradient is nonzero");
-            for ((name, a), (_, b)) in plain.iter().zip(&recomputed) {
-                let error = assert_close(&format!("{case} {layout:?} {name}"), a, b, 1e-5);
-                worst = worst.max(error);
+            for kernel in [AttentionKernel::Blocked, AttentionKernel::Tiled] {
+                let path = Path {
+                    kernel,
+                    recompute: true,
+                };
+                let (recomputed, recomputed_end) =
+                    run(&mut prepared, &config, &batch, layout, path, &start);
+                assert_eq!(plain_end, recomputed_end, "{case}: dropout generators");
+                assert_eq!(plain.len(), recomputed.len());
+                for ((name, a), (_, b)) in plain.iter().zip(&recomputed) {
+                    let what = format!("{case} {layout:?} {kernel:?} {name}");
+                    worst = worst.max(assert_close(&what, a, b, 1e-5));
+                }
             }
         }
     }

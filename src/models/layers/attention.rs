@@ -5,10 +5,13 @@
 //! autograd keeps it (and the softmax intermediates) alive until the backward pass. That is fine for the short
 //! sequences of tests and scoring, but not for training at the paper's 3200 tokens: 17 sequences x 16 heads x
 //! 3200^2 scores is several GB per layer. It is the reference that [`blocked_attention`] must match, and the path
-//! for what that kernel does not run (f64 gradient checks, devices other than the CPU for now).
+//! for what that kernel does not run (the f64 gradient checks).
 
 use crate::models::formats::precision::compute_dtype;
-use crate::models::layers::blocked_attention::{self, blocked_attention};
+use crate::models::layers::blocked_attention::{
+    self, blocked_attention, device_block_sizes, tiled_attention_with,
+};
+use crate::models::layers::key_spans::KeySpans;
 use crate::models::layers::layer_error::LayerError;
 use crate::models::layers::mask::AttentionMask;
 use crate::models::layers::softmax::softmax;
@@ -19,15 +22,37 @@ use candle_core::{Result, Tensor};
 pub enum AttentionKernel {
     /// [`scaled_dot_product_attention`] everywhere: scores materialised and kept for the backward pass.
     Reference,
-    /// [`blocked_attention`] wherever it runs (see [`blocked_attention::supports`]), the reference elsewhere.
+    /// [`blocked_attention`] wherever it runs (see [`blocked_attention::supports`]), the reference elsewhere:
+    /// the slice kernels on the CPU, the tensor-op tiles on other devices.
     #[default]
     Blocked,
+    /// The blocked algorithm in tensor ops ([`tiled_attention_with`]) on every device, the CPU included: what
+    /// [`Self::Blocked`] runs on a GPU, selectable on the CPU so that tests and benchmarks reach that path.
+    Tiled,
 }
 
 impl AttentionKernel {
     /// Whether attention over these inputs runs blocked.
     pub fn runs_blocked(self, q: &Tensor, k: &Tensor, v: &Tensor) -> bool {
-        self == Self::Blocked && blocked_attention::supports(q, k, v)
+        self != Self::Reference && blocked_attention::supports(q, k, v)
+    }
+
+    /// Blocked attention under `mask` on this kernel's implementation, for inputs [`Self::runs_blocked`] accepts.
+    pub fn attend_blocked(
+        self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&KeySpans>,
+        scale: f64,
+    ) -> Result<Tensor> {
+        match self {
+            Self::Tiled => {
+                let (batch, heads, _, _) = q.dims4()?;
+                tiled_attention_with(q, k, v, mask, scale, device_block_sizes(batch, heads))
+            }
+            Self::Blocked | Self::Reference => blocked_attention(q, k, v, mask, scale),
+        }
     }
 }
 
@@ -50,7 +75,7 @@ pub fn attention(
         }
         None => None,
     };
-    blocked_attention(q, k, v, spans, scale)
+    kernel.attend_blocked(q, k, v, spans, scale)
 }
 
 /// `softmax(q k^T * scale + mask) v` for `q` of shape `(batch, heads, q_len, head_dim)` and `k`, `v` of shape

@@ -47,7 +47,7 @@ pub enum LayerError {
     #[error("attention key spans: {reason}")]
     KeySpans { reason: String },
     #[error(
-        "blocked attention runs on the CPU in f32 or bf16, got q, k, v in {dtypes:?} on {device}"
+        "blocked attention runs in f32 or bf16 with q, k and v on one device, got {dtypes:?} on {device}"
     )]
     BlockedUnsupported { dtypes: [DType; 3], device: String },
     #[error("packed attention: invalid cu_seqlens {cu_seqlens:?}: {reason}")]

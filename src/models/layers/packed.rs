@@ -16,7 +16,6 @@
 //! layer.
 
 use crate::models::layers::attention::{scaled_dot_product_attention, AttentionKernel};
-use crate::models::layers::blocked_attention::blocked_attention;
 use crate::models::layers::key_spans::{KeySpans, Span};
 use crate::models::layers::layer_error::LayerError;
 use crate::models::layers::mask::AttentionMask;
@@ -93,7 +92,7 @@ impl PackedAttention {
             for (name, xs) in [("q", q), ("k", k), ("v", v)] {
                 check_tokens(name, xs, self.total)?;
             }
-            return attend_row(q, k, v, &self.row, scale);
+            return attend_row(q, k, v, &self.row, scale, kernel);
         }
         let q_padded = self.pad(q, "q")?;
         let k_padded = self.pad(k, "k")?;
@@ -117,24 +116,26 @@ impl PackedAttention {
     }
 }
 
-/// Blocked attention over one row of tokens, `(total, heads, head_dim)` in and out.
+/// Blocked attention on `kernel` over one row of tokens, `(total, heads, head_dim)` in and out.
 pub(crate) fn attend_row(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     row: &KeySpans,
     scale: f64,
+    kernel: AttentionKernel,
 ) -> Result<Tensor> {
     let heads_first = |xs: &Tensor| xs.transpose(0, 1)?.unsqueeze(0);
-    blocked_attention(
-        &heads_first(q)?,
-        &heads_first(k)?,
-        &heads_first(v)?,
-        Some(row),
-        scale,
-    )?
-    .squeeze(0)?
-    .transpose(0, 1)
+    kernel
+        .attend_blocked(
+            &heads_first(q)?,
+            &heads_first(k)?,
+            &heads_first(v)?,
+            Some(row),
+            scale,
+        )?
+        .squeeze(0)?
+        .transpose(0, 1)
 }
 
 /// Each token's keys: its own sequence, up to itself when `causal`.

@@ -106,7 +106,7 @@ impl SharedPrefixAttention {
             check_tokens(name, xs, self.total)?;
         }
         if kernel.runs_blocked(q, k, v) {
-            return attend_row(q, k, v, &self.row, scale);
+            return attend_row(q, k, v, &self.row, scale, kernel);
         }
         let outs = self
             .blocks

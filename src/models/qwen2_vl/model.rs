@@ -15,6 +15,7 @@ use crate::models::decoder::{AttentionLayout, Decoder};
 use crate::models::formats::hf_config::{ConfigError, DecoderConfig};
 use crate::models::formats::weights::{Weights, WeightsError};
 use crate::models::layers::attention::AttentionKernel;
+use crate::models::layers::recompute::RecomputeTape;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde_json::Value;
@@ -211,6 +212,17 @@ impl Qwen2VlModel {
 
     /// The final-norm hidden states `(batch, seq, hidden)` of the decoder. `train` enables LoRA dropout.
     pub fn forward(&self, batch: &VlBatch, train: bool) -> Result<Tensor> {
+        self.forward_on(batch, train, None)
+    }
+
+    /// [`Self::forward`] with each decoder layer two segments of `tape` when one is given, so that a padded batch
+    /// trains with its layers recomputed in the backward pass (the vision tower runs as it is, frozen or not).
+    pub fn forward_on<'a>(
+        &'a self,
+        batch: &VlBatch,
+        train: bool,
+        tape: Option<&RecomputeTape<'a>>,
+    ) -> Result<Tensor> {
         if batch.input_ids.is_empty() {
             return Err(VlInputError::Empty.into());
         }
@@ -234,7 +246,7 @@ impl Qwen2VlModel {
         let mask = ids_tensor(batch.attention_mask, device)?;
         let layout = AttentionLayout::padded(&mask, embeds.dtype())?;
         self.decoder
-            .forward_embeds(&embeds, &positions, &layout, train)
+            .forward_embeds_on(&embeds, &positions, &layout, train, tape)
     }
 
     /// Flat `row * seq + column` indexes of the real image placeholders, in prompt order.

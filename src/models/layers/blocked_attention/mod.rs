@@ -1,35 +1,43 @@
 //! Exact attention that never holds a `(q_len, kv_len)` score matrix: FlashAttention-2's algorithm as a candle
-//! `CustomOp3` with its own backward pass.
+//! custom op with its own backward pass.
 //!
 //! [`crate::models::layers::attention::scaled_dot_product_attention`] materialises every head's scores and autograd keeps them
 //! (and the softmax intermediates) until the backward pass: `heads * q_len * kv_len` floats per layer. Here the
 //! forward pass walks the keys block by block with an online softmax and saves only the output and each query's
 //! log-sum-exp; the backward pass recomputes each block's probabilities from those and accumulates the gradients
-//! of q, k and v block by block (`D = rowsum(dO * O)`, `dS = P * (dP - D)`). The working set beyond the inputs and
-//! outputs is one `(block_q, block_k)` tile per thread.
+//! of q, k and v block by block (`D = rowsum(dO * O)`, `dS = P * (dP - D)`).
 //!
 //! The mask is a [`KeySpans`]: the kernel asks it which key blocks a query block may see, skips the others, and
 //! masks within a block element by element, so causal and block-diagonal layouts cost what they attend to.
 //! Fully masked rows follow [`crate::models::layers::mask`]'s rule (they attend to every key), so results equal the reference's.
 //!
-//! The CPU kernels are plain Rust over slices, parallel over `(batch, head)` pairs, accumulating in f32; bf16
-//! inputs are widened on entry and the output rounded back. Other devices and dtypes are not handled here:
-//! [`crate::models::layers::attention::attention`] and the packed layouts check [`supports`] and take the reference path
-//! instead. The tile loop is the whole algorithm (per tile: scores, masking, online softmax update; backward: P,
-//! dP, dS and three tile products), so a CUDA path can run it unchanged with candle matmuls over block views.
+//! Two implementations of the one algorithm, both accumulating in f32 (bf16 inputs are widened, the output
+//! rounded back):
+//! - on the CPU, plain Rust over slices ([`forward`], [`backward`]), parallel over `(batch, head)` pairs, with
+//!   one small tile per thread that stays in cache;
+//! - on any other device, the same tile loop in candle tensor ops ([`tensor_tiles`]) over large tiles of every
+//!   `(batch, head)` pair at once, so the products run as the device's batched matmuls. That code is
+//!   device-generic, and the tests run it on the CPU against the reference for every layout.
+//!
+//! f64 (the gradient checks) takes the reference path: [`supports`] says which inputs run here.
 
 mod backward;
 mod forward;
+mod tensor_tiles;
 mod vector;
+
+pub use tensor_tiles::device_block_sizes;
 
 use crate::models::layers::attention::check_shapes;
 use crate::models::layers::key_spans::KeySpans;
 use crate::models::layers::layer_error::LayerError;
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CudaStorage, CustomOp3, DType, Layout, MetalStorage, Result, Shape, Storage, Tensor,
+};
 use half::bf16;
 use std::borrow::Cow;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Tile sizes: queries per block and keys per block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,13 +56,13 @@ impl Default for BlockSizes {
     }
 }
 
-/// Whether [`blocked_attention`] runs on `q`, `k`, `v`: all on the CPU, all f32 or all bf16.
+/// Whether [`blocked_attention`] runs on `q`, `k`, `v`: all f32 or all bf16, on one device.
 pub fn supports(q: &Tensor, k: &Tensor, v: &Tensor) -> bool {
     let dtype = q.dtype();
     matches!(dtype, DType::F32 | DType::BF16)
-        && [q, k, v]
+        && [k, v]
             .iter()
-            .all(|t| t.device().is_cpu() && t.dtype() == dtype)
+            .all(|t| t.dtype() == dtype && t.device().same_device(q.device()))
 }
 
 /// `softmax(q k^T * scale + mask) v` with the shapes and head grouping of
@@ -70,7 +78,9 @@ pub fn blocked_attention(
     blocked_attention_with(q, k, v, mask, scale, BlockSizes::default())
 }
 
-/// [`blocked_attention`] with the given tile sizes (tests use small ones to cross many tile borders).
+/// [`blocked_attention`] with the given tile sizes (tests use small ones to cross many tile borders). On the CPU
+/// this runs the slice kernels; elsewhere [`tiled_attention_with`] with the tile sizes of
+/// [`device_block_sizes`].
 pub fn blocked_attention_with(
     q: &Tensor,
     k: &Tensor,
@@ -79,6 +89,63 @@ pub fn blocked_attention_with(
     scale: f64,
     blocks: BlockSizes,
 ) -> Result<Tensor> {
+    let mask = checked_mask(q, k, v, mask, blocks)?;
+    if !q.device().is_cpu() {
+        let (batch, heads, _, _) = q.dims4()?;
+        let blocks = device_block_sizes(batch, heads);
+        return tiled(q, k, v, mask, scale, blocks);
+    }
+    let op = BlockedAttentionOp {
+        mask,
+        scale: scale as f32,
+        blocks,
+        log_sum_exp: OnceLock::new(),
+    };
+    q.contiguous()?
+        .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+}
+
+/// The algorithm in candle tensor ops over tiles ([`tensor_tiles`]), on whatever device the inputs are: what
+/// [`blocked_attention`] runs off the CPU. Public so that it can be checked on the CPU.
+pub fn tiled_attention_with(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&KeySpans>,
+    scale: f64,
+    blocks: BlockSizes,
+) -> Result<Tensor> {
+    let mask = checked_mask(q, k, v, mask, blocks)?;
+    tiled(q, k, v, mask, scale, blocks)
+}
+
+fn tiled(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Arc<KeySpans>,
+    scale: f64,
+    blocks: BlockSizes,
+) -> Result<Tensor> {
+    let (out, log_sum_exp) = tensor_tiles::forward(q, k, v, &mask, scale, blocks)?;
+    let op = TiledAttentionOp {
+        out: Mutex::new(Some(out.to_dtype(q.dtype())?.contiguous()?)),
+        log_sum_exp,
+        mask,
+        scale,
+        blocks,
+    };
+    q.apply_op3(k, v, op)
+}
+
+/// Checks the inputs, the mask and the tile sizes; `None` becomes the mask that shows every key.
+fn checked_mask(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&KeySpans>,
+    blocks: BlockSizes,
+) -> Result<Arc<KeySpans>> {
     check_shapes(q, k, v)?;
     if !supports(q, k, v) {
         return Err(LayerError::BlockedUnsupported {
@@ -99,14 +166,7 @@ pub fn blocked_attention_with(
         }
         None => KeySpans::full(kv_len)?,
     };
-    let op = BlockedAttentionOp {
-        mask: Arc::new(mask),
-        scale: scale as f32,
-        blocks,
-        log_sum_exp: OnceLock::new(),
-    };
-    q.contiguous()?
-        .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+    Ok(Arc::new(mask))
 }
 
 /// The sizes of one attention call.
@@ -258,4 +318,116 @@ fn f32_values<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<Cow<'a, [f
 /// A tensor's values in row-major order as f32.
 fn tensor_values(t: &Tensor) -> Result<Vec<f32>> {
     t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()
+}
+
+/// The tensor path's op: its forward pass already ran in tensor ops (values only), so the op's own forward hands
+/// that output over to the autograd graph, and its backward runs [`tensor_tiles::backward`].
+struct TiledAttentionOp {
+    /// The output, taken by the op's forward pass.
+    out: Mutex<Option<Tensor>>,
+    /// `(batch, heads, q_len)` f32, for the backward pass.
+    log_sum_exp: Tensor,
+    mask: Arc<KeySpans>,
+    scale: f64,
+    blocks: BlockSizes,
+}
+
+impl TiledAttentionOp {
+    /// The computed output, once.
+    fn take_output(&self) -> Result<Tensor> {
+        let taken = self.out.lock().ok().and_then(|mut out| out.take());
+        match taken {
+            Some(out) => Ok(out),
+            None => {
+                candle_core::bail!("tiled attention: one op instance ran its forward pass twice")
+            }
+        }
+    }
+
+    /// Copies the computed output out of its storage with `pick`, which selects the backend's variant.
+    fn hand_over<S>(
+        &self,
+        pick: impl FnOnce(&Storage, &Layout) -> Option<Result<S>>,
+    ) -> Result<(S, Shape)> {
+        let out = self.take_output()?;
+        let (storage, layout) = out.storage_and_layout();
+        match pick(&storage, layout) {
+            Some(copy) => Ok((copy?, layout.shape().clone())),
+            None => candle_core::bail!(
+                "tiled attention: the output is on {:?}, not on the inputs' device",
+                out.device().location()
+            ),
+        }
+    }
+}
+
+impl CustomOp3 for TiledAttentionOp {
+    fn name(&self) -> &'static str {
+        "tiled-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.hand_over(|storage, layout| match storage {
+            Storage::Cpu(s) => Some(s.try_clone(layout)),
+            _ => None,
+        })
+    }
+
+    fn cuda_fwd(
+        &self,
+        _: &CudaStorage,
+        _: &Layout,
+        _: &CudaStorage,
+        _: &Layout,
+        _: &CudaStorage,
+        _: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        self.hand_over(|storage, layout| match storage {
+            Storage::Cuda(s) => Some(s.try_clone(layout)),
+            _ => None,
+        })
+    }
+
+    fn metal_fwd(
+        &self,
+        _: &MetalStorage,
+        _: &Layout,
+        _: &MetalStorage,
+        _: &Layout,
+        _: &MetalStorage,
+        _: &Layout,
+    ) -> Result<(MetalStorage, Shape)> {
+        self.hand_over(|storage, layout| match storage {
+            Storage::Metal(s) => Some(s.try_clone(layout)),
+            _ => None,
+        })
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        out: &Tensor,
+        grad_out: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let saved = tensor_tiles::Saved {
+            q,
+            k,
+            v,
+            out,
+            grad_out,
+            log_sum_exp: &self.log_sum_exp,
+        };
+        let (dq, dk, dv) = tensor_tiles::backward(&saved, &self.mask, self.scale, self.blocks)?;
+        Ok((Some(dq), Some(dk), Some(dv)))
+    }
 }
