@@ -60,8 +60,11 @@ pub struct Selection {
     #[arg(long)]
     pub force: bool,
 
-    /// Process only slice I of N (0-based) of each selected stage, for job arrays; every record goes to exactly
-    /// one slice, and downstream stages read the N part files as one dataset.
+    /// Process only slice I of N (0-based) of each selected stage, for job arrays. ingest, embed, mine (by
+    /// document or query id) and eval (by query id) shard; every record goes to exactly one slice, and downstream
+    /// stages read the N part files as one dataset. The plain run after an array writes what needs all the
+    /// slices: mine's stats.json, eval's TREC files and metrics.json (byte-identical to an unsharded run's). The
+    /// other stages write directory trees and refuse --shard.
     #[arg(long, value_name = "I/N")]
     pub shard: Option<Shard>,
 

@@ -170,7 +170,7 @@ pub fn read_qrels(path: &Path, queries: &BTreeSet<&str>) -> Result<Qrels, EvalSt
     Ok(qrels)
 }
 
-fn column<'b>(
+pub(super) fn column<'b>(
     batch: &'b RecordBatch,
     name: &'static str,
     path: &Path,
@@ -180,7 +180,7 @@ fn column<'b>(
         .ok_or_else(|| bad_column(path, name, "missing"))
 }
 
-fn strings<'b>(
+pub(super) fn strings<'b>(
     batch: &'b RecordBatch,
     name: &'static str,
     path: &Path,
@@ -194,7 +194,7 @@ fn optional(array: &StringArray, row: usize) -> Option<String> {
     array.is_valid(row).then(|| array.value(row).to_owned())
 }
 
-fn bad_column(path: &Path, column: &str, problem: &str) -> EvalStageError {
+pub(super) fn bad_column(path: &Path, column: &str, problem: &str) -> EvalStageError {
     EvalStageError::Column {
         path: PathBuf::from(path),
         column: column.to_owned(),

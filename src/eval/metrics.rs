@@ -128,19 +128,32 @@ impl FromStr for Metric {
 pub struct Evaluation {
     /// metric -> query id -> value, over every query with at least one relevant document (the same queries for
     /// every metric and for every run evaluated against the same qrels, so two runs pair up for a test).
-    pub per_query: BTreeMap<Metric, BTreeMap<String, f64>>,
+    pub per_query: PerQuery,
     /// metric -> mean of its per-query values.
     pub mean: BTreeMap<Metric, f64>,
 }
+
+/// metric -> query id -> value: an [`Evaluation`] before its means.
+pub type PerQuery = BTreeMap<Metric, BTreeMap<String, f64>>;
 
 /// Evaluates `run` against `qrels` with `metrics` (see the module docs for the conventions).
 ///
 /// Fails when a cutoff is 0, a score is not finite, or no query has a relevant document (nothing to average).
 pub fn evaluate(run: &Run, qrels: &Qrels, metrics: &[Metric]) -> Result<Evaluation, EvalError> {
+    Evaluation::from_per_query(evaluate_queries(run, qrels, metrics)?)
+}
+
+/// The per-query values of [`evaluate`], without the means: what a shard of the eval stage can compute for its
+/// own queries (it may have no query with a relevant document, and then has nothing to average).
+pub fn evaluate_queries(
+    run: &Run,
+    qrels: &Qrels,
+    metrics: &[Metric],
+) -> Result<PerQuery, EvalError> {
     if let Some(metric) = metrics.iter().find(|metric| metric.cutoff() == 0) {
         return Err(EvalError::ZeroCutoff(metric.to_string()));
     }
-    let mut per_query: BTreeMap<Metric, BTreeMap<String, f64>> = metrics
+    let mut per_query: PerQuery = metrics
         .iter()
         .map(|&metric| (metric, BTreeMap::new()))
         .collect();
@@ -154,11 +167,19 @@ pub fn evaluate(run: &Run, qrels: &Qrels, metrics: &[Metric]) -> Result<Evaluati
             values.insert(query_id.clone(), metric.value(&query));
         }
     }
-    let mean = per_query
-        .iter()
-        .map(|(&metric, values)| Ok((metric, mean_of(values.values().copied())?)))
-        .collect::<Result<_, EvalError>>()?;
-    Ok(Evaluation { per_query, mean })
+    Ok(per_query)
+}
+
+impl Evaluation {
+    /// Adds the means to per-query values. Each mean sums the values in query id order, so the same values give
+    /// the same bits however they were gathered (by one run, or from the parts of a job array).
+    pub fn from_per_query(per_query: PerQuery) -> Result<Self, EvalError> {
+        let mean = per_query
+            .iter()
+            .map(|(&metric, values)| Ok((metric, mean_of(values.values().copied())?)))
+            .collect::<Result<_, EvalError>>()?;
+        Ok(Evaluation { per_query, mean })
+    }
 }
 
 /// The arithmetic mean; an error for no values, where the mean is undefined.

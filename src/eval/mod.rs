@@ -11,6 +11,8 @@ mod error;
 pub mod inputs;
 pub mod macro_average;
 pub mod metrics;
+mod parts;
+mod rows;
 pub mod significance;
 pub mod stage;
 mod stage_error;
@@ -19,13 +21,13 @@ pub mod trec;
 
 pub use error::EvalError;
 pub use macro_average::{macro_average, MacroAverage};
-pub use metrics::{evaluate, Evaluation, Metric};
+pub use metrics::{evaluate, evaluate_queries, Evaluation, Metric, PerQuery};
 pub use significance::{
     paired_values, randomisation_test, RandomisationTest, DEFAULT_PERMUTATIONS,
 };
 pub use stage::{EvalConfig, EvalStage, EvalSummary, ScoreField};
 pub use stage_error::EvalStageError;
-pub use summary::{compare, Comparison, RunMetrics, Significance, TestSettings};
+pub use summary::{compare, compare_per_query, Comparison, RunMetrics, Significance, TestSettings};
 pub use trec::{
     parse_qrels, parse_run, ranked_documents, read_qrels, read_run, write_run, Qrels, Run,
 };

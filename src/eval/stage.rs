@@ -11,29 +11,35 @@
 //! docs/evaluation.md#which-queries-count: every query of the evaluated splits with a relevant document counts, a query
 //! without a list scores 0.
 //!
-//! The stage needs every query to average, so it is not sharded (its outputs are files, not datasets only).
+//! Scale-out: `--shard I/N` reranks the queries whose qid hashes to slice I and writes part I of `run` and
+//! `metrics` (its queries' rows) and a header with its settings and pair counts; the TREC files and `metrics.json`
+//! are over every query, so no shard writes them. The unsharded run that follows the array finds the stage
+//! complete and merges the parts into exactly the files one run writes ([`super::parts`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Float64Builder, RecordBatch, StringBuilder, UInt32Builder};
 use serde::{Deserialize, Serialize};
 
 use super::inputs::{self, CandidateList, DocInfo, QueryInfo};
+use super::parts::{self, Header};
+use super::rows::{write_query_metrics, write_runs};
 use super::stage_error::EvalStageError;
-use super::summary::{compare, Comparison, TestSettings, ALL};
-use super::{ranked_documents, write_run, Metric, Run, DEFAULT_PERMUTATIONS};
-use crate::dataset::{Dataset, DatasetError, DatasetWriter};
+use super::summary::Comparison;
+use super::{evaluate_queries, Metric, Run, DEFAULT_PERMUTATIONS};
+use crate::dataset::Dataset;
 use crate::media::image_table::ImageTable;
 use crate::media::preprocess::ImageInput;
 use crate::models::qwen2_vl::{ImagePatches, PairScore};
 use crate::models::reranker::{PairSide, PreparedPair, Reranker};
-use crate::pipeline::{Input, Output, PipelineError, Reject, Stage, StageContext, StageError};
+use crate::pipeline::{
+    Input, Manifest, Output, PipelineError, Reject, Stage, StageContext, StageError,
+};
 use crate::plan::{PlanContext, PlanError, Verdict};
 use crate::progress;
 use crate::schema::outputs;
+use crate::shard::Shard;
 
 /// Run name (TREC tag) of the retriever's ranking.
 pub const FIRST_STAGE: &str = "first_stage";
@@ -191,6 +197,27 @@ impl EvalSummary {
             source,
         })
     }
+
+    /// The summary of the eval stage in `dir`: its `metrics.json`, or, when a job array has completed the stage
+    /// and no plain run has merged its shards yet (`--from` the stage after it), the merge of the shards,
+    /// computed and not written (a reader does not write into another stage's directory). `None` when `dir`
+    /// holds neither.
+    pub fn of_stage(dir: &Path) -> Result<Option<Self>, EvalStageError> {
+        let path = dir.join(outputs::eval::METRICS_JSON);
+        if path.is_file() {
+            return Self::read(&path).map(Some);
+        }
+        let Ok(parts) = Manifest::read_complete(dir) else {
+            return Ok(None);
+        };
+        match parts.first() {
+            Some(part) if part.kind == "eval" && !part.shard.is_all() => {
+                let (summary, _, _) = parts::merge(dir, part.shard.count)?;
+                Ok(Some(summary))
+            }
+            _ => Ok(None),
+        }
+    }
 }
 
 /// The eval stage; see the module docs.
@@ -338,9 +365,9 @@ impl Stage for EvalStage {
         vec![
             Output::dataset(outputs::eval::RUN, "run"),
             Output::dataset(outputs::eval::METRICS, "metrics"),
-            Output::tree(outputs::eval::FIRST_STAGE_TREC),
-            Output::tree(outputs::eval::RERANKED_TREC),
-            Output::tree(outputs::eval::METRICS_JSON),
+            Output::summary(outputs::eval::FIRST_STAGE_TREC),
+            Output::summary(outputs::eval::RERANKED_TREC),
+            Output::summary(outputs::eval::METRICS_JSON),
         ]
     }
 
@@ -348,7 +375,8 @@ impl Stage for EvalStage {
         let ingest = self.ingest_dir(ctx)?;
         let candidates = self.candidates_dir(ctx)?.join(outputs::mine::CANDIDATES);
         let adapter = self.adapter_dir(ctx)?;
-        let evaluated = Evaluated::read(&ingest, &candidates, &self.config)?;
+        let shard = ctx.shard();
+        let evaluated = Evaluated::read(&ingest, &candidates, &self.config, shard)?;
         let device = ctx.device().candle().map_err(EvalStageError::Device)?;
         let model = self.model_dir(ctx)?;
         let mut reranker =
@@ -365,19 +393,26 @@ impl Stage for EvalStage {
             ctx.reject(reject)?;
         }
         let first_stage = evaluated.first_stage_run();
-        let comparison = compare(
-            (FIRST_STAGE, &first_stage),
-            (RERANKED, &reranked),
-            &evaluated.qrels,
+        let first_values = evaluate_queries(&first_stage, &evaluated.qrels, &Metric::DEFAULT)
+            .map_err(EvalStageError::from)?;
+        let reranked_values = evaluate_queries(&reranked, &evaluated.qrels, &Metric::DEFAULT)
+            .map_err(EvalStageError::from)?;
+
+        let mut runs = ctx.create_dataset(outputs::eval::RUN, "run")?;
+        write_runs(
+            &mut runs,
+            &[(FIRST_STAGE, &first_stage), (RERANKED, &reranked)],
+        )?;
+        runs.finish()?;
+        let mut metrics = ctx.create_dataset(outputs::eval::METRICS, "metrics")?;
+        write_query_metrics(
+            &mut metrics,
+            &[(FIRST_STAGE, &first_values), (RERANKED, &reranked_values)],
             &evaluated.groups,
-            &Metric::DEFAULT,
-            TestSettings {
-                permutations: self.config.permutations,
-                seed: ctx.seed(),
-            },
-        )
-        .map_err(EvalStageError::from)?;
-        let summary = EvalSummary {
+        )?;
+        metrics.finish()?;
+
+        let header = Header {
             model: ctx.run_relative(&model),
             adapter: adapter.as_deref().map(|a| ctx.run_relative(a)),
             score: self.config.score,
@@ -386,20 +421,49 @@ impl Stage for EvalStage {
             retrievers: evaluated.retrievers(),
             scored_pairs: pairs - rejected,
             rejected_pairs: rejected,
-            comparison,
+            permutations: self.config.permutations,
+            seed: ctx.seed(),
         };
-        write_outputs(ctx, &first_stage, &reranked, &summary)?;
-        progress::multi().suspend(|| {
-            println!(
-                "{}: {} queries evaluated ({} pairs reranked)\n{}",
-                ctx.name(),
-                summary.comparison.queries,
-                summary.scored_pairs,
-                summary.comparison.table()
-            )
-        });
+        if !shard.is_all() {
+            let queries = first_values.values().next().map_or(0, BTreeMap::len);
+            let scored = header.scored_pairs;
+            parts::save_header(ctx.dir(), shard, &header)?;
+            progress::multi().suspend(|| {
+                println!(
+                    "{}: shard {shard}: {queries} queries evaluated ({scored} pairs reranked); the metrics over \
+                     every query come when the plain run after the array merges the shards",
+                    ctx.name(),
+                )
+            });
+            return Ok(());
+        }
+        parts::remove_headers(ctx.dir(), |_| true)?;
+        let summary = header.summarise(first_values, reranked_values, &evaluated.groups)?;
+        parts::write_whole(ctx.dir(), &first_stage, &reranked, &summary)?;
+        print_summary(ctx.name(), &summary);
         Ok(())
     }
+
+    /// Writes the TREC files and `metrics.json` of a job array's queries from its parts, as one run would have.
+    fn merge_parts(&self, dir: &Path, parts: u32) -> Result<(), StageError> {
+        let (summary, first_stage, reranked) = parts::merge(dir, parts)?;
+        parts::write_whole(dir, &first_stage, &reranked, &summary)?;
+        let name = dir.file_name().unwrap_or_default().to_string_lossy();
+        print_summary(&name, &summary);
+        Ok(())
+    }
+}
+
+/// The table the stage prints at the end.
+fn print_summary(stage: &str, summary: &EvalSummary) {
+    progress::multi().suspend(|| {
+        println!(
+            "{stage}: {} queries evaluated ({} pairs reranked)\n{}",
+            summary.comparison.queries,
+            summary.scored_pairs,
+            summary.comparison.table()
+        )
+    });
 }
 
 /// The evaluated queries with everything their pairs need.
@@ -417,7 +481,14 @@ struct Evaluated {
 }
 
 impl Evaluated {
-    fn read(ingest: &Path, candidates: &Path, config: &EvalConfig) -> Result<Self, EvalStageError> {
+    /// Reads the lists and queries of `shard`'s slice, after the checks over the whole input (so that every shard
+    /// of an array evaluates the same splits and fails alike when there is nothing to evaluate).
+    fn read(
+        ingest: &Path,
+        candidates: &Path,
+        config: &EvalConfig,
+        shard: Shard,
+    ) -> Result<Self, EvalStageError> {
         let all_lists = inputs::read_candidates(candidates, config.k)?;
         let mut queries = inputs::read_queries(&ingest.join(outputs::ingest::QUERIES))?;
         let splits: BTreeSet<String> = match &config.splits {
@@ -432,13 +503,15 @@ impl Evaluated {
         if queries.is_empty() {
             return Err(EvalStageError::NoQueries(names));
         }
-        let lists: Vec<CandidateList> = all_lists
+        let mut lists: Vec<CandidateList> = all_lists
             .into_iter()
             .filter(|list| queries.contains_key(&list.qid))
             .collect();
         if lists.is_empty() {
             return Err(EvalStageError::NoQueries(names));
         }
+        queries.retain(|qid, _| shard.owns(qid));
+        lists.retain(|list| shard.owns(&list.qid));
         let wanted_docs: HashSet<&str> = lists
             .iter()
             .flat_map(|list| list.ranked.iter().map(|(did, _)| did.as_str()))
@@ -642,118 +715,4 @@ fn prepare_pair(
     reranker
         .prompt(instruction, query_side, doc_side, config.max_len)
         .map_err(|e| ("prompt", e.to_string()))
-}
-
-fn write_outputs(
-    ctx: &StageContext,
-    first_stage: &Run,
-    reranked: &Run,
-    summary: &EvalSummary,
-) -> Result<(), EvalStageError> {
-    let mut runs = ctx.create_dataset(outputs::eval::RUN, "run")?;
-    write_run_rows(&mut runs, FIRST_STAGE, first_stage)?;
-    write_run_rows(&mut runs, RERANKED, reranked)?;
-    runs.finish()?;
-    let mut metrics = ctx.create_dataset(outputs::eval::METRICS, "metrics")?;
-    write_metric_rows(&mut metrics, &summary.comparison)?;
-    metrics.finish()?;
-    for (name, run, tag) in [
-        (outputs::eval::FIRST_STAGE_TREC, first_stage, FIRST_STAGE),
-        (outputs::eval::RERANKED_TREC, reranked, RERANKED),
-    ] {
-        let mut text = Vec::new();
-        write_run(&mut text, run, tag)?;
-        write_atomically(&ctx.output_path(name), &text)?;
-    }
-    let mut json = serde_json::to_vec_pretty(summary).map_err(|source| EvalStageError::Json {
-        path: ctx.output_path(outputs::eval::METRICS_JSON),
-        source,
-    })?;
-    json.push(b'\n');
-    write_atomically(&ctx.output_path(outputs::eval::METRICS_JSON), &json)
-}
-
-/// One row per ranked document, ranks 1..n in trec_eval's order.
-fn write_run_rows(writer: &mut DatasetWriter, name: &str, run: &Run) -> Result<(), EvalStageError> {
-    let (mut qid, mut did, mut rank, mut score, mut run_name) = (
-        StringBuilder::new(),
-        StringBuilder::new(),
-        UInt32Builder::new(),
-        Float64Builder::new(),
-        StringBuilder::new(),
-    );
-    for (query, scores) in run {
-        for (index, (doc, value)) in ranked_documents(scores).into_iter().enumerate() {
-            qid.append_value(query);
-            did.append_value(doc);
-            rank.append_value(u32::try_from(index + 1).unwrap_or(u32::MAX));
-            score.append_value(value);
-            run_name.append_value(name);
-        }
-    }
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(qid.finish()),
-        Arc::new(did.finish()),
-        Arc::new(rank.finish()),
-        Arc::new(score.finish()),
-        Arc::new(run_name.finish()),
-    ];
-    write_batch(writer, columns)
-}
-
-/// Rows per run: scope `query` (key: qid), `task` (key: task), `mean` (over queries) and `all` (macro average).
-fn write_metric_rows(
-    writer: &mut DatasetWriter,
-    comparison: &Comparison,
-) -> Result<(), EvalStageError> {
-    let (mut run_name, mut scope, mut key, mut metric, mut value) = (
-        StringBuilder::new(),
-        StringBuilder::new(),
-        StringBuilder::new(),
-        StringBuilder::new(),
-        Float64Builder::new(),
-    );
-    let mut row = |run: &str, row_scope: &str, row_key: &str, values: &BTreeMap<String, f64>| {
-        for (name, v) in values {
-            run_name.append_value(run);
-            scope.append_value(row_scope);
-            key.append_value(row_key);
-            metric.append_value(name);
-            value.append_value(*v);
-        }
-    };
-    for (run, metrics) in &comparison.runs {
-        row(run, "mean", ALL, &metrics.mean);
-        row(run, ALL, ALL, &metrics.macro_average);
-        for (task, values) in &metrics.per_task {
-            row(run, "task", task, values);
-        }
-        for (query, values) in &metrics.per_query {
-            row(run, "query", query, values);
-        }
-    }
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(run_name.finish()),
-        Arc::new(scope.finish()),
-        Arc::new(key.finish()),
-        Arc::new(metric.finish()),
-        Arc::new(value.finish()),
-    ];
-    write_batch(writer, columns)
-}
-
-fn write_batch(writer: &mut DatasetWriter, columns: Vec<ArrayRef>) -> Result<(), EvalStageError> {
-    let batch = RecordBatch::try_new(writer.arrow_schema(), columns).map_err(|source| {
-        DatasetError::Arrow {
-            path: writer.path().to_owned(),
-            source,
-        }
-    })?;
-    writer.write(&batch)?;
-    Ok(())
-}
-
-/// Writes through a temporary name, so that a killed run leaves no half-written file under the final name.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), EvalStageError> {
-    crate::atomic::write_atomically(path, bytes).map_err(|e| EvalStageError::io(e.path)(e.source))
 }

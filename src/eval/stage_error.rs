@@ -27,6 +27,8 @@ pub enum EvalStageError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("{dir}: cannot merge the shards of the job array: {problem}")]
+    Parts { dir: PathBuf, problem: String },
     #[error("no query of the candidates dataset is in the evaluated splits ({0})")]
     NoQueries(String),
     #[error("the device: {0}")]

@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::metrics::{evaluate_queries, PerQuery};
 use super::{
-    evaluate, macro_average, paired_values, randomisation_test, EvalError, Metric, Qrels, Run,
+    macro_average, paired_values, randomisation_test, EvalError, Evaluation, Metric, Qrels, Run,
 };
 
 /// The scope name of tests and averages over every query.
@@ -71,20 +72,44 @@ pub fn compare(
     metrics: &[Metric],
     tests: TestSettings,
 ) -> Result<Comparison, EvalError> {
+    let first = evaluate_queries(baseline.1, qrels, metrics)?;
+    let second = evaluate_queries(candidate.1, qrels, metrics)?;
+    compare_per_query(
+        (baseline.0, first),
+        (candidate.0, second),
+        task_of,
+        metrics,
+        tests,
+    )
+}
+
+/// [`compare`] from the two runs' per-query values ([`evaluate_queries`]) rather than the runs: the eval stage
+/// merging a job array's parts has those values, not the qrels. The same values give the same comparison, bit
+/// for bit, whichever way they were gathered.
+pub fn compare_per_query(
+    baseline: (&str, PerQuery),
+    candidate: (&str, PerQuery),
+    task_of: &BTreeMap<String, String>,
+    metrics: &[Metric],
+    tests: TestSettings,
+) -> Result<Comparison, EvalError> {
     if baseline.0 == candidate.0 {
         return Err(EvalError::Pairing(format!(
             "both runs are named {:?}",
             baseline.0
         )));
     }
-    let first = evaluate(baseline.1, qrels, metrics)?;
-    let second = evaluate(candidate.1, qrels, metrics)?;
+    let first = Evaluation::from_per_query(baseline.1)?;
+    let second = Evaluation::from_per_query(candidate.1)?;
     let base_metrics = run_metrics(&first.per_query, &first.mean, task_of)?;
     let cand_metrics = run_metrics(&second.per_query, &second.mean, task_of)?;
     let mut significance: BTreeMap<String, BTreeMap<String, Significance>> = BTreeMap::new();
     let mut task_queries = BTreeMap::new();
-    for &metric in metrics {
-        let (a, b) = (&first.per_query[&metric], &second.per_query[&metric]);
+    for metric in metrics {
+        let (a, b) = (
+            values_of(baseline.0, &first, metric)?,
+            values_of(candidate.0, &second, metric)?,
+        );
         let mut scopes = vec![(ALL.to_owned(), a.clone(), b.clone())];
         for (task, (task_a, task_b)) in split_by_task(a, b, task_of) {
             task_queries.insert(task.clone(), task_a.len());
@@ -118,9 +143,21 @@ pub fn compare(
     })
 }
 
+/// One metric's per-query values of a run, which per-query values gathered from files may lack.
+fn values_of<'a>(
+    run: &str,
+    evaluation: &'a Evaluation,
+    metric: &Metric,
+) -> Result<&'a Values, EvalError> {
+    evaluation
+        .per_query
+        .get(metric)
+        .ok_or_else(|| EvalError::Pairing(format!("run {run:?} has no values of {metric}")))
+}
+
 /// One run's per-query values regrouped by query, with its means per task and overall.
 fn run_metrics(
-    per_query: &BTreeMap<Metric, BTreeMap<String, f64>>,
+    per_query: &PerQuery,
     mean: &BTreeMap<Metric, f64>,
     task_of: &BTreeMap<String, String>,
 ) -> Result<RunMetrics, EvalError> {

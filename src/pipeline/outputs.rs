@@ -29,7 +29,8 @@ pub(super) fn check_files_exist(name: &str, stage: &dyn Stage) -> Result<(), Pip
 }
 
 /// Removes what a previous or interrupted run of this shard left, so a rerun starts clean: its manifest first (so
-/// that nothing below counts as finished), then its parts, temporary files, and files of a different shard count.
+/// that nothing below counts as finished), then its parts, temporary files, files of a different shard count, and
+/// the stage's summary files (computed over parts this run replaces).
 pub(super) fn clear_shard(
     dir: &Path,
     outputs: &[Output],
@@ -46,7 +47,7 @@ pub(super) fn clear_shard(
     for output in outputs {
         let path = dir.join(output.name());
         match output {
-            Output::Tree { .. } => {
+            Output::Tree { .. } | Output::Summary { .. } => {
                 if path.is_dir() {
                     fs::remove_dir_all(&path).map_err(PipelineError::io(&path))?;
                 } else {
@@ -121,7 +122,9 @@ pub(super) fn collect_outputs(
                 }
                 records.push(describe_file(dataset, dir, &part, true)?);
             }
-            Output::Tree { name: tree } => {
+            // A shard does not write the summary files; the merge after the array does (see `Output::Summary`).
+            Output::Summary { .. } if !shard.is_all() => {}
+            Output::Tree { name: tree } | Output::Summary { name: tree } => {
                 if !path.exists() {
                     return Err(PipelineError::MissingOutput {
                         stage: name.to_string(),

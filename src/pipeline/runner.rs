@@ -79,7 +79,7 @@ pub struct StagePlan {
     pub files: Vec<PathBuf>,
     /// Where it writes.
     pub dir: PathBuf,
-    /// Whether it can run under `--shard I/N` (it writes datasets only, no directory trees).
+    /// Whether it can run under `--shard I/N` (it writes datasets and summary files, no directory trees).
     pub shardable: bool,
     /// Whether `--from`/`--until` select it.
     pub selected: bool,

@@ -21,6 +21,12 @@ pub enum Output {
     /// A file or directory tree `<stage>/<name>` that is not a dataset (a report, a model directory). Stages with
     /// tree outputs cannot be sharded.
     Tree { name: String },
+    /// A file `<stage>/<name>` computed over the stage's whole output (a summary over every query, a run file in
+    /// one piece), which no shard can write alone. An unsharded run writes it and records it; the shards of a job
+    /// array leave it out (and remove an earlier one, which their new parts make stale), and the plain run that
+    /// finds them complete writes it from their parts in [`Stage::merge_parts`]. It does not keep a stage from
+    /// being sharded.
+    Summary { name: String },
 }
 
 impl Output {
@@ -35,9 +41,13 @@ impl Output {
         Self::Tree { name: name.into() }
     }
 
+    pub fn summary(name: &str) -> Self {
+        Self::Summary { name: name.into() }
+    }
+
     pub fn name(&self) -> &str {
         match self {
-            Self::Dataset { name, .. } | Self::Tree { name } => name,
+            Self::Dataset { name, .. } | Self::Tree { name } | Self::Summary { name } => name,
         }
     }
 }
@@ -69,8 +79,8 @@ pub trait Stage: Send + Sync {
     }
 
     /// Called when a run finds the stage completed as `parts` shards by a job array (and so up to date), to
-    /// combine what the parts cannot each give alone, such as one summary over all of them. The datasets need
-    /// nothing: the next stage reads the parts as one.
+    /// combine what the parts cannot each give alone, such as one summary over all of them: this writes the
+    /// stage's [`Output::Summary`] files. The datasets need nothing: the next stage reads the parts as one.
     fn merge_parts(&self, dir: &Path, parts: u32) -> Result<(), StageError> {
         let _ = (dir, parts);
         Ok(())

@@ -95,11 +95,10 @@ fn same_dir(a: &Path, b: &Path) -> bool {
 pub fn collect(stages: &[(String, PathBuf)]) -> Result<Findings, ReportError> {
     let mut findings = Findings::default();
     for (stage, dir) in stages {
-        let metrics = dir.join(outputs::eval::METRICS_JSON);
-        if metrics.is_file() {
+        if let Some(summary) = EvalSummary::of_stage(dir)? {
             findings.evals.push(Named {
                 stage: stage.clone(),
-                value: EvalSummary::read(&metrics)?,
+                value: summary,
             });
         }
         for (label, path) in stats_files(stage, dir)? {

@@ -75,6 +75,9 @@ pub mod eval {
     pub const RUN: &str = "run";
     /// Per-query metrics (schema kind `metrics`).
     pub const METRICS: &str = "metrics";
+    /// A shard's part of the summary (`summary.part-I-of-N.json`: the model, the pairs it scored, the seed of the
+    /// tests), which the merge after a job array reads with the datasets to write the files below.
+    pub const PART_SUMMARY: &str = "summary";
     /// The retriever's ranking as a TREC run.
     pub const FIRST_STAGE_TREC: &str = "first_stage.trec";
     /// The reranker's ranking as a TREC run.

@@ -23,7 +23,7 @@ use umrank::models::adapters::lora::LoraConfig;
 use umrank::models::qwen2_vl::Qwen2VlModel;
 use umrank::models::reranker::{PairSide, Reranker};
 use umrank::pipeline::{
-    Input, Output, RejectPolicy, RunOptions, Runner, Stage, StageContext, StageError,
+    Input, Output, RejectPolicy, RunOptions, Runner, Stage, StageContext, StageError, StageOutcome,
 };
 use umrank::report::{ReportConfig, ReportStage};
 use umrank::shard::Shard;
@@ -124,13 +124,23 @@ fn write(dir: &Path, kind: &str, columns: Vec<ArrayRef>) {
 
 /// An ingest stage directory and a candidates directory under `root`; `extra` adds an entry to q3's list.
 fn write_inputs(root: &Path, extra: Option<(&'static str, f32)>) -> (PathBuf, PathBuf) {
+    write_inputs_as(root, extra, "")
+}
+
+/// [`write_inputs`] with every qid prefixed by `prefix` (which decides the shards the queries hash to).
+fn write_inputs_as(
+    root: &Path,
+    extra: Option<(&'static str, f32)>,
+    prefix: &str,
+) -> (PathBuf, PathBuf) {
+    let qid = |id: &str| Some(format!("{prefix}{id}"));
     let ingest = root.join("ingest");
     let n = QUERIES.len();
     write(
         &ingest.join("queries"),
         "queries",
         vec![
-            strings(QUERIES.iter().map(|q| Some(q.0))),
+            Arc::new(QUERIES.iter().map(|q| qid(q.0)).collect::<StringArray>()),
             strings(
                 QUERIES
                     .iter()
@@ -170,7 +180,7 @@ fn write_inputs(root: &Path, extra: Option<(&'static str, f32)>) -> (PathBuf, Pa
         &ingest.join("qrels"),
         "qrels",
         vec![
-            strings(QRELS.iter().map(|r| Some(r.0))),
+            Arc::new(QRELS.iter().map(|r| qid(r.0)).collect::<StringArray>()),
             strings(QRELS.iter().map(|r| Some(r.1))),
             Arc::new(Int32Array::from_iter_values(QRELS.iter().map(|r| r.2))),
         ],
@@ -228,7 +238,7 @@ fn write_inputs(root: &Path, extra: Option<(&'static str, f32)>) -> (PathBuf, Pa
         &candidates.join("candidates"),
         "candidates",
         vec![
-            strings(lists.iter().map(|(q, _)| Some(*q))),
+            Arc::new(lists.iter().map(|(q, _)| qid(q)).collect::<StringArray>()),
             Arc::new(ranked.finish()),
             strings(lists.iter().map(|_| Some("fixture-retriever"))),
             Arc::new(UInt32Array::from(vec![100u32; lists.len()])),
@@ -457,7 +467,22 @@ fn reranked_run_holds_the_library_scores_and_the_metrics_equal_the_evaluator() {
         let p = tests[scope]["ndcg@10"].p_value;
         assert!((0.0..=1.0).contains(&p), "{scope}: {p}");
     }
-    // The metrics dataset holds the same numbers: query, task, mean and macro rows per run and metric.
+    // The metrics dataset holds the per-query values with each query's task: a row per run, query and metric.
+    let rows = read_metric_rows(&dir);
+    assert_eq!(rows.len(), 2 * 4 * 6);
+    let q3_hit = summary.comparison.runs[FIRST_STAGE].per_query["q3"]["hit@10"];
+    assert_eq!(
+        rows[&[FIRST_STAGE, "q3", "i2t", "hit@10"].map(String::from)],
+        q3_hit.to_bits()
+    );
+    assert_eq!(
+        f64::from_bits(rows[&[RERANKED, "q5", "t2i", "ndcg@10"].map(String::from)]),
+        0.0
+    );
+}
+
+/// The metrics dataset as `[run name, qid, task, metric] -> value bits`.
+fn read_metric_rows(dir: &Path) -> BTreeMap<[String; 4], u64> {
     let mut rows = BTreeMap::new();
     for batch in Dataset::open(&dir.join("metrics"))
         .unwrap()
@@ -465,24 +490,218 @@ fn reranked_run_holds_the_library_scores_and_the_metrics_equal_the_evaluator() {
         .unwrap()
     {
         let batch = batch.unwrap();
-        let text = |i: usize| batch.column(i).as_string::<i32>().clone();
-        let value = batch.column(4).as_primitive::<Float64Type>().clone();
+        let text = |name: &str| {
+            batch
+                .column_by_name(name)
+                .unwrap()
+                .as_string::<i32>()
+                .clone()
+        };
+        let columns = ["run_name", "qid", "task", "metric"].map(text);
+        let value = batch
+            .column_by_name("value")
+            .unwrap()
+            .as_primitive::<Float64Type>()
+            .clone();
         for i in 0..batch.num_rows() {
-            let key = [text(0), text(1), text(2), text(3)].map(|c| c.value(i).to_owned());
-            rows.insert(key, value.value(i));
+            let key = columns.clone().map(|c| c.value(i).to_owned());
+            assert!(rows.insert(key, value.value(i).to_bits()).is_none());
         }
     }
-    assert_eq!(rows.len(), 2 * 6 * (4 + 2 + 1 + 1));
-    let macro_ndcg = summary.comparison.runs[RERANKED].macro_average["ndcg@10"];
-    assert_eq!(
-        rows[&[RERANKED, "all", "all", "ndcg@10"].map(String::from)],
-        macro_ndcg
-    );
-    let q3_hit = summary.comparison.runs[FIRST_STAGE].per_query["q3"]["hit@10"];
-    assert_eq!(
-        rows[&[FIRST_STAGE, "query", "q3", "hit@10"].map(String::from)],
-        q3_hit
-    );
+    rows
+}
+
+/// The run dataset's rows, sorted: `(run name, qid, rank, did, score bits)`.
+fn read_run_rows(dir: &Path) -> Vec<(String, String, u32, String, u64)> {
+    let mut rows = Vec::new();
+    for batch in Dataset::open(&dir.join("run")).unwrap().batches().unwrap() {
+        let batch = batch.unwrap();
+        let text = |name: &str| {
+            batch
+                .column_by_name(name)
+                .unwrap()
+                .as_string::<i32>()
+                .clone()
+        };
+        let (name, qid, did) = (text("run_name"), text("qid"), text("did"));
+        let rank = batch
+            .column_by_name("rank")
+            .unwrap()
+            .as_primitive::<UInt32Type>()
+            .clone();
+        let score = batch
+            .column_by_name("score")
+            .unwrap()
+            .as_primitive::<Float64Type>()
+            .clone();
+        for i in 0..batch.num_rows() {
+            rows.push((
+                name.value(i).to_owned(),
+                qid.value(i).to_owned(),
+                rank.value(i),
+                did.value(i).to_owned(),
+                score.value(i).to_bits(),
+            ));
+        }
+    }
+    rows.sort();
+    rows
+}
+
+/// The reject rows, sorted: `(reason, record id)`.
+fn read_reject_rows(path: &Path) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for batch in Dataset::open(path).unwrap().batches().unwrap() {
+        let batch = batch.unwrap();
+        let text = |name: &str| {
+            batch
+                .column_by_name(name)
+                .unwrap()
+                .as_string::<i32>()
+                .clone()
+        };
+        let (reason, id) = (text("reason"), text("record_id"));
+        for i in 0..batch.num_rows() {
+            found.push((reason.value(i).to_owned(), id.value(i).to_owned()));
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Everything an eval stage directory holds that a job array must reproduce: the bytes of the TREC files and
+/// `metrics.json`, and the rows (with their bits) of the datasets and the rejects.
+#[derive(Debug, PartialEq)]
+struct EvalOutputs {
+    files: BTreeMap<&'static str, Vec<u8>>,
+    runs: Vec<(String, String, u32, String, u64)>,
+    metrics: BTreeMap<[String; 4], u64>,
+    rejects: Vec<(String, String)>,
+}
+
+fn eval_outputs(dir: &Path) -> EvalOutputs {
+    let files = ["first_stage.trec", "reranked.trec", "metrics.json"]
+        .into_iter()
+        .map(|name| (name, std::fs::read(dir.join(name)).unwrap()))
+        .collect();
+    let rejects = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            let name = path.file_name().unwrap().to_string_lossy();
+            name.starts_with("rejects.") && name.ends_with(".parquet")
+        })
+        .flat_map(|path| read_reject_rows(&path))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    EvalOutputs {
+        files,
+        runs: read_run_rows(dir),
+        metrics: read_metric_rows(dir),
+        rejects,
+    }
+}
+
+fn run_eval_as(
+    workdir: &Path,
+    config: &EvalConfig,
+    shard: Option<Shard>,
+) -> Vec<umrank::pipeline::StageReport> {
+    let stage = EvalStage::new(config.clone()).unwrap();
+    let options = RunOptions {
+        shard,
+        policy: RejectPolicy {
+            max_fraction: 0.5,
+            strict: false,
+        },
+        ..Default::default()
+    };
+    Runner::new(
+        workdir.to_owned(),
+        7,
+        vec![("eval".into(), Box::new(stage))],
+        options,
+    )
+    .run()
+    .unwrap()
+}
+
+#[test]
+fn a_job_array_in_2_and_3_parts_merges_into_exactly_the_unsharded_outputs() {
+    let root = tempfile::tempdir().unwrap();
+    // q3's list has a document missing from the corpus: a reject, and a pair left out of the reranked run. The
+    // prefix spreads the four test queries over both shards of 2 and all three of 3.
+    let prefix = "a";
+    let (ingest, candidates) = write_inputs_as(root.path(), Some(("d9", 0.1)), prefix);
+    let mut config = config(&ingest, &candidates);
+    config.k = 4;
+    let whole = root.path().join("whole");
+    run_eval_as(&whole, &config, None);
+    let want = eval_outputs(&whole.join("eval"));
+    let want_summary = EvalSummary::read(&whole.join("eval/metrics.json")).unwrap();
+    assert_eq!(want_summary.rejected_pairs, 1);
+    assert_eq!(want.rejects.len(), 1);
+
+    for parts in [2, 3] {
+        let workdir = root.path().join(format!("parts-{parts}"));
+        let dir = workdir.join("eval");
+        for index in 0..parts {
+            let shard = Shard::new(index, parts).unwrap();
+            assert!(
+                ["q1", "q2", "q3", "q5"]
+                    .iter()
+                    .any(|qid| shard.owns(&format!("{prefix}{qid}"))),
+                "shard {shard} has test queries"
+            );
+            let reports = run_eval_as(&workdir, &config, Some(shard));
+            assert_eq!(reports[0].outcome, StageOutcome::Ran);
+        }
+        for name in ["metrics.json", "first_stage.trec", "reranked.trec"] {
+            assert!(!dir.join(name).exists(), "no shard writes {name}");
+        }
+        // The report reads the array's summary before any plain run has merged it.
+        assert_eq!(
+            EvalSummary::of_stage(&dir).unwrap().as_ref(),
+            Some(&want_summary),
+            "{parts} parts, merged in memory"
+        );
+        // The plain run after the array finds the stage complete and merges the parts.
+        let reports = run_eval_as(&workdir, &config, None);
+        assert_eq!(reports[0].outcome, StageOutcome::UpToDate);
+        assert_eq!(reports[0].rejects, 1);
+        assert!(
+            eval_outputs(&dir) == want,
+            "{parts} parts: the merge differs"
+        );
+        // Again: still up to date, the same files.
+        let reports = run_eval_as(&workdir, &config, None);
+        assert_eq!(reports[0].outcome, StageOutcome::UpToDate);
+        assert!(
+            eval_outputs(&dir) == want,
+            "{parts} parts: the second merge differs"
+        );
+        // A shard killed before it finished (no manifest, a truncated part) is rerun alone, and the merge after
+        // it gives the same files again.
+        let last = Shard::new(parts - 1, parts).unwrap();
+        std::fs::remove_file(dir.join(format!("manifest.{}.json", last.part_name()))).unwrap();
+        std::fs::write(
+            dir.join(format!("run/{}.parquet", last.part_name())),
+            b"truncated",
+        )
+        .unwrap();
+        let reports = run_eval_as(&workdir, &config, Some(last));
+        assert_eq!(reports[0].outcome, StageOutcome::Ran);
+        assert!(
+            !dir.join("metrics.json").exists(),
+            "the rerun shard removes the stale merge"
+        );
+        run_eval_as(&workdir, &config, None);
+        assert!(
+            eval_outputs(&dir) == want,
+            "{parts} parts: the merge after a rerun differs"
+        );
+    }
 }
 
 /// A LoRA adapter for the fixture with every B filled with small random values (a fresh adapter's B is 0, which
