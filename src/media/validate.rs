@@ -9,6 +9,8 @@ use std::io::{self, Cursor};
 
 use image::{ImageError, ImageFormat, ImageReader, Limits};
 
+use super::preprocess::jpeg::decode_jpeg;
+use super::preprocess::PreprocessError;
 use super::reject::{ImageReject, RejectCode};
 use super::truncation::find_truncation;
 
@@ -167,6 +169,8 @@ fn check_dimensions(
 }
 
 /// Decodes the whole image (the first frame of an animation) and drops the pixels: only success matters here.
+/// JPEG goes through the decoder preprocessing uses ([`decode_jpeg`]), so that what passes here decodes there
+/// and a file libjpeg (and so Pillow) reads is not refused by another decoder's stricter rules.
 fn decode(
     bytes: &[u8],
     format: Format,
@@ -174,6 +178,9 @@ fn decode(
     height: u32,
     max_pixels: u64,
 ) -> Result<(), ImageReject> {
+    if format == Format::Jpeg {
+        return decode_jpeg(bytes).map(drop).map_err(jpeg_reject);
+    }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format.image_format());
     let mut limits = Limits::default();
     limits.max_image_width = Some(width);
@@ -191,6 +198,14 @@ fn decode(
 fn decode_budget(max_pixels: u64) -> u64 {
     const IMAGE_CRATE_DEFAULT: u64 = 512 * 1024 * 1024;
     max_pixels.saturating_mul(8).max(IMAGE_CRATE_DEFAULT)
+}
+
+fn jpeg_reject(err: PreprocessError) -> ImageReject {
+    let code = match err {
+        PreprocessError::JpegTruncated => RejectCode::Truncated,
+        _ => RejectCode::Corrupt,
+    };
+    ImageReject::new(code, err.to_string())
 }
 
 fn decoder_reject(format: Format, err: ImageError) -> ImageReject {

@@ -19,6 +19,7 @@ mod eval_stage;
 mod ingest;
 mod ingest_formats;
 mod ingest_hardening;
+mod jpeg_decode;
 mod lora;
 mod mbeir_published;
 mod media_sources;

@@ -5,12 +5,18 @@ use std::borrow::Cow;
 use image::{DynamicImage, RgbImage, RgbaImage};
 
 use super::error::PreprocessError;
+use super::jpeg::{decode_jpeg, is_jpeg};
 
-/// Decodes any format the `image` crate was built with (the format is sniffed from the bytes).
+/// Decodes JPEG as libjpeg-turbo does (see [`super::jpeg`]) and any other format the `image` crate was built
+/// with (the format is sniffed from the bytes).
 ///
 /// EXIF orientation is not applied: transformers' image processors do not apply it either.
 pub fn decode(bytes: &[u8]) -> Result<DynamicImage, PreprocessError> {
-    let image = image::load_from_memory(bytes).map_err(PreprocessError::Decode)?;
+    let image = if is_jpeg(bytes) {
+        decode_jpeg(bytes)?
+    } else {
+        image::load_from_memory(bytes).map_err(PreprocessError::Decode)?
+    };
     check_not_empty(image.width(), image.height())?;
     Ok(image)
 }

@@ -11,6 +11,12 @@ pub enum PreprocessError {
     #[error("cannot decode image: {0}")]
     Decode(#[source] image::ImageError),
 
+    #[error("cannot decode JPEG: {0}")]
+    Jpeg(String),
+
+    #[error("cannot decode JPEG: the data ends before the image does (truncated file)")]
+    JpegTruncated,
+
     #[error("{what} has zero size ({width}x{height})")]
     ZeroSize {
         what: &'static str,

@@ -17,6 +17,7 @@ mod clip;
 mod config;
 mod decode;
 mod error;
+pub mod jpeg;
 mod normalize;
 mod patchify;
 mod processor;
