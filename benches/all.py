@@ -4,7 +4,8 @@
     python3 benches/all.py [--quick] [--json benches/results.json]
 
 From the repository root, with a Python that has transformers, pillow, numpy and faiss-cpu (a peer that does not
-import is reported as n/a). CARGO_TARGET_DIR is honoured; the Rust side runs through `cargo bench`, whose profile
+import is reported as n/a), and torch, peft and gguf for the SmolLM2 rows (without them, which also turn the GGUF
+into the weights both sides load, those rows are left out). CARGO_TARGET_DIR is honoured; the Rust side runs through `cargo bench`, whose profile
 is the release profile, so a tree built for `cargo test --release` is reused.
 
 | benchmark | ours | peer |
@@ -15,6 +16,8 @@ is the release profile, so a tree built for `cargo test --release` is reused.
 | reranker training step (LoRA and full fine-tuning), allocator keeping freed memory | train_levers bench | the same with glibc's defaults |
 | training step peak memory and time at 1k-8k tokens, Qwen2.5-VL-shaped decoder, blocked attention + recomputation | train_memory bench | the reference path (materialised scores, nothing recomputed) |
 | the memory plan's estimate of those peaks | umrank::plan | the measured peak |
+| SmolLM2-135M LoRA training step peak memory, 4 x (1 + 4) x 128 tokens, default levers and without shared prefix and packing | smollm2_memory bench | transformers + peft on the same weights and tokens (plain and with gradient checkpointing) |
+| SmolLM2-135M scoring peak memory with the trained adapter, batches of 8 | smollm2_memory bench | transformers + peft under no_grad; the plan's weights + one batch |
 
 The GPU part (candle CUDA against PyTorch, docs/performance.md#gpu-reference-figures) is benches/gpu/run.sh, run on a
 device machine. Each sub-benchmark is also a command of its own (see the scripts and benches/*.rs); wall-clock figures
@@ -23,6 +26,7 @@ move with whatever else the machine runs, so the table prints the date, the CPU 
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -138,6 +142,33 @@ def train_memory(quick):
     return rows
 
 
+def smollm2(scratch):
+    missing = [m for m in ("torch", "transformers", "peft", "gguf") if importlib.util.find_spec(m) is None]
+    if missing:
+        print(f"SmolLM2 rows left out: this Python lacks {', '.join(missing)}", flush=True)
+        return []
+    out = scratch / "smollm2.json"
+    run([sys.executable, "benches/smollm2_vs_peft.py", "--json", str(out)])
+    figures = json.loads(out.read_text())
+    ours, theirs = figures["ours"], figures["transformers_peft"]
+    mib = 1024 * 1024
+    step = "LoRA training step peak memory, SmolLM2-135M f32, 4 x (1 + 4) x 128 tokens"
+    rows = []
+    for name, levers in (("default", "default levers"), ("plain", "--no-shared-prefix --no-packing")):
+        for peer, peer_name in (("train", "transformers + peft"),
+                                ("train-checkpointing", "transformers + peft, gradient checkpointing")):
+            rows.append((f"{step}, {levers}", "MiB", ours[name]["measured_bytes"] / mib, peer_name,
+                         theirs[peer]["measured_bytes"] / mib))
+    plan = ours["eval"]["plan"]
+    score = (f"scoring peak memory, SmolLM2-135M f32 + the step's adapter, {ours['eval']['pairs']} pairs in "
+             f"batches of {ours['eval']['batch']}")
+    rows.append((score, "MiB", ours["eval"]["measured_bytes"] / mib, "transformers + peft, no_grad",
+                 theirs["eval"]["measured_bytes"] / mib))
+    rows.append((score, "MiB", ours["eval"]["measured_bytes"] / mib, "its weights + adapter + one batch (plan)",
+                 sum(plan[k] for k in ("weights", "adapter", "activations", "attention_workspace")) / mib))
+    return rows
+
+
 def table(rows, when, where, loadavg):
     lines = [f"benchmarks of {when} on {where} (load average before: {loadavg})", "",
              "| benchmark | unit | ours | peer | peer's figure | ratio |", "|---|---|---|---|---|---|"]
@@ -159,7 +190,7 @@ def main():
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         rows = (preprocess(scratch) + topk(scratch, args.quick) + train_levers(args.quick)
-                + train_memory(args.quick))
+                + train_memory(args.quick) + smollm2(scratch))
     print()
     print(table(rows, when, where, loadavg))
     if args.json:

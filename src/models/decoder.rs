@@ -675,6 +675,13 @@ impl Decoder {
         peft::save(dir, config, &self.linears(), base_model)
     }
 
+    /// Makes the attached adapters inference-only, for a model that only scores (see [`lora::LoraAdapter::freeze`]).
+    pub fn freeze_lora(&mut self) {
+        for linear in self.linears_mut() {
+            linear.freeze_lora();
+        }
+    }
+
     /// Folds the adapters into the base weights and removes them.
     pub fn merge_lora(&mut self) -> Result<()> {
         lora::merge(&mut self.linears_mut())?;

@@ -133,13 +133,15 @@ impl Reranker {
     ) -> Result<Self, RerankerError> {
         let (mut backbone, tokenizer) = load_backbone(parts.weights, parts.files, dtype, device)?;
         if let Some(adapter) = parts.adapter {
-            backbone
-                .decoder_mut()
+            let decoder = backbone.decoder_mut();
+            decoder
                 .load_lora(adapter, 0)
                 .map_err(|source| RerankerError::Adapter {
                     path: adapter.to_owned(),
                     source,
                 })?;
+            // A reranker only scores: with trainable adapters each scoring pass would keep every activation.
+            decoder.freeze_lora();
         }
         let processor = match backbone.vision_language() {
             Some(vl) => Some(image_processor(parts.files.unwrap_or(parts.weights), vl)?),

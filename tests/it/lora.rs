@@ -112,6 +112,19 @@ fn merged_weights_give_the_adapter_logits() {
     assert!(err < 1e-5, "merged logits rel error {err:e}");
 }
 
+/// A frozen adapter, as a reranker that only scores holds it, gives the same logits bit for bit and records no
+/// graph, so that a scoring pass keeps no activations alive.
+#[test]
+fn frozen_adapters_give_the_same_logits_without_a_graph() {
+    let mut decoder = with_peft_adapter();
+    let trainable = logits(&decoder, false);
+    assert!(trainable.track_op(), "trainable adapters record a graph");
+    decoder.freeze_lora();
+    let frozen = logits(&decoder, false);
+    assert!(!frozen.track_op(), "a frozen adapter records none");
+    assert_eq!(to_f64(&frozen), to_f64(&trainable));
+}
+
 /// A fresh adapter is PEFT's: A uniform within 1/sqrt(in), B zero, so the model is unchanged bit for bit.
 #[test]
 fn fresh_adapters_start_as_the_identity() {

@@ -93,6 +93,8 @@ pub struct LoraAdapter {
     b: Var,
     scaling: f64,
     dropout: Option<Dropout>,
+    /// Set by [`Self::freeze`]: the forward pass reads `A` and `B` detached from their variables.
+    frozen: bool,
 }
 
 impl LoraAdapter {
@@ -144,6 +146,7 @@ impl LoraAdapter {
             b: Var::from_tensor(&b.to_dtype(dtype)?)?,
             scaling: config.scaling(),
             dropout,
+            frozen: false,
         })
     }
 
@@ -155,8 +158,24 @@ impl LoraAdapter {
             (Some(dropout), true) => dropout.apply(&x)?,
             _ => x,
         };
-        let low_rank = matmul_transposed(&x, self.a.as_tensor())?;
-        (matmul_transposed(&low_rank, self.b.as_tensor())? * self.scaling)?.to_dtype(dtype)
+        let weight = |var: &Var| {
+            if self.frozen {
+                var.as_tensor().detach()
+            } else {
+                var.as_tensor().clone()
+            }
+        };
+        let low_rank = matmul_transposed(&x, &weight(&self.a))?;
+        (matmul_transposed(&low_rank, &weight(&self.b))? * self.scaling)?.to_dtype(dtype)
+    }
+
+    /// Makes the adapter inference-only: the forward pass then multiplies by `A` and `B` as plain tensors (the
+    /// same storage), so it records no graph and no gradient reaches the variables. An op on a variable keeps its
+    /// inputs for a backward pass, and so does every op after it: a scoring pass through a model with trainable
+    /// adapters would hold every layer's activations until its scores are dropped (SmolLM2-135M scoring 8
+    /// prompts of 128 tokens peaked 3.9 GiB above its 0.5 GiB of weights) instead of one layer's at a time.
+    pub fn freeze(&mut self) {
+        self.frozen = true;
     }
 
     /// `scaling * B A`, of the base weight's shape `(out, in)`, in the adapter's dtype.

@@ -208,13 +208,13 @@ impl Weights {
         match &self.store {
             Store::Mmapped { files, locate } => {
                 let (file, mapped) = &files[*locate.get(name).ok_or_else(missing)?];
-                let tensor = mapped
-                    .load(name, device)
-                    .map_err(|source| WeightsError::Load {
-                        name: name.to_string(),
-                        file: file.clone(),
-                        source: Box::new(source),
-                    })?;
+                let failed = |source| WeightsError::Load {
+                    name: name.to_string(),
+                    file: file.clone(),
+                    source: Box::new(source),
+                };
+                let tensor = mapped.load(name, device).map_err(failed)?;
+                release_pages(mapped.get(name).map_err(failed)?.data());
                 Ok((file, tensor))
             }
             Store::Memory { file, tensors } => {
@@ -266,6 +266,36 @@ impl SimpleBackend for Weights {
 
     fn contains_tensor(&self, name: &str) -> bool {
         self.contains(name)
+    }
+}
+
+/// Takes the pages of `bytes`, a tensor's bytes in a mapped checkpoint that loading has copied into a tensor of
+/// its own, out of the process's resident memory. A mapped page that was read stays resident until it is
+/// unmapped, and the files stay mapped until the model is built: without this a model's load held the checkpoint's
+/// bytes beside its tensors, twice the weights at the peak (an eval of SmolLM2-135M peaked at 1.0 GiB for 0.5 GiB
+/// of weights). The pages stay in the kernel's page cache, and a later read of the range maps them again.
+fn release_pages(bytes: &[u8]) {
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf only reads a system constant.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(0);
+        if page == 0 || bytes.is_empty() {
+            return;
+        }
+        let start = bytes.as_ptr() as usize;
+        let first = start - start % page;
+        // SAFETY: the range lies within a read-only file mapping (mappings start on a page boundary, so rounding
+        // the start down stays inside it). MADV_DONTNEED on such a mapping only drops the pages from this
+        // process: the next read of any byte in the range, of this tensor or a neighbour sharing a page, faults
+        // the same file contents back in, so every slice into the mapping stays valid. It fails harmlessly (the
+        // pages simply stay) where the kernel refuses.
+        unsafe {
+            libc::madvise(
+                first as *mut libc::c_void,
+                start + bytes.len() - first,
+                libc::MADV_DONTNEED,
+            );
+        }
     }
 }
 

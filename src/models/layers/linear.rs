@@ -99,6 +99,13 @@ impl Linear {
         Ok(())
     }
 
+    /// Makes the adapter, if any, inference-only (see [`LoraAdapter::freeze`]).
+    pub fn freeze_lora(&mut self) {
+        if let Some(adapter) = &mut self.lora {
+            adapter.freeze();
+        }
+    }
+
     /// Folds the adapter into the base weight, `W + scaling B A`, and drops it. Without an adapter this does
     /// nothing.
     pub fn merge_lora(&mut self) -> Result<()> {
