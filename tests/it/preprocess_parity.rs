@@ -36,18 +36,6 @@ const RESIZE_TOLERANCE: Tolerance = Tolerance {
     max_differing_fraction: 0.02,
     max_mean_levels: 0.02,
 };
-/// Our JPEG decode against libjpeg-turbo's.
-const JPEG_DECODE_TOLERANCE: Tolerance = Tolerance {
-    max_levels: 3.0,
-    max_differing_fraction: 0.25,
-    max_mean_levels: 0.3,
-};
-/// End to end from JPEG bytes: decode differences, then the resample.
-const JPEG_END_TO_END_TOLERANCE: Tolerance = Tolerance {
-    max_levels: 3.0,
-    max_differing_fraction: 0.4,
-    max_mean_levels: 0.5,
-};
 
 #[derive(Deserialize)]
 struct Reference {
@@ -150,17 +138,13 @@ fn smart_resize_matches_the_python_formula() {
     }
 }
 
-fn is_jpeg(name: &str) -> bool {
-    name.ends_with(".jpg")
-}
-
-/// PIL's decoded RGB of a fixture image: the stored PNG for JPEG inputs, otherwise ours (which
-/// `decoding_matches_pil` proves bit-identical for every non-JPEG fixture).
+/// PIL's decoded RGB of a fixture image, as stored beside the fixture where there is one (JPEG and alpha
+/// images), else ours (which `decoding_matches_pil` proves bit-identical).
 fn pil_rgb(reference: &Reference, name: &str) -> RgbImage {
     let entry = reference.decoded.iter().find(|d| d.image == name).unwrap();
-    match (&entry.decoded_png, is_jpeg(name)) {
-        (Some(png), true) => image::open(fixtures().join(png)).unwrap().into_rgb8(),
-        _ => our_rgb(name),
+    match &entry.decoded_png {
+        Some(png) => image::open(fixtures().join(png)).unwrap().into_rgb8(),
+        None => our_rgb(name),
     }
 }
 
@@ -180,22 +164,15 @@ fn decoding_matches_pil() {
             entry.image
         );
         let digest = hex::encode(Sha256::digest(rgb.as_raw()));
-        if !is_jpeg(&entry.image) {
-            assert_eq!(
-                digest, entry.rgb_sha256,
-                "{} must decode bit-identically",
-                entry.image
-            );
-            continue;
+        assert_eq!(
+            digest, entry.rgb_sha256,
+            "{} must decode bit-identically",
+            entry.image
+        );
+        if let Some(png) = &entry.decoded_png {
+            let pil = image::open(fixtures().join(png)).unwrap().into_rgb8();
+            assert_eq!(rgb.as_raw(), pil.as_raw(), "{} against {png}", entry.image);
         }
-        let png = entry.decoded_png.as_ref().unwrap();
-        let pil = image::open(fixtures().join(png)).unwrap().into_rgb8();
-        let mut stats = DiffStats::default();
-        for (&ours, &theirs) in rgb.as_raw().iter().zip(pil.as_raw()) {
-            stats.add_levels(f64::from(ours.abs_diff(theirs)));
-        }
-        eprintln!("decode {}: {stats:?}", entry.image);
-        JPEG_DECODE_TOLERANCE.check(&stats, &entry.image);
     }
 }
 
@@ -219,12 +196,7 @@ fn processors_match_transformers_from_encoded_bytes() {
         let bytes = image_bytes(&case.image);
         let stats = run_case(case, &tensors, ImageInput::Encoded(&bytes));
         eprintln!("{} (bytes): {stats:?}", case.name);
-        let tolerance = if is_jpeg(&case.image) {
-            JPEG_END_TO_END_TOLERANCE
-        } else {
-            RESIZE_TOLERANCE
-        };
-        tolerance.check(&stats, &case.name);
+        RESIZE_TOLERANCE.check(&stats, &case.name);
     }
 }
 
@@ -446,7 +418,7 @@ fn bad_images_are_errors_not_panics() {
     let truncated = &image_bytes("chelsea.jpg")[..200];
     assert!(matches!(
         qwen.preprocess(ImageInput::Encoded(truncated)),
-        Err(PreprocessError::Decode(_))
+        Err(PreprocessError::JpegTruncated | PreprocessError::Jpeg(_))
     ));
 
     let no_convert = PreprocessorConfig::from_json_str(r#"{"do_convert_rgb": false}"#).unwrap();
