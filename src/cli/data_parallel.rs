@@ -74,7 +74,7 @@ mod ranked {
     use anyhow::Context;
     use umrank::distributed::nccl::NcclCollective;
     use umrank::distributed::process::{self, ProcessGroup};
-    use umrank::distributed::{store, Collective, Launch};
+    use umrank::distributed::{store, Launch};
     use umrank::train::parallel;
 
     /// How long a rank waits for the others to start and for NCCL's unique id.

@@ -125,7 +125,7 @@ impl NcclCollective {
     }
 
     /// Runs `op` on the tensors in buckets of one dtype and at most [`BUCKET_BYTES`], writing the results back.
-    fn bucketed(&self, tensors: &mut [Tensor], op: &dyn CustomOp1) -> Result<(), DistributedError> {
+    fn bucketed(&self, tensors: &mut [Tensor], op: &NcclOp<'_>) -> Result<(), DistributedError> {
         let mut order: Vec<usize> = (0..tensors.len()).collect();
         order.sort_by_key(|&i| tensors[i].dtype().as_str());
         let mut start = 0;
@@ -240,20 +240,22 @@ impl Collective for NcclCollective {
     }
 
     fn all_reduce_sum(&self, tensors: &mut [Tensor]) -> Result<(), DistributedError> {
+        let comm = self.lock()?;
         self.bucketed(
             tensors,
             &NcclOp {
-                comm: &self.comm,
+                comm: &comm.0,
                 root: None,
             },
         )
     }
 
     fn broadcast(&self, tensors: &mut [Tensor], root: usize) -> Result<(), DistributedError> {
+        let comm = self.lock()?;
         self.bucketed(
             tensors,
             &NcclOp {
-                comm: &self.comm,
+                comm: &comm.0,
                 root: Some(root),
             },
         )
