@@ -15,6 +15,7 @@ pub mod charts;
 pub mod dataset;
 pub mod device;
 pub mod digest;
+pub mod distributed;
 pub mod embed;
 pub mod embedder;
 pub mod eval;

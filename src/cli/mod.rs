@@ -1,5 +1,6 @@
 //! Command-line parsing and dispatch. Library errors become `anyhow` errors here, printed with their causes.
 
+mod data_parallel;
 mod demo;
 mod embedder;
 mod eval;

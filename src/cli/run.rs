@@ -43,10 +43,13 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub select: Selection,
+
+    #[command(flatten)]
+    pub parallel: super::data_parallel::DataParallelArgs,
 }
 
 /// Which stages, and where and how to run them.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Selection {
     /// Start at this stage; the stages before it must have finished already.
     #[arg(long, value_name = "STAGE")]
@@ -127,7 +130,13 @@ pub fn run(args: &RunArgs, global: &Global) -> anyhow::Result<()> {
     if args.plan {
         return plan(config, &args.select, global, args.json);
     }
-    execute(config, &args.select, global)
+    super::data_parallel::run(&args.parallel, args.select.device, |device| {
+        let select = Selection {
+            device,
+            ..args.select.clone()
+        };
+        execute(config, &select, global)
+    })
 }
 
 pub fn demo(args: &DemoArgs, global: &Global) -> anyhow::Result<()> {

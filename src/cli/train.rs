@@ -46,6 +46,9 @@ pub struct TrainArgs {
     #[arg(long)]
     pub force: bool,
 
+    #[command(flatten)]
+    pub parallel: super::data_parallel::DataParallelArgs,
+
     /// Continue from the newest complete checkpoint in OUT/checkpoints written by the same run (same config,
     /// seed and inputs); the result equals an uninterrupted run. Without it, old checkpoints are removed.
     #[arg(long)]
@@ -317,9 +320,20 @@ pub fn train(args: &TrainArgs, global: &Global) -> anyhow::Result<()> {
         .try_into()
         .context("the train options")?;
     let stage = TrainStage::new(config)?;
+    super::data_parallel::run(&args.parallel, args.device, |device| {
+        run_stage(args, global, stage, device)
+    })
+}
+
+fn run_stage(
+    args: &TrainArgs,
+    global: &Global,
+    stage: TrainStage,
+    device: DeviceSpec,
+) -> anyhow::Result<()> {
     let options = RunOptions {
         force: args.force,
-        device: args.device,
+        device,
         policy: global.policy(),
         dirs: [
             ("train".to_string(), args.out.clone()),

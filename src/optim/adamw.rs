@@ -493,4 +493,63 @@ impl GradAccumulator {
         self.added = 0;
         Ok(store)
     }
+
+    /// The weighted sums of the added gradients, before the division by the total weight, and a reset: what
+    /// data-parallel ranks add up across processes before [`GradAccumulator::mean_of`] divides the sums by the
+    /// summed weight. A variable no micro-batch reached gets a zero sum and `reached = false`, so that every rank
+    /// passes the same tensors. Unlike [`GradAccumulator::take`], an empty accumulator is not an error: a rank
+    /// may hold no gradients.
+    pub fn take_sums(&mut self) -> Result<WeightedSums, OptimError> {
+        let mut sums = Vec::with_capacity(self.vars.len());
+        let mut reached = Vec::with_capacity(self.vars.len());
+        for (var, sum) in self.vars.iter().zip(&mut self.sums) {
+            reached.push(sum.is_some());
+            sums.push(match sum.take() {
+                Some(sum) => sum,
+                None => Tensor::zeros(var.shape(), compute_dtype(var.dtype()), var.device())?,
+            });
+        }
+        let total_weight = self.total_weight;
+        self.total_weight = 0.0;
+        self.added = 0;
+        Ok(WeightedSums {
+            sums,
+            reached,
+            total_weight,
+        })
+    }
+
+    /// The gradients that `sums` (this accumulator's, possibly summed over ranks) stand for: each reached sum
+    /// divided by the total weight, keyed by variable, as [`GradAccumulator::take`] returns them.
+    pub fn mean_of(&self, sums: WeightedSums) -> Result<GradStore, OptimError> {
+        if !(sums.total_weight.is_finite() && sums.total_weight > 0.0) {
+            return Err(OptimError::Optimizer {
+                field: "accumulator",
+                problem: format!("total weight {} is not positive", sums.total_weight),
+            });
+        }
+        if sums.sums.len() != self.vars.len() || sums.reached.len() != self.vars.len() {
+            return Err(OptimError::Optimizer {
+                field: "accumulator",
+                problem: format!("{} sums for {} variables", sums.sums.len(), self.vars.len()),
+            });
+        }
+        let mut store = GradStore::default();
+        for ((var, sum), reached) in self.vars.iter().zip(sums.sums).zip(sums.reached) {
+            if reached {
+                store.insert(var.as_tensor(), (sum / sums.total_weight)?);
+            }
+        }
+        Ok(store)
+    }
+}
+
+/// A step's gradient sums before the division by their total weight ([`GradAccumulator::take_sums`]).
+#[derive(Debug)]
+pub struct WeightedSums {
+    /// Per variable, in the accumulator's order.
+    pub sums: Vec<Tensor>,
+    /// Whether some micro-batch reached the variable.
+    pub reached: Vec<bool>,
+    pub total_weight: f64,
 }

@@ -5,6 +5,6 @@ pub mod adamw;
 mod error;
 pub mod schedule;
 
-pub use adamw::{AdamW, AdamWConfig, GradAccumulator, StepReport};
+pub use adamw::{AdamW, AdamWConfig, GradAccumulator, StepReport, WeightedSums};
 pub use error::OptimError;
 pub use schedule::{Decay, Schedule};

@@ -42,6 +42,17 @@ pub enum TrainRunError {
     Candle(#[from] candle_core::Error),
     #[error(transparent)]
     Plot(Box<crate::charts::PlotError>),
+    /// Between data-parallel ranks; a rank stopped by another's failure gets `PeerFailed` naming that rank.
+    #[error(transparent)]
+    Distributed(#[from] crate::distributed::DistributedError),
+    /// A data-parallel run stopped because this rank failed first.
+    #[error("data-parallel rank {rank} of {world} failed: {source}")]
+    Rank {
+        rank: usize,
+        world: usize,
+        #[source]
+        source: Box<TrainRunError>,
+    },
 }
 
 impl TrainRunError {

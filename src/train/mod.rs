@@ -8,8 +8,8 @@
 //! The `train` stage around them: [`data`] reads the shards into groups, [`encode`] builds their prompts,
 //! [`images`] serves (and caches) image embeddings, [`model`] is the model being trained, [`forward`] runs a
 //! micro-batch (padded, packed, or with each group's shared [`prefix`] run once), [`order`] fixes the data
-//! order, [`trainer`] is the loop with [`checkpoint`]s, the per-step [`log`] and its [`plots`], and [`stage`]
-//! puts it in the pipeline.
+//! order, [`trainer`] is the loop with [`checkpoint`]s, the per-step [`log`] and its [`plots`], [`parallel`]
+//! splits it over data-parallel ranks, and [`stage`] puts it in the pipeline.
 
 pub mod error;
 pub mod objective;
@@ -24,6 +24,7 @@ pub mod images;
 pub mod log;
 pub mod model;
 pub mod order;
+pub mod parallel;
 pub mod plots;
 pub mod prefix;
 pub mod stage;
@@ -34,5 +35,6 @@ pub use error::TrainError;
 pub use failure::TrainRunError;
 pub use stage::TrainStage;
 pub use trainer::{
-    prepare, train, train_prepared, Prepared, RunSettings, TrainInputs, TrainOutcome,
+    prepare, train, train_prepared, train_prepared_on, Prepared, RunSettings, TrainInputs,
+    TrainOutcome,
 };

@@ -117,7 +117,13 @@ impl Stage for TrainStage {
             ctx.reject(reject.clone())?;
         }
         ctx.check_rejects()?;
-        let (outcome, _) = train_prepared(&self.config, prepared, &settings)?;
+        // Launched as rank 0 of several (`--data-parallel`): the other ranks train along.
+        let (outcome, _) = match crate::distributed::process::installed() {
+            Some(group) => {
+                super::parallel::lead(group, &self.config, &inputs, prepared, &settings)?
+            }
+            None => train_prepared(&self.config, prepared, &settings)?,
+        };
         if let Some(last) = outcome.log.last() {
             tracing::info!(
                 "{} steps on {} groups of 1 + {} (resumed at step {}); last loss {:.4} (sft {:.4}, cl {:.4}); {} images cached",

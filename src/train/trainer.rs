@@ -13,6 +13,10 @@
 //!
 //! Every random choice (initialisation, adapter init, dropout, data order) follows the seed, and a checkpoint holds
 //! the rest of the state, so a resumed run produces the same steps, losses and weights as an uninterrupted one.
+//!
+//! With several data-parallel ranks ([`train_prepared_on`]), each rank trains on its slice of every micro-batch
+//! and the step's gradient is summed over the ranks before AdamW; rank 0 alone writes checkpoints and outputs
+//! ([`super::parallel`] has the rules).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -31,8 +35,10 @@ use super::log::{write_log, StepLog, StepTiming};
 use super::model::TrainableReranker;
 use super::objective::{group_loss, ObjectiveConfig};
 use super::order::DataOrder;
+use super::parallel;
 use super::plots::write_plots;
 use crate::dataset::Dataset;
+use crate::distributed::{Collective, Single};
 use crate::models::layers::recompute::RecomputeTape;
 use crate::models::text::prompt::PromptBuilder;
 use crate::optim::Schedule;
@@ -217,13 +223,26 @@ pub fn train_prepared(
     prepared: Prepared,
     settings: &RunSettings,
 ) -> Result<(TrainOutcome, TrainableReranker), TrainRunError> {
-    Trainer::new(config, prepared, settings)?.run()
+    train_prepared_on(config, prepared, settings, &Single)
+}
+
+/// Trains a prepared model as one rank of a data-parallel run: its slice of every batch, gradients summed over
+/// the ranks by `collective`. Every rank calls it with the same config, inputs and settings; rank 0 alone writes
+/// the checkpoints and outputs, so only its outcome names an output directory.
+pub fn train_prepared_on(
+    config: &TrainConfig,
+    prepared: Prepared,
+    settings: &RunSettings,
+    collective: &dyn Collective,
+) -> Result<(TrainOutcome, TrainableReranker), TrainRunError> {
+    Trainer::new(config, prepared, settings, collective)?.run()
 }
 
 /// The state of a run in progress.
 struct Trainer<'a> {
     config: &'a TrainConfig,
     settings: &'a RunSettings,
+    collective: &'a dyn Collective,
     objective: ObjectiveConfig,
     schedule: Schedule,
     prepared: Prepared,
@@ -250,12 +269,46 @@ struct StepTotals {
     masked: u64,
 }
 
+impl StepTotals {
+    /// The sums as numbers to add up across data-parallel ranks (counts are exact in f64).
+    fn to_vec(&self) -> Vec<f64> {
+        vec![
+            self.groups as f64,
+            self.sequences as f64,
+            self.tokens as f64,
+            self.loss,
+            self.sft,
+            self.cl,
+            self.w_pos,
+            self.w_neg,
+            self.masked as f64,
+        ]
+    }
+
+    fn from_slice(sums: &[f64]) -> Self {
+        let at = |i: usize| sums.get(i).copied().unwrap_or(0.0);
+        Self {
+            groups: at(0) as usize,
+            sequences: at(1) as usize,
+            tokens: at(2) as usize,
+            loss: at(3),
+            sft: at(4),
+            cl: at(5),
+            w_pos: at(6),
+            w_neg: at(7),
+            masked: at(8) as u64,
+        }
+    }
+}
+
 impl<'a> Trainer<'a> {
     fn new(
         config: &'a TrainConfig,
         prepared: Prepared,
         settings: &'a RunSettings,
+        collective: &'a dyn Collective,
     ) -> Result<Self, TrainRunError> {
+        parallel::check(config, collective.world())?;
         let total_steps = config.total_steps(prepared.groups.len());
         let vars = prepared
             .model
@@ -270,6 +323,7 @@ impl<'a> Trainer<'a> {
             optimizer: AdamW::new(vars, config.adamw())?,
             config,
             settings,
+            collective,
             prepared,
             order,
             step: 0,
@@ -280,6 +334,11 @@ impl<'a> Trainer<'a> {
         })
     }
 
+    /// Whether this process writes checkpoints and outputs: rank 0 of a data-parallel run, or the only rank.
+    fn writes(&self) -> bool {
+        self.collective.rank() == 0
+    }
+
     fn checkpoints(&self) -> PathBuf {
         self.settings.out_dir.join(outputs::train::CHECKPOINTS)
     }
@@ -287,15 +346,22 @@ impl<'a> Trainer<'a> {
     fn run(mut self) -> Result<(TrainOutcome, TrainableReranker), TrainRunError> {
         if self.config.resume {
             self.resume()?;
-        } else {
+        } else if self.writes() {
             checkpoint::clear(&self.checkpoints())?;
+        }
+        if self.collective.world() > 1 {
+            parallel::start_together(self.collective, &self.prepared.model, self.step)?;
         }
         let total = self.schedule.total_steps;
         let end = self
             .settings
             .stop_after
             .map_or(total, |stop| stop.min(total));
-        let bar = progress::bar(end.saturating_sub(self.step), "train steps");
+        let bar = if self.writes() {
+            progress::bar(end.saturating_sub(self.step), "train steps")
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
         // Two runs may train side by side (`jobs`): their bars are told apart by the run's directory.
         let run = self
             .settings
@@ -310,12 +376,14 @@ impl<'a> Trainer<'a> {
             self.timing.push(timing);
             let every = self.config.checkpoint_every;
             let interrupted = Some(self.step) == self.settings.stop_after && self.step < total;
-            if interrupted || (every > 0 && self.step % every == 0 && self.step < total) {
+            if self.writes()
+                && (interrupted || (every > 0 && self.step % every == 0 && self.step < total))
+            {
                 self.save_checkpoint()?;
             }
         }
         bar.finish_and_clear();
-        let output = if self.step == total {
+        let output = if self.step == total && self.writes() {
             Some(self.write_outputs()?)
         } else {
             None
@@ -384,12 +452,17 @@ impl<'a> Trainer<'a> {
             .collect();
         let mut accumulator = GradAccumulator::new(vars);
         let mut totals = StepTotals::default();
+        let (rank, world) = (self.collective.rank(), self.collective.world());
+        if world > 1 {
+            parallel::place_dropout(&self.prepared.model, self.step, rank, world)?;
+        }
         for _ in 0..self.config.accumulation {
-            let picked = self
+            let micro_batch = self
                 .order
                 .take(self.groups_seen, self.config.groups_per_batch);
-            self.groups_seen += picked.len() as u64;
-            let sequences = self.sequences(&picked)?;
+            self.groups_seen += micro_batch.len() as u64;
+            let picked = parallel::rank_slice(&micro_batch, rank, world);
+            let sequences = self.sequences(picked)?;
             let prepared = &mut self.prepared;
             let tape = (self.config.recompute_mode() == Recompute::Layers).then(RecomputeTape::new);
             let logits = batch_logits(
@@ -418,8 +491,16 @@ impl<'a> Trainer<'a> {
             totals.w_neg += weight * report.w_neg_mean;
             totals.masked += report.masked as u64;
         }
+        let grads = if world > 1 {
+            let mut sums = totals.to_vec();
+            let grads = parallel::reduce_step(self.collective, &mut accumulator, &mut sums)?;
+            totals = StepTotals::from_slice(&sums);
+            grads
+        } else {
+            accumulator.take()?
+        };
         let lr = self.schedule.lr(self.step);
-        let stepped = self.optimizer.step(&accumulator.take()?, lr)?;
+        let stepped = self.optimizer.step(&grads, lr)?;
         self.step += 1;
         let seconds = clock.elapsed().as_secs_f64().max(1e-9);
         let groups = totals.groups as f64;

@@ -43,6 +43,7 @@ mod score_text;
 mod shards;
 mod tokenizer;
 mod tokenizer_chat_template;
+mod train_data_parallel;
 mod train_learns;
 mod train_loop;
 mod train_objective;

@@ -14,9 +14,21 @@ const STAGES: [&str; 10] = [
 ];
 
 /// Modules every stage may use, which must therefore use no stage.
-const LIBRARIES: [&str; 13] = [
-    "atomic", "charts", "dataset", "device", "digest", "malloc", "media", "modality", "models",
-    "optim", "progress", "schema", "shard",
+const LIBRARIES: [&str; 14] = [
+    "atomic",
+    "charts",
+    "dataset",
+    "device",
+    "digest",
+    "distributed",
+    "malloc",
+    "media",
+    "modality",
+    "models",
+    "optim",
+    "progress",
+    "schema",
+    "shard",
 ];
 
 /// Modules that sit above the stages and may use all of them (the memory plan reads every stage's config).
