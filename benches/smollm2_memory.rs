@@ -22,11 +22,14 @@
 //! peer to run on the same tokens; `--adapter` keeps the step's adapter for the peer to score with. Each
 //! measurement is printed as a `RESULT {json}` line for scripts.
 
+#[path = "common/measure.rs"]
+mod measure;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Parser;
 use rand::{Rng, SeedableRng};
@@ -42,6 +45,8 @@ use umrank::train::forward::{batch_logits, BatchLayout};
 use umrank::train::model::TrainableReranker;
 use umrank::train::objective::group_loss;
 use umrank::train::TrainConfig;
+
+use measure::{run_measurement, status_kib};
 
 #[derive(Parser)]
 struct Args {
@@ -139,7 +144,8 @@ fn main() -> Result<()> {
 
 /// Runs one measurement in a fresh process and returns its `RESULT` object.
 fn run_child(args: &Args, child: &str, adapter: &Path) -> Result<Value> {
-    let out = Command::new(std::env::current_exe()?)
+    let mut command = Command::new(std::env::current_exe()?);
+    command
         .arg("--model")
         .arg(&args.model)
         .arg("--adapter")
@@ -157,22 +163,8 @@ fn run_child(args: &Args, child: &str, adapter: &Path) -> Result<Value> {
             &args.eval_pairs.to_string(),
             "--eval-batch",
             &args.eval_batch.to_string(),
-        ])
-        .output()
-        .context("running a measurement process")?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!(
-            "measurement {child} failed ({}): {stdout}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let line = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("RESULT "))
-        .context("no RESULT line")?;
-    Ok(serde_json::from_str(line)?)
+        ]);
+    run_measurement(command, child)
 }
 
 /// The train stage's config for the model directory with `levers` added to its defaults.
@@ -401,18 +393,4 @@ fn prompts(
             Ok(builder.build(&input, max_len)?.ids)
         })
         .collect()
-}
-
-/// A `/proc/self/status` field in KiB.
-fn status_kib(field: &str) -> Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .with_context(|| format!("no {field} in /proc/self/status"))?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("malformed status line")?
-        .parse()?)
 }

@@ -15,11 +15,14 @@
 //!
 //! Each point is also printed as a `RESULT {json}` line for `benches/all.py`.
 
+#[path = "common/measure.rs"]
+mod measure;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use candle_core::Device;
 use clap::Parser;
 use rand::{Rng, SeedableRng};
@@ -33,6 +36,8 @@ use umrank::train::forward::{batch_logits, BatchLayout};
 use umrank::train::model::TrainableReranker;
 use umrank::train::objective::group_loss;
 use umrank::train::TrainConfig;
+
+use measure::{run_measurement, status_kib, status_kib_of};
 
 #[derive(Parser)]
 struct Args {
@@ -162,30 +167,16 @@ fn summarise(rows: &[serde_json::Value]) {
 
 /// Runs one configuration in a fresh process and returns its `RESULT` object.
 fn run_child(args: &Args, len: usize, path: &str) -> Result<serde_json::Value> {
-    let out = Command::new(std::env::current_exe()?)
-        .args([
-            "--child",
-            &format!("{len}:{path}"),
-            "--width",
-            &args.width.to_string(),
-            "--layers",
-            &args.layers.to_string(),
-        ])
-        .output()
-        .context("running a measurement process")?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!(
-            "measurement {len}:{path} failed: {}{}",
-            stdout,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let line = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("RESULT "))
-        .context("no RESULT line")?;
-    Ok(serde_json::from_str(line)?)
+    let mut command = Command::new(std::env::current_exe()?);
+    command.args([
+        "--child",
+        &format!("{len}:{path}"),
+        "--width",
+        &args.width.to_string(),
+        "--layers",
+        &args.layers.to_string(),
+    ]);
+    run_measurement(command, &format!("{len}:{path}"))
 }
 
 /// The reduced Qwen2.5-VL text decoder: 16 heads over 2 key/value heads, an MLP 5.375 times the width (11008 /
@@ -304,23 +295,4 @@ fn synthetic_group(len: usize) -> Vec<Sequence> {
             }
         })
         .collect()
-}
-
-/// A `/proc/self/status` field in KiB.
-fn status_kib(field: &str) -> Result<u64> {
-    status_kib_of("/proc/self/status", field)
-}
-
-/// A `field:  N kB` line of a `/proc` file, in KiB.
-fn status_kib_of(file: &str, field: &str) -> Result<u64> {
-    let status = std::fs::read_to_string(file)?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .with_context(|| format!("no {field} in {file}"))?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("malformed status line")?
-        .parse()?)
 }

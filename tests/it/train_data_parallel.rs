@@ -10,12 +10,13 @@
 //! is about: that the ranks' summed gradient is the one-rank gradient.
 
 use crate::common::reference::to_f32;
-use crate::common::train_data::{small_demo_data, tokenizer_dir, DemoData};
+use crate::common::train_data::{
+    cpu_run_settings, small_demo_data, tiny_train_config, train_inputs, DemoData,
+};
 
 use std::path::Path;
 
 use candle_core::Device;
-use umrank::dataset::Dataset;
 use umrank::distributed::run_ranks;
 use umrank::train::config::DataFormat;
 use umrank::train::parallel::train_in_process;
@@ -27,32 +28,11 @@ use umrank::train::{
 /// The tiny VL model, four groups per micro-batch, two micro-batches per step, no LoRA dropout, with the keys
 /// of `extra` on top.
 fn config(extra: &str) -> TrainConfig {
-    let mut table: toml::Table = toml::from_str(&format!(
-        "init = 'tiny'\ntokenizer = '{}'\nmax_len = 512\ngroups_per_batch = 4\naccumulation = 2\nmax_steps = 3\n\
-         lr = 1e-2\neps = 1e-3\nwarmup_steps = 1\nlora_dropout = 0.0\ncheckpoint_every = 0",
-        tokenizer_dir().display()
-    ))
-    .unwrap();
-    table.extend(toml::from_str::<toml::Table>(extra).unwrap());
-    toml::Value::Table(table).try_into().unwrap()
-}
-
-fn inputs(data: &DemoData, format: DataFormat) -> TrainInputs {
-    TrainInputs {
-        groups: Dataset::open(&data.shards.join(format.dir_name())).unwrap(),
-        corpus: Some(Dataset::open(&data.ingest.join("corpus")).unwrap()),
-        images: Some(Dataset::open(&data.ingest.join("images")).unwrap()),
-    }
+    tiny_train_config("max_len = 512\ngroups_per_batch = 4\naccumulation = 2\nmax_steps = 3\nlr = 1e-2\neps = 1e-3\nwarmup_steps = 1\nlora_dropout = 0.0\ncheckpoint_every = 0", extra)
 }
 
 fn settings(out: &Path, stop_after: Option<u64>) -> RunSettings {
-    RunSettings {
-        seed: 5,
-        device: Device::Cpu,
-        out_dir: out.to_path_buf(),
-        run_key: "data-parallel".into(),
-        stop_after,
-    }
+    cpu_run_settings(out, 5, "data-parallel", stop_after)
 }
 
 /// The trained weights, by name.
@@ -115,7 +95,7 @@ fn assert_same_update(
 /// One objective and tuning mode: one rank against 2 ranks (slices of 2 groups) and 3 ranks (1, 1 and 2).
 fn check_equivalence(data: &DemoData, extra: &str, format: DataFormat, out: &Path) {
     let config = config(extra);
-    let inputs = inputs(data, format);
+    let inputs = train_inputs(data, format);
     let single = one_rank(&config, &inputs, &out.join("one"));
     for world in [2, 3] {
         let dir = out.join(format!("ranks-{world}"));
@@ -190,7 +170,7 @@ fn a_run_resumed_on_another_number_of_ranks_ends_where_an_uninterrupted_one_does
     let tmp = tempfile::tempdir().unwrap();
     let data = small_demo_data(tmp.path(), &[], 3);
     let config = config("max_steps = 4\ncheckpoint_every = 1");
-    let inputs = inputs(&data, DataFormat::Sft);
+    let inputs = train_inputs(&data, DataFormat::Sft);
     let single = one_rank(&config, &inputs, &tmp.path().join("one"));
 
     let dir = tmp.path().join("resumed");
@@ -206,7 +186,7 @@ fn only_rank_0_writes_and_a_failing_rank_stops_the_others_with_its_rank_named() 
     let tmp = tempfile::tempdir().unwrap();
     let data = small_demo_data(tmp.path(), &[], 3);
     let config = config("max_steps = 1");
-    let inputs = inputs(&data, DataFormat::Sft);
+    let inputs = train_inputs(&data, DataFormat::Sft);
 
     let out = tmp.path().join("run");
     let outcomes = run_ranks(2, |rank| {
@@ -275,7 +255,7 @@ fn rank_0_hands_its_training_to_the_other_ranks_through_the_store() {
     let tmp = tempfile::tempdir().unwrap();
     let data = small_demo_data(tmp.path(), &[], 3);
     let config = config("max_steps = 2");
-    let inputs = inputs(&data, DataFormat::Sft);
+    let inputs = train_inputs(&data, DataFormat::Sft);
     let single = one_rank(&config, &inputs, &tmp.path().join("one"));
 
     // Two processes' worth of ranks in one: the all-reduce in process, the store over TCP on localhost.

@@ -11,45 +11,27 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use candle_core::Device;
-use train_data::{small_demo_data, tokenizer_dir, DemoData};
-use umrank::dataset::Dataset;
+use train_data::{
+    cpu_run_settings, small_demo_data, tiny_train_config, tokenizer_dir, train_inputs,
+};
 use umrank::pipeline::{RunOptions, Runner, Stage, StageOutcome};
 use umrank::schema::outputs::train::TRAIN_LOG;
 use umrank::train::config::DataFormat;
 use umrank::train::encode::Encoder;
 use umrank::train::forward::{batch_logits, BatchLayout};
 use umrank::train::log::read_log;
-use umrank::train::{
-    prepare, train, train_prepared, RunSettings, TrainConfig, TrainInputs, TrainStage,
-};
+use umrank::train::{prepare, train, train_prepared, RunSettings, TrainConfig, TrainStage};
 
 /// The tiny VL test config, with the keys of `extra` overriding its defaults.
 fn config(extra: &str) -> TrainConfig {
-    let mut table: toml::Table = toml::from_str(&format!(
-        "init = 'tiny'\ntokenizer = '{}'\nmax_len = 512\ngroups_per_batch = 2\nlr = 1e-3\ncheckpoint_every = 0",
-        tokenizer_dir().display()
-    ))
-    .unwrap();
-    table.extend(toml::from_str::<toml::Table>(extra).unwrap());
-    toml::Value::Table(table).try_into().unwrap()
-}
-
-fn inputs(data: &DemoData, format: DataFormat) -> TrainInputs {
-    TrainInputs {
-        groups: Dataset::open(&data.shards.join(format.dir_name())).unwrap(),
-        corpus: Some(Dataset::open(&data.ingest.join("corpus")).unwrap()),
-        images: Some(Dataset::open(&data.ingest.join("images")).unwrap()),
-    }
+    tiny_train_config(
+        "max_len = 512\ngroups_per_batch = 2\nlr = 1e-3\ncheckpoint_every = 0",
+        extra,
+    )
 }
 
 fn settings(out: &Path, stop_after: Option<u64>) -> RunSettings {
-    RunSettings {
-        seed: 3,
-        device: Device::Cpu,
-        out_dir: out.to_path_buf(),
-        run_key: "test-run".into(),
-        stop_after,
-    }
+    cpu_run_settings(out, 3, "test-run", stop_after)
 }
 
 #[test]
@@ -58,7 +40,7 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
     let data = small_demo_data(tmp.path(), &[], 3);
     // Images (vision cache), LoRA dropout, accumulation and a cosine schedule all have to line up.
     let config = config("accumulation = 2\nmax_steps = 6\ncheckpoint_every = 2\nwarmup_steps = 1");
-    let inputs = inputs(&data, DataFormat::Sft);
+    let inputs = train_inputs(&data, DataFormat::Sft);
 
     let whole = tmp.path().join("whole");
     let uninterrupted = train(&config, &inputs, &settings(&whole, None)).unwrap();
@@ -103,7 +85,13 @@ fn lora_training_changes_only_adapter_weights() {
     let tmp = tempfile::tempdir().unwrap();
     let data = small_demo_data(tmp.path(), &[], 2);
     let config = config("max_steps = 3\ndata = 'cl'");
-    let prepared = prepare(&config, &inputs(&data, DataFormat::Cl), 3, &Device::Cpu).unwrap();
+    let prepared = prepare(
+        &config,
+        &train_inputs(&data, DataFormat::Cl),
+        3,
+        &Device::Cpu,
+    )
+    .unwrap();
     let before: BTreeMap<String, Vec<f32>> = prepared
         .model
         .base_weights()
@@ -145,7 +133,13 @@ fn full_tuning_keeps_the_lm_head_and_vision_tower_frozen_unless_asked() {
     let data = small_demo_data(tmp.path(), &[], 2);
     let run = |extra: &str, out: &str| {
         let config = config(&format!("tune = 'full'\nmax_steps = 2\n{extra}"));
-        let prepared = prepare(&config, &inputs(&data, DataFormat::Sft), 3, &Device::Cpu).unwrap();
+        let prepared = prepare(
+            &config,
+            &train_inputs(&data, DataFormat::Sft),
+            3,
+            &Device::Cpu,
+        )
+        .unwrap();
         let before: BTreeMap<String, Vec<f32>> = prepared
             .model
             .base_weights()
@@ -185,8 +179,13 @@ fn packing_and_the_vision_cache_give_the_logits_of_the_plain_path_within_any_cac
     let data = small_demo_data(tmp.path(), &[], 2);
     let logits = |extra: &str| {
         let config = config(extra);
-        let mut prepared =
-            prepare(&config, &inputs(&data, DataFormat::Sft), 3, &Device::Cpu).unwrap();
+        let mut prepared = prepare(
+            &config,
+            &train_inputs(&data, DataFormat::Sft),
+            3,
+            &Device::Cpu,
+        )
+        .unwrap();
         let sequences: Vec<_> = {
             let builder =
                 umrank::models::text::prompt::PromptBuilder::reranker(prepared.model.tokenizer())
@@ -246,7 +245,7 @@ fn packing_and_the_vision_cache_give_the_logits_of_the_plain_path_within_any_cac
 fn unusable_groups_become_rejects_with_their_reason() {
     let tmp = tempfile::tempdir().unwrap();
     let data = small_demo_data(tmp.path(), &[], 2);
-    let inputs = inputs(&data, DataFormat::Sft);
+    let inputs = train_inputs(&data, DataFormat::Sft);
     let text_model = toml::from_str::<TrainConfig>(&format!(
         "init = 'tiny-text'\ntokenizer = '{}'\nmax_len = 512\n",
         tokenizer_dir().display()
@@ -289,7 +288,7 @@ fn unusable_groups_become_rejects_with_their_reason() {
 fn every_objective_reports_both_losses_and_the_unified_weights() {
     let tmp = tempfile::tempdir().unwrap();
     let data = small_demo_data(tmp.path(), &[], 3);
-    let inputs = inputs(&data, DataFormat::Cl);
+    let inputs = train_inputs(&data, DataFormat::Cl);
     for (extra, check_weights) in [
         ("objective = 'cl'\ntemperature = 0.5", false),
         (

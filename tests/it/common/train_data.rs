@@ -371,3 +371,43 @@ pub fn small_demo_data(dir: &Path, datasets: &[&str], negatives: usize) -> DemoD
 pub fn tokenizer_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer/qwen2_prefix")
 }
+
+/// A train config for the tiny VL model with the tokenizer fixture: `base` keys, then `extra` keys overriding them.
+pub fn tiny_train_config(base: &str, extra: &str) -> umrank::train::TrainConfig {
+    let mut table: toml::Table = toml::from_str(&format!(
+        "init = 'tiny'\ntokenizer = '{}'\n{base}",
+        tokenizer_dir().display()
+    ))
+    .unwrap();
+    table.extend(toml::from_str::<toml::Table>(extra).unwrap());
+    toml::Value::Table(table).try_into().unwrap()
+}
+
+/// The train stage's inputs over `data`: its groups in `format`, the corpus and the images.
+pub fn train_inputs(
+    data: &DemoData,
+    format: umrank::train::config::DataFormat,
+) -> umrank::train::TrainInputs {
+    use umrank::dataset::Dataset;
+    umrank::train::TrainInputs {
+        groups: Dataset::open(&data.shards.join(format.dir_name())).unwrap(),
+        corpus: Some(Dataset::open(&data.ingest.join("corpus")).unwrap()),
+        images: Some(Dataset::open(&data.ingest.join("images")).unwrap()),
+    }
+}
+
+/// Run settings on the CPU writing to `out`, stopping after `stop_after` steps if given.
+pub fn cpu_run_settings(
+    out: &Path,
+    seed: u64,
+    run_key: &str,
+    stop_after: Option<u64>,
+) -> umrank::train::RunSettings {
+    umrank::train::RunSettings {
+        seed,
+        device: candle_core::Device::Cpu,
+        out_dir: out.to_path_buf(),
+        run_key: run_key.into(),
+        stop_after,
+    }
+}
