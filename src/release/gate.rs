@@ -17,6 +17,7 @@ use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 use super::{ReleaseError, ReleaseKind, ReleaseManifest};
+use crate::digest::sha256_file;
 use crate::eval::stage::rerank_lists;
 use crate::eval::{paired_values, randomisation_test, EvalConfig, EvalSummary, Metric};
 use crate::pipeline::{InputRecord, Manifest};
@@ -216,7 +217,26 @@ pub fn judge(
     let baseline_dir = release_dir(&config.baseline);
     let previous = ReleaseManifest::read(&baseline_dir)?;
     let (model, adapter) = match (previous.kind, &previous.base_model) {
-        (ReleaseKind::Adapter, Some(base)) => (base.path.clone(), Some(baseline_dir.clone())),
+        (ReleaseKind::Adapter, Some(base)) => {
+            // The baseline's adapter means nothing on another base: its figures would not be the release's.
+            for file in &base.files {
+                let path = base.path.join(&file.path);
+                let found = sha256_file(&path).map_err(ReleaseError::io(&path))?;
+                if found != file.sha256 {
+                    return Err(ReleaseError::invalid(
+                        &baseline_dir,
+                        format!(
+                            "release gate: the previous release was made on a base whose {} has sha256 {}, but {} \
+                             has sha256 {found}",
+                            file.path,
+                            file.sha256,
+                            path.display()
+                        ),
+                    ));
+                }
+            }
+            (base.path.clone(), Some(baseline_dir.clone()))
+        }
         (ReleaseKind::Adapter, None) => {
             return Err(ReleaseError::invalid(
                 &baseline_dir,

@@ -10,14 +10,15 @@
 //! The adapter's rank, alpha, targets and dropout must equal the run's `lora_*` keys: the run's config then says
 //! what is trained, and a warm start never silently changes the adapter's shape or scaling.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
+
+use serde::Deserialize;
 
 use super::config::{ModelSource, TrainConfig};
 use super::TrainRunError;
 use crate::digest::sha256_file;
 use crate::models::adapters::lora::LoraConfig;
 use crate::models::adapters::peft::ADAPTER_CONFIG;
-use crate::release::ReleaseManifest;
 use crate::schema::outputs;
 
 /// The adapter directory `init_adapter` names, after checking a release's base hashes against the run's model.
@@ -46,14 +47,37 @@ pub fn resolve(path: &Path, config: &TrainConfig) -> Result<PathBuf, TrainRunErr
     Ok(dir.clone())
 }
 
+/// The part of a release's release.json a warm start reads: the base model's files and their hashes. Read here
+/// rather than through [`crate::release`], which comes after training in the data flow.
+#[derive(Deserialize)]
+struct ReleaseBase {
+    base_model: Option<BaseRecord>,
+}
+
+#[derive(Deserialize)]
+struct BaseRecord {
+    path: PathBuf,
+    files: Vec<BaseFile>,
+}
+
+#[derive(Deserialize)]
+struct BaseFile {
+    path: String,
+    sha256: String,
+}
+
 /// Refuses a release whose recorded base files do not hash as the run's `model` directory's do.
 fn check_base(release: &Path, config: &TrainConfig) -> Result<(), TrainRunError> {
     let refuse = |message: String| TrainRunError::Data {
         path: release.to_path_buf(),
         message,
     };
-    let manifest = ReleaseManifest::read(release).map_err(|e| refuse(e.to_string()))?;
-    let Some(base) = &manifest.base_model else {
+    let manifest_path = release.join(outputs::release::MANIFEST);
+    let text =
+        std::fs::read_to_string(&manifest_path).map_err(TrainRunError::io(&manifest_path))?;
+    let manifest: ReleaseBase = serde_json::from_str(&text)
+        .map_err(|e| refuse(format!("`init_adapter`: not a release manifest: {e}")))?;
+    let Some(base) = manifest.base_model else {
         return Err(refuse(
             "`init_adapter`: the release is not an adapter release (it records no base model)"
                 .into(),
@@ -70,6 +94,15 @@ fn check_base(release: &Path, config: &TrainConfig) -> Result<(), TrainRunError>
         }
     };
     for file in &base.files {
+        let plain = Path::new(&file.path)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)));
+        if !plain {
+            return Err(refuse(format!(
+                "`init_adapter`: listed base file `{}` is not a plain relative path",
+                file.path
+            )));
+        }
         let path = model.join(&file.path);
         let found = sha256_file(&path).map_err(TrainRunError::io(&path))?;
         if found != file.sha256 {
