@@ -208,3 +208,39 @@ fn ids(path: &Path, columns: &[&str]) -> Result<BTreeSet<String>, ReleaseError> 
     }
     Ok(ids)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(ids: &[&str]) -> BTreeSet<String> {
+        ids.iter().map(|id| id.to_string()).collect()
+    }
+
+    #[test]
+    fn exact_changes_count_ids_added_and_removed_and_counts_give_the_net_change() {
+        // One query replaced by another and one added: the ids tell, the counts only see the net change.
+        let (old, new) = (set(&["q1", "q2"]), set(&["q1", "q3", "q4"]));
+        assert_eq!(
+            Change::of_sets(&old, &new),
+            Change {
+                added: 2,
+                removed: 1
+            }
+        );
+        assert_eq!(
+            Change::of_counts(old.len(), new.len()),
+            Change {
+                added: 1,
+                removed: 0
+            }
+        );
+        assert_eq!(
+            Change::of_counts(5, 3),
+            Change {
+                added: 0,
+                removed: 2
+            }
+        );
+    }
+}
