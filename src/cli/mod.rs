@@ -22,6 +22,7 @@ use tracing_subscriber::EnvFilter;
 
 use umrank::pipeline::RejectPolicy;
 use umrank::progress;
+use umrank::release::{GateRefused, GATE_REFUSED_EXIT};
 
 /// Build training corpora for multimodal LLM rerankers, train them (SFT, CL or the unified objectives), evaluate
 /// them and release them.
@@ -127,7 +128,12 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", describe(&e));
-            ExitCode::FAILURE
+            // A refused promotion is an outcome a scheduler acts on, not a failure of the run.
+            if e.chain().any(|cause| cause.is::<GateRefused>()) {
+                ExitCode::from(GATE_REFUSED_EXIT)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use umrank::device::DeviceSpec;
 use umrank::pipeline::{RunOptions, Runner};
-use umrank::release::{verify, ReleaseConfig, ReleaseStage};
+use umrank::release::{verify, GateConfig, ReleaseConfig, ReleaseStage};
 
 use super::run::print_summary;
 use super::Global;
@@ -54,6 +54,39 @@ pub struct ReleaseArgs {
     #[arg(long)]
     pub force: bool,
 
+    /// Promotion gate: the previous release (its directory or its release stage's), scored on the first --eval
+    /// stage's candidates; the release is written only if the new model beats it. A refusal exits with status 3
+    /// and writes the verdict to OUT/gate.json and stderr.
+    #[arg(long, value_name = "DIR", requires = "eval")]
+    pub gate_baseline: Option<PathBuf>,
+
+    /// The metric the gate compares (ndcg@10, recall@10, recall@100, mrr@10, ...).
+    #[arg(
+        long,
+        value_name = "METRIC",
+        default_value = "ndcg@10",
+        requires = "gate_baseline"
+    )]
+    pub gate_metric: String,
+
+    /// How much higher the new model's mean must be (it must be higher in any case).
+    #[arg(
+        long,
+        value_name = "DELTA",
+        default_value_t = 0.0,
+        requires = "gate_baseline"
+    )]
+    pub gate_min_delta: f64,
+
+    /// The largest p-value of the paired randomisation test that promotes.
+    #[arg(
+        long,
+        value_name = "P",
+        default_value_t = 0.05,
+        requires = "gate_baseline"
+    )]
+    pub gate_max_p: f64,
+
     /// Where the check pair is scored: cpu, cuda or cuda:K.
     #[arg(long, default_value = "cpu", value_name = "DEVICE")]
     pub device: DeviceSpec,
@@ -89,6 +122,13 @@ pub fn release(args: &ReleaseArgs, global: &Global) -> anyhow::Result<()> {
         license: args.license.clone(),
         merged: args.merged,
         verify: !args.no_verify,
+        gate: args.gate_baseline.as_ref().map(|baseline| GateConfig {
+            baseline: baseline.clone(),
+            eval: None,
+            metric: args.gate_metric.clone(),
+            min_delta: args.gate_min_delta,
+            max_p: args.gate_max_p,
+        }),
     };
     let name = "release";
     let mut dirs = vec![

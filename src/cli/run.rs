@@ -18,6 +18,10 @@ const DEMO_PIPELINE: &str = include_str!("../../pipelines/demo.toml");
 /// A stage is up to date when its manifest records the same umrank version, stage config, seed and input content
 /// hashes, and its outputs are intact; a changed config or a changed upstream output reruns that stage and every
 /// stage after it. An interrupted stage leaves no manifest and reruns from scratch.
+///
+/// Exit status: 0 when every stage is done; 3 when the release stage's promotion gate (`[release.gate]`) refused
+/// the new model (its verdict is in the release stage's gate.json and on stderr; no release is written); 1 for any
+/// other error; 2 for a usage error.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// The pipeline TOML file ([pipeline] name, workdir, seed; then one table per stage).

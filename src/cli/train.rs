@@ -94,6 +94,12 @@ pub struct TrainArgs {
     #[arg(long, value_enum)]
     pub tune: Option<Tuning>,
 
+    /// Warm start: a release, release stage, PEFT adapter directory or train stage whose adapter the LoRA run
+    /// starts from; a release's recorded base hashes must match --model, and its r/alpha/dropout/targets the
+    /// --lora-* options.
+    #[arg(long)]
+    pub init_adapter: Option<PathBuf>,
+
     /// LoRA rank [default: 16].
     #[arg(long)]
     pub lora_r: Option<usize>,
@@ -273,6 +279,7 @@ impl TrainArgs {
             ("tau", value(&self.tau)?),
             ("temperature", value(&self.temperature)?),
             ("tune", value(&self.tune)?),
+            ("init_adapter", value(&self.init_adapter)?),
             ("lora_r", value(&self.lora_r)?),
             ("lora_alpha", value(&self.lora_alpha)?),
             ("lora_dropout", value(&self.lora_dropout)?),

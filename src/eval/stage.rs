@@ -27,7 +27,7 @@ use super::parts::{self, Header};
 use super::rows::{write_query_metrics, write_runs};
 use super::stage_error::EvalStageError;
 use super::summary::Comparison;
-use super::{evaluate_queries, Metric, Run, DEFAULT_PERMUTATIONS};
+use super::{evaluate_queries, Metric, PerQuery, Run, DEFAULT_PERMUTATIONS};
 use crate::dataset::Dataset;
 use crate::media::image_table::ImageTable;
 use crate::media::preprocess::ImageInput;
@@ -40,6 +40,7 @@ use crate::plan::{PlanContext, PlanError, Verdict};
 use crate::progress;
 use crate::schema::outputs;
 use crate::shard::Shard;
+use indicatif::ProgressBar;
 
 /// Run name (TREC tag) of the retriever's ranking.
 pub const FIRST_STAGE: &str = "first_stage";
@@ -387,7 +388,8 @@ impl Stage for EvalStage {
         log_image_tokens(&reranker, &evaluated);
         let pairs: usize = evaluated.lists.iter().map(|l| l.ranked.len()).sum();
         ctx.add_records(pairs as u64);
-        let (reranked, rejects) = rerank(ctx, &reranker, &evaluated, &self.config)?;
+        let bar = ctx.progress(pairs as u64, "reranking pairs");
+        let (reranked, rejects) = rerank(bar, &reranker, &evaluated, &self.config)?;
         let rejected = rejects.len();
         for reject in rejects {
             ctx.reject(reject)?;
@@ -452,6 +454,36 @@ impl Stage for EvalStage {
         print_summary(&name, &summary);
         Ok(())
     }
+}
+
+/// The per-query values of every default metric of `model` (with `adapter`) reranking the lists an eval stage
+/// with `config` reranked, read from `ingest` and `candidates` (the stage directories): what the release gate
+/// scores the previous release with, so that both models are judged on the same queries, candidates, splits, `k`,
+/// score and prompt bounds. Pairs the model cannot score are left out of its run, as in the stage, and counted.
+pub fn rerank_lists(
+    ingest: &Path,
+    candidates: &Path,
+    config: &EvalConfig,
+    model: &Path,
+    adapter: Option<&Path>,
+    device: &candle_core::Device,
+) -> Result<(PerQuery, usize), EvalStageError> {
+    let evaluated = Evaluated::read(
+        ingest,
+        &candidates.join(outputs::mine::CANDIDATES),
+        config,
+        Shard::ALL,
+    )?;
+    let mut reranker = Reranker::load(model, adapter, device).map_err(EvalStageError::from)?;
+    reranker
+        .set_pixel_bounds((config.min_pixels, config.max_pixels))
+        .map_err(EvalStageError::from)?;
+    let pairs: usize = evaluated.lists.iter().map(|l| l.ranked.len()).sum();
+    let bar = progress::bar(pairs as u64, "gate: reranking pairs with the baseline");
+    let (run, rejects) = rerank(bar, &reranker, &evaluated, config)?;
+    let values =
+        evaluate_queries(&run, &evaluated.qrels, &Metric::DEFAULT).map_err(EvalStageError::from)?;
+    Ok((values, rejects.len()))
 }
 
 /// The table the stage prints at the end.
@@ -590,13 +622,11 @@ fn log_image_tokens(reranker: &Reranker, evaluated: &Evaluated) {
 /// image, text-only model with an image) becomes a reject and is left out of the reranked run; a failing model
 /// stops the stage.
 fn rerank(
-    ctx: &StageContext,
+    bar: ProgressBar,
     reranker: &Reranker,
     evaluated: &Evaluated,
     config: &EvalConfig,
 ) -> Result<(Run, Vec<Reject>), EvalStageError> {
-    let total: usize = evaluated.lists.iter().map(|l| l.ranked.len()).sum();
-    let bar = ctx.progress(total as u64, "reranking pairs");
     let mut run = Run::new();
     let mut rejects = Vec::new();
     for list in &evaluated.lists {

@@ -27,6 +27,7 @@ use candle_core::Device;
 use super::card::{self, CardInput, LicenseSource};
 use super::check::{score_check_pair, CheckPair};
 use super::files::{base_license, copy_license_files, copy_model_files, weight_files, CopiedFiles};
+use super::lineage;
 use super::manifest::{
     describe_files, list_files, BaseModel, ReleaseKind, ReleaseManifest, ScoreCheck, RELEASE_FORMAT,
 };
@@ -65,6 +66,8 @@ pub struct ReleaseSpec {
     pub license: Option<String>,
     /// Also write merged weights under `merged/` (adapter releases only).
     pub merged: bool,
+    /// The release this one replaces (a gate's baseline), for the lineage.
+    pub previous: Option<PathBuf>,
 }
 
 /// What the train stage left to release.
@@ -136,6 +139,7 @@ pub fn write_release(
     device: &Device,
 ) -> Result<ReleaseManifest, ReleaseError> {
     let provenance = Provenance::collect(&spec.train_dir, &spec.eval_dirs)?;
+    let lineage = lineage::collect(&provenance, spec.previous.as_deref())?;
     let trained = Trained::find(&spec.train_dir)?;
     let tmp = temporary_sibling(out)?;
     if tmp.exists() {
@@ -174,6 +178,7 @@ pub fn write_release(
         merged: spec.merged,
         generated_preprocessor: assembled.copied.generated_preprocessor,
         provenance: &written,
+        lineage: &lineage,
         metrics: &metrics,
         check: assembled.expected,
     });
@@ -189,6 +194,7 @@ pub fn write_release(
         merged: spec.merged,
         files: describe_files(&tmp, &list_files(&tmp)?)?,
         provenance: written,
+        lineage,
         check: ScoreCheck {
             pair: assembled.pair,
             expected: assembled.expected,

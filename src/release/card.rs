@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 
+use super::lineage::Lineage;
 use super::manifest::ReleaseKind;
 use super::metrics::MetricsTable;
 use super::provenance::{Provenance, StageRecord};
@@ -31,6 +32,7 @@ pub struct CardInput<'a> {
     pub merged: bool,
     pub generated_preprocessor: bool,
     pub provenance: &'a Provenance,
+    pub lineage: &'a Lineage,
     pub metrics: &'a MetricsTable,
     pub check: PairScore,
 }
@@ -44,6 +46,7 @@ pub fn render(input: &CardInput) -> String {
     metrics(&mut card, input.metrics);
     training(&mut card, input);
     provenance(&mut card, input.provenance);
+    lineage(&mut card, input.lineage);
     card
 }
 
@@ -320,4 +323,57 @@ fn stage_row(card: &mut String, stage: &StageRecord) {
         stage.config_hash,
         stage.fingerprints.join(", ")
     );
+}
+
+/// The data snapshot, the release replaced and what changed in the data since.
+fn lineage(card: &mut String, lineage: &Lineage) {
+    card.push_str("\n## Lineage\n\n");
+    match &lineage.data {
+        Some(data) => {
+            let _ = writeln!(
+                card,
+                "Data snapshot: ingest fingerprint `{}`: {} queries, {} documents, {} judgements.",
+                data.fingerprints.join(", "),
+                data.queries,
+                data.documents,
+                data.judgements
+            );
+        }
+        None => {
+            card.push_str("Data snapshot: not recorded (no ingest stage upstream of training).\n")
+        }
+    }
+    let Some(previous) = &lineage.previous else {
+        card.push_str("\nPrevious release: none (no promotion gate).\n");
+        return;
+    };
+    let _ = writeln!(
+        card,
+        "\nPrevious release: {} (release.json sha256 `{}`).",
+        previous.path.display(),
+        previous.sha256
+    );
+    match &lineage.changes {
+        Some(changes) => {
+            let how = if changes.exact {
+                "ids added and removed"
+            } else {
+                "net change of the recorded counts: the previous data could not be read"
+            };
+            let _ = writeln!(
+                card,
+                "\nChanged since ({how}):\n\n| | added | removed |\n|---|---:|---:|"
+            );
+            for (what, change) in [
+                ("queries", changes.queries),
+                ("documents", changes.documents),
+                ("judgements", changes.judgements),
+            ] {
+                let _ = writeln!(card, "| {what} | {} | {} |", change.added, change.removed);
+            }
+        }
+        None => card.push_str(
+            "\nChanged since: unknown (the previous release recorded no data snapshot).\n",
+        ),
+    }
 }

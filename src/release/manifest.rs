@@ -10,6 +10,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::check::CheckPair;
+use super::lineage::Lineage;
 use super::provenance::Provenance;
 use super::ReleaseError;
 use crate::digest::sha256_file;
@@ -17,8 +18,9 @@ use crate::models::qwen2_vl::PairScore;
 use crate::progress;
 use crate::schema::outputs;
 
-/// Version of the release.json layout; verify refuses layouts it does not know.
-pub const RELEASE_FORMAT: u32 = 1;
+/// Version of the release.json layout; verify refuses layouts it does not know. Format 2 added `lineage`; a
+/// format-1 release reads with an empty one, so that it can still be the baseline of a gate.
+pub const RELEASE_FORMAT: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -36,6 +38,9 @@ pub struct ReleaseManifest {
     /// Every file of the release but release.json, sorted by path.
     pub files: Vec<FileEntry>,
     pub provenance: Provenance,
+    /// The data snapshot, and the release this one replaced.
+    #[serde(default)]
+    pub lineage: Lineage,
     pub check: ScoreCheck,
 }
 
@@ -89,11 +94,11 @@ impl ReleaseManifest {
         let text = fs::read_to_string(&path).map_err(ReleaseError::io(&path))?;
         let manifest: Self = serde_json::from_str(&text)
             .map_err(|e| ReleaseError::invalid(&path, format!("not a release manifest: {e}")))?;
-        if manifest.format != RELEASE_FORMAT {
+        if !(1..=RELEASE_FORMAT).contains(&manifest.format) {
             return Err(ReleaseError::invalid(
                 &path,
                 format!(
-                    "release format {} is not the one this umrank reads ({RELEASE_FORMAT})",
+                    "release format {} is not one this umrank reads (1 to {RELEASE_FORMAT})",
                     manifest.format
                 ),
             ));

@@ -120,6 +120,11 @@ pub struct TrainConfig {
     /// The tokenizer directory (tokenizer.json) for `init`.
     #[serde(default)]
     pub tokenizer: Option<PathBuf>,
+    /// Warm start (LoRA only): the release, release stage, PEFT adapter directory or train stage whose adapter
+    /// the run starts from instead of a fresh one; see [`super::warm`]. Left out of the serialised config when
+    /// unset, so that runs without it keep their fingerprints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_adapter: Option<PathBuf>,
 
     #[serde(default = "default_objective")]
     pub objective: ObjectiveName,
@@ -344,6 +349,12 @@ impl TrainConfig {
                 "lora_r"
             };
             return self::problem(key, problem);
+        }
+        if self.init_adapter.is_some() && self.tune != Tuning::Lora {
+            return problem(
+                "init_adapter",
+                "only a LoRA run (`tune = \"lora\"`) starts from an adapter",
+            );
         }
         self.adamw()
             .check()

@@ -29,6 +29,7 @@ pub mod plots;
 pub mod prefix;
 pub mod stage;
 pub mod trainer;
+pub mod warm;
 
 pub use config::TrainConfig;
 pub use error::TrainError;

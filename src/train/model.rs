@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 
 use super::config::{ModelSource, TrainConfig, Tuning};
 use super::failure::TrainRunError;
+use super::warm;
 use crate::models::backbone::Backbone;
 use crate::models::decoder::Decoder;
 use crate::models::formats::hf_config::DecoderConfig;
@@ -300,7 +301,11 @@ impl TrainableReranker {
                 Decoder::new(&decoder_config, vb).map_err(TrainRunError::model)?,
             ))
         };
-        if config.tune == Tuning::Lora {
+        if let (Tuning::Lora, Some(init)) = (config.tune, &config.init_adapter) {
+            let dir = warm::resolve(init, config)?;
+            let loaded = backbone.decoder_mut().load_lora(&dir, seed)?;
+            warm::check_shape(&dir, loaded, &config.lora_config())?;
+        } else if config.tune == Tuning::Lora {
             let attached = backbone
                 .decoder_mut()
                 .add_lora(&config.lora_config(), seed)?;

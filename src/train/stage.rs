@@ -33,14 +33,17 @@ impl TrainStage {
         Ok(Self { config })
     }
 
-    /// The model files the run depends on, outside the pipeline.
+    /// The model files the run depends on, outside the pipeline; the warm-start adapter among them, so that a
+    /// changed adapter changes the fingerprint and reruns the stage.
     fn model_files(&self) -> Vec<PathBuf> {
-        match self.config.model_source() {
+        let mut files = match self.config.model_source() {
             Ok(ModelSource::Pretrained(dir)) => vec![dir],
             Ok(ModelSource::Tiny { tokenizer, .. }) => vec![tokenizer],
             Ok(ModelSource::Config { config, tokenizer }) => vec![config, tokenizer],
             Err(_) => Vec::new(),
-        }
+        };
+        files.extend(self.config.init_adapter.clone());
+        files
     }
 
     fn upstream(&self) -> Vec<String> {
