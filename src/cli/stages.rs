@@ -145,9 +145,14 @@ pub struct EmbedArgs {
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: Precision,
 
-    /// Vectors per cache chunk: at most this much work is lost when the run is killed.
+    /// Vectors per store chunk: at most this much work is lost when the run is killed.
     #[arg(long, default_value_t = 1024, value_name = "N")]
     pub cache_rows: usize,
+
+    /// The embedding store, shared by the runs that name it: only content it lacks is embedded [default:
+    /// <out>/store].
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<PathBuf>,
 }
 
 pub fn world(args: &WorldArgs, global: &Global) -> anyhow::Result<()> {
@@ -198,6 +203,7 @@ pub fn embed(args: &EmbedArgs, global: &Global) -> anyhow::Result<()> {
     config.batch_size = args.batch_size;
     config.dtype = args.dtype;
     config.cache_rows = args.cache_rows;
+    config.store = args.store.clone();
     let mut dirs: std::collections::BTreeMap<String, PathBuf> =
         [("embed".to_string(), args.stage.out.clone())].into();
     if let Some(from) = &args.from {

@@ -4,28 +4,30 @@
 //!
 //! ```text
 //! corpus, queries ──> items (this shard, content keys) ──> plan (by modality, by length) ──> batches
-//!                                                              │ all keys cached? skip
-//! images ──> preprocess (rayon, media::preprocess) ──> model forward (cpu | cuda) ──> cache chunk ──> outputs
+//!                 │ in the store? reuse                               (only what the store lacks)
+//! images ──> preprocess (rayon, media::preprocess) ──> model forward (cpu | cuda) ──> store chunk ──> outputs
 //! ```
 //!
-//! Vectors are cached under a hash of (model fingerprint, preprocessing, plan) and each record's content
-//! ([`cache`]): a crash or kill loses at most the batches since the last chunk, and the same command resumes
-//! from the cache with the same batches, so its output is byte-identical to an undisturbed run's.
+//! Vectors are stored under a hash of (model fingerprint, device kind) and each record's content ([`store`]), not
+//! of the batch plan or the shard: a crash loses at most the vectors since the last chunk, and a rerun, a run with
+//! another batch size or shard count, or a run over a new snapshot embeds only what the store lacks.
 
-mod cache;
 mod gme;
 mod items;
 mod model;
 mod output;
 mod plan;
 mod stage;
+mod store;
 
 use std::path::PathBuf;
 
 pub use gme::GmeModel;
 pub use items::Side;
 pub use model::{load_model, DualEncoder, EmbedModel, ModelOptions, Prepared, PreparedImage};
-pub use stage::{embed_into, EmbedConfig, EmbedReport, EmbedSources, EmbedStage, Precision};
+pub use stage::{
+    embed_into, stats_path, EmbedConfig, EmbedReport, EmbedSources, EmbedStage, Precision,
+};
 
 use crate::dataset::DatasetError;
 use crate::media::preprocess::PreprocessError;

@@ -1,16 +1,16 @@
 //! The `[embed]` table, the stage, and the run itself ([`embed_into`]).
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::DType;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::cache::Cache;
 use super::items::{self, BadRecord, Images, Item, Side};
 use super::model::{load_model, EmbedModel, ModelOptions, Prepared, PreparedImage};
 use super::plan::{plan, PlanInput};
+use super::store::Store;
 use super::{output, EmbedError};
 use crate::dataset::Dataset;
 use crate::device::DeviceSpec;
@@ -61,14 +61,18 @@ pub struct EmbedConfig {
     /// An upstream stage whose output is the model directory (e.g. a stage that trains an embedder).
     #[serde(default)]
     pub model_from: Option<String>,
-    /// Inputs per forward pass. Part of the cache key: it fixes which inputs share a batch.
+    /// Inputs per forward pass. Not part of the store's key: a stored vector is reused whatever batch size
+    /// computed it.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
     #[serde(default = "default_precision")]
     pub dtype: Precision,
-    /// Vectors per cache chunk: how much work a kill can lose.
+    /// Vectors per store chunk: how much work a kill can lose.
     #[serde(default = "default_cache_rows")]
     pub cache_rows: usize,
+    /// The embedding store directory, which runs that point at the same one share [default: `<stage>/store`].
+    #[serde(default)]
+    pub store: Option<PathBuf>,
     /// Bounds on an image's pixels before a GME model patches it, in place of its preprocessor_config.json's
     /// (fewer pixels, fewer image tokens) [default: the model's].
     #[serde(default)]
@@ -103,6 +107,7 @@ impl EmbedConfig {
             batch_size: default_batch_size(),
             dtype: default_precision(),
             cache_rows: default_cache_rows(),
+            store: None,
             min_pixels: None,
             max_pixels: None,
         }
@@ -126,13 +131,36 @@ pub struct EmbedReport {
     pub rejected: u64,
     /// Distinct inputs (records with equal content embed once).
     pub inputs: usize,
-    /// Inputs whose vectors came from the cache.
+    /// Inputs whose vectors came from the store.
     pub cached: usize,
     /// Inputs run through the model.
     pub embedded: usize,
-    pub batches_skipped: usize,
     pub batches_run: usize,
+    /// The store's directory for this model.
     pub cache_dir: PathBuf,
+}
+
+impl EmbedReport {
+    /// The statistics file's JSON: what a run embedded and what it reused, for logs and tests.
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "records": self.records,
+            "rejected": self.rejected,
+            "inputs": self.inputs,
+            "reused": self.cached,
+            "embedded": self.embedded,
+            "batches_run": self.batches_run,
+        })
+    }
+}
+
+/// `<stage>/embed_stats.json`, or `embed_stats.<part>.json` for one shard: the last run's [`EmbedReport`].
+pub fn stats_path(stage_dir: &Path, shard: Shard) -> PathBuf {
+    if shard.is_all() {
+        stage_dir.join("embed_stats.json")
+    } else {
+        stage_dir.join(format!("embed_stats.{}.json", shard.part_name()))
+    }
 }
 
 /// Embeds queries and documents (see the module docs of [`crate::embed`]).
@@ -320,13 +348,24 @@ pub fn embed_into(
 
     let units = distinct_inputs(&items, &images);
     report.inputs = units.len();
-    let key = cache_key(model.fingerprint(), ctx.device(), config.batch_size, shard);
-    let mut cache = Cache::open(ctx.dir(), &key, model.dim(), config.cache_rows)?;
-    report.cache_dir = cache.dir().to_path_buf();
+    let key = store_key(model.fingerprint(), ctx.device());
+    let root = config
+        .store
+        .clone()
+        .unwrap_or_else(|| ctx.dir().join("store"));
+    let mut store = Store::open(&root, &key, model.dim(), config.cache_rows)?;
+    report.cache_dir = store.dir().to_path_buf();
     let wanted: HashSet<&str> = units.iter().map(|&u| items[u].key.as_str()).collect();
-    let mut vectors = cache.load(&wanted)?;
+    let mut vectors = store.load(&wanted)?;
 
-    let lengths: Vec<PlanInput> = units
+    // Only what the store lacks is planned: the batches hold new and changed content alone.
+    let missing: Vec<usize> = units
+        .iter()
+        .copied()
+        .filter(|&u| !vectors.contains_key(&items[u].key))
+        .collect();
+    report.cached = units.len() - missing.len();
+    let lengths: Vec<PlanInput> = missing
         .iter()
         .map(|&u| {
             let item = &items[u];
@@ -340,25 +379,19 @@ pub fn embed_into(
         .collect();
     let batches = plan(&lengths, config.batch_size);
     let mut failed: HashMap<String, String> = HashMap::new();
-    let bar = ctx.progress(units.len() as u64, "embed");
+    let bar = ctx.progress(missing.len() as u64, "embed");
     for batch in &batches {
-        let batch_items: Vec<&Item> = batch.iter().map(|&b| &items[units[b]]).collect();
-        if batch_items.iter().all(|i| vectors.contains_key(&i.key)) {
-            report.cached += batch.len();
-            report.batches_skipped += 1;
-            bar.inc(batch.len() as u64);
-            continue;
-        }
+        let batch_items: Vec<&Item> = batch.iter().map(|&b| &items[missing[b]]).collect();
         let result = embed_batch(model, &batch_items, &images, &mut failed);
         let (keys, embedded) = match result {
             Ok(done) => done,
             Err(e) => {
                 // Keep what finished before the failure: the rerun resumes after it.
-                cache.flush()?;
+                store.flush()?;
                 return Err(e);
             }
         };
-        cache.add_batch(&keys, &embedded)?;
+        store.add(&keys, &embedded)?;
         report.embedded += keys.len();
         report.batches_run += 1;
         for (key, vector) in keys.into_iter().zip(embedded) {
@@ -366,7 +399,7 @@ pub fn embed_into(
         }
         bar.inc(batch.len() as u64);
     }
-    cache.flush()?;
+    store.flush()?;
     bar.finish_and_clear();
 
     report.rejected = reject_all(ctx, &bad, &items, &images, &failed)?;
@@ -387,14 +420,22 @@ pub fn embed_into(
             &rows,
         )?;
     }
+    let stats = stats_path(ctx.dir(), shard);
+    let json = serde_json::to_vec_pretty(&report.to_json()).map_err(|source| EmbedError::Json {
+        path: stats.clone(),
+        source,
+    })?;
+    crate::atomic::write_atomically(&stats, &json).map_err(|e| EmbedError::Io {
+        path: e.path,
+        source: e.source,
+    })?;
     tracing::info!(
-        "{}: {} distinct inputs, {} from the cache, {} embedded in {} batches ({} batches skipped)",
+        "{}: {} distinct inputs, {} from the store, {} embedded in {} batches",
         ctx.name(),
         report.inputs,
         report.cached,
         report.embedded,
         report.batches_run,
-        report.batches_skipped
     );
     Ok(report)
 }
@@ -535,18 +576,17 @@ fn reject_all(
     Ok(count)
 }
 
-/// The cache directory's name: the model fingerprint and everything that fixes the batch plan (device kind,
-/// batch size, shard), so that a cached vector is always the one this run would compute.
-fn cache_key(model: &str, device: DeviceSpec, batch_size: usize, shard: Shard) -> String {
+/// The store directory of a model: its fingerprint (weights, config, tokenizer, preprocessing, dtype) and the
+/// device kind, whose kernels round differently. Batch size, shard and item ids are deliberately not in it: the
+/// item's content key ([`items::content_key`]) is the rest of what determines a vector.
+fn store_key(model: &str, device: DeviceSpec) -> String {
     let device_kind = match device {
         DeviceSpec::Cpu => "cpu",
         DeviceSpec::Cuda(_) => "cuda",
     };
     let mut fp = Fingerprint::new();
-    fp.part("format", b"umrank embedding cache 1")
+    fp.part("format", b"umrank embedding store 1")
         .part("model", model.as_bytes())
-        .part("device", device_kind.as_bytes())
-        .part("batch_size", &(batch_size as u64).to_le_bytes())
-        .part("shard", shard.to_string().as_bytes());
+        .part("device", device_kind.as_bytes());
     fp.finish()
 }

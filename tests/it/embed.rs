@@ -1,8 +1,8 @@
 //! The embed stage on the small demo world (through ingest) with the tiny CLIP, BERT and Qwen2-VL (GME) fixtures:
-//! vectors equal to the model layer's, a crash that resumes from the cache and ends byte-identical, reruns,
-//! shards, rejects, configuration errors and the CLI.
+//! vectors equal to the model layer's, a crash that resumes from the store and ends byte-identical, a new snapshot
+//! that embeds only its new and changed content, reruns, shards, rejects, configuration errors and the CLI.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -90,10 +90,17 @@ impl Stage for Injected {
 
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
         let upstream = ctx.upstream_dir("ingest")?.to_path_buf();
-        let sources = EmbedSources {
-            corpus: upstream.join("corpus"),
-            queries: upstream.join("queries"),
-            images: Some(upstream.join("images")),
+        let sources = match (&self.config.corpus, &self.config.queries) {
+            (Some(corpus), Some(queries)) => EmbedSources {
+                corpus: corpus.clone(),
+                queries: queries.clone(),
+                images: self.config.images.clone(),
+            },
+            _ => EmbedSources {
+                corpus: upstream.join("corpus"),
+                queries: upstream.join("queries"),
+                images: Some(upstream.join("images")),
+            },
         };
         let report = embed_into(ctx, &self.config, &sources, self.model.as_ref())?;
         *self.report.lock().unwrap() = Some(report);
@@ -375,18 +382,20 @@ fn a_crash_resumes_from_the_cache_and_ends_byte_identical() {
         .join(DOC_EMBEDDINGS)
         .join("part-00000-of-00001.parquet")
         .exists());
-    let cache_dir = crashed
-        .join("cache")
-        .join(full.cache_dir.file_name().unwrap());
-    let chunks = fs::read_dir(&cache_dir).unwrap().count();
+    let cache_dir = full.cache_dir.clone();
+    assert!(
+        cache_dir.starts_with(&undisturbed),
+        "the default store is the stage's own"
+    );
+    let crashed_store = crashed.join("store").join(cache_dir.file_name().unwrap());
+    let chunks = fs::read_dir(&crashed_store).unwrap().count();
     assert_eq!(chunks, 4);
 
     // The same command again: only what is missing goes through the model, and the outputs are the same bytes.
     let resumed = run_injected(&crashed, &config, model.clone(), None, false).unwrap();
     assert_eq!(resumed.cached, 16);
     assert_eq!(resumed.embedded, full.inputs - 16);
-    assert_eq!(resumed.batches_skipped, 4);
-    assert_eq!(resumed.cache_dir, cache_dir);
+    assert_eq!(resumed.cache_dir, crashed_store);
     assert_eq!(part_hashes(&crashed), expected);
 
     // A forced rerun embeds nothing and is byte-identical too.
@@ -394,19 +403,179 @@ fn a_crash_resumes_from_the_cache_and_ends_byte_identical() {
     assert_eq!((rerun.cached, rerun.embedded), (full.inputs, 0));
     assert_eq!(part_hashes(&crashed), expected);
 
-    // Another batch size is another plan: its cache starts empty, and its vectors agree to rounding.
+    // Another batch size reuses every stored vector: the store is keyed by content, not by the batch plan.
     let mut other = config.clone();
     other.batch_size = 8;
     let replanned = run_injected(&crashed, &other, cpu_model(&clip_dir(), 8), None, false).unwrap();
-    assert_eq!(replanned.cached, 0);
-    assert_ne!(replanned.cache_dir, cache_dir);
-    let (a, b) = (
-        read_embeddings(&undisturbed.join(DOC_EMBEDDINGS)),
-        read_embeddings(&crashed.join(DOC_EMBEDDINGS)),
-    );
-    for (id, (_, v, _)) in &a.rows {
-        assert!(max_abs_diff(v, &b.rows[id].1) < 1e-5, "{id}");
+    assert_eq!((replanned.cached, replanned.embedded), (full.inputs, 0));
+    assert_eq!(replanned.cache_dir, crashed_store);
+    assert_eq!(part_hashes(&crashed), expected);
+}
+
+/// Copies the ingest dataset `name` (corpus or queries) to `out` with the rows `keep` admits, appending
+/// " (revised)" to the text of the kept rows `change` picks: one snapshot of an evolving collection. Returns the
+/// rows written and how many of them were revised.
+fn snapshot(
+    name: &str,
+    out: &Path,
+    keep: impl Fn(usize) -> bool,
+    change: impl Fn(usize) -> bool,
+) -> (usize, usize) {
+    let mut writer = DatasetWriter::create(out, name, Shard::ALL).unwrap();
+    let (mut row, mut written, mut revised) = (0, 0, 0);
+    for batch in Dataset::open(&ingested().join(name))
+        .unwrap()
+        .batches()
+        .unwrap()
+    {
+        let batch = batch.unwrap();
+        let text = batch.column_by_name("text").unwrap().as_string::<i32>();
+        let mut mask = Vec::new();
+        let mut texts = Vec::new();
+        for i in 0..batch.num_rows() {
+            let kept = keep(row + i);
+            mask.push(kept);
+            let value = (!text.is_null(i)).then(|| text.value(i).to_string());
+            texts.push(match value {
+                Some(t) if kept && change(row + i) => {
+                    revised += 1;
+                    Some(format!("{t} (revised)"))
+                }
+                other => other,
+            });
+        }
+        row += batch.num_rows();
+        let index = batch.schema().index_of("text").unwrap();
+        let mut columns = batch.columns().to_vec();
+        columns[index] = Arc::new(StringArray::from(texts));
+        let batch = RecordBatch::try_new(batch.schema(), columns).unwrap();
+        let batch = arrow::compute::filter_record_batch(&batch, &mask.into()).unwrap();
+        written += batch.num_rows();
+        writer.write(&batch).unwrap();
     }
+    writer.finish().unwrap();
+    (written, revised)
+}
+
+/// Embeds the snapshot in `snapshot` (corpus and queries; the ingest's images) into `out`, with `store`.
+fn embed_snapshot(
+    out: &Path,
+    snapshot: &Path,
+    store: Option<&Path>,
+    batch_size: usize,
+    shard: Option<Shard>,
+) -> EmbedReport {
+    let config = EmbedConfig {
+        from: None,
+        corpus: Some(snapshot.join("corpus")),
+        queries: Some(snapshot.join("queries")),
+        images: Some(ingested().join("images")),
+        store: store.map(Path::to_path_buf),
+        ..config(batch_size, 16)
+    };
+    run_injected(
+        out,
+        &config,
+        cpu_model(&clip_dir(), batch_size),
+        shard,
+        false,
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_new_snapshot_embeds_only_new_and_changed_content_and_matches_a_run_from_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (dir.path().join("s1"), dir.path().join("s2"));
+    // The first snapshot lacks every tenth row (new in the second); the second drops another tenth (removed) and
+    // revises the text of a third tenth (changed).
+    for name in ["corpus", "queries"] {
+        snapshot(name, &first.join(name), |i| i % 10 != 1, |_| false);
+        let (_, revised) = snapshot(name, &second.join(name), |i| i % 10 != 2, |i| i % 10 == 3);
+        assert!(revised > 0);
+    }
+    // What the model sees of a record (CLIP takes no instruction); records with equal content embed once.
+    let contents = |root: &Path| -> BTreeSet<(Option<String>, Option<String>, Option<String>)> {
+        let mut set = BTreeSet::new();
+        for name in ["corpus", "queries"] {
+            let dir = root.join(name);
+            let (m, t, i) = (
+                column(&dir, "modality"),
+                column(&dir, "text"),
+                column(&dir, "image_id"),
+            );
+            set.extend(m.into_iter().zip(t).zip(i).map(|((m, t), i)| (m, t, i)));
+        }
+        set
+    };
+    let expected = contents(&second).difference(&contents(&first)).count();
+    assert!(expected > 0);
+    let store = dir.path().join("store");
+    let old = embed_snapshot(&dir.path().join("run1"), &first, Some(&store), 4, None);
+    assert_eq!((old.cached, old.embedded), (0, old.inputs));
+
+    // The second run embeds exactly the new and changed content, and says so in its statistics.
+    let run2 = dir.path().join("run2");
+    let new = embed_snapshot(&run2, &second, Some(&store), 4, None);
+    assert_eq!(new.embedded, expected, "{old:?} {new:?}");
+    assert_eq!(new.cached, new.inputs - expected);
+    let stats: serde_json::Value =
+        serde_json::from_slice(&fs::read(umrank::embed::stats_path(&run2, Shard::ALL)).unwrap())
+            .unwrap();
+    assert_eq!(stats["embedded"], expected);
+    assert_eq!(stats["reused"], new.inputs - expected);
+
+    // A run from nothing (its own, empty store) has the same rows, and vectors equal to rounding: the CPU image
+    // tower's bits depend on what an image is batched with, and a reused vector was batched with the first
+    // snapshot's images (docs/mining.md#embedding-store).
+    let scratch = dir.path().join("scratch");
+    let fresh = embed_snapshot(&scratch, &second, None, 4, None);
+    assert_eq!(fresh.embedded, fresh.inputs);
+    for name in [DOC_EMBEDDINGS, QUERY_EMBEDDINGS] {
+        let (a, b) = (
+            read_embeddings(&run2.join(name)),
+            read_embeddings(&scratch.join(name)),
+        );
+        assert_eq!(a.ids, b.ids);
+        for (id, (_, v, _)) in &a.rows {
+            assert!(max_abs_diff(v, &b.rows[id].1) < 1e-5, "{id}");
+        }
+    }
+
+    // Another batch size and another shard count reuse every stored vector.
+    let rebatched = dir.path().join("rebatched");
+    let report = embed_snapshot(&rebatched, &second, Some(&store), 3, None);
+    assert_eq!(report.embedded, 0);
+    assert_eq!(part_hashes(&rebatched), part_hashes(&run2));
+    let sharded = dir.path().join("sharded");
+    for index in 0..2 {
+        let shard = Shard::new(index, 2).unwrap();
+        let report = embed_snapshot(&sharded, &second, Some(&store), 4, Some(shard));
+        assert_eq!(report.embedded, 0);
+    }
+    for name in [DOC_EMBEDDINGS, QUERY_EMBEDDINGS] {
+        let (a, b) = (
+            read_embeddings(&sharded.join(name)),
+            read_embeddings(&run2.join(name)),
+        );
+        assert_eq!(a.rows, b.rows);
+    }
+
+    // A torn chunk (a kill during a write, under its final name) and a writer's leftover temporary file are
+    // never read: their vectors are embedded again, and the rest is reused.
+    let model_dir = new.cache_dir.clone();
+    let mut chunks: Vec<PathBuf> = fs::read_dir(&model_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    chunks.sort();
+    let bytes = fs::read(&chunks[0]).unwrap();
+    fs::write(&chunks[0], &bytes[..bytes.len() - 9]).unwrap();
+    fs::write(model_dir.join(".chunk-partial.parquet.tmp"), &bytes[..7]).unwrap();
+    let recovered = dir.path().join("recovered");
+    let report = embed_snapshot(&recovered, &second, Some(&store), 4, None);
+    assert!(report.embedded > 0 && report.embedded <= 16, "{report:?}");
+    assert_eq!(report.cached + report.embedded, report.inputs);
 }
 
 #[test]
@@ -455,7 +624,7 @@ fn a_model_that_cannot_embed_a_modality_fails_before_any_work() {
     .unwrap_err();
     assert!(err.contains("the model cannot embed"), "{err}");
     assert!(err.contains("image docs"), "{err}");
-    assert!(!out.join("cache").exists(), "nothing was embedded");
+    assert!(!out.join("store").exists(), "nothing was embedded");
 }
 
 /// A hand-written corpus: two text documents, an image document whose bytes are not an image, and one whose
@@ -705,7 +874,7 @@ fn the_cli_embeds_an_ingest_dir_and_a_rerun_is_up_to_date() {
     let (ok, stdout, stderr) = umrank(&args);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("ran"), "{stdout}");
-    assert!(stderr.contains(", 0 from the cache"), "{stderr}");
+    assert!(stderr.contains(", 0 from the store"), "{stderr}");
     let first = part_hashes(&out);
     let (ok, stdout, _) = umrank(&args);
     assert!(ok && stdout.contains("up to date"), "{stdout}");

@@ -1,6 +1,6 @@
 //! A model directory on disk, and the fingerprint of everything read from it.
 //!
-//! Embeddings are cached under the model's fingerprint (docs/mining.md#embedding-cache), so the fingerprint must change
+//! Embeddings are cached under the model's fingerprint (docs/mining.md#embedding-store), so the fingerprint must change
 //! whenever anything that changes an embedding does: weights, config, tokenizer, preprocessing config, or a setting the
 //! embedder derived from them. Every file is read through [`ModelDir`], which hashes the exact bytes it parsed; a file
 //! cannot influence the model without also entering the fingerprint.
