@@ -17,7 +17,7 @@ use arrow::datatypes::{DataType, Field};
 use umrank::dataset::DatasetWriter;
 use umrank::digest::sha256_file;
 use umrank::eval::{EvalConfig, EvalStage};
-use umrank::pipeline::{PipelineError, RunOptions, Runner, Stage};
+use umrank::pipeline::{PipelineError, Runner, Stage};
 use umrank::release::gate::GATE_JSON;
 use umrank::release::{
     GateConfig, GateRefused, GateVerdict, ReleaseConfig, ReleaseManifest, ReleaseStage,
@@ -28,7 +28,7 @@ use umrank::train::TrainStage;
 
 use crate::common::cli::umrank_ok;
 use crate::common::datasets::{column, list_column};
-use crate::common::train_data::{read_queries, small_demo_data, DemoData};
+use crate::common::train_data::{read_queries, small_demo_data, upstream_dirs, DemoData};
 
 fn base_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/vlm/qwen2_5_vl")
@@ -139,21 +139,9 @@ fn pipeline(
             Box::new(ReleaseStage::new(release).unwrap()),
         ),
     ];
-    Runner::new(
-        work.to_path_buf(),
-        7,
-        stages,
-        RunOptions {
-            dirs: [
-                ("shards".to_string(), data.shards.clone()),
-                ("ingest".to_string(), data.ingest.clone()),
-            ]
-            .into(),
-            ..Default::default()
-        },
-    )
-    .run()
-    .map(|_| ())
+    Runner::new(work.to_path_buf(), 7, stages, upstream_dirs(data))
+        .run()
+        .map(|_| ())
 }
 
 fn gate(baseline: &Path) -> GateConfig {

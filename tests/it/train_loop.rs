@@ -13,8 +13,9 @@ use std::path::Path;
 use candle_core::Device;
 use train_data::{
     cpu_run_settings, small_demo_data, tiny_train_config, tokenizer_dir, train_inputs,
+    upstream_dirs,
 };
-use umrank::pipeline::{RunOptions, Runner, Stage, StageOutcome};
+use umrank::pipeline::{Runner, Stage, StageOutcome};
 use umrank::schema::outputs::train::TRAIN_LOG;
 use umrank::train::config::DataFormat;
 use umrank::train::encode::Encoder;
@@ -332,14 +333,7 @@ fn the_train_stage_runs_in_a_pipeline_and_is_then_up_to_date() {
             data.workdir.clone(),
             7,
             vec![("train".to_string(), stage(max_steps))],
-            RunOptions {
-                dirs: [
-                    ("shards".to_string(), data.shards.clone()),
-                    ("ingest".to_string(), data.ingest.clone()),
-                ]
-                .into(),
-                ..Default::default()
-            },
+            upstream_dirs(&data),
         )
         .run()
         .unwrap()

@@ -4,14 +4,14 @@
 
 use crate::common::cli::umrank_ok;
 use crate::common::datasets::column;
-use crate::common::train_data::{small_demo_data, DemoData};
+use crate::common::train_data::{small_demo_data, upstream_dirs, DemoData};
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use umrank::dataset::Dataset;
-use umrank::pipeline::{RunOptions, Runner, StageOutcome};
+use umrank::pipeline::{Runner, StageOutcome};
 use umrank::release::ReleaseManifest;
 use umrank::schema::outputs::train::TRAIN_LOG;
 use umrank::train::config::DataFormat;
@@ -74,14 +74,7 @@ fn run_in(workdir: &Path, data: &DemoData, config: TrainConfig) -> StageOutcome 
             "train".to_string(),
             Box::new(TrainStage::new(config).unwrap()) as Box<dyn umrank::pipeline::Stage>,
         )],
-        RunOptions {
-            dirs: [
-                ("shards".to_string(), data.shards.clone()),
-                ("ingest".to_string(), data.ingest.clone()),
-            ]
-            .into(),
-            ..Default::default()
-        },
+        upstream_dirs(data),
     )
     .run()
     .unwrap()

@@ -411,3 +411,15 @@ pub fn cpu_run_settings(
         stop_after,
     }
 }
+
+/// Run options that give a pipeline's `shards` and `ingest` inputs `data`'s directories.
+pub fn upstream_dirs(data: &DemoData) -> RunOptions {
+    RunOptions {
+        dirs: [
+            ("shards".to_string(), data.shards.clone()),
+            ("ingest".to_string(), data.ingest.clone()),
+        ]
+        .into(),
+        ..Default::default()
+    }
+}
