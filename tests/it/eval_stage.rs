@@ -283,46 +283,16 @@ type Rankings = BTreeMap<(String, String), Vec<String>>;
 /// The run dataset as `run name -> run`, and the ranks it gives.
 fn read_run_dataset(dir: &Path) -> (BTreeMap<String, Run>, Rankings) {
     let mut runs: BTreeMap<String, Run> = BTreeMap::new();
-    let mut ranked: BTreeMap<(String, String), Vec<(u32, String)>> = BTreeMap::new();
-    for batch in Dataset::open(&dir.join("run")).unwrap().batches().unwrap() {
-        let batch = batch.unwrap();
-        let text = |name: &str| {
-            batch
-                .column_by_name(name)
-                .unwrap()
-                .as_string::<i32>()
-                .clone()
-        };
-        let (qid, did, name) = (text("qid"), text("did"), text("run_name"));
-        let rank = batch
-            .column_by_name("rank")
-            .unwrap()
-            .as_primitive::<UInt32Type>()
-            .clone();
-        let score = batch
-            .column_by_name("score")
-            .unwrap()
-            .as_primitive::<Float64Type>()
-            .clone();
-        for i in 0..batch.num_rows() {
-            runs.entry(name.value(i).into())
-                .or_default()
-                .entry(qid.value(i).into())
-                .or_default()
-                .insert(did.value(i).into(), score.value(i));
-            ranked
-                .entry((name.value(i).into(), qid.value(i).into()))
-                .or_default()
-                .push((rank.value(i), did.value(i).into()));
-        }
+    let mut ranked = Rankings::new();
+    // Sorted by run, qid and rank, so each list's dids arrive in rank order.
+    for (name, qid, _, did, score) in read_run_rows(dir) {
+        runs.entry(name.clone())
+            .or_default()
+            .entry(qid.clone())
+            .or_default()
+            .insert(did.clone(), f64::from_bits(score));
+        ranked.entry((name, qid)).or_default().push(did);
     }
-    let ranked = ranked
-        .into_iter()
-        .map(|(key, mut entries)| {
-            entries.sort();
-            (key, entries.into_iter().map(|(_, did)| did).collect())
-        })
-        .collect();
     (runs, ranked)
 }
 
