@@ -4,8 +4,8 @@
     python3 benches/all.py [--quick] [--json benches/results.json]
 
 From the repository root, with a Python that has transformers, pillow, numpy and faiss-cpu (a peer that does not
-import is reported as n/a), and torch, peft and gguf for the SmolLM2 rows (without them, which also turn the GGUF
-into the weights both sides load, those rows are left out). CARGO_TARGET_DIR is honoured; the Rust side runs through `cargo bench`, whose profile
+import is reported as n/a), and torch, peft and gguf for the SmolLM2 rows, with sentence-transformers for the
+throughput rows (without them, which also turn the GGUF into the weights both sides load, those rows are left out). CARGO_TARGET_DIR is honoured; the Rust side runs through `cargo bench`, whose profile
 is the release profile, so a tree built for `cargo test --release` is reused.
 
 | benchmark | ours | peer |
@@ -18,6 +18,9 @@ is the release profile, so a tree built for `cargo test --release` is reused.
 | the memory plan's estimate of those peaks | umrank::plan | the measured peak |
 | SmolLM2-135M LoRA training step peak memory, 4 x (1 + 4) x 128 tokens, default levers and without shared prefix and packing | smollm2_memory bench | transformers + peft on the same weights and tokens (plain and with gradient checkpointing) |
 | SmolLM2-135M scoring peak memory with the trained adapter, batches of 8 | smollm2_memory bench | transformers + peft under no_grad; the plan's weights + one batch |
+| (a) SmolLM2-135M LoRA training step, default levers and padded | throughput bench | transformers + peft, same tokens |
+| (b) SmolLM2-135M scoring throughput, batches of 8 | throughput bench | transformers, same tokens |
+| (c) all-MiniLM-L6-v2 embedding throughput, batches of 64 | throughput bench | sentence-transformers, same texts |
 
 The GPU part (candle CUDA against PyTorch, docs/performance.md#gpu-reference-figures) is benches/gpu/run.sh, run on a
 device machine. Each sub-benchmark is also a command of its own (see the scripts and benches/*.rs); wall-clock figures
@@ -169,6 +172,17 @@ def smollm2(scratch):
     return rows
 
 
+def throughput(scratch):
+    missing = [m for m in ("torch", "transformers", "peft", "gguf", "sentence_transformers")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        print(f"throughput rows (a)-(c) left out: this Python lacks {', '.join(missing)}", flush=True)
+        return []
+    out = scratch / "throughput.json"
+    run([sys.executable, "benches/throughput_vs_torch.py", "--json", str(out)])
+    return [(r["label"], r["unit"], r["ours"], r["peer"], r["theirs"]) for r in json.loads(out.read_text())]
+
+
 def table(rows, when, where, loadavg):
     lines = [f"benchmarks of {when} on {where} (load average before: {loadavg})", "",
              "| benchmark | unit | ours | peer | peer's figure | ratio |", "|---|---|---|---|---|---|"]
@@ -190,7 +204,7 @@ def main():
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         rows = (preprocess(scratch) + topk(scratch, args.quick) + train_levers(args.quick)
-                + train_memory(args.quick) + smollm2(scratch))
+                + train_memory(args.quick) + smollm2(scratch) + throughput(scratch))
     print()
     print(table(rows, when, where, loadavg))
     if args.json:

@@ -22,31 +22,29 @@
 //! peer to run on the same tokens; `--adapter` keeps the step's adapter for the peer to score with. Each
 //! measurement is printed as a `RESULT {json}` line for scripts.
 
+#[path = "common/lora_step.rs"]
+mod lora_step;
 #[path = "common/measure.rs"]
 mod measure;
+#[path = "common/smollm2_prompts.rs"]
+mod smollm2_prompts;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use clap::Parser;
-use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use umrank::models::reranker::{PairSide, Reranker};
-use umrank::models::text::prompt::{PromptBuilder, RerankInput, Side};
 use umrank::models::text::tokenizer::Tokenizer;
-use umrank::optim::{AdamW, GradAccumulator};
 use umrank::plan::{ModelShape, Target};
-use umrank::train::config::Recompute;
-use umrank::train::encode::Sequence;
-use umrank::train::forward::{batch_logits, BatchLayout};
-use umrank::train::model::TrainableReranker;
-use umrank::train::objective::group_loss;
 use umrank::train::TrainConfig;
 
+use lora_step::{LoraStepper, Phase};
 use measure::{run_measurement, status_kib};
+use smollm2_prompts::{prompts, Texts, INSTRUCTION};
 
 #[derive(Parser)]
 struct Args {
@@ -187,54 +185,34 @@ fn train_child(args: &Args, name: &str) -> Result<()> {
         .find(|(lever, _)| *lever == name)
         .with_context(|| format!("no measurement `{name}`"))?;
     let config = train_config(args, levers)?;
-    config.validate()?;
     let baseline = status_kib("VmRSS")?;
     let above = |field: &str| -> Result<u64> { Ok((status_kib(field)? - baseline) * 1024) };
-    let model = TrainableReranker::build(&config, 0, &Device::Cpu)?;
+    let mut stepper = LoraStepper::build(config.clone())?;
     let built = above("VmRSS")?;
     let per_group = args.negatives + 1;
-    let sequences: Vec<Sequence> = prompts(
-        model.tokenizer(),
+    let ids = prompts(
+        stepper.model.tokenizer(),
         args.groups * per_group,
         per_group,
         args.max_len,
-    )?
-    .into_iter()
-    .map(|ids| Sequence {
-        ids,
-        images: Vec::new(),
-    })
-    .collect();
-    let vars: Vec<_> = model.trainable().into_iter().map(|(_, v)| v).collect();
-    let mut optimizer = AdamW::new(vars.clone(), config.adamw())?;
-    let mut accumulator = GradAccumulator::new(vars);
-    let clock = Instant::now();
-    let tape = (config.recompute_mode() == Recompute::Layers)
-        .then(umrank::models::layers::recompute::RecomputeTape::new);
-    let logits = batch_logits(
-        &model,
-        None,
-        &sequences,
-        per_group,
-        BatchLayout::of(&config),
-        true,
-        tape.as_ref(),
     )?;
-    let report = group_loss(&config.objective_config()?, &logits.z_yes, &logits.z_no)?;
-    let forward = above("VmHWM")?;
-    let grads = match tape {
-        Some(tape) => tape.backward(&report.loss)?,
-        None => report.loss.backward()?,
-    };
-    accumulator.add_weighted(&grads, args.groups as f64)?;
-    drop(grads);
-    let backward = above("VmHWM")?;
-    let stepped = optimizer.step(&accumulator.take()?, config.lr)?;
+    let mut phases = serde_json::Map::new();
+    phases.insert("built".into(), json!(built));
+    let clock = Instant::now();
+    let stepped = stepper.step(&ids, per_group, |phase| {
+        let name = match phase {
+            Phase::Forward => "forward",
+            Phase::Backward => "backward",
+            Phase::Step => "step",
+        };
+        phases.insert(name.into(), json!(above("VmHWM")?));
+        Ok(())
+    })?;
     let seconds = clock.elapsed().as_secs_f64();
     let measured = above("VmHWM")?;
     if name == "default" {
         if let Some(dir) = &args.adapter {
-            model.save_adapter(dir)?;
+            stepper.model.save_adapter(dir)?;
         }
     }
     let shape = ModelShape::read(&args.model.join("config.json"))?;
@@ -243,11 +221,11 @@ fn train_child(args: &Args, name: &str) -> Result<()> {
         "RESULT {}",
         json!({
             "measurement": name,
-            "tokens": logits.tokens,
-            "loss": scalar(&report.loss)?,
+            "tokens": stepped.tokens,
+            "loss": stepped.loss,
             "grad_norm": stepped.grad_norm,
             "measured_bytes": measured,
-            "phases": {"built": built, "forward": forward, "backward": backward, "step": measured},
+            "phases": phases,
             "plan_bytes": plan.peak_bytes(),
             "plan": parts(&plan),
             "seconds": seconds,
@@ -325,72 +303,3 @@ fn parts(plan: &umrank::plan::MemoryPlan) -> Value {
         .into()
 }
 
-fn scalar(tensor: &Tensor) -> Result<f64> {
-    Ok(tensor
-        .to_dtype(candle_core::DType::F64)?
-        .to_scalar::<f64>()?)
-}
-
-const INSTRUCTION: &str =
-    "Given a web search query, retrieve relevant passages that answer the query.";
-
-/// Words the synthetic queries and documents are drawn from: ordinary English, a token or two each.
-const WORDS: [&str; 48] = [
-    "river", "city", "history", "energy", "market", "water", "school", "music", "garden",
-    "science", "winter", "village", "ocean", "engine", "language", "forest", "bridge", "council",
-    "island", "festival", "railway", "museum", "harvest", "climate", "planet", "doctor", "library",
-    "mountain", "theatre", "network", "border", "coffee", "season", "factory", "painting",
-    "election", "journey", "kitchen", "century", "mineral", "harbour", "novel", "station",
-    "orchard", "weather", "castle", "valley", "signal",
-];
-
-/// Queries of a dozen words and documents of a few hundred, seeded: a group shares its query, and the prompt
-/// builder cuts each document so that its prompt fits the budget.
-struct Texts {
-    /// `(query, document)`, group after group.
-    pairs: Vec<(String, String)>,
-}
-
-impl Texts {
-    /// `pairs` pairs, `per_query` to a query.
-    fn new(pairs: usize, per_query: usize) -> Self {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(17);
-        let mut words = |n: usize| -> String {
-            (0..n)
-                .map(|_| WORDS[rng.random_range(0..WORDS.len())])
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-        let mut out = Vec::with_capacity(pairs);
-        while out.len() < pairs {
-            let query = words(12);
-            for _ in 0..per_query.min(pairs - out.len()) {
-                out.push((query.clone(), words(300)));
-            }
-        }
-        Self { pairs: out }
-    }
-}
-
-/// The token ids of `count` reranker prompts of at most `max_len` tokens, groups of `per_group` sharing their
-/// query.
-fn prompts(
-    tokenizer: &Tokenizer,
-    count: usize,
-    per_group: usize,
-    max_len: usize,
-) -> Result<Vec<Vec<u32>>> {
-    let builder = PromptBuilder::reranker(tokenizer)?;
-    Texts::new(count, per_group)
-        .pairs
-        .iter()
-        .map(|(query, document)| {
-            let input = RerankInput {
-                instruction: INSTRUCTION,
-                query: Side::text(query),
-                document: Side::text(document),
-            };
-            Ok(builder.build(&input, max_len)?.ids)
-        })
-        .collect()
-}

@@ -76,10 +76,63 @@ def convert(gguf, out):
     tokenizer.save_pretrained(str(out))
 
 
+def yes_no_logits(model, rows, yes_no):
+    """The yes and no logits at each prompt's last token: left-padded rows, positions counting real tokens, the LM
+    head applied to the last position only."""
+    import torch
+
+    longest = max(len(r) for r in rows)
+    # The padding is masked out: any id will do.
+    ids = torch.tensor([[0] * (longest - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (longest - len(r)) + [1] * len(r) for r in rows])
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1)
+    logits = out.logits[:, -1, :].index_select(1, yes_no)
+    return logits[:, 0], logits[:, 1]
+
+
+def lora_training(model):
+    """The model wrapped by peft with umrank's default LoRA (r 16, alpha 32, dropout 0.05 on the seven
+    projections), in training mode, with its trainable parameters and their AdamW (lr 1e-4, no weight decay)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=TARGETS, bias="none")
+    model = get_peft_model(model, config)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    return model, params, optimizer
+
+
+def lora_step(model, params, optimizer, prompts, yes_no, phases=None, above=None):
+    """One training step on the prompts file's groups; returns the loss and the gradient norm before clipping.
+    With `phases` and `above`, the resident high-water mark is sampled after the forward and backward passes."""
+    import torch
+
+    groups, per_group = prompts["groups"], prompts["per_group"]
+    z_yes, z_no = yes_no_logits(model, prompts["ids"], yes_no)
+    # umrank's SFT loss (src/train/objective.rs): per document, cross-entropy over {no, yes} with the positive
+    # (column 0) labelled yes; summed over a group's documents, averaged over groups.
+    margin = (z_yes - z_no).reshape(groups, per_group)
+    labels = torch.zeros(groups, per_group)
+    labels[:, 0] = 1.0
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(margin, labels, reduction="sum") / groups
+    if phases is not None:
+        phases["forward"] = above("VmHWM")
+    loss.backward()
+    if phases is not None:
+        phases["backward"] = above("VmHWM")
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss, grad_norm
+
+
 def peft_child(model_dir, prompts_file, measurement, adapter):
     """One transformers + peft measurement in this process: `train`, `train-checkpointing` or `eval`."""
     import torch
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import PeftModel
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging
 
@@ -94,18 +147,6 @@ def peft_child(model_dir, prompts_file, measurement, adapter):
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     phases = {}
 
-    def yes_no_logits(rows):
-        """The yes and no logits at each prompt's last token: left-padded rows, positions counting real tokens,
-        the LM head applied to the last position only."""
-        longest = max(len(r) for r in rows)
-        # The padding is masked out: any id will do.
-        ids = torch.tensor([[0] * (longest - len(r)) + r for r in rows])
-        mask = torch.tensor([[0] * (longest - len(r)) + [1] * len(r) for r in rows])
-        positions = (mask.cumsum(1) - 1).clamp(min=0)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1)
-        logits = out.logits[:, -1, :].index_select(1, yes_no)
-        return logits[:, 0], logits[:, 1]
-
     if measurement == "eval":
         model = PeftModel.from_pretrained(model, adapter)
         model.eval()
@@ -115,7 +156,7 @@ def peft_child(model_dir, prompts_file, measurement, adapter):
         scores = []
         with torch.no_grad():
             for first in range(0, len(prompts["eval_ids"]), batch):
-                z_yes, z_no = yes_no_logits(prompts["eval_ids"][first:first + batch])
+                z_yes, z_no = yes_no_logits(model, prompts["eval_ids"][first:first + batch], yes_no)
                 scores.extend(torch.sigmoid(z_yes - z_no).tolist())
                 phases.setdefault("first_batch", above("VmHWM"))
         seconds = time.perf_counter() - start
@@ -123,27 +164,10 @@ def peft_child(model_dir, prompts_file, measurement, adapter):
     else:
         if measurement == "train-checkpointing":
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=TARGETS, bias="none")
-        model = get_peft_model(model, config)
-        model.train()
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+        model, params, optimizer = lora_training(model)
         phases["built"] = above("VmRSS")
-        groups, per_group = prompts["groups"], prompts["per_group"]
         start = time.perf_counter()
-        z_yes, z_no = yes_no_logits(prompts["ids"])
-        # umrank's SFT loss (src/train/objective.rs): per document, cross-entropy over {no, yes} with the positive
-        # (column 0) labelled yes; summed over a group's documents, averaged over groups.
-        margin = (z_yes - z_no).reshape(groups, per_group)
-        labels = torch.zeros(groups, per_group)
-        labels[:, 0] = 1.0
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(margin, labels, reduction="sum") / groups
-        phases["forward"] = above("VmHWM")
-        loss.backward()
-        phases["backward"] = above("VmHWM")
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss, grad_norm = lora_step(model, params, optimizer, prompts, yes_no, phases, above)
         seconds = time.perf_counter() - start
         phases["step"] = above("VmHWM")
         extra = {"tokens": sum(len(r) for r in prompts["ids"]), "loss": loss.item(),
@@ -159,9 +183,9 @@ def results(stdout):
                                           if line.startswith("RESULT "))}
 
 
-def run(command):
+def run(command, **kwargs):
     print("running:", " ".join(str(c) for c in command), flush=True)
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, **kwargs)
     if done.returncode != 0:
         sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
         raise SystemExit(f"{command[0]} failed with status {done.returncode}")
