@@ -36,6 +36,7 @@ mod plan;
 mod preprocess_parity;
 mod progress;
 mod prompt;
+mod prompt_families;
 mod release;
 mod release_gate;
 mod report;
