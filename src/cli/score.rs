@@ -11,6 +11,7 @@ use umrank::device::DeviceSpec;
 use umrank::media::preprocess::ImageInput;
 use umrank::models::qwen2_vl::ImagePatches;
 use umrank::models::reranker::{PairSide, Reranker};
+use umrank::models::text::prompt_format::{AnswerTokens, PromptFormat, PromptSettings};
 
 /// Score query-document pairs with a reranker (docs/method.md#prompt-layout; p_yes = sigmoid(z_yes - z_no)).
 #[derive(Debug, clap::Args)]
@@ -32,6 +33,15 @@ pub struct ScoreArgs {
     /// Longest prompt in tokens; longer pairs lose document text first, then query text, then instruction.
     #[arg(long, default_value_t = 3200, value_name = "N")]
     pub max_len: usize,
+
+    /// Prompt format: paper, qwen3-reranker or template (the model's own chat template) [default: the one
+    /// recorded beside the adapter or model by training, else paper].
+    #[arg(long, value_name = "FORMAT")]
+    pub prompt: Option<PromptFormat>,
+
+    /// The judgement words YES,NO, each a single token of the vocabulary [default: as recorded, else yes,no].
+    #[arg(long, value_name = "YES,NO", value_delimiter = ',', num_args = 2)]
+    pub answer_tokens: Option<Vec<String>>,
 
     /// Pairs per forward pass.
     #[arg(long, default_value_t = 8, value_name = "N")]
@@ -55,7 +65,13 @@ struct Pair {
 
 pub fn score_pairs(args: &ScoreArgs) -> Result<()> {
     let device = args.device.candle()?;
-    let reranker = Reranker::load(&args.model, args.adapter.as_deref(), &device)?;
+    let prompt = prompt_settings(args)?;
+    let reranker = Reranker::load_with_prompt(
+        &args.model,
+        args.adapter.as_deref(),
+        prompt.as_ref(),
+        &device,
+    )?;
     let pairs = read_pairs(&args.pairs)?;
     let base = args.pairs.parent().unwrap_or(Path::new("."));
     let mut out = std::io::stdout().lock();
@@ -91,6 +107,25 @@ pub fn score_pairs(args: &ScoreArgs) -> Result<()> {
     }
     out.flush()?;
     Ok(())
+}
+
+/// The prompt settings the flags ask for, if any.
+fn prompt_settings(args: &ScoreArgs) -> Result<Option<PromptSettings>> {
+    if args.prompt.is_none() && args.answer_tokens.is_none() {
+        return Ok(None);
+    }
+    let answer_tokens = match args.answer_tokens.as_deref() {
+        None => AnswerTokens::default(),
+        Some([yes, no]) => AnswerTokens {
+            yes: yes.clone(),
+            no: no.clone(),
+        },
+        Some(other) => anyhow::bail!("--answer-tokens takes two words, got {}", other.len()),
+    };
+    Ok(Some(PromptSettings {
+        format: args.prompt.unwrap_or_default(),
+        answer_tokens,
+    }))
 }
 
 fn load_image(

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use umrank::device::DeviceSpec;
+use umrank::models::text::prompt_format::PromptFormat;
 use umrank::optim::Decay;
 use umrank::pipeline::{RunOptions, Runner};
 use umrank::train::config::{DataFormat, ObjectiveName, Precision, Recompute, Tuning};
@@ -185,6 +186,14 @@ pub struct TrainArgs {
     #[arg(long)]
     pub max_len: Option<usize>,
 
+    /// Prompt format: paper, qwen3-reranker or template (the model's own chat template) [default: paper].
+    #[arg(long, value_name = "FORMAT")]
+    pub prompt: Option<PromptFormat>,
+
+    /// The judgement words YES,NO, each a single token of the vocabulary [default: yes,no].
+    #[arg(long, value_name = "YES,NO", value_delimiter = ',', num_args = 2)]
+    pub answer_tokens: Option<Vec<String>>,
+
     /// Weight dtype: f32 or bf16 (f32 master weights and moments either way) [default: bf16 on CUDA, else f32].
     #[arg(long, value_enum)]
     pub precision: Option<Precision>,
@@ -299,6 +308,8 @@ impl TrainArgs {
             ("accumulation", value(&self.accumulation)?),
             ("negatives", value(&self.negatives)?),
             ("max_len", value(&self.max_len)?),
+            ("prompt", value(&self.prompt)?),
+            ("answer_tokens", value(&self.answer_tokens)?),
             ("precision", value(&self.precision)?),
             ("min_pixels", value(&self.min_pixels)?),
             ("max_pixels", value(&self.max_pixels)?),

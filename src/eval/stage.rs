@@ -33,6 +33,7 @@ use crate::media::image_table::ImageTable;
 use crate::media::preprocess::ImageInput;
 use crate::models::qwen2_vl::{ImagePatches, PairScore};
 use crate::models::reranker::{PairSide, PreparedPair, Reranker};
+use crate::models::text::prompt_format::{AnswerTokens, PromptFormat, PromptSettings};
 use crate::pipeline::{
     Input, Manifest, Output, PipelineError, Reject, Stage, StageContext, StageError,
 };
@@ -118,6 +119,13 @@ pub struct EvalConfig {
     /// Longest prompt in tokens.
     #[serde(default = "default_max_len")]
     pub max_len: usize,
+    /// The prompt format [default: the one the adapter or model was trained with, else `paper`]; a format other
+    /// than the recorded one is an error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<PromptFormat>,
+    /// The judgement words `[yes, no]` [default: as recorded, else `["yes", "no"]`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_tokens: Option<AnswerTokens>,
     /// Permutations of each randomisation test.
     #[serde(default = "default_permutations")]
     pub permutations: usize,
@@ -128,6 +136,19 @@ pub struct EvalConfig {
     /// The upper bound; see `min_pixels`.
     #[serde(default)]
     pub max_pixels: Option<u64>,
+}
+
+impl EvalConfig {
+    /// The prompt settings asked for, if `prompt` or `answer_tokens` is given.
+    pub fn prompt_settings(&self) -> Option<PromptSettings> {
+        if self.prompt.is_none() && self.answer_tokens.is_none() {
+            return None;
+        }
+        Some(PromptSettings {
+            format: self.prompt.unwrap_or_default(),
+            answer_tokens: self.answer_tokens.clone().unwrap_or_default(),
+        })
+    }
 }
 
 fn default_k() -> usize {
@@ -163,6 +184,8 @@ impl EvalConfig {
             splits: None,
             batch: default_batch(),
             max_len: default_max_len(),
+            prompt: None,
+            answer_tokens: None,
             permutations: default_permutations(),
             min_pixels: None,
             max_pixels: None,
@@ -380,8 +403,10 @@ impl Stage for EvalStage {
         let evaluated = Evaluated::read(&ingest, &candidates, &self.config, shard)?;
         let device = ctx.device().candle().map_err(EvalStageError::Device)?;
         let model = self.model_dir(ctx)?;
+        let prompt = self.config.prompt_settings();
         let mut reranker =
-            Reranker::load(&model, adapter.as_deref(), &device).map_err(EvalStageError::from)?;
+            Reranker::load_with_prompt(&model, adapter.as_deref(), prompt.as_ref(), &device)
+                .map_err(EvalStageError::from)?;
         reranker
             .set_pixel_bounds((self.config.min_pixels, self.config.max_pixels))
             .map_err(EvalStageError::from)?;
@@ -474,7 +499,9 @@ pub fn rerank_lists(
         config,
         Shard::ALL,
     )?;
-    let mut reranker = Reranker::load(model, adapter, device).map_err(EvalStageError::from)?;
+    let prompt = config.prompt_settings();
+    let mut reranker = Reranker::load_with_prompt(model, adapter, prompt.as_ref(), device)
+        .map_err(EvalStageError::from)?;
     reranker
         .set_pixel_bounds((config.min_pixels, config.max_pixels))
         .map_err(EvalStageError::from)?;

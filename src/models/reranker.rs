@@ -1,5 +1,5 @@
-//! A reranker ready to score (instruction, query, document) pairs: a model, its tokenizer, the prompt of
-//! docs/method.md#prompt-layout and, for vision-language models, the image processor.
+//! A reranker ready to score (instruction, query, document) pairs: a model, its tokenizer, its prompt format
+//! (docs/method.md#prompt-layout) and, for vision-language models, the image processor.
 //!
 //! `umrank score` and the eval stage share it, so a pair scores the same from the command line and in a pipeline.
 //! Work is split in two steps: [`Reranker::prompt`] turns one pair into token ids and image patches (where bad
@@ -24,7 +24,9 @@ use crate::models::adapters::peft::PeftError;
 use crate::models::backbone::Backbone;
 use crate::models::decoder::Decoder;
 use crate::models::formats::gguf::GgufCheckpoint;
-use crate::models::text::prompt::{PromptBuilder, PromptError, RerankInput, Side, IM_END};
+use crate::models::text::chat_template::{ChatTemplate, ChatTemplateError, ChatTemplates};
+use crate::models::text::prompt::{PromptBuilder, PromptError, RerankInput, Side};
+use crate::models::text::prompt_format::{PromptFormat, PromptSettings, PromptSettingsError};
 use crate::models::text::tokenizer::{AnswerIds, Tokenizer, TokenizerError};
 
 /// Why a reranker could not be loaded or could not score a pair.
@@ -46,6 +48,10 @@ pub enum RerankerError {
     Tokenizer(#[from] TokenizerError),
     #[error(transparent)]
     Prompt(#[from] PromptError),
+    #[error(transparent)]
+    PromptSettings(#[from] PromptSettingsError),
+    #[error("prompt format template: {0}")]
+    ChatTemplate(#[from] ChatTemplateError),
     #[error("image: {0}")]
     Image(#[from] PreprocessError),
     #[error("the pair has an image but the model {0} is text-only")]
@@ -92,6 +98,10 @@ pub struct RerankerParts<'a> {
     pub files: Option<&'a Path>,
     /// A PEFT adapter directory to apply.
     pub adapter: Option<&'a Path>,
+    /// The prompt to score with; by default the one recorded beside the adapter or the model
+    /// ([`crate::models::text::prompt_format::PROMPT_FILE`]), else `paper`. A request that differs from the
+    /// record is an error.
+    pub prompt: Option<&'a PromptSettings>,
 }
 
 /// A loaded reranker; see the module docs.
@@ -100,6 +110,9 @@ pub struct Reranker {
     tokenizer: Tokenizer,
     answers: AnswerIds,
     pad_id: u32,
+    prompt: PromptSettings,
+    /// The model's chat template, for the `template` prompt format.
+    template: Option<ChatTemplate>,
     processor: Option<Qwen2VlProcessor>,
     path: PathBuf,
 }
@@ -112,6 +125,16 @@ impl Reranker {
         adapter: Option<&Path>,
         device: &Device,
     ) -> Result<Self, RerankerError> {
+        Self::load_with_prompt(model, adapter, None, device)
+    }
+
+    /// [`Reranker::load`] with the prompt settings asked for (see [`RerankerParts::prompt`]).
+    pub fn load_with_prompt(
+        model: &Path,
+        adapter: Option<&Path>,
+        prompt: Option<&PromptSettings>,
+        device: &Device,
+    ) -> Result<Self, RerankerError> {
         let dtype = if device.is_cuda() {
             DType::BF16
         } else {
@@ -121,6 +144,7 @@ impl Reranker {
             weights: model,
             files: None,
             adapter,
+            prompt,
         };
         Self::load_parts(parts, dtype, device)
     }
@@ -131,7 +155,8 @@ impl Reranker {
         dtype: DType,
         device: &Device,
     ) -> Result<Self, RerankerError> {
-        let (mut backbone, tokenizer) = load_backbone(parts.weights, parts.files, dtype, device)?;
+        let (mut backbone, tokenizer, embedded_template) =
+            load_backbone(parts.weights, parts.files, dtype, device)?;
         if let Some(adapter) = parts.adapter {
             let decoder = backbone.decoder_mut();
             decoder
@@ -147,16 +172,39 @@ impl Reranker {
             Some(vl) => Some(image_processor(parts.files.unwrap_or(parts.weights), vl)?),
             None => None,
         };
-        let answers = tokenizer.yes_no_ids()?;
-        let pad_id = tokenizer.special_token_id(IM_END)?;
+        let files = parts.files.unwrap_or(parts.weights);
+        let record_dirs: Vec<&Path> = [parts.adapter, Some(files), Some(parts.weights)]
+            .into_iter()
+            .flatten()
+            .filter(|dir| dir.is_dir())
+            .collect();
+        let prompt = PromptSettings::resolve(parts.prompt, &record_dirs)?;
+        let template = match (prompt.format, embedded_template) {
+            (PromptFormat::Template, Some(embedded)) if parts.files.is_none() => Some(embedded),
+            (PromptFormat::Template, _) => {
+                Some(ChatTemplates::from_dir(files)?.into_selected(None, false)?)
+            }
+            _ => None,
+        };
+        // Building a prompt builder checks the format against the vocabulary once, at load.
+        PromptBuilder::for_settings(&tokenizer, &prompt, template.as_ref())?;
+        let answers = tokenizer.answer_ids(&prompt.answer_tokens.yes, &prompt.answer_tokens.no)?;
+        let pad_id = tokenizer.pad_id()?;
         Ok(Self {
             backbone,
             tokenizer,
             answers,
             pad_id,
+            prompt,
+            template,
             processor,
             path: parts.weights.to_owned(),
         })
+    }
+
+    /// The prompt format and judgement tokens the reranker scores with.
+    pub fn prompt_settings(&self) -> &PromptSettings {
+        &self.prompt
     }
 
     /// Whether the model takes images.
@@ -221,7 +269,9 @@ impl Reranker {
             query: prompt_side(query, merge),
             document: prompt_side(document, merge),
         };
-        let prompt = PromptBuilder::reranker(&self.tokenizer)?.build(&input, max_len)?;
+        let prompt =
+            PromptBuilder::for_settings(&self.tokenizer, &self.prompt, self.template.as_ref())?
+                .build(&input, max_len)?;
         let images = query
             .image
             .into_iter()
@@ -269,13 +319,14 @@ fn prompt_side<'a>(side: PairSide<'a>, merge: usize) -> Side<'a> {
     }
 }
 
-/// The network at `path` and the tokenizer from `files` (default: beside the weights, or inside the GGUF).
+/// The network at `path`, the tokenizer from `files` (default: beside the weights, or inside the GGUF), and the
+/// chat template a GGUF carries.
 fn load_backbone(
     path: &Path,
     files: Option<&Path>,
     dtype: DType,
     device: &Device,
-) -> Result<(Backbone, Tokenizer), RerankerError> {
+) -> Result<(Backbone, Tokenizer, Option<ChatTemplate>), RerankerError> {
     if path.is_file() {
         let checkpoint =
             GgufCheckpoint::read(path, device).map_err(|e| RerankerError::load(path, e))?;
@@ -286,7 +337,8 @@ fn load_backbone(
             Some(dir) => Tokenizer::from_dir(dir)?,
             None => gguf_tokenizer(checkpoint.tokenizer(), path)?,
         };
-        return Ok((Backbone::Text(Box::new(decoder)), tokenizer));
+        let template = gguf_chat_template(&checkpoint, &tokenizer, path)?;
+        return Ok((Backbone::Text(Box::new(decoder)), tokenizer, template));
     }
     let tokenizer = Tokenizer::from_dir(files.unwrap_or(path))?;
     let backbone = if Qwen2VlModel::is_vl_dir(path) {
@@ -298,7 +350,26 @@ fn load_backbone(
             .map_err(|e| RerankerError::load(path, e))?;
         Backbone::Text(Box::new(decoder))
     };
-    Ok((backbone, tokenizer))
+    Ok((backbone, tokenizer, None))
+}
+
+/// The chat template in a GGUF's metadata, with its bos and eos tokens spelled as the template prints them.
+fn gguf_chat_template(
+    checkpoint: &GgufCheckpoint,
+    tokenizer: &Tokenizer,
+    path: &Path,
+) -> Result<Option<ChatTemplate>, RerankerError> {
+    let Some(source) = checkpoint.chat_template() else {
+        return Ok(None);
+    };
+    let special_tokens = [
+        ("bos_token", checkpoint.bos_token_id()),
+        ("eos_token", checkpoint.eos_token_id()),
+    ]
+    .into_iter()
+    .filter_map(|(field, id)| Some((field, tokenizer.id_to_token(id?)?)))
+    .collect();
+    Ok(Some(ChatTemplate::embedded(path, source, special_tokens)?))
 }
 
 /// The model directory's image processor, or transformers' defaults (which are the inference bounds of

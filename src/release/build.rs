@@ -26,7 +26,10 @@ use candle_core::Device;
 
 use super::card::{self, CardInput, LicenseSource};
 use super::check::{score_check_pair, CheckPair};
-use super::files::{base_license, copy_license_files, copy_model_files, weight_files, CopiedFiles};
+use super::files::{
+    base_license, copy_license_files, copy_model_files, copy_prompt_record, weight_files,
+    CopiedFiles,
+};
 use super::lineage;
 use super::manifest::{
     describe_files, list_files, BaseModel, ReleaseKind, ReleaseManifest, ScoreCheck, RELEASE_FORMAT,
@@ -230,6 +233,7 @@ fn assemble_adapter(
     let vision = Qwen2VlModel::is_vl_dir(&base);
     let copied = copy_model_files(&base, tmp)?;
     copy_adapter(adapter, tmp, &base_name, vision)?;
+    copy_prompt_record(adapter, tmp)?;
     let lora = PeftAdapter::read(tmp, &Device::Cpu)?.config().clone();
 
     let pair = CheckPair::builtin(vision);
@@ -237,12 +241,14 @@ fn assemble_adapter(
         weights: &base,
         files: Some(tmp),
         adapter: Some(adapter),
+        prompt: None,
     };
     let expected = score_check_pair(parts, &pair, device)?;
     let merged_tolerance = if spec.merged {
         let merged_dir = tmp.join(outputs::release::MERGED);
         let summary = write_merged(&base, tmp, &merged_dir)?;
         copy_model_files(&base, &merged_dir)?;
+        copy_prompt_record(adapter, &merged_dir)?;
         tracing::info!(
             "merged {} of {} tensors into {}",
             summary.merged,
@@ -302,6 +308,7 @@ fn assemble_full(
         .and_then(|value| value.as_str())
         .map(PathBuf::from);
     let copied = copy_model_files(model, tmp)?;
+    copy_prompt_record(model, tmp)?;
     for name in weight_files(model)? {
         let (from, to) = (model.join(&name), tmp.join(&name));
         fs::copy(&from, &to).map_err(ReleaseError::io(&from))?;
@@ -314,6 +321,7 @@ fn assemble_full(
         weights: model,
         files: Some(tmp),
         adapter: None,
+        prompt: None,
     };
     let expected = score_check_pair(parts, &pair, device)?;
     Ok(Assembled {

@@ -11,6 +11,7 @@ use super::ReleaseError;
 use crate::media::preprocess::PreprocessorConfig;
 use crate::models::formats::weights::{INDEX_FILE, SINGLE_FILE};
 use crate::models::qwen2_vl::{Qwen2VlModel, VisionConfig};
+use crate::models::text::prompt_format::PROMPT_FILE;
 
 /// Files of a Hugging Face model directory that describe the model without being its weights. config.json and
 /// tokenizer.json are required; the others are copied when the base has them.
@@ -48,6 +49,17 @@ pub struct CopiedFiles {
     pub copied: Vec<String>,
     /// Whether preprocessor_config.json was written by umrank because the base had none.
     pub generated_preprocessor: bool,
+}
+
+/// Copies the prompt record training wrote beside its adapter or model into `out`, so that the release scores
+/// with the prompt it was trained with (a run from before prompt formats has none and scores with `paper`).
+pub fn copy_prompt_record(trained: &Path, out: &Path) -> Result<(), ReleaseError> {
+    let from = trained.join(PROMPT_FILE);
+    if from.is_file() {
+        let to = out.join(PROMPT_FILE);
+        fs::copy(&from, &to).map_err(ReleaseError::io(&from))?;
+    }
+    Ok(())
 }
 
 /// Copies the base's model and license files into `out`. A vision-language base without an image processor

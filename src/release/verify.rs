@@ -207,5 +207,6 @@ fn parts<'a>(weights: &'a Path, files: &'a Path, adapter: Option<&'a Path>) -> R
         weights,
         files: Some(files),
         adapter,
+        prompt: None,
     }
 }

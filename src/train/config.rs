@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::objective::{DirectionSource, Objective, ObjectiveConfig, WeightSource};
 use crate::models::adapters::lora::{LoraConfig, DECODER_TARGETS};
+use crate::models::text::prompt_format::{AnswerTokens, PromptFormat, PromptSettings};
 use crate::optim::AdamWConfig;
 use crate::optim::{Decay, Schedule};
 use crate::plan::parse_bytes;
@@ -198,6 +199,13 @@ pub struct TrainConfig {
     /// never; a group with a document that cannot fit is rejected.
     #[serde(default = "default_max_len")]
     pub max_len: usize,
+    /// The prompt format: `paper`, `qwen3-reranker` or `template` (the model's chat template); recorded with the
+    /// trained adapter or model so that eval, `umrank score` and a release ask it the same way.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub prompt: PromptFormat,
+    /// The judgement words `[yes, no]`, each a single token of the vocabulary.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub answer_tokens: AnswerTokens,
     /// Weight dtype; default bf16 on CUDA, f32 on the CPU.
     #[serde(default)]
     pub precision: Option<Precision>,
@@ -238,6 +246,10 @@ pub struct TrainConfig {
     /// are a few megabytes and recomputing them would only cost time.
     #[serde(default)]
     pub recompute: Option<Recompute>,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 fn default_shards() -> String {
@@ -333,6 +345,14 @@ fn problem<T>(key: &'static str, problem: impl Into<String>) -> Result<T, Config
 }
 
 impl TrainConfig {
+    /// The prompt format and judgement tokens of the run.
+    pub fn prompt_settings(&self) -> PromptSettings {
+        PromptSettings {
+            format: self.prompt,
+            answer_tokens: self.answer_tokens.clone(),
+        }
+    }
+
     /// Checks every key; the first problem found is returned.
     pub fn validate(&self) -> Result<(), ConfigProblem> {
         self.model_source()?;

@@ -28,7 +28,11 @@ use crate::models::formats::weights::Weights;
 use crate::models::init::seeded_var_builder;
 use crate::models::layers::attention::AttentionKernel;
 use crate::models::qwen2_vl::Qwen2VlModel;
-use crate::models::text::prompt::{IMAGE_PAD, IM_END, VISION_END, VISION_START};
+use crate::models::text::chat_template::{ChatTemplate, ChatTemplates, TEMPLATE_JINJA_FILE};
+use crate::models::text::prompt::{
+    PromptBuilder, PromptError, IMAGE_PAD, VISION_END, VISION_START,
+};
+use crate::models::text::prompt_format::{PromptFormat, PromptSettings};
 use crate::models::text::tokenizer::{AnswerIds, Tokenizer};
 use crate::schema::outputs;
 
@@ -226,6 +230,9 @@ pub struct TrainableReranker {
     tokenizer_dir: PathBuf,
     answers: AnswerIds,
     pad_id: u32,
+    prompt: PromptSettings,
+    /// The tokenizer directory's chat template, for the `template` prompt format.
+    template: Option<ChatTemplate>,
     config_json: Value,
     base_name: String,
     served: Vec<Served>,
@@ -317,8 +324,19 @@ impl TrainableReranker {
             }
         }
         let tokenizer = Tokenizer::from_dir(&tokenizer_dir)?;
-        let answers = tokenizer.yes_no_ids()?;
-        let pad_id = tokenizer.special_token_id(IM_END)?;
+        let prompt = config.prompt_settings();
+        let template = match prompt.format {
+            PromptFormat::Template => Some(
+                ChatTemplates::from_dir(&tokenizer_dir)
+                    .and_then(|templates| templates.into_selected(None, false))
+                    .map_err(PromptError::from)?,
+            ),
+            _ => None,
+        };
+        // Building a prompt builder checks the format against the vocabulary before anything trains.
+        PromptBuilder::for_settings(&tokenizer, &prompt, template.as_ref())?;
+        let answers = tokenizer.answer_ids(&prompt.answer_tokens.yes, &prompt.answer_tokens.no)?;
+        let pad_id = tokenizer.pad_id()?;
         let served = params.served()?;
         Ok(Self {
             backbone,
@@ -326,6 +344,8 @@ impl TrainableReranker {
             tokenizer_dir,
             answers,
             pad_id,
+            prompt,
+            template,
             config_json,
             base_name,
             served,
@@ -356,6 +376,18 @@ impl TrainableReranker {
 
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
+    }
+
+    /// The prompt builder of the run's prompt format.
+    pub fn prompt_builder(&self) -> Result<PromptBuilder<'_>, PromptError> {
+        PromptBuilder::for_settings(&self.tokenizer, &self.prompt, self.template.as_ref())
+    }
+
+    /// Records the run's prompt settings in `dir`, beside the adapter or model written there.
+    pub fn record_prompt(&self, dir: &Path) -> Result<(), TrainRunError> {
+        self.prompt
+            .record(dir)
+            .map_err(|e| TrainRunError::model(e.to_string()))
     }
 
     pub fn answers(&self) -> AnswerIds {
@@ -459,7 +491,11 @@ impl TrainableReranker {
             &dir.join(outputs::train::FULL_WEIGHTS),
             &self.base_weights(),
         )?;
-        for file in ["tokenizer.json", "tokenizer_config.json"] {
+        for file in [
+            "tokenizer.json",
+            "tokenizer_config.json",
+            TEMPLATE_JINJA_FILE,
+        ] {
             let from = self.tokenizer_dir.join(file);
             if from.is_file() {
                 let to = dir.join(file);

@@ -40,7 +40,6 @@ use super::plots::write_plots;
 use crate::dataset::Dataset;
 use crate::distributed::{Collective, Single};
 use crate::models::layers::recompute::RecomputeTape;
-use crate::models::text::prompt::PromptBuilder;
 use crate::optim::Schedule;
 use crate::optim::{AdamW, GradAccumulator};
 use crate::pipeline::Reject;
@@ -199,11 +198,7 @@ fn encoder<'a>(
     images: Option<&'a ImageBank>,
     max_len: usize,
 ) -> Result<Encoder<'a>, TrainRunError> {
-    Ok(Encoder::new(
-        PromptBuilder::reranker(model.tokenizer())?,
-        max_len,
-        images,
-    ))
+    Ok(Encoder::new(model.prompt_builder()?, max_len, images))
 }
 
 /// Trains on `inputs` as `config` says and writes the outputs under `settings.out_dir`. With `config.resume`,
@@ -553,11 +548,13 @@ impl<'a> Trainer<'a> {
             Tuning::Lora => {
                 let dir = out.join(outputs::train::ADAPTER);
                 self.prepared.model.save_adapter(&dir)?;
+                self.prepared.model.record_prompt(&dir)?;
                 dir
             }
             Tuning::Full => {
                 let dir = out.join(outputs::train::MODEL);
                 self.prepared.model.save_full(&dir)?;
+                self.prepared.model.record_prompt(&dir)?;
                 dir
             }
         };

@@ -36,6 +36,8 @@ mod plan;
 mod preprocess_parity;
 mod progress;
 mod prompt;
+mod prompt_families;
+mod prompt_llama3;
 mod release;
 mod release_gate;
 mod report;

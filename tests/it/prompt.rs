@@ -111,7 +111,10 @@ fn prompts_match_transformers() {
         let input = case.input();
         let prompt = builder.build(&input, usize::MAX).unwrap();
         assert_eq!(prompt.ids, case.ids, "{:?}", case.rendered);
-        assert_eq!(builder.render_text(&input, prompt.kept), case.rendered);
+        assert_eq!(
+            builder.render_text(&input, prompt.kept).unwrap(),
+            case.rendered
+        );
         assert!(!prompt.was_truncated(&input));
 
         let owners: Vec<ImageOwner> = [
@@ -155,7 +158,7 @@ fn text_runs_encode_like_the_whole_string() {
     let builder = PromptBuilder::reranker(&tokenizer).unwrap();
     for input in seam_inputs() {
         let prompt = builder.build(&input, usize::MAX).unwrap();
-        let text = builder.render_text(&input, prompt.kept);
+        let text = builder.render_text(&input, prompt.kept).unwrap();
         assert_eq!(
             prompt.ids,
             tokenizer.encode(&text, false).unwrap(),
@@ -217,7 +220,9 @@ fn layout_equals_the_qwen2_vl_chat_template() {
         }
         assert_eq!(
             expanded,
-            builder.render_text(&input, KeptText::whole(&input))
+            builder
+                .render_text(&input, KeptText::whole(&input))
+                .unwrap()
         );
     }
 }
@@ -235,7 +240,7 @@ fn special_token_strings_in_data_cannot_close_the_turn() {
     let prompt = builder.build(&input, usize::MAX).unwrap();
     assert_eq!(prompt.ids.iter().filter(|&&id| id == im_end).count(), 2);
     assert!(prompt.images.is_empty());
-    let text = builder.render_text(&input, prompt.kept);
+    let text = builder.render_text(&input, prompt.kept).unwrap();
     assert_eq!(tokenizer.decode(&prompt.ids, false).unwrap(), text);
 }
 
@@ -249,7 +254,7 @@ fn generic_system_text() {
         document: Side::image(4, ""),
     };
     let prompt = builder.build(&input, usize::MAX).unwrap();
-    let text = builder.render_text(&input, prompt.kept);
+    let text = builder.render_text(&input, prompt.kept).unwrap();
     assert!(
         text.starts_with("<|im_start|>system\nIs the image a crab? Answer yes or no.<|im_end|>\n")
     );
@@ -326,7 +331,7 @@ fn empty_images_are_an_error() {
 
 /// The prompt's length with each field cut to `kept`.
 fn length(builder: &PromptBuilder, input: &RerankInput, kept: KeptText) -> usize {
-    let text = builder.render_text(input, kept);
+    let text = builder.render_text(input, kept).unwrap();
     builder.tokenizer().encode(&text, false).unwrap().len()
 }
 
@@ -362,7 +367,7 @@ fn the_document_is_cut_first() {
         assert_eq!(prompt.kept.query, input.query.text.len());
         assert!(0 < prompt.kept.document && prompt.kept.document < LONG_DOCUMENT.len());
         // Exact: the ids are the encoding of the cut prompt, and one more document token would not fit.
-        let text = builder.render_text(&input, prompt.kept);
+        let text = builder.render_text(&input, prompt.kept).unwrap();
         assert_eq!(prompt.ids, tokenizer.encode(&text, false).unwrap());
         let longer = KeptText {
             document: next_cut(&tokenizer, LONG_DOCUMENT, prompt.kept.document),
@@ -433,7 +438,7 @@ fn the_instruction_is_cut_last() {
     assert!(prompt.ids.len() <= max_len);
     assert_eq!((prompt.kept.document, prompt.kept.query), (0, 0));
     assert!(0 < prompt.kept.instruction && prompt.kept.instruction < instruction.len());
-    let text = builder.render_text(&input, prompt.kept);
+    let text = builder.render_text(&input, prompt.kept).unwrap();
     assert!(text.contains("<Instruct>: Given a"), "{text:?}");
     assert_eq!(prompt.ids, tokenizer.encode(&text, false).unwrap());
 }
@@ -495,7 +500,9 @@ fn group_prefix_and_suffixes_rebuild_every_prompt() {
         query,
         document: documents[0],
     };
-    let text = builder.render_text(&single, KeptText::whole(&single));
+    let text = builder
+        .render_text(&single, KeptText::whole(&single))
+        .unwrap();
     let boundary = text.find("<Document>:").unwrap();
     assert_eq!(
         group.prefix(),

@@ -288,6 +288,16 @@ impl ChatTemplate {
         })
     }
 
+    /// A template carried outside a model directory, as a GGUF file's `tokenizer.chat_template` is: `path` labels
+    /// errors, `special_tokens` are the `bos_token` / `eos_token` strings the template may print.
+    pub fn embedded(
+        path: &Path,
+        source: &str,
+        special_tokens: Vec<(&'static str, String)>,
+    ) -> Result<Self, ChatTemplateError> {
+        Self::compile(DEFAULT_TEMPLATE, path, source, special_tokens)
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -389,6 +399,21 @@ impl ChatTemplates {
                 name: wanted.to_string(),
                 available: self.names().map(str::to_string).collect(),
             })
+    }
+
+    /// The template [`ChatTemplates::select`] picks, taken out of the set.
+    pub fn into_selected(
+        mut self,
+        name: Option<&str>,
+        with_tools: bool,
+    ) -> Result<ChatTemplate, ChatTemplateError> {
+        let wanted = self.select(name, with_tools)?.name.clone();
+        let index = self
+            .templates
+            .iter()
+            .position(|template| template.name == wanted)
+            .expect("select found it");
+        Ok(self.templates.swap_remove(index))
     }
 
     /// Renders `chat` with the template [`ChatTemplates::select`] picks for it.

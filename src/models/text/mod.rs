@@ -4,5 +4,7 @@
 pub mod chat_template;
 pub mod gguf_tokenizer;
 pub mod prompt;
+pub mod prompt_format;
+pub mod prompt_layout;
 pub mod pyjson;
 pub mod tokenizer;

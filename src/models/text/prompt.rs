@@ -1,4 +1,5 @@
-//! The reranker prompt (docs/method.md#prompt-layout), built as token ids from its parts:
+//! The reranker prompt (docs/method.md#prompt-layout), built as token ids from its parts. The `paper` format
+//! ([`crate::models::text::prompt_format`] has the others) is
 //!
 //! ```text
 //! <|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n<Instruct>: {instruction}<Query>:{query image}{query text}
@@ -10,22 +11,28 @@
 //! and one user turn of text and image parts. Qwen3-Reranker (text) additionally pre-fills an empty
 //! `<think>\n\n</think>\n\n` after the assistant header; this layout follows docs/method.md#prompt-layout and has none.
 //!
-//! How the ids are made: special tokens are placed by id, and each run of text between two of them (template
-//! words and data together, e.g. `user\n<Instruct>: {instruction}<Query>:`) is encoded as one string, with
-//! special-token strings inside data encoded as text. Tokenizers split added tokens out before anything else, so
-//! this equals encoding the whole rendered prompt (the tests prove it against transformers), while a document
-//! that contains `<|im_end|>` cannot close its turn. Encoding the data fields on their own and concatenating would
-//! not be exact: Qwen2's pre-tokenizer regex joins text across such seams (`": "` + `"Find"` is `":"`, `" Find"`).
+//! How the ids are made: the format is rendered once with placeholders for the data
+//! ([`crate::models::text::prompt_layout`]); its added tokens are placed by id, and each run of text between two of
+//! them (template words and data together, e.g. `user\n<Instruct>: {instruction}<Query>:`) is encoded as one
+//! string, with special-token strings inside data encoded as text. Tokenizers split added tokens out before
+//! anything else, so this equals encoding the whole rendered prompt (the tests prove it against transformers, and
+//! the builder checks it on a probe pair when it is made), while a document that contains `<|im_end|>` cannot
+//! close its turn. Encoding the data fields on their own and concatenating would not be exact: Qwen2's
+//! pre-tokenizer regex joins text across such seams (`": "` + `"Find"` is `":"`, `" Find"`).
 //!
 //! Length budget: when the prompt exceeds `max_len` tokens, the document text is cut first, then the query text,
 //! then the instruction, each at a token boundary of the field, keeping the longest prefix for which the whole
 //! prompt, re-encoded, fits. Template tokens and image tokens are never cut; a prompt whose template plus images
 //! alone exceed the budget is [`PromptError::TooLong`], which callers turn into a reject.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
 use std::path::PathBuf;
 
+use crate::models::text::chat_template::{ChatTemplate, ChatTemplateError};
+use crate::models::text::prompt_format::{self, ImageSlots, PromptFormat, PromptSettings};
+use crate::models::text::prompt_layout::{Field, Layout, LayoutError, Segment};
 use crate::models::text::tokenizer::{Tokenizer, TokenizerError};
 
 /// The system turn of the reranker prompt (docs/method.md#prompt-layout).
@@ -35,12 +42,35 @@ pub const IM_START: &str = "<|im_start|>";
 pub const IM_END: &str = "<|im_end|>";
 pub const VISION_START: &str = "<|vision_start|>";
 pub const VISION_END: &str = "<|vision_end|>";
-pub const IMAGE_PAD: &str = "<|image_pad|>";
+pub const IMAGE_PAD: &str = crate::models::text::prompt_layout::IMAGE_PAD;
+
+/// The data of the pair the builder checks itself on.
+const PROBE_TEXT: &str = "probe";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PromptError {
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Template(#[from] ChatTemplateError),
+    #[error("prompt format {format}: {source}")]
+    Layout {
+        format: PromptFormat,
+        #[source]
+        source: LayoutError,
+    },
+    #[error("prompt format template needs the model's chat template, and none was given")]
+    NoTemplate,
+    #[error(
+        "tokenizer {}: prompt format {format} cannot be built exactly: its parts encode to {parts} ids but the whole rendered prompt to {whole}",
+        path.display()
+    )]
+    Inexact {
+        path: PathBuf,
+        format: PromptFormat,
+        parts: usize,
+        whole: usize,
+    },
     #[error(
         "the prompt has a {owner} image but tokenizer {} has no vision tokens ({token} is missing)",
         path.display()
@@ -145,22 +175,20 @@ impl KeptText {
     }
 }
 
-/// The text fields, in the order the budget cuts them.
-#[derive(Debug, Clone, Copy)]
-enum Field {
-    Document,
-    Query,
-    Instruction,
-}
-
 impl Field {
-    const CUT_ORDER: [Field; 3] = [Field::Document, Field::Query, Field::Instruction];
-
     fn text<'a>(self, input: &RerankInput<'a>) -> &'a str {
         match self {
             Field::Document => input.document.text,
             Field::Query => input.query.text,
             Field::Instruction => input.instruction,
+        }
+    }
+
+    fn kept(self, kept: KeptText) -> usize {
+        match self {
+            Field::Document => kept.document,
+            Field::Query => kept.query,
+            Field::Instruction => kept.instruction,
         }
     }
 }
@@ -204,7 +232,7 @@ impl Prompt {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PromptGroup {
     /// Every prompt starts with the same `prefix_len` ids: the system turn, the instruction and the query, up to
-    /// and including the newline before `<Document>:`.
+    /// the line that introduces the document (or fewer, where the tokenizer merges across that point).
     pub prefix_len: usize,
     pub prompts: Vec<Prompt>,
 }
@@ -223,84 +251,111 @@ impl PromptGroup {
     }
 }
 
+/// Where a builder's layouts come from.
 #[derive(Debug, Clone, Copy)]
-struct ChatIds {
-    im_start: u32,
-    im_end: u32,
+enum Source<'t> {
+    Builtin(PromptFormat),
+    Template(&'t ChatTemplate),
 }
 
-#[derive(Debug, Clone, Copy)]
-struct VisionIds {
-    start: u32,
-    end: u32,
-    image_pad: u32,
+impl Source<'_> {
+    fn format(self) -> PromptFormat {
+        match self {
+            Source::Builtin(format) => format,
+            Source::Template(_) => PromptFormat::Template,
+        }
+    }
 }
 
-/// A piece of the layout. `QueryEnd` marks where the shared prefix of a group ends.
-#[derive(Debug, Clone, Copy)]
-enum Piece<'a> {
-    Special(u32, &'static str),
-    Text(&'a str),
-    Image(ImageOwner, usize),
-    QueryEnd,
-}
-
-/// Builds reranker prompts for one tokenizer and one system text.
+/// Builds reranker prompts for one tokenizer, one format and one system text.
 #[derive(Debug, Clone)]
 pub struct PromptBuilder<'t> {
     tokenizer: &'t Tokenizer,
     system: String,
-    chat: ChatIds,
+    source: Source<'t>,
     /// `None` for text-only vocabularies; prompts with images are then an error.
-    vision: Option<VisionIds>,
+    image_pad: Option<u32>,
+    /// The layout of a pair without images; those with images are rendered when asked for.
+    text_layout: Layout,
 }
 
 impl<'t> PromptBuilder<'t> {
-    /// The reranker prompt of docs/method.md#prompt-layout.
+    /// The reranker prompt of docs/method.md#prompt-layout (the `paper` format).
     pub fn reranker(tokenizer: &'t Tokenizer) -> Result<Self, PromptError> {
         Self::new(tokenizer, RERANK_SYSTEM)
     }
 
-    /// The same layout with another system text. Works for text-only ChatML vocabularies too (SmolLM2, Qwen2
+    /// The `paper` layout with another system text. Works for text-only ChatML vocabularies too (SmolLM2, Qwen2
     /// text): the vision tokens are only needed by prompts that have images.
     pub fn new(tokenizer: &'t Tokenizer, system: &str) -> Result<Self, PromptError> {
-        let chat = ChatIds {
-            im_start: tokenizer.special_token_id(IM_START)?,
-            im_end: tokenizer.special_token_id(IM_END)?,
+        Self::build_for(tokenizer, system, Source::Builtin(PromptFormat::Paper))
+    }
+
+    /// The prompt of `settings`; the `template` format renders `template`, the model's chat template.
+    pub fn for_settings(
+        tokenizer: &'t Tokenizer,
+        settings: &PromptSettings,
+        template: Option<&'t ChatTemplate>,
+    ) -> Result<Self, PromptError> {
+        let source = match settings.format {
+            PromptFormat::Template => Source::Template(template.ok_or(PromptError::NoTemplate)?),
+            builtin => Source::Builtin(builtin),
         };
-        let vision = match (
+        Self::build_for(tokenizer, &settings.judge_instruction(), source)
+    }
+
+    fn build_for(
+        tokenizer: &'t Tokenizer,
+        system: &str,
+        source: Source<'t>,
+    ) -> Result<Self, PromptError> {
+        if let Source::Builtin(_) = source {
+            // The built-in formats are ChatML: their turn markers must be the vocabulary's special tokens.
+            tokenizer.special_token_id(IM_START)?;
+            tokenizer.special_token_id(IM_END)?;
+        }
+        let image_pad = match (
             optional_special(tokenizer, VISION_START)?,
             optional_special(tokenizer, VISION_END)?,
             optional_special(tokenizer, IMAGE_PAD)?,
         ) {
-            (Some(start), Some(end), Some(image_pad)) => Some(VisionIds {
-                start,
-                end,
-                image_pad,
-            }),
+            (Some(_), Some(_), Some(pad)) => Some(pad),
             _ => None,
         };
-        Ok(Self {
+        let text_slots = ImageSlots {
+            query: false,
+            document: false,
+        };
+        let text_layout = render_layout(tokenizer, system, source, text_slots, &[])?;
+        let builder = Self {
             tokenizer,
             system: system.to_string(),
-            chat,
-            vision,
-        })
+            source,
+            image_pad,
+            text_layout,
+        };
+        builder.check_exact()?;
+        Ok(builder)
     }
 
     pub fn tokenizer(&self) -> &'t Tokenizer {
         self.tokenizer
     }
 
+    pub fn format(&self) -> PromptFormat {
+        self.source.format()
+    }
+
     /// The prompt for `input`, within `max_len` tokens (see the module doc for what is cut).
     pub fn build(&self, input: &RerankInput, max_len: usize) -> Result<Prompt, PromptError> {
         self.check_images(input)?;
+        let layout = self.layout(input)?;
         let whole = KeptText::whole(input);
-        let prompt = self.encode(input, whole)?;
+        let prompt = self.encode(&layout, input, whole)?;
         if prompt.ids.len() <= max_len {
             return Ok(prompt);
         }
-        let fixed = self.encode(input, KeptText::NOTHING)?;
+        let fixed = self.encode(&layout, input, KeptText::NOTHING)?;
         if fixed.ids.len() > max_len {
             return Err(PromptError::TooLong {
                 fixed: fixed.ids.len(),
@@ -308,8 +363,8 @@ impl<'t> PromptBuilder<'t> {
                 max_len,
             });
         }
-        let kept = self.fit(input, whole, max_len)?;
-        self.encode(input, kept)
+        let kept = self.fit(&layout, input, whole, max_len)?;
+        self.encode(&layout, input, kept)
     }
 
     /// The prompts of `query` against each of `documents`, and the length of the prefix they share.
@@ -333,9 +388,10 @@ impl<'t> PromptBuilder<'t> {
             };
             let prompt = self.build(&input, max_len)?;
             // The prefix encoded on its own bounds the shared part: with Qwen's regex its tokens are exactly the
-            // start of every prompt; with a tokenizer that merges across that newline the common part is shorter,
+            // start of every prompt; with a tokenizer that merges across that point the common part is shorter,
             // and so it is when the budget cut the query differently for different documents.
-            let prefix = self.encode_pieces(&self.pieces(&input, prompt.kept), true)?;
+            let layout = self.layout(&input)?;
+            let prefix = self.encode_segments(&layout, &input, prompt.kept, true)?;
             prefix_len = prefix_len.min(common_prefix(&prefix.ids, &prompt.ids));
             if let Some(first) = prompts.first() {
                 prefix_len = prefix_len.min(common_prefix(&first.ids, &prompt.ids));
@@ -351,21 +407,66 @@ impl<'t> PromptBuilder<'t> {
     /// The prompt as text, with images expanded to their pad tokens and the fields cut to `kept`: what
     /// transformers' tokenizer, given this string, encodes to [`Prompt::ids`] (when the data holds no
     /// special-token strings).
-    pub fn render_text(&self, input: &RerankInput, kept: KeptText) -> String {
+    pub fn render_text(&self, input: &RerankInput, kept: KeptText) -> Result<String, PromptError> {
+        self.check_images(input)?;
+        let layout = self.layout(input)?;
         let mut text = String::new();
-        for piece in self.pieces(input, kept) {
-            match piece {
-                Piece::Special(_, token) => text.push_str(token),
-                Piece::Text(run) => text.push_str(run),
-                Piece::Image(_, n) => {
-                    text.push_str(VISION_START);
-                    text.push_str(&IMAGE_PAD.repeat(n));
-                    text.push_str(VISION_END);
+        for segment in &layout.segments {
+            match segment {
+                Segment::Token { content, .. } => text.push_str(content),
+                Segment::Text(run) => text.push_str(run),
+                Segment::Field(field) => text.push_str(&field.text(input)[..field.kept(kept)]),
+                Segment::Image(owner) => {
+                    text.push_str(&IMAGE_PAD.repeat(image_tokens(input, *owner)));
                 }
-                Piece::QueryEnd => {}
+                Segment::QueryEnd => {}
             }
         }
-        text
+        Ok(text)
+    }
+
+    /// The layout for the images `input` has: the text layout, or the format rendered with image parts.
+    fn layout(&self, input: &RerankInput) -> Result<Cow<'_, Layout>, PromptError> {
+        let slots = ImageSlots {
+            query: input.query.image_tokens.is_some(),
+            document: input.document.image_tokens.is_some(),
+        };
+        if !slots.query && !slots.document {
+            return Ok(Cow::Borrowed(&self.text_layout));
+        }
+        let owners: Vec<ImageOwner> = [
+            (slots.query, ImageOwner::Query),
+            (slots.document, ImageOwner::Document),
+        ]
+        .into_iter()
+        .filter_map(|(present, owner)| present.then_some(owner))
+        .collect();
+        render_layout(self.tokenizer, &self.system, self.source, slots, &owners).map(Cow::Owned)
+    }
+
+    /// Proves on a probe pair that building from parts gives the ids of encoding the whole rendered prompt: a
+    /// tokenizer whose encoding of a text depends on what precedes it across an added token (a pre-tokenizer that
+    /// prepends a word marker only at the very start of the input) would make the parts differ.
+    fn check_exact(&self) -> Result<(), PromptError> {
+        let probe = RerankInput {
+            instruction: PROBE_TEXT,
+            query: Side::text(PROBE_TEXT),
+            document: Side::text(PROBE_TEXT),
+        };
+        let kept = KeptText::whole(&probe);
+        let parts = self.encode(&self.text_layout, &probe, kept)?.ids;
+        let whole = self
+            .tokenizer
+            .encode(&self.render_text(&probe, kept)?, false)?;
+        if parts != whole {
+            return Err(PromptError::Inexact {
+                path: self.tokenizer.path().to_path_buf(),
+                format: self.format(),
+                parts: parts.len(),
+                whole: whole.len(),
+            });
+        }
+        Ok(())
     }
 
     fn check_images(&self, input: &RerankInput) -> Result<(), PromptError> {
@@ -376,7 +477,7 @@ impl<'t> PromptBuilder<'t> {
             match side.image_tokens {
                 None => {}
                 Some(0) => return Err(PromptError::EmptyImage { owner }),
-                Some(_) if self.vision.is_none() => {
+                Some(_) if self.image_pad.is_none() => {
                     return Err(PromptError::NoVisionTokens {
                         owner,
                         path: self.tokenizer.path().to_path_buf(),
@@ -393,6 +494,7 @@ impl<'t> PromptBuilder<'t> {
     /// them empty.
     fn fit(
         &self,
+        layout: &Layout,
         input: &RerankInput,
         whole: KeptText,
         max_len: usize,
@@ -400,8 +502,8 @@ impl<'t> PromptBuilder<'t> {
         let mut kept = whole;
         for field in Field::CUT_ORDER {
             kept.set(field, 0);
-            if self.len(input, kept)? <= max_len {
-                let best = self.longest_fitting_prefix(input, kept, field, max_len)?;
+            if self.len(layout, input, kept)? <= max_len {
+                let best = self.longest_fitting_prefix(layout, input, kept, field, max_len)?;
                 kept.set(field, best);
                 return Ok(kept);
             }
@@ -414,6 +516,7 @@ impl<'t> PromptBuilder<'t> {
     /// which holds up to a merge across the cut; whatever it returns was measured to fit.
     fn longest_fitting_prefix(
         &self,
+        layout: &Layout,
         input: &RerankInput,
         kept: KeptText,
         field: Field,
@@ -427,7 +530,7 @@ impl<'t> PromptBuilder<'t> {
             let mid = fits + (fails - fits) / 2;
             let mut trial = kept;
             trial.set(field, cut(mid));
-            if self.len(input, trial)? <= max_len {
+            if self.len(layout, input, trial)? <= max_len {
                 fits = mid;
             } else {
                 fails = mid;
@@ -436,104 +539,147 @@ impl<'t> PromptBuilder<'t> {
         Ok(cut(fits))
     }
 
-    fn len(&self, input: &RerankInput, kept: KeptText) -> Result<usize, PromptError> {
-        Ok(self.encode(input, kept)?.ids.len())
+    fn len(
+        &self,
+        layout: &Layout,
+        input: &RerankInput,
+        kept: KeptText,
+    ) -> Result<usize, PromptError> {
+        Ok(self.encode(layout, input, kept)?.ids.len())
     }
 
-    fn encode(&self, input: &RerankInput, kept: KeptText) -> Result<Prompt, PromptError> {
-        let mut prompt = self.encode_pieces(&self.pieces(input, kept), false)?;
+    fn encode(
+        &self,
+        layout: &Layout,
+        input: &RerankInput,
+        kept: KeptText,
+    ) -> Result<Prompt, PromptError> {
+        let mut prompt = self.encode_segments(layout, input, kept, false)?;
         prompt.kept = kept;
         Ok(prompt)
     }
 
-    /// Special tokens by id, runs of text encoded whole, images expanded. With `stop_at_query_end`, only the
-    /// pieces before [`Piece::QueryEnd`].
-    fn encode_pieces(
+    /// Added tokens by id, runs of text encoded whole, images expanded. With `stop_at_query_end`, only the
+    /// segments before [`Segment::QueryEnd`].
+    fn encode_segments(
         &self,
-        pieces: &[Piece],
+        layout: &Layout,
+        input: &RerankInput,
+        kept: KeptText,
         stop_at_query_end: bool,
     ) -> Result<Prompt, PromptError> {
         let mut ids = Vec::new();
         let mut images = Vec::new();
-        let mut run = String::new();
-        for piece in pieces {
-            match *piece {
-                Piece::Text(text) => run.push_str(text),
-                Piece::QueryEnd if stop_at_query_end => break,
-                Piece::QueryEnd => {}
-                Piece::Special(id, _) => {
-                    self.flush(&mut run, &mut ids)?;
-                    ids.push(id);
+        let mut run = Run::default();
+        for segment in &layout.segments {
+            match segment {
+                Segment::Text(text) => run.push(text),
+                Segment::Field(field) => run.push(&field.text(input)[..field.kept(kept)]),
+                Segment::QueryEnd if stop_at_query_end => break,
+                Segment::QueryEnd => {}
+                Segment::Token {
+                    id, lstrip, rstrip, ..
+                } => {
+                    if *lstrip {
+                        run.strip_end();
+                    }
+                    run.flush(self.tokenizer, &mut ids)?;
+                    ids.push(*id);
+                    run.strip_next = *rstrip;
                 }
-                Piece::Image(owner, n) => {
-                    self.flush(&mut run, &mut ids)?;
-                    let vision = self.vision.ok_or_else(|| PromptError::NoVisionTokens {
-                        owner,
+                Segment::Image(owner) => {
+                    run.flush(self.tokenizer, &mut ids)?;
+                    let pad = self.image_pad.ok_or_else(|| PromptError::NoVisionTokens {
+                        owner: *owner,
                         path: self.tokenizer.path().to_path_buf(),
                         token: missing_vision_token(self.tokenizer),
                     })?;
-                    ids.push(vision.start);
+                    let n = image_tokens(input, *owner);
                     images.push(ImageSpan {
-                        owner,
+                        owner: *owner,
                         start: ids.len(),
                         len: n,
                     });
-                    ids.extend(std::iter::repeat_n(vision.image_pad, n));
-                    ids.push(vision.end);
+                    ids.extend(std::iter::repeat_n(pad, n));
                 }
             }
         }
-        self.flush(&mut run, &mut ids)?;
+        run.flush(self.tokenizer, &mut ids)?;
         Ok(Prompt {
             ids,
             images,
             kept: KeptText::NOTHING,
         })
     }
+}
 
-    fn flush(&self, run: &mut String, ids: &mut Vec<u32>) -> Result<(), PromptError> {
-        if !run.is_empty() {
-            ids.extend(self.tokenizer.encode_text(run)?);
-            run.clear();
+/// The text between two added tokens, gathered before it is encoded as one string.
+#[derive(Default)]
+struct Run {
+    text: String,
+    /// The last added token swallows whitespace on its right (`rstrip`): leading whitespace is dropped until
+    /// other text arrives.
+    strip_next: bool,
+}
+
+impl Run {
+    fn push(&mut self, text: &str) {
+        let text = if self.strip_next {
+            text.trim_start()
+        } else {
+            text
+        };
+        if !text.is_empty() {
+            self.strip_next = false;
         }
+        self.text.push_str(text);
+    }
+
+    /// The next added token swallows whitespace on its left (`lstrip`).
+    fn strip_end(&mut self) {
+        let len = self.text.trim_end().len();
+        self.text.truncate(len);
+    }
+
+    fn flush(&mut self, tokenizer: &Tokenizer, ids: &mut Vec<u32>) -> Result<(), PromptError> {
+        if !self.text.is_empty() {
+            ids.extend(tokenizer.encode_text(&self.text)?);
+            self.text.clear();
+        }
+        self.strip_next = false;
         Ok(())
     }
+}
 
-    fn pieces<'a>(&'a self, input: &RerankInput<'a>, kept: KeptText) -> Vec<Piece<'a>> {
-        let im_start = Piece::Special(self.chat.im_start, IM_START);
-        let im_end = Piece::Special(self.chat.im_end, IM_END);
-        let mut pieces = vec![
-            im_start,
-            Piece::Text("system\n"),
-            Piece::Text(&self.system),
-            im_end,
-            Piece::Text("\n"),
-            im_start,
-            Piece::Text("user\n<Instruct>: "),
-            Piece::Text(&input.instruction[..kept.instruction]),
-            Piece::Text("<Query>:"),
-        ];
-        if let Some(n) = input.query.image_tokens {
-            pieces.push(Piece::Image(ImageOwner::Query, n));
+/// The format rendered for `slots` with placeholders, cut into a layout.
+fn render_layout(
+    tokenizer: &Tokenizer,
+    system: &str,
+    source: Source,
+    slots: ImageSlots,
+    owners: &[ImageOwner],
+) -> Result<Layout, PromptError> {
+    let rendered = match source {
+        Source::Builtin(PromptFormat::Paper) => prompt_format::paper(system, slots),
+        Source::Builtin(PromptFormat::Qwen3Reranker) => {
+            prompt_format::qwen3_reranker(system, slots)
         }
-        pieces.extend([
-            Piece::Text(&input.query.text[..kept.query]),
-            Piece::Text("\n"),
-            Piece::QueryEnd,
-            Piece::Text("<Document>:"),
-        ]);
-        if let Some(n) = input.document.image_tokens {
-            pieces.push(Piece::Image(ImageOwner::Document, n));
-        }
-        pieces.extend([
-            Piece::Text(&input.document.text[..kept.document]),
-            im_end,
-            Piece::Text("\n"),
-            im_start,
-            Piece::Text("assistant\n"),
-        ]);
-        pieces
-    }
+        Source::Builtin(PromptFormat::Template) => return Err(PromptError::NoTemplate),
+        Source::Template(template) => prompt_format::from_template(template, system, slots)?,
+    };
+    Layout::parse(&rendered, tokenizer, owners).map_err(|source_error| PromptError::Layout {
+        format: source.format(),
+        source: source_error,
+    })
+}
+
+/// The number of merged vision tokens of `owner`'s image (the layout has an image segment only where there is one).
+fn image_tokens(input: &RerankInput, owner: ImageOwner) -> usize {
+    let side = match owner {
+        ImageOwner::Query => input.query,
+        ImageOwner::Document => input.document,
+    };
+    side.image_tokens.unwrap_or(0)
 }
 
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {

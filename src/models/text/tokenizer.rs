@@ -52,11 +52,18 @@ pub enum TokenizerError {
     )]
     AnswerNotSingleToken {
         path: PathBuf,
-        word: &'static str,
+        word: String,
         tokens: Vec<String>,
     },
-    #[error("tokenizer {}: the answer words \"yes\" and \"no\" both encode to token {id}", path.display())]
-    AnswerCollision { path: PathBuf, id: u32 },
+    #[error("tokenizer {}: the answer words {yes:?} and {no:?} both encode to token {id}", path.display())]
+    AnswerCollision {
+        path: PathBuf,
+        yes: String,
+        no: String,
+        id: u32,
+    },
+    #[error("tokenizer {}: it has no special token that could pad a batch", path.display())]
+    NoPadToken { path: PathBuf },
 }
 
 /// The vocabulary ids of the reranker's answer tokens: their logits at the last position are the score.
@@ -65,6 +72,24 @@ pub struct AnswerIds {
     pub yes: u32,
     pub no: u32,
 }
+
+/// One added token of a vocabulary: tokenizers split these out of a text before anything else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddedTokenInfo {
+    pub id: u32,
+    pub content: String,
+    pub special: bool,
+    /// Whether the token swallows the whitespace on its left, as tokenizers' `lstrip` says.
+    pub lstrip: bool,
+    /// Whether the token swallows the whitespace on its right.
+    pub rstrip: bool,
+}
+
+/// The ChatML end-of-turn token, the pad of the ChatML families.
+const CHATML_END: &str = "<|im_end|>";
+
+/// Placeholders a vision-language prompt fills with image embeddings: never padding.
+const IMAGE_PLACEHOLDERS: [&str; 2] = ["<|image_pad|>", "<|video_pad|>"];
 
 /// A tokenizer loaded from `tokenizer.json`.
 #[derive(Clone)]
@@ -202,7 +227,12 @@ impl Tokenizer {
         self.inner.get_vocab_size(with_added_tokens)
     }
 
-    /// The ids of the answer tokens "yes" and "no".
+    /// The ids of the answer tokens "yes" and "no" ([`Tokenizer::answer_ids`] with the default words).
+    pub fn yes_no_ids(&self) -> Result<AnswerIds, TokenizerError> {
+        self.answer_ids("yes", "no")
+    }
+
+    /// The ids of the answer tokens `yes` and `no` (the positive and the negative judgement).
     ///
     /// Rule: the answer token of a word is the single token the tokenizer itself produces when it encodes the bare
     /// word (no special tokens). For byte-level vocabularies without a prefix space (Qwen, Llama 3) that is the
@@ -210,25 +240,64 @@ impl Tokenizer {
     /// marker, it is `▁yes`; for byte-level ones with `add_prefix_space` it is `Ġyes`. Those are the tokens a model
     /// emits first in its answer turn. A word that encodes to several tokens, or to none, is an error rather than
     /// a guess, and so is a vocabulary where both words map to the same id.
-    pub fn yes_no_ids(&self) -> Result<AnswerIds, TokenizerError> {
-        let yes = self.answer_id("yes")?;
-        let no = self.answer_id("no")?;
-        if yes == no {
+    pub fn answer_ids(&self, yes: &str, no: &str) -> Result<AnswerIds, TokenizerError> {
+        let yes_id = self.answer_id(yes)?;
+        let no_id = self.answer_id(no)?;
+        if yes_id == no_id {
             return Err(TokenizerError::AnswerCollision {
                 path: self.path.clone(),
-                id: yes,
+                yes: yes.to_string(),
+                no: no.to_string(),
+                id: yes_id,
             });
         }
-        Ok(AnswerIds { yes, no })
+        Ok(AnswerIds {
+            yes: yes_id,
+            no: no_id,
+        })
     }
 
-    fn answer_id(&self, word: &'static str) -> Result<u32, TokenizerError> {
+    /// Every added token (special or not) with the ids and stripping rules the tokenizer splits them out with.
+    pub fn added_tokens(&self) -> Vec<AddedTokenInfo> {
+        let mut tokens: Vec<AddedTokenInfo> = self
+            .inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .map(|(id, token)| AddedTokenInfo {
+                id,
+                content: token.content,
+                special: token.special,
+                lstrip: token.lstrip,
+                rstrip: token.rstrip,
+            })
+            .collect();
+        tokens.sort_by_key(|token| token.id);
+        tokens
+    }
+
+    /// The id that right-pads a batch; the attention mask hides it, so any special token that is not an image
+    /// placeholder serves. `<|im_end|>` where the vocabulary has it (the ChatML families), else the special token
+    /// with the lowest id (Llama-3's `<|begin_of_text|>`, Gemma's `<pad>`, `<unk>` of SentencePiece vocabularies).
+    pub fn pad_id(&self) -> Result<u32, TokenizerError> {
+        if let Ok(id) = self.special_token_id(CHATML_END) {
+            return Ok(id);
+        }
+        self.added_tokens()
+            .into_iter()
+            .find(|token| token.special && !IMAGE_PLACEHOLDERS.contains(&token.content.as_str()))
+            .map(|token| token.id)
+            .ok_or_else(|| TokenizerError::NoPadToken {
+                path: self.path.clone(),
+            })
+    }
+
+    fn answer_id(&self, word: &str) -> Result<u32, TokenizerError> {
         let encoding = self.encoding(&self.literal, word, false)?;
         match encoding.get_ids() {
             [id] => Ok(*id),
             _ => Err(TokenizerError::AnswerNotSingleToken {
                 path: self.path.clone(),
-                word,
+                word: word.to_string(),
                 tokens: encoding.get_tokens().to_vec(),
             }),
         }
