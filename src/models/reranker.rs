@@ -341,7 +341,7 @@ fn to_u32(value: usize) -> u32 {
 
 /// The GGUF's vocabulary as our [`Tokenizer`], which loads only from a file: written to a temporary
 /// tokenizer.json, read back, removed.
-fn gguf_tokenizer(
+pub(crate) fn gguf_tokenizer(
     tokenizer: &tokenizers::Tokenizer,
     gguf: &Path,
 ) -> Result<Tokenizer, RerankerError> {
