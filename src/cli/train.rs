@@ -59,7 +59,8 @@ pub struct TrainArgs {
     #[arg(long, value_enum)]
     pub data: Option<DataFormat>,
 
-    /// A Hugging Face model directory to start from (Qwen2-VL, Qwen2.5-VL, or a text Qwen2/Qwen3/Llama).
+    /// A Hugging Face model directory to start from (Qwen2-VL, Qwen2.5-VL, or a text Qwen2/Qwen3/Llama), or a llama
+    /// GGUF file (LoRA only).
     #[arg(long, value_name = "DIR", conflicts_with = "init")]
     pub model: Option<PathBuf>,
 

@@ -354,7 +354,7 @@ fn load_backbone(
 }
 
 /// The chat template in a GGUF's metadata, with its bos and eos tokens spelled as the template prints them.
-fn gguf_chat_template(
+pub(crate) fn gguf_chat_template(
     checkpoint: &GgufCheckpoint,
     tokenizer: &Tokenizer,
     path: &Path,
@@ -412,7 +412,7 @@ fn to_u32(value: usize) -> u32 {
 
 /// The GGUF's vocabulary as our [`Tokenizer`], which loads only from a file: written to a temporary
 /// tokenizer.json, read back, removed.
-fn gguf_tokenizer(
+pub(crate) fn gguf_tokenizer(
     tokenizer: &tokenizers::Tokenizer,
     gguf: &Path,
 ) -> Result<Tokenizer, RerankerError> {

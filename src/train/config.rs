@@ -86,7 +86,8 @@ pub enum Recompute {
 /// How the base model comes to be.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSource {
-    /// A Hugging Face model directory (Qwen2-VL / Qwen2.5-VL, or a text-only Qwen2/Qwen3/Llama decoder).
+    /// A Hugging Face model directory (Qwen2-VL / Qwen2.5-VL, or a text-only Qwen2/Qwen3/Llama decoder), or a
+    /// llama GGUF file (LoRA only).
     Pretrained(PathBuf),
     /// Random initialisation of a built-in tiny architecture, with the tokenizer of `tokenizer`.
     Tiny { vision: bool, tokenizer: PathBuf },
@@ -112,7 +113,7 @@ pub struct TrainConfig {
     #[serde(default = "default_data")]
     pub data: DataFormat,
 
-    /// A Hugging Face model directory to start from.
+    /// A Hugging Face model directory to start from, or a llama GGUF file (LoRA only).
     #[serde(default)]
     pub model: Option<PathBuf>,
     /// Random initialisation instead: `tiny`, `tiny-text`, or the path of a config.json.
@@ -355,7 +356,15 @@ impl TrainConfig {
 
     /// Checks every key; the first problem found is returned.
     pub fn validate(&self) -> Result<(), ConfigProblem> {
-        self.model_source()?;
+        if let ModelSource::Pretrained(path) = self.model_source()? {
+            if self.tune == Tuning::Full && path.is_file() {
+                return problem(
+                    "tune",
+                    "a GGUF `model` trains LoRA adapters only: a fully fine-tuned model directory needs the \
+                     config.json a GGUF file lacks",
+                );
+            }
+        }
         self.objective_config()?;
         self.schedule_shape()?;
         if let Some(problem) = self.lora_config().problem() {

@@ -23,11 +23,13 @@ use super::failure::TrainRunError;
 use super::warm;
 use crate::models::backbone::Backbone;
 use crate::models::decoder::Decoder;
+use crate::models::formats::gguf::GgufCheckpoint;
 use crate::models::formats::hf_config::DecoderConfig;
 use crate::models::formats::weights::Weights;
 use crate::models::init::seeded_var_builder;
 use crate::models::layers::attention::AttentionKernel;
 use crate::models::qwen2_vl::Qwen2VlModel;
+use crate::models::reranker::{gguf_chat_template, gguf_tokenizer};
 use crate::models::text::chat_template::{ChatTemplate, ChatTemplates, TEMPLATE_JINJA_FILE};
 use crate::models::text::prompt::{
     PromptBuilder, PromptError, IMAGE_PAD, VISION_END, VISION_START,
@@ -227,13 +229,13 @@ impl SimpleBackend for ParamSource {
 pub struct TrainableReranker {
     backbone: Backbone,
     tokenizer: Tokenizer,
-    tokenizer_dir: PathBuf,
     answers: AnswerIds,
     pad_id: u32,
     prompt: PromptSettings,
-    /// The tokenizer directory's chat template, for the `template` prompt format.
+    /// The model's chat template, for the `template` prompt format.
     template: Option<ChatTemplate>,
-    config_json: Value,
+    /// What a full fine-tuning's model directory copies; absent for a GGUF base.
+    hf_files: Option<HfFiles>,
     base_name: String,
     served: Vec<Served>,
 }
@@ -244,16 +246,11 @@ impl TrainableReranker {
     pub fn build(config: &TrainConfig, seed: u64, device: &Device) -> Result<Self, TrainRunError> {
         let dtype = config.precision_on(device).dtype();
         let source = config.model_source()?;
-        let (config_json, config_path, tokenizer_dir, base_name) = match &source {
-            ModelSource::Pretrained(dir) => {
-                let path = dir.join("config.json");
-                (
-                    read_json(&path)?,
-                    path,
-                    dir.clone(),
-                    dir.display().to_string(),
-                )
+        let base = match &source {
+            ModelSource::Pretrained(path) if path.is_file() => {
+                BaseModel::gguf(path, dtype, device)?
             }
+            ModelSource::Pretrained(dir) => BaseModel::hf_dir(dir, dtype, device)?,
             ModelSource::Tiny { vision, tokenizer } => {
                 let loaded = Tokenizer::from_dir(tokenizer)?;
                 let name = if *vision {
@@ -261,46 +258,45 @@ impl TrainableReranker {
                 } else {
                     "umrank-tiny-text"
                 };
-                (
-                    tiny_config(&loaded, *vision)?,
+                let config_json = tiny_config(&loaded, *vision)?;
+                BaseModel::random(
+                    config_json,
                     PathBuf::from(name),
-                    tokenizer.clone(),
-                    name.to_string(),
-                )
+                    tokenizer,
+                    seed,
+                    dtype,
+                    device,
+                )?
             }
-            ModelSource::Config { config, tokenizer } => (
+            ModelSource::Config { config, tokenizer } => BaseModel::random(
                 read_json(config)?,
                 config.clone(),
-                tokenizer.clone(),
-                config.display().to_string(),
-            ),
+                tokenizer,
+                seed,
+                dtype,
+                device,
+            )?,
         };
-        let origin = match &source {
-            ModelSource::Pretrained(dir) => Origin::Checkpoint(
-                Weights::from_model_dir(dir)
-                    .map_err(TrainRunError::model)?
-                    .into_var_builder(dtype, device),
-            ),
-            _ => {
-                let vars = VarMap::new();
-                Origin::Random {
-                    builder: seeded_var_builder(&vars, seed, dtype, device),
-                    _vars: vars,
-                    scale: InitScale::of(&config_json),
-                }
-            }
-        };
-        let decoder_config =
-            DecoderConfig::from_json(&config_json, &config_path).map_err(TrainRunError::model)?;
+        let BaseModel {
+            decoder_config,
+            hf_files,
+            tokenizer,
+            gguf_template,
+            base_name,
+            origin,
+        } = base;
         let params = ParamSource {
             origin: Arc::new(origin),
             rule: Trainable::of(config, decoder_config.tie_word_embeddings),
             served: Arc::new(Mutex::new(Vec::new())),
         };
         let vb = VarBuilder::from_backend(Box::new(params.clone()), dtype, device.clone());
-        let mut backbone = if config_json.get("vision_config").is_some() {
+        let vision = hf_files
+            .as_ref()
+            .filter(|files| files.config_json.get("vision_config").is_some());
+        let mut backbone = if let Some(files) = vision {
             Backbone::Vl(Box::new(
-                Qwen2VlModel::from_var_builder(&config_json, &config_path, vb)
+                Qwen2VlModel::from_var_builder(&files.config_json, &files.config_path, vb)
                     .map_err(TrainRunError::model)?,
             ))
         } else {
@@ -323,14 +319,19 @@ impl TrainableReranker {
                 )));
             }
         }
-        let tokenizer = Tokenizer::from_dir(&tokenizer_dir)?;
         let prompt = config.prompt_settings();
         let template = match prompt.format {
-            PromptFormat::Template => Some(
-                ChatTemplates::from_dir(&tokenizer_dir)
+            PromptFormat::Template => Some(match &hf_files {
+                Some(files) => ChatTemplates::from_dir(&files.tokenizer_dir)
                     .and_then(|templates| templates.into_selected(None, false))
                     .map_err(PromptError::from)?,
-            ),
+                None => gguf_template.ok_or_else(|| {
+                    TrainRunError::model(format!(
+                        "{base_name}: prompt = \"template\" needs a chat template, and this GGUF carries none \
+                         (tokenizer.chat_template)"
+                    ))
+                })?,
+            }),
             _ => None,
         };
         // Building a prompt builder checks the format against the vocabulary before anything trains.
@@ -341,12 +342,11 @@ impl TrainableReranker {
         Ok(Self {
             backbone,
             tokenizer,
-            tokenizer_dir,
             answers,
             pad_id,
             prompt,
             template,
-            config_json,
+            hf_files,
             base_name,
             served,
         })
@@ -482,9 +482,15 @@ impl TrainableReranker {
 
     /// Writes a complete Hugging Face model directory: config.json, [`outputs::train::FULL_WEIGHTS`] and the tokenizer files.
     pub fn save_full(&self, dir: &Path) -> Result<(), TrainRunError> {
+        let Some(files) = &self.hf_files else {
+            return Err(TrainRunError::model(format!(
+                "{}: a GGUF base has no config.json to write a fully fine-tuned model directory with",
+                self.base_name
+            )));
+        };
         std::fs::create_dir_all(dir).map_err(TrainRunError::io(dir))?;
         let config_path = dir.join("config.json");
-        let text = serde_json::to_string_pretty(&self.config_json)
+        let text = serde_json::to_string_pretty(&files.config_json)
             .map_err(|e| TrainRunError::model(format!("config.json: {e}")))?;
         std::fs::write(&config_path, text + "\n").map_err(TrainRunError::io(&config_path))?;
         write_safetensors(
@@ -496,7 +502,7 @@ impl TrainableReranker {
             "tokenizer_config.json",
             TEMPLATE_JINJA_FILE,
         ] {
-            let from = self.tokenizer_dir.join(file);
+            let from = files.tokenizer_dir.join(file);
             if from.is_file() {
                 let to = dir.join(file);
                 std::fs::copy(&from, &to).map_err(TrainRunError::io(&to))?;
@@ -527,6 +533,104 @@ fn read_json(path: &Path) -> Result<Value, TrainRunError> {
         path: path.to_path_buf(),
         message: format!("invalid JSON: {e}"),
     })
+}
+
+/// A Hugging Face model's config and tokenizer files, which a fully fine-tuned model directory copies.
+struct HfFiles {
+    config_json: Value,
+    config_path: PathBuf,
+    tokenizer_dir: PathBuf,
+}
+
+/// The base model before LoRA and the trainable rule apply: its architecture, tokenizer and tensors.
+struct BaseModel {
+    decoder_config: DecoderConfig,
+    hf_files: Option<HfFiles>,
+    tokenizer: Tokenizer,
+    /// The chat template a GGUF carries in its metadata (a model directory's is read from its files).
+    gguf_template: Option<ChatTemplate>,
+    base_name: String,
+    origin: Origin,
+}
+
+impl BaseModel {
+    /// A Hugging Face model directory: config.json, safetensors weights and tokenizer files.
+    fn hf_dir(dir: &Path, dtype: DType, device: &Device) -> Result<Self, TrainRunError> {
+        let config_path = dir.join("config.json");
+        let config_json = read_json(&config_path)?;
+        let origin = Origin::Checkpoint(
+            Weights::from_model_dir(dir)
+                .map_err(TrainRunError::model)?
+                .into_var_builder(dtype, device),
+        );
+        Self::with_json(
+            config_json,
+            config_path,
+            dir,
+            dir.display().to_string(),
+            origin,
+        )
+    }
+
+    /// A llama GGUF file, dequantised; its architecture and vocabulary come from the file's metadata, so a
+    /// quantised release trains without a Hugging Face copy of the same model.
+    fn gguf(path: &Path, dtype: DType, device: &Device) -> Result<Self, TrainRunError> {
+        let checkpoint = GgufCheckpoint::read(path, device).map_err(TrainRunError::model)?;
+        let tokenizer =
+            gguf_tokenizer(checkpoint.tokenizer(), path).map_err(TrainRunError::model)?;
+        let gguf_template =
+            gguf_chat_template(&checkpoint, &tokenizer, path).map_err(TrainRunError::model)?;
+        Ok(Self {
+            decoder_config: checkpoint.config().clone(),
+            hf_files: None,
+            tokenizer,
+            gguf_template,
+            base_name: path.display().to_string(),
+            origin: Origin::Checkpoint(checkpoint.weights().into_var_builder(dtype, device)),
+        })
+    }
+
+    /// Seeded random weights for the architecture `config_json` describes, with `tokenizer_dir`'s tokenizer.
+    fn random(
+        config_json: Value,
+        config_path: PathBuf,
+        tokenizer_dir: &Path,
+        seed: u64,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self, TrainRunError> {
+        let vars = VarMap::new();
+        let origin = Origin::Random {
+            builder: seeded_var_builder(&vars, seed, dtype, device),
+            _vars: vars,
+            scale: InitScale::of(&config_json),
+        };
+        let name = config_path.display().to_string();
+        Self::with_json(config_json, config_path, tokenizer_dir, name, origin)
+    }
+
+    fn with_json(
+        config_json: Value,
+        config_path: PathBuf,
+        tokenizer_dir: &Path,
+        base_name: String,
+        origin: Origin,
+    ) -> Result<Self, TrainRunError> {
+        let decoder_config =
+            DecoderConfig::from_json(&config_json, &config_path).map_err(TrainRunError::model)?;
+        Ok(Self {
+            decoder_config,
+            tokenizer: Tokenizer::from_dir(tokenizer_dir)?,
+            gguf_template: None,
+            hf_files: Some(HfFiles {
+                config_json,
+                config_path,
+                tokenizer_dir: tokenizer_dir.to_owned(),
+            }),
+            base_name,
+            origin,
+        })
+    }
 }
 
 /// The built-in tiny architecture over `tokenizer`'s vocabulary: a 2-layer Qwen2 decoder of width 64 with an

@@ -47,6 +47,7 @@ mod shards;
 mod tokenizer;
 mod tokenizer_chat_template;
 mod train_data_parallel;
+mod train_gguf;
 mod train_learns;
 mod train_loop;
 mod train_objective;
