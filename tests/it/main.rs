@@ -50,6 +50,7 @@ mod train_loop;
 mod train_objective;
 mod train_optim;
 mod train_plots;
+mod train_pretrained;
 mod train_recompute;
 mod train_shared_prefix;
 mod train_warm;
