@@ -30,6 +30,7 @@ mod mine_cuda_sim;
 mod mine_stage;
 mod model_ops;
 mod module_order;
+mod peft_round_trip;
 mod pipeline;
 mod pipelines;
 mod plan;
