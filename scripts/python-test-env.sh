@@ -23,11 +23,7 @@ die() {
   exit 1
 }
 
-digest() {
-  "$python" -c 'import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())' "$1"
-}
-
-want="$(digest "$requirements")"
+want="$(sha256sum "$requirements" | cut -d ' ' -f 1)"
 ready() {
   [[ -f "$venv/.complete" ]] && [[ "$(cat "$venv/.complete")" == "$want" ]]
 }
