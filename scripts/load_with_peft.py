@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Load an umrank release with transformers + peft and score one (instruction, query, document) pair.
+"""Load an umrank release with transformers + peft and score (instruction, query, document) pairs.
 
 This is the outside check that a release is what it claims to be: a PEFT adapter that peft applies to the base
 model (and, with --merged, weights that transformers loads without peft), giving the reranker score of
@@ -8,20 +8,22 @@ docs/method.md#yes-and-no-logits: p_yes = sigmoid(z_yes - z_no), the "yes" and "
     <|im_start|>system
     Judge whether the Document meets the requirements based on the Query and the Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>
     <|im_start|>user
-    <Instruct>: {instruction}<Query>:{query text}
+    <Instruct>: {instruction}<Query>:{query image}{query text}
     <Document>:{document image}{document text}<|im_end|>
     <|im_start|>assistant
 
-It is not part of CI (it needs torch, transformers and peft). Usage:
+tests/it/peft_round_trip.rs runs it (with --pairs) in the environment scripts/python-test-env.sh makes, against
+`umrank score` on the same pairs. Usage:
 
     python scripts/load_with_peft.py RELEASE_DIR --check            # the release's own check pair, compared
     python scripts/load_with_peft.py RELEASE_DIR --merged --check   # the same through merged/ without peft
     python scripts/load_with_peft.py RELEASE_DIR --instruction I --query Q --doc D [--doc-image PNG]
+    python scripts/load_with_peft.py RELEASE_DIR [--merged] --pairs PAIRS.jsonl  # one JSON line per pair
 
 A full release (a fully fine-tuned model, no adapter) loads with transformers alone. For an adapter release the
 base model is read from --base, else from the path release.json records. Every adapter tensor must land on a
 module of the model: an adapter that peft silently skips (a key-layout mismatch) is an error, not a score.
-Tested with transformers 5.24, peft 0.21, torch 2.15 (CPU, float32).
+Tested with transformers 5.25, peft 0.21, torch 2.15 (CPU, float32).
 """
 
 import argparse
@@ -70,19 +72,31 @@ def apply_adapter(model, release):
     return peft_model
 
 
-def prompt_inputs(tokenizer, image_processor, pair, image):
-    pad = ""
+def image_tokens(image_processor, image):
+    """The image's patches, grid and its run of prompt tokens (vision start, one pad per merged patch, end)."""
+    pixels = image_processor(images=[image], return_tensors="pt")
+    grid = pixels["image_grid_thw"]
+    merge = image_processor.merge_size
+    pads = "<|image_pad|>" * int(grid.prod().item() // (merge * merge))
+    return pixels["pixel_values"], grid, "<|vision_start|>" + pads + "<|vision_end|>"
+
+
+def prompt_inputs(tokenizer, image_processor, pair, query_image, doc_image):
+    """The reranker prompt of docs/method.md#prompt-layout for `pair`, with its images' pixel values."""
+    texts, pixel_values, grids = {}, [], []
+    for side, image in [("query", query_image), ("doc", doc_image)]:
+        texts[side] = ""
+        if image is not None:
+            pixels, grid, texts[side] = image_tokens(image_processor, image)
+            pixel_values.append(pixels)
+            grids.append(grid)
+    text = (f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n<Instruct>: {pair.get('instruction') or ''}"
+            f"<Query>:{texts['query']}{pair.get('query_text') or ''}\n"
+            f"<Document>:{texts['doc']}{pair.get('doc_text') or ''}<|im_end|>\n<|im_start|>assistant\n")
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)
     extra = {}
-    if image is not None:
-        pixels = image_processor(images=[image], return_tensors="pt")
-        grid = pixels["image_grid_thw"]
-        merge = image_processor.merge_size
-        pad = "<|vision_start|>" + "<|image_pad|>" * int(grid.prod().item() // (merge * merge)) + "<|vision_end|>"
-        extra = {"pixel_values": pixels["pixel_values"], "image_grid_thw": grid}
-    text = (f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n<Instruct>: {pair['instruction']}"
-            f"<Query>:{pair['query_text']}\n<Document>:{pad}{pair['doc_text']}<|im_end|>\n<|im_start|>assistant\n")
-    ids = tokenizer(text, return_tensors="pt")
-    if image is not None:
+    if pixel_values:
+        extra = {"pixel_values": torch.cat(pixel_values), "image_grid_thw": torch.cat(grids)}
         # transformers 5 places the 3-D (M-RoPE) positions of image tokens from this mask; without it the image
         # tokens get text positions and the scores are not the model's.
         image_pad = tokenizer.convert_tokens_to_ids("<|image_pad|>")
@@ -97,12 +111,35 @@ def answer_id(tokenizer, word):
     return ids[0]
 
 
+def score(model, tokenizer, image_processor, pair, query_image, doc_image):
+    """p_yes, z_yes and z_no of one pair: the "yes" and "no" logits at the prompt's last position."""
+    inputs = prompt_inputs(tokenizer, image_processor, pair, query_image, doc_image)
+    yes, no = answer_id(tokenizer, "yes"), answer_id(tokenizer, "no")
+    with torch.no_grad():
+        logits = model(**inputs).logits[0, -1].float()
+    z_yes, z_no = logits[yes].item(), logits[no].item()
+    return {"p_yes": 1.0 / (1.0 + math.exp(z_no - z_yes)), "z_yes": z_yes, "z_no": z_no}
+
+
+def read_pairs(path):
+    """The pairs of a JSON-lines file in `umrank score --pairs` format, with their images (paths relative to it)."""
+    def image(value):
+        if not value:
+            return None
+        return Image.open(os.path.join(os.path.dirname(os.path.abspath(path)), value)).convert("RGB")
+
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [(row, image(row.get("query_image")), image(row.get("doc_image"))) for row in rows]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("release", help="the release directory (with release.json)")
     parser.add_argument("--base", help="the base model directory [default: the path in release.json]")
     parser.add_argument("--merged", action="store_true", help="load merged/ with transformers alone")
     parser.add_argument("--check", action="store_true", help="score the release's check pair and compare")
+    parser.add_argument("--pairs", help="score every pair of a JSON-lines file in `umrank score` format")
     parser.add_argument("--instruction", default="")
     parser.add_argument("--query", default="")
     parser.add_argument("--doc", default="")
@@ -125,12 +162,14 @@ def main():
         from transformers import Qwen2VLImageProcessor
         image_processor = Qwen2VLImageProcessor.from_pretrained(files_dir)
 
-    if args.check:
+    if args.pairs:
+        pairs = read_pairs(args.pairs)
+    elif args.check:
         pair = manifest["check"]["pair"]
-        image = check_image(*pair["doc_image"]) if pair["doc_image"] else None
+        pairs = [(pair, None, check_image(*pair["doc_image"]) if pair["doc_image"] else None)]
     else:
         pair = {"instruction": args.instruction, "query_text": args.query, "doc_text": args.doc}
-        image = Image.open(args.doc_image).convert("RGB") if args.doc_image else None
+        pairs = [(pair, None, Image.open(args.doc_image).convert("RGB") if args.doc_image else None)]
 
     if args.merged or full:
         model = load_model(files_dir, vision)
@@ -138,14 +177,10 @@ def main():
         base = args.base or manifest["base_model"]["path"]
         model = apply_adapter(load_model(base, vision), args.release)
 
-    inputs = prompt_inputs(tokenizer, image_processor, pair, image)
-    yes, no = answer_id(tokenizer, "yes"), answer_id(tokenizer, "no")
-    with torch.no_grad():
-        logits = model(**inputs).logits[0, -1].float()
-    z_yes, z_no = logits[yes].item(), logits[no].item()
-    result = {"p_yes": 1.0 / (1.0 + math.exp(z_no - z_yes)), "z_yes": z_yes, "z_no": z_no}
-    print(json.dumps(result))
-    if args.check:
+    for pair, query_image, doc_image in pairs:
+        result = score(model, tokenizer, image_processor, pair, query_image, doc_image)
+        print(json.dumps(result))
+    if args.check and not args.pairs:
         expected = manifest["check"]["expected"]
         diff = max(abs(result[k] - expected[k]) / max(1.0, abs(expected[k])) for k in result)
         print(json.dumps({"umrank": expected, "max_relative_difference": diff}))
