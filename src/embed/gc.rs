@@ -120,9 +120,12 @@ pub fn collect(root: &Path, policy: &GcPolicy) -> Result<GcReport, EmbedError> {
 fn reference_files(run: &Path) -> Result<Vec<PathBuf>, EmbedError> {
     let metadata = fs::symlink_metadata(run).map_err(io(run))?;
     if metadata.is_file() {
-        return Ok(is_references_file(run)
-            .then(|| vec![run.to_path_buf()])
-            .unwrap_or_default());
+        let own = if is_references_file(run) {
+            vec![run.to_path_buf()]
+        } else {
+            Vec::new()
+        };
+        return Ok(own);
     }
     let mut found = Vec::new();
     let mut pending = vec![run.to_path_buf()];
