@@ -51,8 +51,8 @@ pub struct Store {
 
 impl Store {
     /// Opens (creating) `<root>/<model_key>`. Temporary files there may be another writer's chunk in progress, so
-    /// they are left alone (readers never read them; `umrank`'s users remove them with the store when no run is
-    /// writing).
+    /// they are left alone: readers never read them, and `umrank store gc` removes them once they are old
+    /// ([`super::gc`]).
     pub fn open(
         root: &Path,
         model_key: &str,
