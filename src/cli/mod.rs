@@ -12,6 +12,7 @@ mod run;
 mod score;
 mod shards;
 mod stages;
+mod store;
 mod train;
 
 use std::io::IsTerminal;
@@ -92,6 +93,7 @@ pub enum Command {
     Export(shards::ExportArgs),
     Eval(eval::EvalArgs),
     Report(report::ReportArgs),
+    Store(store::StoreArgs),
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {
@@ -123,6 +125,7 @@ pub fn main() -> ExitCode {
         Command::Export(args) => shards::export_shards(args),
         Command::Eval(args) => eval::eval(args),
         Command::Report(args) => report::report(args),
+        Command::Store(args) => store::store(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -223,11 +223,24 @@ impl EmbedModel for GmeModel {
             .iter()
             .map(|(ids, images)| ScoreInput { ids, images })
             .collect();
-        gme_embed(&self.model, &inputs, self.pad_id)
-            .and_then(|t| t.to_vec2::<f32>())
-            .map_err(|source| EmbedError::Compute {
-                what: "gme forward",
-                source,
-            })
+        let forward = |inputs: &[ScoreInput]| {
+            gme_embed(&self.model, inputs, self.pad_id).and_then(|t| t.to_vec2::<f32>())
+        };
+        let vectors = if self.device.is_cpu() {
+            // Alone, an item's shapes (and so the CPU kernels' summation order) depend on it only: its vector is
+            // the same bits in whatever batch it comes (docs/mining.md#batch-invariance). CUDA kernels are not
+            // batch-invariant anyway, and there batching pays.
+            inputs
+                .chunks(1)
+                .map(forward)
+                .collect::<Result<Vec<_>, _>>()
+                .map(|rows| rows.concat())
+        } else {
+            forward(&inputs)
+        };
+        vectors.map_err(|source| EmbedError::Compute {
+            what: "gme forward",
+            source,
+        })
     }
 }

@@ -12,6 +12,7 @@
 //! of the batch plan or the shard: a crash loses at most the vectors since the last chunk, and a rerun, a run with
 //! another batch size or shard count, or a run over a new snapshot embeds only what the store lacks.
 
+pub mod gc;
 mod gme;
 mod items;
 mod model;
@@ -28,6 +29,7 @@ pub use model::{load_model, DualEncoder, EmbedModel, ModelOptions, Prepared, Pre
 pub use stage::{
     embed_into, stats_path, EmbedConfig, EmbedReport, EmbedSources, EmbedStage, Precision,
 };
+pub use store::{references_path, STALL_WRITE_ENV};
 
 use crate::dataset::DatasetError;
 use crate::media::preprocess::PreprocessError;

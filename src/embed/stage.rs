@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::items::{self, BadRecord, Images, Item, Side};
 use super::model::{load_model, EmbedModel, ModelOptions, Prepared, PreparedImage};
 use super::plan::{plan, PlanInput};
-use super::store::Store;
+use super::store::{references_path, Store, REFERENCES_HEADER};
 use super::{output, EmbedError};
 use crate::dataset::Dataset;
 use crate::device::DeviceSpec;
@@ -426,6 +426,16 @@ pub fn embed_into(
         source,
     })?;
     crate::atomic::write_atomically(&stats, &json).map_err(|e| EmbedError::Io {
+        path: e.path,
+        source: e.source,
+    })?;
+    let references = references_path(ctx.dir(), shard);
+    let mut lines = format!("{REFERENCES_HEADER}\n");
+    for chunk in store.references() {
+        lines.push_str(&chunk);
+        lines.push('\n');
+    }
+    crate::atomic::write_atomically(&references, lines.as_bytes()).map_err(|e| EmbedError::Io {
         path: e.path,
         source: e.source,
     })?;

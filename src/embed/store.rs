@@ -12,7 +12,7 @@
 //! never a wrong one. Equal rows give the same name, so two writers of the same vectors write the same file.
 //! Removing a model key's directory, or the whole store, is always safe: it only costs recomputation.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,6 +30,11 @@ const KIND: &str = "embedding_cache";
 const PREFIX: &str = "chunk-";
 const SUFFIX: &str = ".parquet";
 
+/// A fault-injection hook for the kill tests (docs/faults.md): `UMRANK_STORE_STALL_WRITE=N` makes the process's
+/// N-th chunk write stop for good after its rows went into the temporary file and before the file is closed and
+/// renamed, so that a test can `kill -9` it in the middle of a store write at a known point.
+pub const STALL_WRITE_ENV: &str = "UMRANK_STORE_STALL_WRITE";
+
 /// One model's directory of an open store, and the vectors embedded since it was opened, not yet written.
 pub struct Store {
     dir: PathBuf,
@@ -37,12 +42,17 @@ pub struct Store {
     chunk_rows: usize,
     pending_keys: Vec<String>,
     pending_values: Vec<f32>,
+    /// The chunks this run read a wanted vector from or wrote: what `umrank store gc` keeps for it.
+    used: BTreeSet<String>,
+    /// Chunks written so far, and the write to stall at ([`STALL_WRITE_ENV`]).
+    written: usize,
+    stall_at: Option<usize>,
 }
 
 impl Store {
     /// Opens (creating) `<root>/<model_key>`. Temporary files there may be another writer's chunk in progress, so
-    /// they are left alone (readers never read them; `umrank`'s users remove them with the store when no run is
-    /// writing).
+    /// they are left alone: readers never read them, and `umrank store gc` removes them once they are old
+    /// ([`super::gc`]).
     pub fn open(
         root: &Path,
         model_key: &str,
@@ -57,6 +67,11 @@ impl Store {
             chunk_rows: chunk_rows.max(1),
             pending_keys: Vec::new(),
             pending_values: Vec::new(),
+            used: BTreeSet::new(),
+            written: 0,
+            stall_at: std::env::var(STALL_WRITE_ENV)
+                .ok()
+                .and_then(|n| n.parse().ok()),
         })
     }
 
@@ -64,10 +79,26 @@ impl Store {
         &self.dir
     }
 
+    /// The chunks this run used, as `<model key>/<chunk file>` paths relative to the store's root, sorted.
+    pub fn references(&self) -> Vec<String> {
+        let key = self
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.used
+            .iter()
+            .map(|name| format!("{key}/{name}"))
+            .collect()
+    }
+
     /// The stored vectors of the `wanted` keys. A chunk that cannot be read, has another width or whose rows do
     /// not match the digest in its name is skipped with a warning: the store only saves work, so a damaged chunk
     /// costs its vectors, not the run, and is never read as valid.
-    pub fn load(&self, wanted: &HashSet<&str>) -> Result<HashMap<String, Vec<f32>>, EmbedError> {
+    pub fn load(
+        &mut self,
+        wanted: &HashSet<&str>,
+    ) -> Result<HashMap<String, Vec<f32>>, EmbedError> {
         let mut found = HashMap::new();
         let mut names: Vec<String> = list(&self.dir)?
             .into_iter()
@@ -82,6 +113,7 @@ impl Store {
                         if wanted.contains(key.as_str()) && !found.contains_key(&key) {
                             let start = row * self.dim;
                             found.insert(key, values[start..start + self.dim].to_vec());
+                            self.used.insert(name.clone());
                         }
                     }
                 }
@@ -161,8 +193,12 @@ impl Store {
                     source,
                 })?;
             let arrow = schema.arrow_with_width(self.dim as i32);
-            let mut writer =
-                DatasetWriter::create_at(path, schema, arrow.clone(), WriteOptions::default())?;
+            let mut writer = DatasetWriter::create_at(
+                path.clone(),
+                schema,
+                arrow.clone(),
+                WriteOptions::default(),
+            )?;
             let keys = arrow::array::StringArray::from_iter_values(&self.pending_keys);
             let values = Float32Array::from(std::mem::take(&mut self.pending_values));
             let item = Arc::new(Field::new(
@@ -174,11 +210,40 @@ impl Store {
                 FixedSizeListArray::try_new(item, self.dim as i32, Arc::new(values), None)?;
             let columns: Vec<ArrayRef> = vec![Arc::new(keys), Arc::new(vectors)];
             writer.write(&RecordBatch::try_new(arrow, columns)?)?;
+            self.written += 1;
+            if self.stall_at == Some(self.written) {
+                stall(&path);
+            }
             writer.finish()?;
         }
+        self.used.insert(format!("{PREFIX}{digest}{SUFFIX}"));
         self.pending_keys.clear();
         self.pending_values.clear();
         Ok(())
+    }
+}
+
+/// The first line of a run's references file: what `umrank store gc` checks before trusting the rest.
+pub const REFERENCES_HEADER: &str = "# umrank embedding store references 1";
+
+/// `<stage>/store_refs.txt`, or `store_refs.<part>.txt` for one shard: the chunks the stage's last run used, one
+/// `<model key>/<chunk file>` per line after [`REFERENCES_HEADER`], for `umrank store gc --keep-runs`.
+pub fn references_path(stage_dir: &Path, shard: crate::shard::Shard) -> PathBuf {
+    if shard.is_all() {
+        stage_dir.join("store_refs.txt")
+    } else {
+        stage_dir.join(format!("store_refs.{}.txt", shard.part_name()))
+    }
+}
+
+/// Stops the process for good in the middle of writing `path` ([`STALL_WRITE_ENV`]); only a kill ends it.
+fn stall(path: &Path) -> ! {
+    tracing::warn!(
+        "{}: {STALL_WRITE_ENV} is set: stalling in the middle of this chunk's write",
+        path.display()
+    );
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
     }
 }
 
@@ -195,7 +260,7 @@ fn rows_digest(keys: &[String], values: &[f32]) -> String {
 }
 
 /// The digest a chunk's name carries, if `name` is a chunk's.
-fn chunk_digest(name: &str) -> Option<&str> {
+pub(super) fn chunk_digest(name: &str) -> Option<&str> {
     let digest = name.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?;
     (digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit())).then_some(digest)
 }
@@ -243,11 +308,15 @@ mod tests {
         assert_eq!(loaded.len(), 1);
         assert_eq!(loaded["a"], vec![1.0, 2.0]);
         store.flush().unwrap();
-        let reopened = Store::open(dir.path(), "k", 2, 2).unwrap();
+        let mut reopened = Store::open(dir.path(), "k", 2, 2).unwrap();
         assert_eq!(chunks(reopened.dir()).len(), 2);
         assert_eq!(reopened.load(&wanted).unwrap()["c"], vec![5.0, 6.0]);
+        // What gc keeps for this run: both chunks it read from, by their path under the store's root.
+        let references = reopened.references();
+        assert_eq!(references.len(), 2);
+        assert!(references.iter().all(|r| r.starts_with("k/chunk-")));
         // Another width is another model: its chunks are not used.
-        let other = Store::open(dir.path(), "k", 3, 2).unwrap();
+        let mut other = Store::open(dir.path(), "k", 3, 2).unwrap();
         assert!(other.load(&wanted).unwrap().is_empty());
     }
 

@@ -51,6 +51,9 @@ struct PipelineTable {
     jobs: usize,
     #[serde(default = "one_seed")]
     seeds: u32,
+    /// The embedding store every embed stage shares unless its table names its own (see [`share_store`]).
+    #[serde(default)]
+    store: Option<PathBuf>,
 }
 
 fn one_job() -> usize {
@@ -124,6 +127,9 @@ impl PipelineConfig {
         if stages.is_empty() {
             return Err(bad("the pipeline has no stages".into()));
         }
+        if let Some(store) = &head.store {
+            share_store(&mut stages, store);
+        }
         if head.jobs == 0 {
             return Err(bad("[pipeline]: `jobs` must be at least 1".into()));
         }
@@ -153,6 +159,21 @@ impl PipelineConfig {
                     message: format!("no stage named `{name}` (stages: {})", names.join(", ")),
                 }
             })
+    }
+}
+
+/// The stage kind whose table takes `store`.
+const EMBED_KIND: &str = "embed";
+
+/// `store = DIR` in `[pipeline]`: every embed stage without a `store` of its own gets this one, so that all the
+/// pipeline's embed stages (and the pipelines of other runs that name the same directory) share one embedding
+/// store. Written into the stage's table, it is part of the stage's configuration like a `store` given there.
+fn share_store(stages: &mut [StageSpec], store: &Path) {
+    for stage in stages.iter_mut().filter(|s| s.kind == EMBED_KIND) {
+        stage
+            .table
+            .entry("store")
+            .or_insert_with(|| toml::Value::String(store.to_string_lossy().into_owned()));
     }
 }
 
@@ -208,6 +229,28 @@ mod tests {
             p.stages[1].table.is_empty(),
             "`seed` and `per_seed` are the runner's keys, not the stage's"
         );
+    }
+
+    #[test]
+    fn the_pipeline_store_is_every_embed_stage_s_unless_it_names_its_own() {
+        let text = r#"
+            [pipeline]
+            name = "t"
+            workdir = "runs/t"
+            store = "/data/store"
+            [embed]
+            from = "ingest"
+            [embed_text]
+            kind = "embed"
+            store = "/other"
+            [mine]
+            k = 3
+        "#;
+        let p = PipelineConfig::parse(Path::new("t.toml"), text).unwrap();
+        let store = |i: usize| p.stages[i].table.get("store").and_then(|v| v.as_str());
+        assert_eq!(store(0), Some("/data/store"));
+        assert_eq!(store(1), Some("/other"), "the stage's own key wins");
+        assert_eq!(store(2), None, "only embed stages take a store");
     }
 
     #[test]

@@ -23,6 +23,7 @@ use umrank::ingest::{Format, IngestConfig};
 use umrank::media::preprocess::{
     ImagePreprocessor, PreprocessError, Qwen2VlParams, Qwen2VlProcessor,
 };
+use umrank::mine::{MineConfig, MineStage};
 use umrank::modality::Modality;
 use umrank::models::embedders::{self, EmbedderOptions};
 use umrank::models::qwen2_vl::{
@@ -36,7 +37,7 @@ use umrank::pipeline::{
 use umrank::schema::outputs::embed::{DOC_EMBEDDINGS, QUERY_EMBEDDINGS};
 use umrank::shard::Shard;
 
-use crate::common::cli::umrank;
+use crate::common::cli::{umrank, umrank_ok};
 use crate::common::datasets::{column, ingest_alone, small_world};
 
 fn fixture(path: &str) -> PathBuf {
@@ -483,6 +484,56 @@ fn embed_snapshot(
     .unwrap()
 }
 
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+/// Runs the mine stage over the ingest-like `snapshot` and the embed stage directory `embed` into `out`; returns
+/// the sha256 of each Parquet file it wrote, by its path under `out`.
+fn mine(snapshot: &Path, embed: &Path, out: &Path) -> BTreeMap<String, String> {
+    let mine = MineStage::new(MineConfig {
+        ingest_dir: Some(snapshot.to_path_buf()),
+        embeddings_dir: Some(embed.to_path_buf()),
+        k: 5,
+        ..MineConfig::default()
+    })
+    .unwrap();
+    let options = RunOptions {
+        policy: RejectPolicy {
+            max_fraction: 1.0,
+            strict: false,
+        },
+        dirs: [("mine".to_string(), out.to_path_buf())].into(),
+        ..Default::default()
+    };
+    Runner::new(
+        out.to_path_buf(),
+        7,
+        vec![("mine".into(), Box::new(mine))],
+        options,
+    )
+    .run()
+    .unwrap();
+    let mut hashes = BTreeMap::new();
+    let mut pending = vec![out.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                let name = path.strip_prefix(out).unwrap().display().to_string();
+                hashes.insert(name, sha256_file(&path).unwrap());
+            }
+        }
+    }
+    hashes
+}
+
 #[test]
 fn a_new_snapshot_embeds_only_new_and_changed_content_and_matches_a_run_from_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -525,22 +576,20 @@ fn a_new_snapshot_embeds_only_new_and_changed_content_and_matches_a_run_from_not
     assert_eq!(stats["embedded"], expected);
     assert_eq!(stats["reused"], new.inputs - expected);
 
-    // A run from nothing (its own, empty store) has the same rows, and vectors equal to rounding: the CPU image
-    // tower's bits depend on what an image is batched with, and a reused vector was batched with the first
-    // snapshot's images (docs/mining.md#embedding-store).
+    // A run from nothing (its own, empty store) writes the same bytes: a vector is the same bits whatever batch
+    // computed it (docs/mining.md#batch-invariance), so reused vectors are what a run from nothing computes.
     let scratch = dir.path().join("scratch");
     let fresh = embed_snapshot(&scratch, &second, None, 4, None);
-    assert_eq!(fresh.embedded, fresh.inputs);
-    for name in [DOC_EMBEDDINGS, QUERY_EMBEDDINGS] {
-        let (a, b) = (
-            read_embeddings(&run2.join(name)),
-            read_embeddings(&scratch.join(name)),
-        );
-        assert_eq!(a.ids, b.ids);
-        for (id, (_, v, _)) in &a.rows {
-            assert!(max_abs_diff(v, &b.rows[id].1) < 1e-5, "{id}");
-        }
-    }
+    assert_eq!((fresh.embedded, fresh.cached), (fresh.inputs, 0));
+    assert_eq!(part_hashes(&run2), part_hashes(&scratch));
+    // And so does mining over the second snapshot.
+    copy_dir(&ingested().join("qrels"), &second.join("qrels"));
+    let mined = mine(&second, &run2, &dir.path().join("after_reuse"));
+    assert!(mined.len() >= 2, "{mined:?}");
+    assert_eq!(
+        mined,
+        mine(&second, &scratch, &dir.path().join("from_nothing"))
+    );
 
     // Another batch size and another shard count reuse every stored vector.
     let rebatched = dir.path().join("rebatched");
@@ -975,4 +1024,183 @@ fn a_pipeline_embeds_with_the_model_an_upstream_stage_wrote() {
     .unwrap();
     let again = runner.run().unwrap();
     assert_eq!(again[2].outcome, umrank::pipeline::StageOutcome::UpToDate);
+}
+
+/// Every file under `dir` whose name `pick` accepts, sorted.
+fn files_under(dir: &Path, pick: impl Fn(&str) -> bool) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if pick(&path.file_name().unwrap().to_string_lossy()) {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+fn is_chunk(name: &str) -> bool {
+    name.starts_with("chunk-") && name.ends_with(".parquet")
+}
+
+fn is_temporary(name: &str) -> bool {
+    name.starts_with(".chunk-") && name.ends_with(".tmp")
+}
+
+/// `umrank embed` of the demo world into `out` with `store`, 8 vectors per chunk.
+fn embed_args<'a>(out: &'a str, store: &'a str, model: &'a str) -> Vec<&'a str> {
+    let from = ingested().to_str().unwrap();
+    vec![
+        "embed",
+        "--out",
+        out,
+        "--from",
+        from,
+        "--model",
+        model,
+        "--batch-size",
+        "4",
+        "--cache-rows",
+        "8",
+        "--store",
+        store,
+    ]
+}
+
+/// A real `kill -9` in the middle of a store write: the binary is stopped for good inside its third chunk write
+/// (after the rows went into the temporary file, before the rename; `UMRANK_STORE_STALL_WRITE`) and killed there.
+/// The rerun reads the two complete chunks, never the temporary file, embeds the rest, and writes the bytes of a
+/// clean run. `umrank store gc` then removes the killed writer's temporary file and keeps every chunk the run uses.
+#[test]
+fn a_kill_during_a_store_write_is_never_read_and_the_rerun_matches_a_clean_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = clip_dir();
+    let model = model.to_str().unwrap();
+    let (out, store) = (dir.path().join("embed"), dir.path().join("store"));
+    let (out_s, store_s) = (out.to_str().unwrap(), store.to_str().unwrap());
+
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_umrank"))
+        .args(embed_args(out_s, store_s, model))
+        .env(umrank::embed::STALL_WRITE_ENV, "3")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Two complete chunks first, then a temporary file: that is the third write's, which stalls for good, so
+    // the wait has no race. The deadline only stops a broken build from hanging the suite.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while files_under(&store, is_chunk).len() < 2 || files_under(&store, is_temporary).is_empty() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it stalled"
+        );
+        assert!(std::time::Instant::now() < deadline, "no store write began");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    let temporary = files_under(&store, is_temporary);
+    assert_eq!(temporary.len(), 1, "the killed write's temporary file");
+    assert_eq!(
+        files_under(&store, is_chunk).len(),
+        2,
+        "two complete chunks"
+    );
+    assert!(!out.join("manifest.json").exists());
+
+    // The same command again, without the stall.
+    let (ok, _, stderr) = umrank(&embed_args(out_s, store_s, model));
+    assert!(ok, "{stderr}");
+    let stats: serde_json::Value =
+        serde_json::from_slice(&fs::read(umrank::embed::stats_path(&out, Shard::ALL)).unwrap())
+            .unwrap();
+    assert_eq!(stats["reused"], 16, "the two complete chunks: {stats}");
+    assert_eq!(
+        stats["embedded"].as_u64().unwrap() + 16,
+        stats["inputs"].as_u64().unwrap()
+    );
+    let (clean, clean_store) = (dir.path().join("clean"), dir.path().join("clean_store"));
+    umrank_ok(&embed_args(
+        clean.to_str().unwrap(),
+        clean_store.to_str().unwrap(),
+        model,
+    ));
+    assert_eq!(part_hashes(&out), part_hashes(&clean));
+    // The rerun's first chunk holds the rows the killed write held, the same bits, so the same name: it
+    // replaced the temporary file.
+    assert!(!temporary[0].exists());
+
+    // Pruning: a kept run without references is refused; young files are kept; with no minimum age a killed
+    // writer's temporary file and an unreferenced chunk go, and every chunk the run used stays.
+    let model_dir = temporary[0].parent().unwrap();
+    let stale = model_dir.join(format!(".chunk-{}.parquet.tmp", "f".repeat(64)));
+    fs::write(&stale, b"PAR1 torn").unwrap();
+    let stranger = model_dir.join(format!("chunk-{}.parquet", "0".repeat(64)));
+    fs::write(&stranger, b"not a chunk anyone uses").unwrap();
+    let gc = |extra: &[&str]| {
+        let mut args = vec!["store", "gc", store_s, "--keep-runs", out_s];
+        args.extend_from_slice(extra);
+        umrank(&args)
+    };
+    let (ok, _, stderr) = umrank(&["store", "gc", store_s, "--keep-runs", store_s]);
+    assert!(!ok && stderr.contains("store_refs"), "{stderr}");
+    let (ok, stdout, _) = gc(&[]);
+    assert!(
+        ok && stdout.is_empty(),
+        "everything is younger than 6h: {stdout}"
+    );
+    let (ok, stdout, _) = gc(&["--min-age", "0", "--dry-run"]);
+    assert!(ok && stdout.lines().count() == 2, "{stdout}");
+    assert!(stranger.exists() && stale.exists());
+    let used = files_under(&store, is_chunk).len() - 1;
+    let (ok, stdout, stderr) = gc(&["--min-age", "0"]);
+    assert!(ok, "{stderr}");
+    let removed: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        removed,
+        [stale.to_str().unwrap(), stranger.to_str().unwrap()]
+    );
+    assert!(files_under(&store, is_temporary).is_empty());
+    assert_eq!(files_under(&store, is_chunk).len(), used);
+    // The pruned store still serves the whole run.
+    let mut forced = embed_args(out_s, store_s, model);
+    forced.push("--force");
+    let (ok, _, stderr) = umrank(&forced);
+    assert!(ok && stderr.contains(", 0 embedded"), "{stderr}");
+    assert_eq!(part_hashes(&out), part_hashes(&clean));
+}
+
+/// On the CPU, GME embeds each item alone, so an item's vector is the same bits in whatever batch it comes
+/// (docs/mining.md#batch-invariance).
+#[test]
+fn gme_gives_an_item_the_same_bits_in_any_batch() {
+    let model = cpu_model(&fixture("vlm/qwen2_vl"), 8);
+    let texts = [
+        "a red circle",
+        "two blue squares next to a green triangle under a yellow star",
+        "x",
+    ];
+    let items: Vec<Prepared> = texts
+        .iter()
+        .map(|t| Prepared {
+            instruction: Some("Find the matching caption."),
+            text: Some(t),
+            image: None,
+        })
+        .collect();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let together = model.embed(&items).unwrap();
+    for (item, vector) in items.iter().zip(&together) {
+        let alone = model.embed(std::slice::from_ref(item)).unwrap();
+        assert_eq!(bits(&alone[0]), bits(vector));
+    }
 }

@@ -768,3 +768,90 @@ fn minilm_ranks_paraphrases_first_and_matches_reference_similarities() {
         );
     }
 }
+
+fn bits(vectors: &[Vec<f32>]) -> Vec<Vec<u32>> {
+    vectors
+        .iter()
+        .map(|v| v.iter().map(|x| x.to_bits()).collect())
+        .collect()
+}
+
+/// Deterministic values in [-1, 1) for a `(rows, cols)` matrix.
+fn matrix(rows: usize, cols: usize, salt: usize) -> Tensor {
+    let values: Vec<f32> = (0..rows * cols)
+        .map(|i| ((i * 7919 + salt * 104_729) % 2000) as f32 / 1000.0 - 1.0)
+        .collect();
+    Tensor::from_vec(values, (rows, cols), &Device::Cpu).unwrap()
+}
+
+/// What batch-invariant embedding rests on (docs/mining.md#batch-invariance): candle's CPU matmul gives a row the
+/// same bits whatever the number of rows M once M x N exceeds 256 outputs (below that gemm takes a dot-product
+/// kernel, and for a single row of a wide N a matrix-vector one, which sum in other orders). Token-level layers
+/// have at least 16 rows per text (a text is padded to a multiple of 16 tokens) and an image's patches, so they
+/// are row-wise; the per-text heads run one row at a time. The shapes are the fixtures' and MiniLM's.
+#[test]
+fn cpu_matmul_rows_do_not_depend_on_the_row_count_above_256_outputs() {
+    for (k, n) in [(32, 32), (40, 80), (64, 32), (384, 384), (1536, 384)] {
+        let x = matrix(300, k, 1);
+        let w = matrix(n, k, 2).t().unwrap();
+        let all = x.matmul(&w).unwrap().to_vec2::<f32>().unwrap();
+        let first = (1..).find(|m| m * n > 256).unwrap().max(2);
+        for m in first..=300 {
+            let part = x.narrow(0, 300 - m, m).unwrap().matmul(&w).unwrap();
+            let part = part.to_vec2::<f32>().unwrap();
+            assert_eq!(
+                bits(&part),
+                bits(&all[300 - m..]),
+                "{m} rows of k={k}, n={n}"
+            );
+        }
+    }
+}
+
+/// A text or image gets the same bits alone, in batches of any size and at any position in them, for every
+/// family: what lets the embedding store reuse a vector whatever batch computed it.
+#[test]
+fn every_family_gives_an_input_the_same_bits_in_any_batch() {
+    let inputs = inputs();
+    // The fixture texts and longer ones, so that BERT (48 positions) pads into several length buckets.
+    let long: Vec<String> = inputs
+        .texts
+        .iter()
+        .map(|t| format!("{t} {t} {t} {t}"))
+        .collect();
+    let mut texts = texts(&inputs);
+    texts.extend(long.iter().map(String::as_str));
+    let base = images(&inputs);
+    let images: Vec<RgbImage> = base.iter().chain(base.iter().rev()).cloned().collect();
+    for family in ["bert", "clip", "siglip"] {
+        let load = |batch_size| embedders::load(&model_dir(family), &options(batch_size)).unwrap();
+        let (one, three, all) = (load(1), load(3), load(64));
+        let alone: Vec<Vec<f32>> = texts
+            .iter()
+            .map(|t| one.embed_texts(&[t]).unwrap().remove(0))
+            .collect();
+        let reversed: Vec<&str> = texts.iter().rev().copied().collect();
+        let mut together = all.embed_texts(&reversed).unwrap();
+        together.reverse();
+        assert_eq!(bits(&together), bits(&alone), "{family} texts in one batch");
+        let threes = three.embed_texts(&texts).unwrap();
+        assert_eq!(bits(&threes), bits(&alone), "{family} texts in threes");
+        if !one.supports(Modality::Image) {
+            continue;
+        }
+        let alone: Vec<Vec<f32>> = images
+            .iter()
+            .map(|i| one.embed_images(std::slice::from_ref(i)).unwrap().remove(0))
+            .collect();
+        let reversed: Vec<RgbImage> = images.iter().rev().cloned().collect();
+        let mut together = all.embed_images(&reversed).unwrap();
+        together.reverse();
+        assert_eq!(
+            bits(&together),
+            bits(&alone),
+            "{family} images in one batch"
+        );
+        let threes = three.embed_images(&images).unwrap();
+        assert_eq!(bits(&threes), bits(&alone), "{family} images in threes");
+    }
+}

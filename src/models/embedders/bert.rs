@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint::ModelDir;
 use super::error::{compute, EmbedderError};
-use super::text::{Padding, TextEncoder, TextSettings};
-use super::{in_batches, l2_normalised_rows, Embedder, EmbedderOptions, Modality, CONFIG_FILE};
+use super::text::{Padding, TextEncoder, TextSettings, TokenBatch};
+use super::{l2_normalised_rows, Embedder, EmbedderOptions, Modality, CONFIG_FILE};
 
 const WEIGHTS_FILE: &str = "model.safetensors";
 const TOKENIZER_FILE: &str = "tokenizer.json";
@@ -114,7 +114,7 @@ impl BertEmbedder {
             TextSettings {
                 max_len,
                 pad_id: config.pad_token_id as u32,
-                padding: Padding::Longest,
+                padding: Padding::Bucketed,
             },
         )?;
         let vb = files.weights(WEIGHTS_FILE, options.dtype, &options.device)?;
@@ -141,8 +141,9 @@ impl BertEmbedder {
         self.pooling
     }
 
-    fn embed_batch(&self, texts: &[&str], first: usize) -> Result<Vec<Vec<f32>>, EmbedderError> {
-        let batch = self.text.encode(texts, first, &self.options.device)?;
+    /// Embeds texts of one padded length: BERT's matmuls have one row per token, so a text's bits do not depend
+    /// on its batch mates (docs/mining.md#batch-invariance).
+    fn embed_batch(&self, batch: &TokenBatch) -> Result<Vec<Vec<f32>>, EmbedderError> {
         let forward = || {
             let token_type_ids = batch.input_ids.zeros_like()?;
             let hidden = self.model.forward(
@@ -175,9 +176,12 @@ impl Embedder for BertEmbedder {
     }
 
     fn embed_texts(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedderError> {
-        in_batches(texts, self.options.batch_size, |chunk, first| {
-            self.embed_batch(chunk, first)
-        })
+        self.text.embed_bucketed(
+            texts,
+            self.options.batch_size,
+            &self.options.device,
+            |batch| self.embed_batch(batch),
+        )
     }
 
     fn embed_images(&self, _images: &[RgbImage]) -> Result<Vec<Vec<f32>>, EmbedderError> {

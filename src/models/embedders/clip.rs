@@ -17,8 +17,8 @@ use super::checkpoint::ModelDir;
 use super::clip_towers::{flat_positions, EncoderShape, TextTower, VisionTower};
 use super::dual::{DualEncoder, Shape, Towers};
 use super::error::{compute, EmbedderError};
-use super::text::{Padding, TextSettings};
-use super::{l2_normalised_rows, EmbedderOptions, CONFIG_FILE};
+use super::text::{Padding, TextSettings, TokenBatch};
+use super::{l2_normalised_rows, project_rows, row_by_row, EmbedderOptions, CONFIG_FILE};
 use crate::models::init::seeded_var_builder;
 use crate::models::layers::activation::Activation;
 
@@ -322,6 +322,12 @@ impl ClipModel {
         input_ids: &Tensor,
         positions: &[usize],
     ) -> candle_core::Result<Tensor> {
+        self.text_projection
+            .forward(&self.pooled_text(input_ids, positions)?)
+    }
+
+    /// The text tower's states at `positions`, `(batch, hidden)`, before the projection.
+    fn pooled_text(&self, input_ids: &Tensor, positions: &[usize]) -> candle_core::Result<Tensor> {
         let (batch, len) = input_ids.dims2()?;
         if positions.len() != batch || positions.iter().any(|p| *p >= len) {
             candle_core::bail!(
@@ -330,8 +336,7 @@ impl ClipModel {
         }
         let hidden = self.text.forward(input_ids)?;
         let flat_index = Tensor::new(flat_positions(positions, len), input_ids.device())?;
-        let pooled = hidden.flatten_to(1)?.index_select(&flat_index, 0)?;
-        self.text_projection.forward(&pooled)
+        hidden.flatten_to(1)?.index_select(&flat_index, 0)
     }
 
     /// Projected image features `(batch, projection_dim)` of `(batch, 3, image_size, image_size)` pixel values.
@@ -367,7 +372,7 @@ impl ClipEmbedder {
             text: TextSettings {
                 max_len: config.text_config.max_position_embeddings,
                 pad_id: config.text_config.pad_token_id,
-                padding: Padding::Longest,
+                padding: Padding::Bucketed,
             },
             image_size: config.vision_config.image_size,
             dim: config.projection_dim,
@@ -379,28 +384,35 @@ impl ClipEmbedder {
 impl Towers for ClipModel {
     const FAMILY: &'static str = "clip";
 
+    /// [`Self::image_features`], on the CPU one image per forward pass: the patch embedding's batched matmul over
+    /// a broadcast kernel rounds an image differently alone and in a batch, which the tests caught, so each image
+    /// gets shapes that depend on it alone (docs/mining.md#batch-invariance). CUDA kernels are not batch-invariant
+    /// anyway, and there batching pays.
     fn embed_pixels(&self, pixel_values: &Tensor) -> Result<Vec<Vec<f32>>, EmbedderError> {
-        self.image_features(pixel_values)
+        let pooled = if pixel_values.device().is_cpu() {
+            row_by_row(pixel_values, |image| self.vision.forward(image))
+        } else {
+            self.vision.forward(pixel_values)
+        };
+        pooled
+            .and_then(|pooled| project_rows(&self.visual_projection, &pooled))
             .and_then(|features| l2_normalised_rows(&features))
             .map_err(compute("clip image forward"))
     }
 
-    fn embed_tokens(
-        &self,
-        ids: &[Vec<u32>],
-        input_ids: &Tensor,
-        first: usize,
-    ) -> Result<Vec<Vec<f32>>, EmbedderError> {
+    /// [`Self::text_features`] with the projection taken row by row (see [`Self::embed_pixels`]).
+    fn embed_tokens(&self, batch: &TokenBatch) -> Result<Vec<Vec<f32>>, EmbedderError> {
         let positions = self
-            .pooling_positions(ids)
+            .pooling_positions(&batch.ids)
             .map_err(|row| EmbedderError::Text {
-                index: first + row,
+                index: batch.indices[row],
                 reason: format!(
                     "no end-of-text token (id {}) after tokenization: the tokenizer must add it",
                     self.eos_token_id
                 ),
             })?;
-        self.text_features(input_ids, &positions)
+        self.pooled_text(&batch.input_ids, &positions)
+            .and_then(|pooled| project_rows(&self.text_projection, &pooled))
             .and_then(|features| l2_normalised_rows(&features))
             .map_err(compute("clip text forward"))
     }

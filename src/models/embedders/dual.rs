@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::checkpoint::ModelDir;
 use super::error::{compute, EmbedderError};
-use super::text::{TextEncoder, TextSettings};
+use super::text::{TextEncoder, TextSettings, TokenBatch};
 use super::{in_batches, Embedder, EmbedderOptions, Modality};
 use crate::media::preprocess::{
     ClipParams, ClipProcessor, ImagePreprocessor, PreprocessError, PreprocessorConfig,
@@ -19,7 +19,8 @@ use crate::media::preprocess::{
 const WEIGHTS_FILE: &str = "model.safetensors";
 const TOKENIZER_FILE: &str = "tokenizer.json";
 
-/// A dual encoder's model: its two forwards to L2-normalised embeddings, one batch each.
+/// A dual encoder's model: its two forwards to L2-normalised embeddings, one batch each. A row's embedding must
+/// not depend on the other rows of its batch (docs/mining.md#batch-invariance).
 pub trait Towers: Send + Sync {
     /// The family name the embedder reports and tags its fingerprint with.
     const FAMILY: &'static str;
@@ -27,14 +28,8 @@ pub trait Towers: Send + Sync {
     /// Embeddings of pixel values already checked and in the model's dtype.
     fn embed_pixels(&self, pixel_values: &Tensor) -> Result<Vec<Vec<f32>>, EmbedderError>;
 
-    /// Embeddings of a tokenized batch: its token ids per text and as a padded `(batch, len)` tensor; `first` is
-    /// the index of the batch's first text in the whole call, for errors.
-    fn embed_tokens(
-        &self,
-        ids: &[Vec<u32>],
-        input_ids: &Tensor,
-        first: usize,
-    ) -> Result<Vec<Vec<f32>>, EmbedderError>;
+    /// Embeddings of a tokenized batch of texts of one padded length.
+    fn embed_tokens(&self, batch: &TokenBatch) -> Result<Vec<Vec<f32>>, EmbedderError>;
 }
 
 /// What the fingerprint covers besides the files: everything that changes the vectors for the same weights.
@@ -142,10 +137,12 @@ impl<M: Towers> Embedder for DualEncoder<M> {
     }
 
     fn embed_texts(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedderError> {
-        in_batches(texts, self.options.batch_size, |chunk, first| {
-            let batch = self.text.encode(chunk, first, &self.options.device)?;
-            self.model.embed_tokens(&batch.ids, &batch.input_ids, first)
-        })
+        self.text.embed_bucketed(
+            texts,
+            self.options.batch_size,
+            &self.options.device,
+            |batch| self.model.embed_tokens(batch),
+        )
     }
 
     fn embed_images(&self, images: &[RgbImage]) -> Result<Vec<Vec<f32>>, EmbedderError> {

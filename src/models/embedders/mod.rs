@@ -26,6 +26,7 @@ use std::fmt;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, D};
+use candle_nn::{Linear, Module};
 use image::RgbImage;
 use serde::Deserialize;
 
@@ -134,4 +135,25 @@ fn l2_normalised_rows(xs: &Tensor) -> candle_core::Result<Vec<Vec<f32>>> {
     let xs = xs.to_dtype(DType::F32)?;
     let norm = xs.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.maximum(1e-12)?;
     xs.broadcast_div(&norm)?.to_vec2()
+}
+
+/// `linear` applied to each row of a `(batch, in)` tensor alone. One matmul over the batch lets the batch size
+/// choose the CPU kernel (a dot-product kernel while rows x outputs <= 256, a blocked one above), and the kernels
+/// round differently; one row at a time, a row's bits do not depend on its batch mates
+/// (docs/mining.md#batch-invariance). candle folds a broadcast batched matmul back into one, so the rows really
+/// are separate products.
+fn project_rows(linear: &Linear, xs: &Tensor) -> candle_core::Result<Tensor> {
+    row_by_row(xs, |row| linear.forward(row))
+}
+
+/// `forward` over each row of `xs` alone (as a batch of one), the results concatenated: for models that mix a
+/// batch's rows into one matmul, the way to make a row's bits independent of its batch mates.
+fn row_by_row(
+    xs: &Tensor,
+    forward: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Tensor> {
+    let rows = (0..xs.dim(0)?)
+        .map(|row| forward(&xs.narrow(0, row, 1)?))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Tensor::cat(&rows, 0)
 }

@@ -4,6 +4,10 @@
 //! embedding for text padded to the full context (`max_position_embeddings`) with the pad token; transformers
 //! documents `padding="max_length"` for it, and the embedder always pads so. Embeddings are the text head's and the
 //! attention-pooling head's outputs, which share one space only when both towers have the same width.
+//!
+//! Both heads multiply the whole batch's pooled rows in one matmul, whose kernel (and so rounding) the CPU
+//! backend picks by the batch size; each text and image therefore goes through the model alone, so that its
+//! vector does not depend on its batch mates (docs/mining.md#batch-invariance).
 
 use std::path::Path;
 
@@ -14,8 +18,8 @@ use serde_json::Value;
 use super::checkpoint::ModelDir;
 use super::dual::{DualEncoder, Shape, Towers};
 use super::error::{compute, EmbedderError};
-use super::text::{Padding, TextSettings};
-use super::{l2_normalised_rows, EmbedderOptions, CONFIG_FILE};
+use super::text::{Padding, TextSettings, TokenBatch};
+use super::{l2_normalised_rows, row_by_row, EmbedderOptions, CONFIG_FILE};
 
 /// A SigLIP checkpoint as an [`Embedder`](super::Embedder) of texts and images.
 pub type SiglipEmbedder = DualEncoder<Model>;
@@ -58,18 +62,13 @@ impl Towers for Model {
     const FAMILY: &'static str = "siglip";
 
     fn embed_pixels(&self, pixel_values: &Tensor) -> Result<Vec<Vec<f32>>, EmbedderError> {
-        self.get_image_features(pixel_values)
+        row_by_row(pixel_values, |pixels| self.get_image_features(pixels))
             .and_then(|features| l2_normalised_rows(&features))
             .map_err(compute("siglip image forward"))
     }
 
-    fn embed_tokens(
-        &self,
-        _ids: &[Vec<u32>],
-        input_ids: &Tensor,
-        _first: usize,
-    ) -> Result<Vec<Vec<f32>>, EmbedderError> {
-        self.get_text_features(input_ids)
+    fn embed_tokens(&self, batch: &TokenBatch) -> Result<Vec<Vec<f32>>, EmbedderError> {
+        row_by_row(&batch.input_ids, |ids| self.get_text_features(ids))
             .and_then(|features| l2_normalised_rows(&features))
             .map_err(compute("siglip text forward"))
     }
