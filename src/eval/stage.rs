@@ -30,7 +30,7 @@ use super::summary::Comparison;
 use super::{evaluate_queries, Metric, PerQuery, Run, DEFAULT_PERMUTATIONS};
 use crate::dataset::Dataset;
 use crate::media::image_table::ImageTable;
-use crate::media::preprocess::ImageInput;
+use crate::media::preprocess::{ImageBackend, ImageInput};
 use crate::models::qwen2_vl::{ImagePatches, PairScore};
 use crate::models::reranker::{PairSide, PreparedPair, Reranker};
 use crate::pipeline::{
@@ -128,6 +128,11 @@ pub struct EvalConfig {
     /// The upper bound; see `min_pixels`.
     #[serde(default)]
     pub max_pixels: Option<u64>,
+    /// transformers' image processor whose resizing to reproduce, `torchvision` or `pil`, in place of the one the
+    /// model directory's preprocessor_config.json names [default: the model's; a release names the one it was
+    /// trained with].
+    #[serde(default)]
+    pub image_processor: Option<ImageBackend>,
 }
 
 fn default_k() -> usize {
@@ -166,6 +171,7 @@ impl EvalConfig {
             permutations: default_permutations(),
             min_pixels: None,
             max_pixels: None,
+            image_processor: None,
         }
     }
 }
@@ -384,6 +390,7 @@ impl Stage for EvalStage {
             Reranker::load(&model, adapter.as_deref(), &device).map_err(EvalStageError::from)?;
         reranker
             .set_pixel_bounds((self.config.min_pixels, self.config.max_pixels))
+            .and_then(|()| reranker.set_image_backend(self.config.image_processor))
             .map_err(EvalStageError::from)?;
         log_image_tokens(&reranker, &evaluated);
         let pairs: usize = evaluated.lists.iter().map(|l| l.ranked.len()).sum();
@@ -477,6 +484,7 @@ pub fn rerank_lists(
     let mut reranker = Reranker::load(model, adapter, device).map_err(EvalStageError::from)?;
     reranker
         .set_pixel_bounds((config.min_pixels, config.max_pixels))
+        .and_then(|()| reranker.set_image_backend(config.image_processor))
         .map_err(EvalStageError::from)?;
     let pairs: usize = evaluated.lists.iter().map(|l| l.ranked.len()).sum();
     let bar = progress::bar(pairs as u64, "gate: reranking pairs with the baseline");
