@@ -1,5 +1,6 @@
 //! Qwen2-VL image preprocessing throughput on one thread: decode + smart_resize + resize + normalise + patchify of
-//! 640x480 JPEGs (real photographs, tests/fixtures/preprocess/bench/), transformers' default min/max pixels.
+//! 640x480 JPEGs (real photographs, tests/fixtures/preprocess/bench/), transformers' default min/max pixels and its
+//! default image processor backend (torchvision).
 //!
 //!     cargo bench --bench preprocess
 //!
@@ -90,17 +91,17 @@ fn stage_breakdown(processor: &Qwen2VlProcessor, images: &[Vec<u8>]) {
     let (height, width) = processor
         .target_size(decoded[0].height(), decoded[0].width())
         .expect("target size");
-    let resample = processor.params().resample;
+    let (resample, backend) = (processor.params().resample, processor.params().backend);
     let mut next = 0;
     let resize_only = throughput(images, |_| {
         let image = &decoded[next % decoded.len()];
         next += 1;
-        std::hint::black_box(resize_rgb(image, width, height, resample).expect("resize"));
+        std::hint::black_box(resize_rgb(image, width, height, resample, backend).expect("resize"));
     });
     let resized: Vec<_> = decoded
         .iter()
         .map(|image| {
-            resize_rgb(image, width, height, resample)
+            resize_rgb(image, width, height, resample, backend)
                 .expect("resize")
                 .into_owned()
         })

@@ -7,9 +7,10 @@ Runs `cargo bench --bench preprocess` (honouring CARGO_TARGET_DIR) and transform
 same 640x480 JPEGs (tests/fixtures/preprocess/bench/), both doing decode + smart_resize + resize + normalise +
 patchify with transformers' default min/max pixels, both on one thread, and prints both rates and their ratio.
 
-transformers' image processors need no torch: without torchvision, Qwen2VLImageProcessor is the PIL/numpy
-implementation (the one our parity tests compare against). With torchvision installed it would be the torchvision
-one; the script reports which ran. Requires: pip install transformers pillow numpy.
+Both sides run their default image processor: umrank's torchvision backend, and transformers' Qwen2VLImageProcessor,
+which in transformers 5 is the torchvision implementation when torchvision is installed (what AutoImageProcessor
+loads) and falls back to the PIL/numpy one without it; the script reports which ran. Requires: pip install
+transformers pillow numpy torch torchvision.
 """
 
 import os

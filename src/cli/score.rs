@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use serde::Deserialize;
 
 use umrank::device::DeviceSpec;
-use umrank::media::preprocess::ImageInput;
+use umrank::media::preprocess::{ImageBackend, ImageInput};
 use umrank::models::qwen2_vl::ImagePatches;
 use umrank::models::reranker::{PairSide, Reranker};
 use umrank::models::text::prompt_format::{AnswerTokens, PromptFormat, PromptSettings};
@@ -50,6 +50,12 @@ pub struct ScoreArgs {
     /// cpu, cuda or cuda:K.
     #[arg(long, default_value = "cpu", value_name = "DEVICE")]
     pub device: DeviceSpec,
+
+    /// Resize images as transformers' torchvision or PIL image processor does [default: the one the model
+    /// directory's preprocessor_config.json names, torchvision unless it names a `...Pil` class; a release names
+    /// the one it was trained with].
+    #[arg(long, value_name = "torchvision|pil")]
+    pub image_processor: Option<ImageBackend>,
 }
 
 /// One line of the pairs file.
@@ -66,12 +72,13 @@ struct Pair {
 pub fn score_pairs(args: &ScoreArgs) -> Result<()> {
     let device = args.device.candle()?;
     let prompt = prompt_settings(args)?;
-    let reranker = Reranker::load_with_prompt(
+    let mut reranker = Reranker::load_with_prompt(
         &args.model,
         args.adapter.as_deref(),
         prompt.as_ref(),
         &device,
     )?;
+    reranker.set_image_backend(args.image_processor)?;
     let pairs = read_pairs(&args.pairs)?;
     let base = args.pairs.parent().unwrap_or(Path::new("."));
     let mut out = std::io::stdout().lock();

@@ -4,6 +4,7 @@
 //! table's default, so the defaults live in one place (`umrank::train::config`).
 
 use std::path::PathBuf;
+use umrank::media::preprocess::ImageBackend;
 
 use anyhow::Context;
 
@@ -207,6 +208,10 @@ pub struct TrainArgs {
     #[arg(long)]
     pub max_pixels: Option<u64>,
 
+    /// Resize images as transformers' torchvision or PIL image processor does [default: torchvision].
+    #[arg(long, value_name = "torchvision|pil")]
+    pub image_processor: Option<ImageBackend>,
+
     /// Write a checkpoint every N optimizer steps, 0 for none [default: 500].
     #[arg(long)]
     pub checkpoint_every: Option<u64>,
@@ -314,6 +319,7 @@ impl TrainArgs {
             ("precision", value(&self.precision)?),
             ("min_pixels", value(&self.min_pixels)?),
             ("max_pixels", value(&self.max_pixels)?),
+            ("image_processor", value(&self.image_processor)?),
             ("checkpoint_every", value(&self.checkpoint_every)?),
             ("keep_checkpoints", value(&self.keep_checkpoints)?),
             ("recompute", value(&self.recompute)?),

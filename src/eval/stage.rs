@@ -30,7 +30,7 @@ use super::summary::Comparison;
 use super::{evaluate_queries, Metric, PerQuery, Run, DEFAULT_PERMUTATIONS};
 use crate::dataset::Dataset;
 use crate::media::image_table::ImageTable;
-use crate::media::preprocess::ImageInput;
+use crate::media::preprocess::{ImageBackend, ImageInput};
 use crate::models::qwen2_vl::{ImagePatches, PairScore};
 use crate::models::reranker::{PairSide, PreparedPair, Reranker};
 use crate::models::text::prompt_format::{AnswerTokens, PromptFormat, PromptSettings};
@@ -136,6 +136,11 @@ pub struct EvalConfig {
     /// The upper bound; see `min_pixels`.
     #[serde(default)]
     pub max_pixels: Option<u64>,
+    /// transformers' image processor whose resizing to reproduce, `torchvision` or `pil`, in place of the one the
+    /// model directory's preprocessor_config.json names [default: the model's; a release names the one it was
+    /// trained with].
+    #[serde(default)]
+    pub image_processor: Option<ImageBackend>,
 }
 
 impl EvalConfig {
@@ -189,6 +194,7 @@ impl EvalConfig {
             permutations: default_permutations(),
             min_pixels: None,
             max_pixels: None,
+            image_processor: None,
         }
     }
 }
@@ -409,6 +415,7 @@ impl Stage for EvalStage {
                 .map_err(EvalStageError::from)?;
         reranker
             .set_pixel_bounds((self.config.min_pixels, self.config.max_pixels))
+            .and_then(|()| reranker.set_image_backend(self.config.image_processor))
             .map_err(EvalStageError::from)?;
         log_image_tokens(&reranker, &evaluated);
         let pairs: usize = evaluated.lists.iter().map(|l| l.ranked.len()).sum();
@@ -504,6 +511,7 @@ pub fn rerank_lists(
         .map_err(EvalStageError::from)?;
     reranker
         .set_pixel_bounds((config.min_pixels, config.max_pixels))
+        .and_then(|()| reranker.set_image_backend(config.image_processor))
         .map_err(EvalStageError::from)?;
     let pairs: usize = evaluated.lists.iter().map(|l| l.ranked.len()).sum();
     let bar = progress::bar(pairs as u64, "gate: reranking pairs with the baseline");

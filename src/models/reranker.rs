@@ -17,8 +17,8 @@ use candle_core::{DType, Device, Tensor};
 
 use super::qwen2_vl::{score, ImageGrid, ImagePatches, PairScore, Qwen2VlModel, ScoreInput};
 use crate::media::preprocess::{
-    ImageInput, ImagePreprocessor, PreprocessError, PreprocessorConfig, Qwen2VlParams,
-    Qwen2VlProcessor,
+    ImageBackend, ImageInput, ImagePreprocessor, PreprocessError, PreprocessorConfig,
+    Qwen2VlParams, Qwen2VlProcessor,
 };
 use crate::models::adapters::peft::PeftError;
 use crate::models::backbone::Backbone;
@@ -225,6 +225,19 @@ impl Reranker {
     ) -> Result<(), RerankerError> {
         if let Some(processor) = &mut self.processor {
             *processor = Qwen2VlProcessor::new(processor.params().clone().with_bounds(pixels))?;
+        }
+        Ok(())
+    }
+
+    /// Resizes and normalises images as `backend` (transformers' torchvision or PIL image processor) does, where
+    /// given, instead of the backend the model directory's `preprocessor_config.json` names: a model is scored with
+    /// the processor it was trained with.
+    pub fn set_image_backend(
+        &mut self,
+        backend: Option<ImageBackend>,
+    ) -> Result<(), RerankerError> {
+        if let Some(processor) = &mut self.processor {
+            *processor = Qwen2VlProcessor::new(processor.params().clone().with_backend(backend))?;
         }
         Ok(())
     }

@@ -38,6 +38,7 @@ use super::merge::write_merged;
 use super::metrics::{MetricsTable, Released};
 use super::provenance::Provenance;
 use super::ReleaseError;
+use crate::media::preprocess::ImageBackend;
 use crate::models::adapters::lora::LoraConfig;
 use crate::models::adapters::peft::{PeftAdapter, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use crate::models::qwen2_vl::{PairScore, Qwen2VlModel};
@@ -48,6 +49,8 @@ use crate::schema::outputs;
 pub const TRAIN_MODEL_KEY: &str = "model";
 /// The train config key of a random initialisation (`tiny`, `tiny-text`, a config.json path).
 pub const TRAIN_INIT_KEY: &str = "init";
+/// The train config key naming the image processor backend the model was trained with.
+pub const TRAIN_IMAGE_PROCESSOR_KEY: &str = "image_processor";
 
 /// Score tolerance, relative to max(1, |score|), for loading back the same weights in f32.
 const EXACT_TOLERANCE: f32 = 1e-4;
@@ -231,7 +234,7 @@ fn assemble_adapter(
         .clone()
         .unwrap_or_else(|| base.display().to_string());
     let vision = Qwen2VlModel::is_vl_dir(&base);
-    let copied = copy_model_files(&base, tmp)?;
+    let copied = copy_model_files(&base, tmp, trained_image_backend(provenance)?)?;
     copy_adapter(adapter, tmp, &base_name, vision)?;
     copy_prompt_record(adapter, tmp)?;
     let lora = PeftAdapter::read(tmp, &Device::Cpu)?.config().clone();
@@ -247,7 +250,7 @@ fn assemble_adapter(
     let merged_tolerance = if spec.merged {
         let merged_dir = tmp.join(outputs::release::MERGED);
         let summary = write_merged(&base, tmp, &merged_dir)?;
-        copy_model_files(&base, &merged_dir)?;
+        copy_model_files(&base, &merged_dir, trained_image_backend(provenance)?)?;
         copy_prompt_record(adapter, &merged_dir)?;
         tracing::info!(
             "merged {} of {} tensors into {}",
@@ -307,7 +310,7 @@ fn assemble_full(
         .config_value(TRAIN_MODEL_KEY)
         .and_then(|value| value.as_str())
         .map(PathBuf::from);
-    let copied = copy_model_files(model, tmp)?;
+    let copied = copy_model_files(model, tmp, trained_image_backend(provenance)?)?;
     copy_prompt_record(model, tmp)?;
     for name in weight_files(model)? {
         let (from, to) = (model.join(&name), tmp.join(&name));
@@ -338,6 +341,20 @@ fn assemble_full(
         expected,
         merged_tolerance: None,
     })
+}
+
+/// The image processor backend the train stage resized images with: its config's `image_processor`, or PIL's for a
+/// train stage from before the setting existed (umrank resized as PIL does then).
+fn trained_image_backend(provenance: &Provenance) -> Result<ImageBackend, ReleaseError> {
+    match provenance.train.config_value(TRAIN_IMAGE_PROCESSOR_KEY) {
+        None => Ok(ImageBackend::Pil),
+        Some(value) => serde_json::from_value(value.clone()).map_err(|e| {
+            ReleaseError::invalid(
+                &provenance.train.dir,
+                format!("`{TRAIN_IMAGE_PROCESSOR_KEY}` in the train stage's config: {e}"),
+            )
+        }),
+    }
 }
 
 /// The base model directory the train stage recorded in its config.

@@ -8,7 +8,7 @@ use std::path::Path;
 use serde_json::json;
 
 use super::ReleaseError;
-use crate::media::preprocess::PreprocessorConfig;
+use crate::media::preprocess::{ImageBackend, PreprocessorConfig, ProcessorKind};
 use crate::models::formats::weights::{INDEX_FILE, SINGLE_FILE};
 use crate::models::qwen2_vl::{Qwen2VlModel, VisionConfig};
 use crate::models::text::prompt_format::PROMPT_FILE;
@@ -63,8 +63,13 @@ pub fn copy_prompt_record(trained: &Path, out: &Path) -> Result<(), ReleaseError
 }
 
 /// Copies the base's model and license files into `out`. A vision-language base without an image processor
-/// config gets one written from its vision config, so that the release can be loaded with its processor.
-pub fn copy_model_files(base: &Path, out: &Path) -> Result<CopiedFiles, ReleaseError> {
+/// config gets one written from its vision config, so that the release can be loaded with its processor, and the
+/// config names the image processor backend the model was trained with (see [`name_image_backend`]).
+pub fn copy_model_files(
+    base: &Path,
+    out: &Path,
+    backend: ImageBackend,
+) -> Result<CopiedFiles, ReleaseError> {
     fs::create_dir_all(out).map_err(ReleaseError::io(out))?;
     for required in REQUIRED_FILES {
         let path = base.join(required);
@@ -90,7 +95,34 @@ pub fn copy_model_files(base: &Path, out: &Path) -> Result<CopiedFiles, ReleaseE
         )?;
         result.generated_preprocessor = true;
     }
+    name_image_backend(&out.join(PreprocessorConfig::FILE_NAME), backend)?;
     Ok(result)
+}
+
+/// Sets a Qwen2-VL image processor config's `image_processor_type` to the class of `backend` in transformers 5
+/// (`Qwen2VLImageProcessor` for torchvision, `Qwen2VLImageProcessorPil` for PIL), which is how umrank reads the
+/// backend back when it scores the release; other processors' configs and absent files are left as they are.
+fn name_image_backend(path: &Path, backend: ImageBackend) -> Result<(), ReleaseError> {
+    if !path.is_file() {
+        return Ok(());
+    }
+    let parsed = PreprocessorConfig::from_file(path)
+        .map_err(|e| ReleaseError::invalid(path, e.to_string()))?;
+    let named = parsed.image_processor_type.is_some() || parsed.feature_extractor_type.is_some();
+    if named && parsed.kind().ok() != Some(ProcessorKind::Qwen2Vl) {
+        return Ok(());
+    }
+    let text = fs::read_to_string(path).map_err(ReleaseError::io(path))?;
+    let mut json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| ReleaseError::invalid(path, e.to_string()))?;
+    let class = match backend {
+        ImageBackend::Torchvision => "Qwen2VLImageProcessor",
+        ImageBackend::Pil => "Qwen2VLImageProcessorPil",
+    };
+    json["image_processor_type"] = json!(class);
+    let text = serde_json::to_string_pretty(&json)
+        .map_err(|e| ReleaseError::invalid(path, e.to_string()))?;
+    fs::write(path, text + "\n").map_err(ReleaseError::io(path))
 }
 
 /// Copies the license texts `from` has into `out`; returns their names.
@@ -232,6 +264,31 @@ mod tests {
         assert_eq!(base_license(dir.path()).as_deref(), Some("apache-2.0"));
         fs::write(&readme, "# A model\nlicense: mit\n").unwrap();
         assert_eq!(base_license(dir.path()), None);
+    }
+
+    #[test]
+    fn release_configs_name_the_trained_image_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(PreprocessorConfig::FILE_NAME);
+        let qwen = r#"{"image_processor_type": "Qwen2VLImageProcessor", "min_pixels": 3136}"#;
+        for (backend, class) in [
+            (ImageBackend::Pil, "Qwen2VLImageProcessorPil"),
+            (ImageBackend::Torchvision, "Qwen2VLImageProcessor"),
+        ] {
+            fs::write(&path, qwen).unwrap();
+            name_image_backend(&path, backend).unwrap();
+            let config = PreprocessorConfig::from_file(&path).unwrap();
+            assert_eq!(config.backend(), backend);
+            assert_eq!(config.image_processor_type.as_deref(), Some(class));
+            assert_eq!(config.min_pixels, Some(3136));
+        }
+        let clip = r#"{"image_processor_type": "CLIPImageProcessor"}"#;
+        fs::write(&path, clip).unwrap();
+        name_image_backend(&path, ImageBackend::Pil).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), clip);
+        let absent = dir.path().join("absent.json");
+        name_image_backend(&absent, ImageBackend::Pil).unwrap();
+        assert!(!absent.exists());
     }
 
     #[test]

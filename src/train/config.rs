@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::objective::{DirectionSource, Objective, ObjectiveConfig, WeightSource};
+use crate::media::preprocess::ImageBackend;
 use crate::models::adapters::lora::{LoraConfig, DECODER_TARGETS};
 use crate::models::text::prompt_format::{AnswerTokens, PromptFormat, PromptSettings};
 use crate::optim::AdamWConfig;
@@ -215,6 +216,10 @@ pub struct TrainConfig {
     pub min_pixels: u64,
     #[serde(default = "default_max_pixels")]
     pub max_pixels: u64,
+    /// Whose image resizing and normalisation to reproduce: transformers' torchvision image processor (its
+    /// default) or its PIL one. Releases record it, so the model is scored with the processor it was trained with.
+    #[serde(default)]
+    pub image_processor: ImageBackend,
 
     /// Write a checkpoint every N optimizer steps (0: never).
     #[serde(default = "default_checkpoint_every")]

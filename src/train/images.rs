@@ -19,7 +19,7 @@ use super::failure::TrainRunError;
 use crate::dataset::Dataset;
 use crate::media::image_table::ImageTable;
 use crate::media::preprocess::{
-    ImagePreprocessor, ImageTokenCounts, Qwen2VlParams, Qwen2VlProcessor,
+    ImageBackend, ImagePreprocessor, ImageTokenCounts, Qwen2VlParams, Qwen2VlProcessor,
 };
 use crate::models::layers::recompute::RecomputeTape;
 use crate::models::qwen2_vl::{ImageGrid, VisionConfig, VisionTransformer};
@@ -114,6 +114,7 @@ impl ImageBank {
         wanted: &HashSet<&str>,
         vision: &VisionConfig,
         (min_pixels, max_pixels): (u64, u64),
+        backend: ImageBackend,
         cache_budget: Option<u64>,
         device: &Device,
     ) -> Result<Self, TrainRunError> {
@@ -124,6 +125,7 @@ impl ImageBank {
         let params = Qwen2VlParams {
             min_pixels,
             max_pixels,
+            backend,
             patch_size: vision.patch_size as u32,
             merge_size: vision.spatial_merge_size as u32,
             temporal_patch_size: vision.temporal_patch_size as u32,

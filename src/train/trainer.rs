@@ -134,6 +134,7 @@ pub fn prepare(
                     &wanted,
                     vl.vision_config(),
                     (config.min_pixels, config.max_pixels),
+                    config.image_processor,
                     config
                         .vision_cache
                         .then(|| config.vision_cache_budget_bytes()),

@@ -1,22 +1,22 @@
-//! Parity of src/media/preprocess with transformers' PIL image processors (Qwen2-VL, CLIP, SigLIP).
+//! Parity of src/media/preprocess with transformers' image processors: Qwen2-VL on both backends (torchvision, the
+//! default, and PIL), CLIP and SigLIP on PIL.
 //!
-//! Fixtures: tests/fixtures/preprocess/, made by gen_preprocess.py there (transformers 5.24, Pillow 13) from
-//! crops of scikit-image's sample photographs.
+//! Fixtures: tests/fixtures/preprocess/, made by gen_preprocess.py there (transformers 5.25, torch 2.15,
+//! torchvision 0.29, Pillow 13) from crops of scikit-image's sample photographs and the photographs of
+//! tests/fixtures/jpeg.
 //!
 //! Tolerances, and why.
 //!
 //! - Exact (asserted bit for bit): target sizes and grids (smart_resize, shortest-edge sizes), crop geometry, patch
-//!   order, normalisation (a per-channel table computed in numpy's precision and order), PNG decoding and alpha
-//!   compositing over white (Pillow's integer arithmetic, checked on every (value, alpha) pair).
-//! - The uint8 resample: PIL and fast_image_resize run the same bicubic convolution in the same pass order, but PIL
+//!   order, normalisation (a per-channel table computed in the backend's precision and order), decoding (JPEG as
+//!   libjpeg-turbo, PNG, alpha compositing over white), and the whole torchvision pipeline: torch's uint8 resize is
+//!   integer arithmetic once its i16 weights are fixed, so the resized pixels equal torchvision's on every
+//!   photograph and size of torchvision_resize.json, and the processor's pixel values equal transformers'.
+//! - The PIL resample: PIL and fast_image_resize run the same bicubic convolution in the same pass order, but PIL
 //!   quantises weights to 22 fractional bits and fast_image_resize to about 14, so where the exact filtered value
-//!   lies within a hair of a rounding boundary the two land on neighbouring grey levels. From identical pixels:
-//!   every value within one grey level (1/255/std after normalisation), at most 2% of values off at all (the
-//!   fixtures show 0.1-1.1%), mean difference at most 0.02 levels.
-//! - JPEG decoding: `image` decodes with zune-jpeg, PIL with libjpeg-turbo. Their IDCTs and YCbCr->RGB
-//!   fixed-point precisions (14 vs 16 bits) differ, and so do their 4:2:0 chroma upsampling roundings, so decoded
-//!   pixels differ by a few levels in places (fixtures: 17% of values of a 4:2:0 JPEG, up to 3 levels; 0.3% of a
-//!   4:4:4 one). End to end from JPEG bytes, the resize averages that out to: within 3 levels, mean below 0.5.
+//!   lies within a hair of a rounding boundary the two land on neighbouring grey levels: every value within one
+//!   grey level (1/255/std after normalisation), at most 2% of values off at all (the fixtures show 0.1-1.1%), mean
+//!   difference at most 0.02 levels.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -26,15 +26,23 @@ use safetensors::SafeTensors;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use umrank::media::preprocess::{
-    decode, into_rgb8, smart_resize, ClipProcessor, ImageInput, ImagePreprocessor, PreprocessError,
-    PreprocessorConfig, ProcessorKind, Qwen2VlProcessor,
+    decode, into_rgb8, resize_rgb, smart_resize, ClipProcessor, ImageBackend, ImageInput,
+    ImagePreprocessor, PreprocessError, PreprocessorConfig, ProcessorKind, Qwen2VlProcessor,
+    Resample,
 };
 
-/// From identical RGB pixels (only the resample differs).
-const RESIZE_TOLERANCE: Tolerance = Tolerance {
+/// The PIL backend (only the resample's weight precision differs).
+const PIL_RESIZE_TOLERANCE: Tolerance = Tolerance {
     max_levels: 1.0,
     max_differing_fraction: 0.02,
     max_mean_levels: 0.02,
+};
+
+/// The torchvision backend: bit for bit.
+const EXACT: Tolerance = Tolerance {
+    max_levels: 0.0,
+    max_differing_fraction: 0.0,
+    max_mean_levels: 0.0,
 };
 
 #[derive(Deserialize)]
@@ -184,7 +192,7 @@ fn processors_match_transformers_from_identical_pixels() {
         let rgb = image::DynamicImage::ImageRgb8(pil_rgb(&reference, &case.image));
         let stats = run_case(case, &tensors, ImageInput::Decoded(&rgb));
         eprintln!("{} (PIL pixels): {stats:?}", case.name);
-        RESIZE_TOLERANCE.check(&stats, &case.name);
+        tolerance(case).check(&stats, &case.name);
     }
 }
 
@@ -196,8 +204,102 @@ fn processors_match_transformers_from_encoded_bytes() {
         let bytes = image_bytes(&case.image);
         let stats = run_case(case, &tensors, ImageInput::Encoded(&bytes));
         eprintln!("{} (bytes): {stats:?}", case.name);
-        RESIZE_TOLERANCE.check(&stats, &case.name);
+        tolerance(case).check(&stats, &case.name);
     }
+}
+
+/// How closely a case must match: exactly for Qwen2-VL on the torchvision backend, within
+/// [`PIL_RESIZE_TOLERANCE`] for the PIL backend (Qwen2-VL's PIL class, and CLIP / SigLIP, which run on PIL).
+fn tolerance(case: &ProcessorCase) -> Tolerance {
+    let config: PreprocessorConfig = serde_json::from_value(case.config.clone()).unwrap();
+    match (config.kind().unwrap(), config.backend()) {
+        (ProcessorKind::Qwen2Vl, ImageBackend::Torchvision) => EXACT,
+        _ => PIL_RESIZE_TOLERANCE,
+    }
+}
+
+#[test]
+fn both_backends_are_covered() {
+    let cases = reference().cases;
+    for backend in [ImageBackend::Torchvision, ImageBackend::Pil] {
+        let qwen = cases.iter().filter(|c| {
+            let config: PreprocessorConfig = serde_json::from_value(c.config.clone()).unwrap();
+            config.kind().unwrap() == ProcessorKind::Qwen2Vl && config.backend() == backend
+        });
+        assert!(qwen.count() >= 10, "{backend}");
+    }
+}
+
+#[derive(Deserialize)]
+struct ResizeReference {
+    cases: Vec<ResizeCase>,
+}
+
+#[derive(Deserialize)]
+struct ResizeCase {
+    image: String,
+    filter: String,
+    height: u32,
+    width: u32,
+    sha256: String,
+}
+
+/// torchvision's uint8 antialiased resize, reproduced bit for bit on real photographs: down- and up-scaling, one
+/// axis or both, odd sizes, Qwen2-VL's own targets, bicubic (Qwen2-VL's filter) and bilinear / Lanczos.
+#[test]
+fn torchvision_resize_is_bit_exact_on_photographs() {
+    let json = std::fs::read_to_string(fixtures().join("torchvision_resize.json")).unwrap();
+    let reference: ResizeReference = serde_json::from_str(&json).unwrap();
+    assert!(reference.cases.len() >= 90);
+    let mut photos: HashMap<String, RgbImage> = HashMap::new();
+    let mut mismatches = Vec::new();
+    for case in &reference.cases {
+        let rgb = photos.entry(case.image.clone()).or_insert_with(|| {
+            let bytes = std::fs::read(fixtures().join(&case.image)).unwrap();
+            into_rgb8(decode(&bytes).unwrap(), true).unwrap()
+        });
+        let resample = match case.filter.as_str() {
+            "bicubic" => Resample::Bicubic,
+            "bilinear" => Resample::Bilinear,
+            "lanczos" => Resample::Lanczos,
+            other => panic!("unknown filter {other}"),
+        };
+        let out = resize_rgb(
+            rgb,
+            case.width,
+            case.height,
+            resample,
+            ImageBackend::Torchvision,
+        )
+        .unwrap();
+        let digest = hex::encode(Sha256::digest(out.as_raw()));
+        if digest != case.sha256 {
+            mismatches.push(format!(
+                "{} {} {}x{}",
+                case.image, case.filter, case.width, case.height
+            ));
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "differ from torchvision: {mismatches:#?}"
+    );
+}
+
+/// The PIL backend is still PIL's resize, not torchvision's: where the width grows and the height shrinks, Pillow 13
+/// runs the vertical pass first and torch the horizontal one, and the results part on a real photograph.
+#[test]
+fn backends_resize_differently() {
+    let rgb = our_rgb("chelsea.jpg");
+    let pil = resize_rgb(&rgb, 301, 61, Resample::Bicubic, ImageBackend::Pil).unwrap();
+    let tv = resize_rgb(&rgb, 301, 61, Resample::Bicubic, ImageBackend::Torchvision).unwrap();
+    let differing = pil
+        .as_raw()
+        .iter()
+        .zip(tv.as_raw())
+        .filter(|(a, b)| a != b)
+        .count();
+    assert!(differing > 0, "the backends agree on every value");
 }
 
 fn run_case(

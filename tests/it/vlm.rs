@@ -1,18 +1,21 @@
 //! The whole Qwen2-VL / Qwen2.5-VL model against transformers on tiny random checkpoints
 //! (`tests/fixtures/models/vlm`, written by `gen_vlm.py` there): hidden states and yes/no logits of a padded batch
-//! of reranker prompts with images, reranker scores, GME embeddings, and a LoRA training step.
+//! of reranker prompts with images, reranker scores, GME embeddings, and a LoRA training step; and, through the
+//! image processor, pairs with JPEG photographs against transformers' torchvision and PIL processors.
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Optimizer, SGD};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;
+use umrank::media::preprocess::{ImageBackend, ImageInput};
 use umrank::models::adapters::lora::LoraConfig;
 use umrank::models::layers::softmax::log_softmax;
 use umrank::models::qwen2_vl::{
     gme_embed, score, score_batch, GmeInput, GmePromptBuilder, ImageGrid, ImagePatches,
     PaddedBatch, Qwen2VlModel, ScoreInput, VlBatch,
 };
+use umrank::models::reranker::{PreparedPair, Reranker};
 use umrank::models::text::prompt::{PromptBuilder, RerankInput, Side};
 use umrank::models::text::tokenizer::Tokenizer;
 
@@ -321,4 +324,126 @@ fn lora_step_on_qwen2_5_vl_trains_only_adapters() {
         .filter(|(v, before)| &v.flatten_all().unwrap().to_vec1::<f32>().unwrap() != *before)
         .count();
     assert!(changed > 0, "no adapter weight changed");
+}
+
+/// The JPEG pairs of `gen_jpeg_pairs.py`.
+struct JpegPairs {
+    reference: HashMap<String, Tensor>,
+    /// Each pair's reference prompt, unpadded.
+    ids: Vec<Vec<u32>>,
+    /// Each pair's photographs in prompt order, named relative to tests/fixtures/jpeg.
+    photos: Vec<Vec<String>>,
+}
+
+fn jpeg_pairs() -> JpegPairs {
+    let reference =
+        candle_core::safetensors::load(fixture("jpeg_pairs.safetensors"), &Device::Cpu).unwrap();
+    let matrix = |name: &str| -> Vec<Vec<i64>> { reference[name].to_vec2::<i64>().unwrap() };
+    let ids = matrix("input_ids")
+        .into_iter()
+        .zip(matrix("attention_mask"))
+        .map(|(ids, mask)| {
+            ids.into_iter()
+                .zip(mask)
+                .filter(|&(_, m)| m != 0)
+                .map(|(id, _)| id as u32)
+                .collect()
+        })
+        .collect();
+    let json = std::fs::read_to_string(fixture("jpeg_pairs.json")).unwrap();
+    let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let photos = rows["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            ["query_image", "doc_image"]
+                .iter()
+                .filter_map(|key| row[key].as_str().map(str::to_string))
+                .collect()
+        })
+        .collect();
+    JpegPairs {
+        reference,
+        ids,
+        photos,
+    }
+}
+
+/// Issue 18's acceptance: pairs with real JPEG photographs that need resizing (down, up, and from 5x7), scored
+/// end to end (JPEG bytes -> `Reranker::image` -> the model), give the yes/no logits transformers gives with its
+/// default image processor (torchvision) to 1e-4; the two backends' references differ by more than that, so the
+/// default case tells them apart. With the PIL backend chosen they match transformers' PIL processor to 1e-3: that
+/// resize keeps fast_image_resize's 14-bit weights where Pillow has 22, so about 1% of resized values sit one grey
+/// level off (see tests/it/preprocess_parity.rs), which this tiny random model turns into up to 3e-4.
+#[test]
+fn jpeg_pairs_score_like_transformers_with_either_image_processor() {
+    let JpegPairs {
+        reference,
+        ids,
+        photos,
+    } = jpeg_pairs();
+    let jpeg_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jpeg");
+    for name in ["qwen2_vl", "qwen2_5_vl"] {
+        let mut reranker = Reranker::load(&fixture(name), None, &Device::Cpu).unwrap();
+        assert_eq!(
+            reranker.image_processor().unwrap().params().backend,
+            ImageBackend::Torchvision,
+            "transformers' default"
+        );
+        let torchvision = to_f64(&reference[&format!("{name}.torchvision.yes_no")]);
+        let pil = to_f64(&reference[&format!("{name}.pil.yes_no")]);
+        assert!(
+            max_abs_diff(&pil, &torchvision) > 1e-4,
+            "{name}: the backends' references must differ"
+        );
+        for (backend, want, tolerance) in [
+            (ImageBackend::Torchvision, &torchvision, 1e-4),
+            (ImageBackend::Pil, &pil, 1e-3),
+        ] {
+            reranker.set_image_backend(Some(backend)).unwrap();
+            let grids = to_f64(&reference[&format!("{backend}.image_grid_thw")]);
+            let pairs: Vec<PreparedPair> = ids
+                .iter()
+                .zip(&photos)
+                .map(|(ids, photos)| {
+                    let images = photos
+                        .iter()
+                        .map(|photo| {
+                            let bytes = std::fs::read(jpeg_dir.join(photo)).unwrap();
+                            reranker.image(ImageInput::Encoded(&bytes)).unwrap()
+                        })
+                        .collect();
+                    PreparedPair {
+                        ids: ids.clone(),
+                        images,
+                    }
+                })
+                .collect();
+            let our_grids: Vec<f64> = pairs
+                .iter()
+                .flat_map(|p| &p.images)
+                .flat_map(|image| {
+                    let g = image.grid;
+                    [g.t as f64, g.h as f64, g.w as f64]
+                })
+                .collect();
+            assert_eq!(our_grids, grids, "{name}, {backend}");
+            let scores = reranker.score(&pairs, 2).unwrap();
+            let got: Vec<f64> = scores
+                .iter()
+                .flat_map(|s| [s.z_yes as f64, s.z_no as f64])
+                .collect();
+            let err = max_abs_diff(&got, want);
+            assert!(
+                err < tolerance,
+                "{name}, {backend}: yes/no logits differ by {err}"
+            );
+        }
+    }
+}
+
+fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).fold(0.0, |m, (x, y)| m.max((x - y).abs()))
 }

@@ -53,15 +53,19 @@ pub fn centre_window_chw(image: &RgbImage, lut: &ChannelLut, height: u32, width:
 mod tests {
     use super::*;
     use crate::media::preprocess::normalize::Normalization;
+    use crate::media::preprocess::ImageBackend;
 
     fn identity() -> ChannelLut {
-        ChannelLut::new(&Normalization {
-            do_rescale: false,
-            rescale_factor: 1.0,
-            do_normalize: false,
-            mean: [0.0; 3],
-            std: [1.0; 3],
-        })
+        ChannelLut::new(
+            &Normalization {
+                do_rescale: false,
+                rescale_factor: 1.0,
+                do_normalize: false,
+                mean: [0.0; 3],
+                std: [1.0; 3],
+            },
+            ImageBackend::Pil,
+        )
     }
 
     fn ramp(width: u32, height: u32) -> RgbImage {

@@ -2,7 +2,8 @@
 //!
 //! transformers' `CLIPImageProcessor` and `SiglipImageProcessor` are the same pipeline with different defaults
 //! (CLIP: shortest edge 224 then a 224 centre crop, OpenAI CLIP mean/std; SigLIP: an exact 224x224 resize, mean and
-//! std 0.5), so one processor serves both.
+//! std 0.5), so one processor serves both. It resizes and normalises as the PIL processors do (`CLIPImageProcessorPil`),
+//! the reference the embedders were checked against.
 
 use std::borrow::Cow;
 
@@ -17,7 +18,7 @@ use super::normalize::{
     OPENAI_CLIP_STD,
 };
 use super::processor::ImagePreprocessor;
-use super::resize::{resize_rgb, Resample};
+use super::resize::{resize_rgb, ImageBackend, Resample};
 
 const DEFAULT_SIDE: u32 = 224;
 
@@ -210,7 +211,7 @@ pub struct ClipProcessor {
 
 impl ClipProcessor {
     pub fn new(params: ClipParams) -> Self {
-        let lut = ChannelLut::new(&params.normalization);
+        let lut = ChannelLut::new(&params.normalization, ImageBackend::Pil);
         Self { params, lut }
     }
 
@@ -233,7 +234,13 @@ impl ImagePreprocessor for ClipProcessor {
     fn preprocess_rgb(&self, image: &RgbImage) -> Result<ChwPixels, PreprocessError> {
         let resized = if self.params.do_resize {
             let (height, width) = self.params.size.output_size(image.height(), image.width());
-            resize_rgb(image, width, height, self.params.resample)?
+            resize_rgb(
+                image,
+                width,
+                height,
+                self.params.resample,
+                ImageBackend::Pil,
+            )?
         } else {
             Cow::Borrowed(image)
         };

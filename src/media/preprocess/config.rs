@@ -10,7 +10,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::error::PreprocessError;
-use super::resize::Resample;
+use super::resize::{ImageBackend, Resample};
 
 /// The fields of a `preprocessor_config.json` that image preprocessing reads. `None` means absent or `null`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -131,6 +131,16 @@ impl PreprocessorConfig {
                 field: "image_processor_type",
                 reason: format!("config is for {kind:?}, not {expected:?}"),
             })
+        }
+    }
+
+    /// The backend the file names: transformers 5 calls its PIL processors `...Pil`; every other name
+    /// (`Qwen2VLImageProcessor`, transformers 4's `...Fast`, none at all) is what `AutoImageProcessor` loads by
+    /// default, the torchvision one.
+    pub fn backend(&self) -> ImageBackend {
+        match self.processor_name() {
+            Some(name) if name.ends_with("Pil") => ImageBackend::Pil,
+            _ => ImageBackend::Torchvision,
         }
     }
 

@@ -1,9 +1,10 @@
 //! Image preprocessing for the vision towers: transformers' Qwen2-VL, CLIP and SigLIP image processors, in Rust.
 //!
-//! Each processor reproduces its transformers counterpart (the PIL "slow" implementation, which is the reference
-//! the released checkpoints were trained and evaluated with): same colour conversion, same target size, same
-//! resampling filter, bit-identical normalisation, same output layout. Outputs are plain `Vec<f32>` with their
-//! shape; the model layer wraps them in tensors.
+//! Each processor reproduces its transformers counterpart: same colour conversion, same target size, same
+//! resampling filter, bit-identical normalisation, same output layout. Qwen2-VL's reproduces either of
+//! transformers' backends ([`ImageBackend`]): torchvision, what `AutoImageProcessor` loads by default, or PIL; CLIP
+//! and SigLIP reproduce the PIL processors. Outputs are plain `Vec<f32>` with their shape; the model layer wraps
+//! them in tensors.
 //!
 //! ```text
 //! bytes --decode--> DynamicImage --convert_rgb--> RgbImage --resize--> RgbImage --normalise+layout--> f32
@@ -20,10 +21,12 @@ mod error;
 pub mod jpeg;
 mod normalize;
 mod patchify;
+mod pil_resize;
 mod processor;
 mod qwen2vl;
 mod resize;
 mod smart_resize;
+mod torchvision_resize;
 
 pub use chw::ChwPixels;
 pub use clip::{ClipParams, ClipProcessor, ResizeTarget};
@@ -35,5 +38,5 @@ pub use normalize::{
 };
 pub use processor::{ImageInput, ImagePreprocessor};
 pub use qwen2vl::{ImageTokenCounts, Qwen2VlParams, Qwen2VlProcessor, QwenPixels};
-pub use resize::{resize_rgb, Resample};
+pub use resize::{resize_rgb, ImageBackend, Resample};
 pub use smart_resize::smart_resize;

@@ -2,6 +2,7 @@
 
 use super::config::{channel_values, PreprocessorConfig};
 use super::error::PreprocessError;
+use super::resize::ImageBackend;
 
 /// transformers' default `rescale_factor`.
 const DEFAULT_RESCALE: f64 = 1.0 / 255.0;
@@ -59,27 +60,27 @@ impl Normalization {
 /// The output value of every (channel, u8) pair, precomputed.
 ///
 /// A u8 input has only 256 values per channel, so the table is exact and turns the per-pixel work into one load.
-/// Each entry is computed with numpy's precision and order, which is what makes the result bit-identical to
-/// transformers': `rescale` multiplies in float64 and casts to float32, `normalize` subtracts and divides in float32.
+/// Each entry is computed in the precision and order of the backend being reproduced, which is what makes the
+/// result bit-identical to transformers':
+/// - PIL processors (numpy): `rescale` multiplies in float64 and casts to float32, `normalize` subtracts and
+///   divides in float32.
+/// - torchvision processors fuse the two steps: mean and std are float32 tensors multiplied by `1 / rescale_factor`
+///   (rounded to float32 first, as torch rounds a Python scalar to the tensor's type), then the pixel is
+///   `(v - mean') / std'` in float32. Rescale alone is `v * rescale_factor` in float32.
 #[derive(Debug, Clone)]
 pub struct ChannelLut {
     table: [[f32; 256]; 3],
 }
 
 impl ChannelLut {
-    pub fn new(norm: &Normalization) -> Self {
+    pub fn new(norm: &Normalization, backend: ImageBackend) -> Self {
         let mut table = [[0f32; 256]; 3];
         for (c, row) in table.iter_mut().enumerate() {
             for (v, out) in row.iter_mut().enumerate() {
-                let mut x = if norm.do_rescale {
-                    (v as f64 * norm.rescale_factor) as f32
-                } else {
-                    v as f32
+                *out = match backend {
+                    ImageBackend::Pil => numpy_value(norm, c, v),
+                    ImageBackend::Torchvision => torch_value(norm, c, v),
                 };
-                if norm.do_normalize {
-                    x = (x - norm.mean[c]) / norm.std[c];
-                }
-                *out = x;
             }
         }
         Self { table }
@@ -89,6 +90,33 @@ impl ChannelLut {
     #[inline]
     pub fn channel(&self, c: usize) -> &[f32; 256] {
         &self.table[c]
+    }
+}
+
+/// transformers' PIL processors: numpy's `rescale` then `normalize`.
+fn numpy_value(norm: &Normalization, c: usize, v: usize) -> f32 {
+    let mut x = if norm.do_rescale {
+        (v as f64 * norm.rescale_factor) as f32
+    } else {
+        v as f32
+    };
+    if norm.do_normalize {
+        x = (x - norm.mean[c]) / norm.std[c];
+    }
+    x
+}
+
+/// transformers' torchvision processors: `rescale_and_normalize`, fused when both steps are on.
+fn torch_value(norm: &Normalization, c: usize, v: usize) -> f32 {
+    let x = v as f32;
+    match (norm.do_rescale, norm.do_normalize) {
+        (true, true) => {
+            let unscale = (1.0 / norm.rescale_factor) as f32;
+            (x - norm.mean[c] * unscale) / (norm.std[c] * unscale)
+        }
+        (false, true) => (x - norm.mean[c]) / norm.std[c],
+        (true, false) => x * norm.rescale_factor as f32,
+        (false, false) => x,
     }
 }
 
@@ -105,7 +133,7 @@ mod tests {
             mean: [0.5, 0.25, 0.0],
             std: [0.5, 0.25, 2.0],
         };
-        let lut = ChannelLut::new(&norm);
+        let lut = ChannelLut::new(&norm, ImageBackend::Pil);
         assert_eq!(lut.channel(0)[0], -1.0);
         assert_eq!(lut.channel(0)[255], 1.0);
         assert_eq!(lut.channel(1)[0], -1.0);
@@ -121,7 +149,7 @@ mod tests {
             mean: [0.5; 3],
             std: [0.5; 3],
         };
-        let lut = ChannelLut::new(&norm);
+        let lut = ChannelLut::new(&norm, ImageBackend::Pil);
         assert!((0..256).all(|v| lut.channel(1)[v] == v as f32));
     }
 }

@@ -99,6 +99,7 @@ pub fn patchify(
 mod tests {
     use super::*;
     use crate::media::preprocess::normalize::Normalization;
+    use crate::media::preprocess::ImageBackend;
 
     /// A transcription of transformers' numpy reshape/transpose, index by index, on a tiny image.
     #[test]
@@ -109,13 +110,16 @@ mod tests {
             let v = (y as usize * w + x as usize) as u8;
             image::Rgb([v, v + 100, v + 200])
         });
-        let identity = ChannelLut::new(&Normalization {
-            do_rescale: false,
-            rescale_factor: 1.0,
-            do_normalize: false,
-            mean: [0.0; 3],
-            std: [1.0; 3],
-        });
+        let identity = ChannelLut::new(
+            &Normalization {
+                do_rescale: false,
+                rescale_factor: 1.0,
+                do_normalize: false,
+                mean: [0.0; 3],
+                std: [1.0; 3],
+            },
+            ImageBackend::Pil,
+        );
         let layout = PatchLayout {
             patch_size: p,
             merge_size: m,

@@ -1,4 +1,5 @@
-//! Qwen2-VL / Qwen2.5-VL image processing: smart_resize, PIL bicubic, CLIP normalisation, patchify.
+//! Qwen2-VL / Qwen2.5-VL image processing: smart_resize, bicubic resize, CLIP normalisation, patchify, as either of
+//! transformers' backends does it (torchvision by default, PIL on request; see [`ImageBackend`]).
 
 use image::RgbImage;
 
@@ -7,7 +8,7 @@ use super::error::PreprocessError;
 use super::normalize::{ChannelLut, Normalization, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD};
 use super::patchify::{patchify, PatchLayout};
 use super::processor::ImagePreprocessor;
-use super::resize::{resize_rgb, Resample};
+use super::resize::{resize_rgb, ImageBackend, Resample};
 use super::smart_resize::smart_resize;
 
 /// transformers' class defaults for `Qwen2VLImageProcessor`.
@@ -29,6 +30,8 @@ pub struct Qwen2VlParams {
     pub resample: Resample,
     pub normalization: Normalization,
     pub do_convert_rgb: bool,
+    /// Whose resize and normalisation arithmetic to reproduce.
+    pub backend: ImageBackend,
 }
 
 impl Qwen2VlParams {
@@ -37,6 +40,13 @@ impl Qwen2VlParams {
     pub fn with_bounds(mut self, (min_pixels, max_pixels): (Option<u64>, Option<u64>)) -> Self {
         self.min_pixels = min_pixels.unwrap_or(self.min_pixels);
         self.max_pixels = max_pixels.unwrap_or(self.max_pixels);
+        self
+    }
+
+    /// These settings with the backend a stage's config names in place of the model directory's (`None` keeps it):
+    /// a model is scored with the image processor it was trained with.
+    pub fn with_backend(mut self, backend: Option<ImageBackend>) -> Self {
+        self.backend = backend.unwrap_or(self.backend);
         self
     }
 }
@@ -59,6 +69,7 @@ impl Default for Qwen2VlParams {
                 std: OPENAI_CLIP_STD.map(|v| v as f32),
             },
             do_convert_rgb: true,
+            backend: ImageBackend::default(),
         }
     }
 }
@@ -108,6 +119,7 @@ impl Qwen2VlParams {
             resample: config.resample_or(Resample::Bicubic)?,
             normalization: Normalization::from_config(config, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)?,
             do_convert_rgb: config.do_convert_rgb.unwrap_or(true),
+            backend: config.backend(),
         })
     }
 
@@ -182,7 +194,8 @@ impl Qwen2VlProcessor {
                 reason: "must be at least 1".to_string(),
             });
         }
-        let lut = ChannelLut::new(&params.normalization);
+        params.backend.check(params.resample)?;
+        let lut = ChannelLut::new(&params.normalization, params.backend);
         Ok(Self { params, lut })
     }
 
@@ -257,7 +270,13 @@ impl ImagePreprocessor for Qwen2VlProcessor {
 
     fn preprocess_rgb(&self, image: &RgbImage) -> Result<QwenPixels, PreprocessError> {
         let (height, width) = self.target_size(image.height(), image.width())?;
-        let resized = resize_rgb(image, width, height, self.params.resample)?;
+        let resized = resize_rgb(
+            image,
+            width,
+            height,
+            self.params.resample,
+            self.params.backend,
+        )?;
         let layout = self.params.layout();
         let (patches, grid_h, grid_w) = patchify(&resized, &self.lut, layout)?;
         Ok(QwenPixels {
@@ -368,6 +387,31 @@ mod tests {
             zero,
             Err(PreprocessError::ConfigInvalid {
                 field: "merge_size",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn backend_follows_the_class_name_and_the_setting() {
+        assert_eq!(
+            params(QWEN2_VL_V5).unwrap().backend,
+            ImageBackend::Torchvision
+        );
+        assert_eq!(params("{}").unwrap().backend, ImageBackend::Torchvision);
+        let pil = params(r#"{"image_processor_type": "Qwen2VLImageProcessorPil"}"#).unwrap();
+        assert_eq!(pil.backend, ImageBackend::Pil);
+        let chosen = pil.clone().with_backend(Some(ImageBackend::Torchvision));
+        assert_eq!(chosen.backend, ImageBackend::Torchvision);
+        assert_eq!(pil.clone().with_backend(None), pil);
+        let boxed = Qwen2VlProcessor::new(Qwen2VlParams {
+            resample: Resample::Box,
+            ..Qwen2VlParams::default()
+        });
+        assert!(matches!(
+            boxed,
+            Err(PreprocessError::ConfigInvalid {
+                field: "resample",
                 ..
             })
         ));

@@ -1,21 +1,18 @@
-//! Pillow-compatible resampling of 8-bit RGB images on fast_image_resize.
+//! Resizing 8-bit RGB images as one of transformers' two image-processor backends does.
 //!
-//! transformers' slow image processors resize uint8 images with `PIL.Image.resize`: a separable convolution with
-//! the filter widened by the downscale factor (antialiasing), fixed-point weights, one pass per axis with the
-//! intermediate image rounded to uint8. fast_image_resize's `Convolution` algorithm uses the same filter functions
-//! (its `CatmullRom` is PIL's BICUBIC, a = -0.5), the same widening and the same pixel-centre mapping, but it picks
-//! its own pass order, and the intermediate rounding then lands elsewhere. Running the passes as two one-axis
-//! resizes in Pillow's order restores PIL's result up to weight precision: fast_image_resize quantises weights to
-//! i16 (about 14 fractional bits) where PIL keeps 22, so a small fraction of output pixels differ from PIL's by one
-//! grey level (measured in tests/preprocess_parity.rs).
+//! transformers 5 ships each image processor twice: on torchvision (the default `AutoImageProcessor` gives when
+//! torchvision is installed) and on PIL (the `...Pil` classes, transformers 4's "slow" processors). Both run a
+//! separable, antialiased convolution with the same filters on uint8 pixels, but they round differently (weight
+//! precision, pass order, the filter's algebraic form), so a resized pixel can differ by a few grey levels between
+//! them. A model is best scored with the backend it was trained with; [`ImageBackend`] names it, and
+//! [`resize_rgb`] reproduces either one.
 
 use std::borrow::Cow;
 
-use fast_image_resize::images::{Image, ImageRef};
-use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::RgbImage;
 
 use super::error::PreprocessError;
+use super::{pil_resize, torchvision_resize};
 
 /// Largest output accepted (2^28 pixels, 768 MiB as RGB8): a shortest-edge resize of a long thin strip would
 /// otherwise ask for an allocation that aborts the process instead of failing one image.
@@ -48,25 +45,80 @@ impl Resample {
             }),
         }
     }
+}
 
-    fn filter(self) -> FilterType {
+/// Which of transformers' image-processor implementations to reproduce: the `image_processor` setting.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageBackend {
+    /// The torchvision processor (`Qwen2VLImageProcessor` in transformers 5, `...Fast` in transformers 4): what
+    /// `AutoImageProcessor` / `AutoProcessor` load by default.
+    #[default]
+    Torchvision,
+    /// The PIL processor (`Qwen2VLImageProcessorPil` in transformers 5, the plain class in transformers 4).
+    Pil,
+}
+
+impl ImageBackend {
+    /// The setting's spelling in configs and on the command line.
+    pub fn name(self) -> &'static str {
         match self {
-            Self::Lanczos => FilterType::Lanczos3,
-            Self::Bilinear => FilterType::Bilinear,
-            Self::Bicubic => FilterType::CatmullRom,
-            Self::Box => FilterType::Box,
-            Self::Hamming => FilterType::Hamming,
+            Self::Torchvision => "torchvision",
+            Self::Pil => "pil",
+        }
+    }
+
+    /// Whether this backend can resample with `resample`; torchvision has no box or Hamming filter for tensors.
+    pub fn check(self, resample: Resample) -> Result<(), PreprocessError> {
+        match (self, resample) {
+            (Self::Torchvision, Resample::Box | Resample::Hamming) => {
+                Err(no_torchvision_filter(resample))
+            }
+            _ => Ok(()),
         }
     }
 }
 
-/// Resizes `src` to `width` x `height` the way `PIL.Image.resize` does; an image already at that size is borrowed,
-/// not copied (PIL also skips the resampling then).
+/// The error for a filter torchvision's tensor resize does not have.
+pub(super) fn no_torchvision_filter(resample: Resample) -> PreprocessError {
+    PreprocessError::ConfigInvalid {
+        field: "resample",
+        reason: format!(
+            "torchvision has no {resample:?} filter for tensors; use image_processor = \"pil\""
+        ),
+    }
+}
+
+impl std::fmt::Display for ImageBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for ImageBackend {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "torchvision" => Ok(Self::Torchvision),
+            "pil" => Ok(Self::Pil),
+            _ => Err(format!(
+                "unknown image processor `{s}` (torchvision or pil)"
+            )),
+        }
+    }
+}
+
+/// Resizes `src` to `width` x `height` as `backend` does; an image already at that size is borrowed, not copied
+/// (both backends skip the resampling then).
 pub fn resize_rgb(
     src: &RgbImage,
     width: u32,
     height: u32,
     resample: Resample,
+    backend: ImageBackend,
 ) -> Result<Cow<'_, RgbImage>, PreprocessError> {
     if width == 0 || height == 0 {
         return Err(PreprocessError::ZeroSize {
@@ -84,63 +136,12 @@ pub fn resize_rgb(
             reason: format!("the output would exceed {MAX_OUTPUT_PIXELS} pixels"),
         });
     }
-    let mut resizer = Resizer::new();
-    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(resample.filter()));
-    let mut image = Cow::Borrowed(src);
-    if vertical_first(src.width(), src.height(), width, height) {
-        image = Cow::Owned(resize_pass(
-            &mut resizer,
-            &options,
-            &image,
-            image.width(),
-            height,
-        )?);
+    if (src.width(), src.height()) == (width, height) {
+        return Ok(Cow::Borrowed(src));
     }
-    if image.width() != width {
-        image = Cow::Owned(resize_pass(
-            &mut resizer,
-            &options,
-            &image,
-            width,
-            image.height(),
-        )?);
-    }
-    if image.height() != height {
-        image = Cow::Owned(resize_pass(&mut resizer, &options, &image, width, height)?);
-    }
-    Ok(image)
-}
-
-/// Pillow's pass order (Pillow 13, python-pillow/Pillow#9549): horizontal first, unless the height shrinks by more
-/// than twice as many pixels as the width does. Pillow 12 and older always ran the horizontal pass first; the two
-/// orders differ by one grey level in some pixels.
-fn vertical_first(src_width: u32, src_height: u32, width: u32, height: u32) -> bool {
-    let height_cut = i64::from(src_height) - i64::from(height);
-    let width_cut = i64::from(src_width) - i64::from(width);
-    width != src_width && height < src_height && height_cut > 2 * width_cut
-}
-
-/// One fast_image_resize call; callers change one axis per call so each call is a single convolution pass.
-fn resize_pass(
-    resizer: &mut Resizer,
-    options: &ResizeOptions,
-    src: &RgbImage,
-    width: u32,
-    height: u32,
-) -> Result<RgbImage, PreprocessError> {
-    let fail = |reason: String| PreprocessError::Resize {
-        from_width: src.width(),
-        from_height: src.height(),
-        to_width: width,
-        to_height: height,
-        reason,
+    let resized = match backend {
+        ImageBackend::Torchvision => torchvision_resize::resize(src, width, height, resample)?,
+        ImageBackend::Pil => pil_resize::resize(src, width, height, resample)?,
     };
-    let src_view = ImageRef::new(src.width(), src.height(), src.as_raw(), PixelType::U8x3)
-        .map_err(|e| fail(e.to_string()))?;
-    let mut dst = Image::new(width, height, PixelType::U8x3);
-    resizer
-        .resize(&src_view, &mut dst, options)
-        .map_err(|e| fail(e.to_string()))?;
-    RgbImage::from_raw(width, height, dst.into_vec())
-        .ok_or_else(|| fail("resized buffer has the wrong length".to_string()))
+    Ok(Cow::Owned(resized))
 }
