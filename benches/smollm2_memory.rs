@@ -302,4 +302,3 @@ fn parts(plan: &umrank::plan::MemoryPlan) -> Value {
         .collect::<serde_json::Map<_, _>>()
         .into()
 }
-
