@@ -56,16 +56,7 @@ mod tests {
     use crate::media::preprocess::ImageBackend;
 
     fn identity() -> ChannelLut {
-        ChannelLut::new(
-            &Normalization {
-                do_rescale: false,
-                rescale_factor: 1.0,
-                do_normalize: false,
-                mean: [0.0; 3],
-                std: [1.0; 3],
-            },
-            ImageBackend::Pil,
-        )
+        ChannelLut::new(&Normalization::identity(), ImageBackend::Pil)
     }
 
     fn ramp(width: u32, height: u32) -> RgbImage {

@@ -26,6 +26,18 @@ pub struct Normalization {
 }
 
 impl Normalization {
+    /// Channel values passed through unchanged (as floats), for tests that follow pixels through a layout.
+    #[cfg(test)]
+    pub(crate) fn identity() -> Self {
+        Self {
+            do_rescale: false,
+            rescale_factor: 1.0,
+            do_normalize: false,
+            mean: [0.0; 3],
+            std: [1.0; 3],
+        }
+    }
+
     /// Reads `do_rescale`, `rescale_factor`, `do_normalize`, `image_mean` and `image_std`, with transformers'
     /// defaults for everything but the processor-specific mean and std.
     pub fn from_config(

@@ -110,16 +110,7 @@ mod tests {
             let v = (y as usize * w + x as usize) as u8;
             image::Rgb([v, v + 100, v + 200])
         });
-        let identity = ChannelLut::new(
-            &Normalization {
-                do_rescale: false,
-                rescale_factor: 1.0,
-                do_normalize: false,
-                mean: [0.0; 3],
-                std: [1.0; 3],
-            },
-            ImageBackend::Pil,
-        );
+        let identity = ChannelLut::new(&Normalization::identity(), ImageBackend::Pil);
         let layout = PatchLayout {
             patch_size: p,
             merge_size: m,
