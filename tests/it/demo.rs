@@ -5,6 +5,7 @@
 //! again with the next seed while the report aggregates both.
 
 use crate::common::cli::umrank;
+use crate::common::outputs::{records_the_run_itself, tree};
 use std::path::Path;
 
 /// The built-in pipeline with the sizes turned down; every other key is the demo's.
@@ -95,35 +96,6 @@ fn the_demo_runs_every_stage_prints_its_table_and_reruns_as_a_no_op() {
         let row = summary_row(&again, stage);
         assert!(row.contains("up to date"), "a rerun ran {stage}: {row}");
     }
-}
-
-/// Every file under `dir`, relative to it, with its bytes.
-fn tree(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
-    let mut files = std::collections::BTreeMap::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(at) = pending.pop() {
-        for entry in std::fs::read_dir(&at).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                pending.push(path);
-            } else {
-                let name = path
-                    .strip_prefix(dir)
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned();
-                files.insert(name, std::fs::read(&path).unwrap());
-            }
-        }
-    }
-    files
-}
-
-/// Files that say when and where a run happened rather than what it computed: the manifests (their
-/// fingerprints are compared instead) and the trainer's wall-clock throughput.
-fn records_the_run_itself(name: &str) -> bool {
-    let file = name.rsplit('/').next().unwrap_or(name);
-    (file.starts_with("manifest") && file.ends_with(".json")) || file == "train_timing.jsonl"
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! vectors equal to the model layer's, a crash that resumes from the store and ends byte-identical, a new snapshot
 //! that embeds only its new and changed content, reruns, shards, rejects, configuration errors and the CLI.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,7 +23,6 @@ use umrank::ingest::{Format, IngestConfig};
 use umrank::media::preprocess::{
     ImagePreprocessor, PreprocessError, Qwen2VlParams, Qwen2VlProcessor,
 };
-use umrank::mine::{MineConfig, MineStage};
 use umrank::modality::Modality;
 use umrank::models::embedders::{self, EmbedderOptions};
 use umrank::models::qwen2_vl::{
@@ -38,7 +37,7 @@ use umrank::schema::outputs::embed::{DOC_EMBEDDINGS, QUERY_EMBEDDINGS};
 use umrank::shard::Shard;
 
 use crate::common::cli::{umrank, umrank_ok};
-use crate::common::datasets::{column, ingest_alone, small_world};
+use crate::common::datasets::{column, embed_contents, ingest_alone, small_world};
 
 fn fixture(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -484,58 +483,12 @@ fn embed_snapshot(
     .unwrap()
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-    }
-}
-
-/// Runs the mine stage over the ingest-like `snapshot` and the embed stage directory `embed` into `out`; returns
-/// the sha256 of each Parquet file it wrote, by its path under `out`.
-fn mine(snapshot: &Path, embed: &Path, out: &Path) -> BTreeMap<String, String> {
-    let mine = MineStage::new(MineConfig {
-        ingest_dir: Some(snapshot.to_path_buf()),
-        embeddings_dir: Some(embed.to_path_buf()),
-        k: 5,
-        ..MineConfig::default()
-    })
-    .unwrap();
-    let options = RunOptions {
-        policy: RejectPolicy {
-            max_fraction: 1.0,
-            strict: false,
-        },
-        dirs: [("mine".to_string(), out.to_path_buf())].into(),
-        ..Default::default()
-    };
-    Runner::new(
-        out.to_path_buf(),
-        7,
-        vec![("mine".into(), Box::new(mine))],
-        options,
-    )
-    .run()
-    .unwrap();
-    let mut hashes = BTreeMap::new();
-    let mut pending = vec![out.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        for entry in fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                pending.push(path);
-            } else if path.extension().is_some_and(|e| e == "parquet") {
-                let name = path.strip_prefix(out).unwrap().display().to_string();
-                hashes.insert(name, sha256_file(&path).unwrap());
-            }
-        }
-    }
-    hashes
-}
-
+/// The store across snapshots at the library level: the stage embeds only the new and changed content and
+/// reuses every stored vector whatever the batch size or shard count, and a torn chunk costs only its vectors.
+/// tests/it/snapshots.rs runs two snapshots through the whole pipeline and compares its outputs with a run from
+/// nothing.
 #[test]
-fn a_new_snapshot_embeds_only_new_and_changed_content_and_matches_a_run_from_nothing() {
+fn a_new_snapshot_reuses_stored_vectors_across_batch_sizes_shard_counts_and_torn_chunks() {
     let dir = tempfile::tempdir().unwrap();
     let (first, second) = (dir.path().join("s1"), dir.path().join("s2"));
     // The first snapshot lacks every tenth row (new in the second); the second drops another tenth (removed) and
@@ -545,51 +498,19 @@ fn a_new_snapshot_embeds_only_new_and_changed_content_and_matches_a_run_from_not
         let (_, revised) = snapshot(name, &second.join(name), |i| i % 10 != 2, |i| i % 10 == 3);
         assert!(revised > 0);
     }
-    // What the model sees of a record (CLIP takes no instruction); records with equal content embed once.
-    let contents = |root: &Path| -> BTreeSet<(Option<String>, Option<String>, Option<String>)> {
-        let mut set = BTreeSet::new();
-        for name in ["corpus", "queries"] {
-            let dir = root.join(name);
-            let (m, t, i) = (
-                column(&dir, "modality"),
-                column(&dir, "text"),
-                column(&dir, "image_id"),
-            );
-            set.extend(m.into_iter().zip(t).zip(i).map(|((m, t), i)| (m, t, i)));
-        }
-        set
-    };
-    let expected = contents(&second).difference(&contents(&first)).count();
+    let expected = embed_contents(&second)
+        .difference(&embed_contents(&first))
+        .count();
     assert!(expected > 0);
     let store = dir.path().join("store");
     let old = embed_snapshot(&dir.path().join("run1"), &first, Some(&store), 4, None);
     assert_eq!((old.cached, old.embedded), (0, old.inputs));
 
-    // The second run embeds exactly the new and changed content, and says so in its statistics.
+    // The second run embeds exactly the new and changed content.
     let run2 = dir.path().join("run2");
     let new = embed_snapshot(&run2, &second, Some(&store), 4, None);
     assert_eq!(new.embedded, expected, "{old:?} {new:?}");
     assert_eq!(new.cached, new.inputs - expected);
-    let stats: serde_json::Value =
-        serde_json::from_slice(&fs::read(umrank::embed::stats_path(&run2, Shard::ALL)).unwrap())
-            .unwrap();
-    assert_eq!(stats["embedded"], expected);
-    assert_eq!(stats["reused"], new.inputs - expected);
-
-    // A run from nothing (its own, empty store) writes the same bytes: a vector is the same bits whatever batch
-    // computed it (docs/mining.md#batch-invariance), so reused vectors are what a run from nothing computes.
-    let scratch = dir.path().join("scratch");
-    let fresh = embed_snapshot(&scratch, &second, None, 4, None);
-    assert_eq!((fresh.embedded, fresh.cached), (fresh.inputs, 0));
-    assert_eq!(part_hashes(&run2), part_hashes(&scratch));
-    // And so does mining over the second snapshot.
-    copy_dir(&ingested().join("qrels"), &second.join("qrels"));
-    let mined = mine(&second, &run2, &dir.path().join("after_reuse"));
-    assert!(mined.len() >= 2, "{mined:?}");
-    assert_eq!(
-        mined,
-        mine(&second, &scratch, &dir.path().join("from_nothing"))
-    );
 
     // Another batch size and another shard count reuse every stored vector.
     let rebatched = dir.path().join("rebatched");

@@ -45,6 +45,7 @@ mod report;
 mod score_cli;
 mod score_text;
 mod shards;
+mod snapshots;
 mod tokenizer;
 mod tokenizer_chat_template;
 mod train_data_parallel;

@@ -1,6 +1,7 @@
 //! The demo world, the ingest stage run alone, and readers of the datasets the stages write: the scaffolding the
 //! stage tests (ingest, formats, shards, pipeline, embed) share instead of each keeping its own copy.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, AsArray, BooleanArray, Int32Array, ListArray, StringArray, UInt64Array};
@@ -110,6 +111,29 @@ pub fn column(dir: &Path, name: &str) -> Vec<Option<String>> {
     read_column(dir, name, |col: &StringArray, i| {
         (!col.is_null(i)).then(|| col.value(i).to_string())
     })
+}
+
+/// What an embedding model that takes no instruction (CLIP, SigLIP, BERT) sees of each record of the `corpus` and
+/// `queries` datasets under `dir`: (modality, text, image id). Records with equal content embed once, so the
+/// embed stage embeds this set's members.
+pub fn embed_contents(dir: &Path) -> BTreeSet<(Option<String>, Option<String>, Option<String>)> {
+    let mut set = BTreeSet::new();
+    for name in ["corpus", "queries"] {
+        let data = dir.join(name);
+        let (modality, text, image) = (
+            column(&data, "modality"),
+            column(&data, "text"),
+            column(&data, "image_id"),
+        );
+        set.extend(
+            modality
+                .into_iter()
+                .zip(text)
+                .zip(image)
+                .map(|((m, t), i)| (m, t, i)),
+        );
+    }
+    set
 }
 
 /// The string column `name` of a dataset that has no nulls (a null fails the test).
