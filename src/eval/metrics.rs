@@ -188,7 +188,13 @@ pub(crate) fn mean_of(values: impl ExactSizeIterator<Item = f64>) -> Result<f64,
     if count == 0 {
         return Err(EvalError::NoRelevantQueries);
     }
-    Ok(values.sum::<f64>() / count as f64)
+    Ok(positive_sum(values) / count as f64)
+}
+
+/// A sum that starts at +0.0: std's `Sum` for f64 starts at -0.0, which would write a query or run without a hit
+/// as `-0.0` in metrics.json and the TREC files.
+fn positive_sum(values: impl Iterator<Item = f64>) -> f64 {
+    values.fold(0.0, |total, value| total + value)
 }
 
 /// One query's run reduced to what the metrics need.
@@ -233,10 +239,11 @@ fn is_relevant(level: i64) -> bool {
 
 /// DCG with the relevance level as gain and a log2(rank + 1) discount; non-positive levels gain nothing.
 fn discounted_gain(levels: &[i64]) -> f64 {
-    levels
-        .iter()
-        .enumerate()
-        .filter(|(_, &level)| level > 0)
-        .map(|(index, &level)| level as f64 / ((index + 2) as f64).log2())
-        .sum()
+    positive_sum(
+        levels
+            .iter()
+            .enumerate()
+            .filter(|(_, &level)| level > 0)
+            .map(|(index, &level)| level as f64 / ((index + 2) as f64).log2()),
+    )
 }

@@ -9,7 +9,8 @@
 //!   and its PEFT files);
 //! - the architectures: [`decoder`] (Qwen2/Qwen3/Llama-family text decoders), [`qwen2_vl`] (the vision tower and
 //!   the vision-language model) and [`embedders`] (the first-stage retrievers: BERT, CLIP, SigLIP);
-//! - the task: [`backbone`] (the network under the LM head) and [`reranker`] (a reranker ready to score pairs);
+//! - the task: [`backbone`] (the network under the LM head), [`reranker`] (a reranker ready to score pairs) and
+//!   [`prefix_score`] (scoring a query's prompts with their common head run once);
 //! - what surrounds them: [`formats`] (checkpoints, configs, GGUF, dtypes), [`text`] (tokenizers, chat templates,
 //!   the prompt), [`init`] (seeded initial weights for both trainers) and [`gradcheck`].
 
@@ -21,6 +22,7 @@ pub mod formats;
 pub mod gradcheck;
 pub mod init;
 pub mod layers;
+pub mod prefix_score;
 pub mod qwen2_vl;
 pub mod reranker;
 pub mod text;

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{DType, Device, Tensor};
 
+use super::prefix_score;
 use super::qwen2_vl::{score, ImageGrid, ImagePatches, PairScore, Qwen2VlModel, ScoreInput};
 use crate::media::preprocess::{
     ImageBackend, ImageInput, ImagePreprocessor, PreprocessError, PreprocessorConfig,
@@ -297,12 +298,22 @@ impl Reranker {
         })
     }
 
-    /// Scores `pairs`, `batch_size` at a time, in input order (inference: no dropout).
+    /// Scores `pairs`, `batch_size` at a time, in input order (inference: no dropout). Pairs without images run
+    /// with their prompts' common heads computed once ([`prefix_score`]); with images, as padded batches.
     pub fn score(
         &self,
         pairs: &[PreparedPair],
         batch_size: usize,
     ) -> Result<Vec<PairScore>, RerankerError> {
+        if pairs.iter().all(|pair| pair.images.is_empty()) {
+            let prompts: Vec<&[u32]> = pairs.iter().map(|pair| pair.ids.as_slice()).collect();
+            return Ok(prefix_score::score_text(
+                self.backbone.decoder(),
+                &prompts,
+                self.answers,
+                batch_size,
+            )?);
+        }
         let inputs: Vec<ScoreInput> = pairs
             .iter()
             .map(|pair| ScoreInput {

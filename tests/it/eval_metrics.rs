@@ -340,3 +340,21 @@ fn randomisation_test_is_deterministic_and_checks_its_input() {
         Err(EvalError::Pairing(_))
     ));
 }
+
+#[test]
+fn a_run_without_hits_scores_positive_zero() {
+    let qrels = parse_qrels(Cursor::new("q1 0 d1 1\nq2 0 d2 1\n"), "qrels.txt").unwrap();
+    let run = parse_run(
+        Cursor::new("q1 Q0 d9 1 0.5 run\nq2 Q0 d8 1 0.5 run\n"),
+        "run.txt",
+    )
+    .unwrap();
+    let evaluation = evaluate(&run, &qrels, &Metric::DEFAULT).unwrap();
+    for metric in Metric::DEFAULT {
+        let mean = evaluation.mean[&metric];
+        assert!(mean == 0.0 && mean.is_sign_positive(), "{metric}: {mean}");
+        for value in evaluation.per_query[&metric].values() {
+            assert!(value.is_sign_positive(), "{metric}: {value}");
+        }
+    }
+}

@@ -34,6 +34,7 @@ mod peft_round_trip;
 mod pipeline;
 mod pipelines;
 mod plan;
+mod prefix_score;
 mod preprocess_parity;
 mod progress;
 mod prompt;

@@ -178,9 +178,18 @@ pub fn score_batch(
     train: bool,
 ) -> Result<Scores> {
     let hidden = model.hidden_states(batch, train)?;
-    let last = select_positions(&hidden, &batch.last)?;
-    let logits = model
-        .decoder()
+    last_token_scores(model.decoder(), &hidden, &batch.last, answers)
+}
+
+/// The scores at the `(row, position)` tokens `last` of `hidden`, through `decoder`'s LM head.
+pub fn last_token_scores(
+    decoder: &Decoder,
+    hidden: &Tensor,
+    last: &[(usize, usize)],
+    answers: AnswerIds,
+) -> Result<Scores> {
+    let last = select_positions(hidden, last)?;
+    let logits = decoder
         .token_logits(&last, &[answers.yes, answers.no])?
         .to_dtype(DType::F32)?;
     let z_yes = logits.narrow(1, 0, 1)?.squeeze(1)?;

@@ -30,6 +30,30 @@ fn forwards_match_candle() {
 }
 
 #[test]
+fn inference_gelu_erf_gives_the_bits_of_the_differentiable_one() {
+    for dtype in [DType::F32, DType::F64] {
+        let xs = (uniform(46, (5, 64), dtype) * 6.0).unwrap();
+        let tracked = candle_core::Var::from_tensor(&xs).unwrap();
+        let differentiable = gelu_erf(tracked.as_tensor()).unwrap();
+        assert!(differentiable.track_op());
+        let inference = gelu_erf(&xs).unwrap();
+        assert!(!inference.track_op());
+        let bits = |t: &candle_core::Tensor| {
+            t.to_dtype(DType::F64)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap()
+                .into_iter()
+                .map(f64::to_bits)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(bits(&inference), bits(&differentiable), "{dtype:?}");
+    }
+}
+
+#[test]
 fn gradients_match_finite_differences() {
     let xs = (uniform(41, (3, 7), DType::F64) * 2.0).unwrap();
     for act in [
