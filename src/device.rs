@@ -60,6 +60,33 @@ impl DeviceSpec {
     }
 }
 
+/// The family of CPU kernels candle's matrix products take on this machine: gemm picks AVX-512, AVX2 + FMA or
+/// plain SIMD kernels at run time (pulp's x86-64 levels), and each sums in its own order. Work whose bits must
+/// repeat (the embedding store) is keyed by it, so that machines of different kinds sharing a store never mix
+/// their vectors.
+pub fn cpu_kernels() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        let avx512 = is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512cd")
+            && is_x86_feature_detected!("avx512dq")
+            && is_x86_feature_detected!("avx512vl");
+        if avx2 && avx512 {
+            "x86-64-v4"
+        } else if avx2 {
+            "x86-64-v3"
+        } else {
+            "x86-64"
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        std::env::consts::ARCH
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,5 +99,18 @@ mod tests {
         assert!("cuda:x".parse::<DeviceSpec>().is_err());
         assert!("tpu".parse::<DeviceSpec>().is_err());
         assert_eq!(DeviceSpec::Cuda(1).to_string(), "cuda:1");
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_kernel_family_follows_the_cpu_features() {
+        let expected = if is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("fma") {
+            "x86-64-v4"
+        } else if is_x86_feature_detected!("avx2") {
+            "x86-64-v3"
+        } else {
+            "x86-64"
+        };
+        assert_eq!(cpu_kernels(), expected);
     }
 }

@@ -111,17 +111,25 @@ pub fn status_line(bar: &ProgressBar) -> String {
     }
 }
 
-/// The bar's recent items per second. indicatif's estimate is 0/0 at the very instant a bar starts; that counts as
-/// no progress yet.
+/// Items per second over the bar's life. indicatif's own estimate weighs recent items and decays while none
+/// completes, so between training steps of several seconds it sank toward zero and the ETA swung by hours from
+/// one line to the next; a bar's items (steps, pairs, batches) cost about the same, so the whole-life mean is the
+/// steadier guide. No items yet is no rate.
 fn rate(bar: &ProgressBar) -> f64 {
-    Some(bar.per_sec())
-        .filter(|rate| rate.is_finite())
-        .unwrap_or(0.0)
+    let seconds = bar.elapsed().as_secs_f64();
+    let done = bar.position();
+    if done == 0 || seconds <= 0.0 {
+        return 0.0;
+    }
+    done as f64 / seconds
 }
 
-/// Items per second with as many decimals as a reader needs: one below 100, none above.
+/// Items per second with as many decimals as a reader needs: two below 1 (a step every few seconds), one below
+/// 100, none above.
 fn format_rate(rate: f64) -> String {
-    if rate < 100.0 {
+    if rate < 1.0 {
+        format!("{rate:.2}")
+    } else if rate < 100.0 {
         format!("{rate:.1}")
     } else {
         format!("{rate:.0}")

@@ -587,12 +587,13 @@ fn reject_all(
 }
 
 /// The store directory of a model: its fingerprint (weights, config, tokenizer, preprocessing, dtype) and the
-/// device kind, whose kernels round differently. Batch size, shard and item ids are deliberately not in it: the
-/// item's content key ([`items::content_key`]) is the rest of what determines a vector.
+/// device kind, whose kernels round differently (on the CPU, the kernel family this machine's matrix products
+/// take). Batch size, shard and item ids are deliberately not in it: the item's content key
+/// ([`items::content_key`]) is the rest of what determines a vector.
 fn store_key(model: &str, device: DeviceSpec) -> String {
     let device_kind = match device {
-        DeviceSpec::Cpu => "cpu",
-        DeviceSpec::Cuda(_) => "cuda",
+        DeviceSpec::Cpu => format!("cpu {}", crate::device::cpu_kernels()),
+        DeviceSpec::Cuda(_) => "cuda".to_string(),
     };
     let mut fp = Fingerprint::new();
     fp.part("format", b"umrank embedding store 1")

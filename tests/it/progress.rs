@@ -70,7 +70,28 @@ fn a_status_line_has_the_message_items_done_and_total_rate_and_eta() {
 fn a_bar_without_progress_has_no_eta_yet() {
     let bar = ProgressBar::hidden().with_message("mine mining");
     bar.set_length(8);
-    assert_eq!(status_line(&bar), "mine mining: 0/8, 0.0/s, ETA unknown");
+    assert_eq!(status_line(&bar), "mine mining: 0/8, 0.00/s, ETA unknown");
+}
+
+#[test]
+fn the_eta_follows_the_mean_rate_while_a_slow_item_runs() {
+    let bar = ProgressBar::hidden().with_message("train steps");
+    bar.set_length(4);
+    bar.inc(2);
+    std::thread::sleep(Duration::from_millis(400));
+    // Two items in at least 0.4 s: at most 5 items per second, and the two left take as long again as the two
+    // done, however long the wait for the third has been so far.
+    let line = status_line(&bar);
+    let rate: f64 = line
+        .split(", ")
+        .nth(1)
+        .and_then(|r| r.strip_suffix("/s"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(rate > 0.0 && rate <= 5.0, "{line}");
+    let eta = line.rsplit("ETA ").next().unwrap();
+    assert!(eta.ends_with('s') && !eta.contains('h'), "{line}");
 }
 
 #[test]
