@@ -18,7 +18,7 @@ is the release profile, so a tree built for `cargo test --release` is reused.
 | the memory plan's estimate of those peaks | umrank::plan | the measured peak |
 | SmolLM2-135M LoRA training step peak memory, 4 x (1 + 4) x 128 tokens, default levers and without shared prefix and packing | smollm2_memory bench | transformers + peft on the same weights and tokens (plain and with gradient checkpointing) |
 | SmolLM2-135M scoring peak memory with the trained adapter, batches of 8 | smollm2_memory bench | transformers + peft under no_grad; the plan's weights + one batch |
-| (a) SmolLM2-135M LoRA training step, default levers and padded | throughput bench | transformers + peft, same tokens |
+| (a) SmolLM2-135M LoRA training step: default levers, padded, and without layer recomputation | throughput bench | transformers + peft, same tokens |
 | (b) SmolLM2-135M scoring throughput, batches of 8 | throughput bench | transformers, same tokens |
 | (c) all-MiniLM-L6-v2 embedding throughput, batches of 64 | throughput bench | sentence-transformers, same texts |
 

@@ -2,14 +2,15 @@
 //! runs each beside its PyTorch counterpart on the same weights and the same inputs, in the same run:
 //!
 //!     cargo bench --bench throughput -- prompts --model DIR --out FILE      # the token ids both sides use
-//!     cargo bench --bench throughput -- train --model DIR --prompts FILE [--plain] [--steps 4]
+//!     cargo bench --bench throughput -- train --model DIR --prompts FILE [--plain] [--no-recompute] [--steps 4]
 //!     cargo bench --bench throughput -- score --model DIR --prompts FILE [--repeats 2]
 //!     cargo bench --bench throughput -- embed --model DIR --texts FILE [--batch 64] [--repeats 2]
 //!
 //! `train` is the train stage's LoRA step on a decoder (SmolLM2-135M in the table): groups of 1 + 4 prompts of
 //! at most 128 tokens, 4 groups per step, LoRA r 16 on the seven projections, f32, SFT, AdamW; with the stage's
-//! default levers, or with `--plain` without shared prefixes and packing (the layout transformers runs). `score`
-//! is the eval stage's scoring of pairs in batches, zero-shot. `embed` is the embed stage's text path of a
+//! default levers, with `--plain` without shared prefixes and packing (the layout transformers runs), or with
+//! `--no-recompute` keeping every activation as transformers does by default. `score` is the eval stage's scoring
+//! of pairs in batches, zero-shot (each query's prompt head once). `embed` is the embed stage's text path of a
 //! sentence embedder (all-MiniLM-L6-v2 in the table) over a JSON list of texts, taken in the file's order and cut
 //! into batches as given (the driver sorts them longest first, as sentence-transformers does, so both sides see
 //! the same batches).
@@ -80,6 +81,10 @@ enum What {
         /// Without shared prefixes and packing: padded rows, as transformers trains.
         #[arg(long)]
         plain: bool,
+        /// Keep every activation instead of recomputing each layer in the backward pass (transformers' default
+        /// without gradient checkpointing): faster, more memory.
+        #[arg(long)]
+        no_recompute: bool,
         #[arg(long, default_value_t = 4)]
         steps: usize,
     },
@@ -133,8 +138,9 @@ fn main() -> Result<()> {
             model,
             prompts,
             plain,
+            no_recompute,
             steps,
-        } => train(&model, &read_prompts(&prompts)?, plain, steps),
+        } => train(&model, &read_prompts(&prompts)?, plain, no_recompute, steps),
         What::Score {
             model,
             prompts,
@@ -193,14 +199,25 @@ fn median_seconds(repeats: usize, mut work: impl FnMut() -> Result<()>) -> Resul
     Ok(seconds[seconds.len() / 2])
 }
 
-fn train(model: &Path, prompts: &PromptsFile, plain: bool, steps: usize) -> Result<()> {
+fn train(
+    model: &Path,
+    prompts: &PromptsFile,
+    plain: bool,
+    no_recompute: bool,
+    steps: usize,
+) -> Result<()> {
     let levers = if plain {
         "shared_prefix = false\npacking = false"
     } else {
         ""
     };
+    let recompute = if no_recompute {
+        "recompute = 'none'"
+    } else {
+        ""
+    };
     let config: TrainConfig = toml::from_str(&format!(
-        "model = '{}'\ngroups_per_batch = {}\nnegatives = {}\nmax_len = {}\n{levers}",
+        "model = '{}'\ngroups_per_batch = {}\nnegatives = {}\nmax_len = {}\n{levers}\n{recompute}",
         model.display(),
         prompts.groups,
         prompts.per_group - 1,
@@ -216,7 +233,11 @@ fn train(model: &Path, prompts: &PromptsFile, plain: bool, steps: usize) -> Resu
     println!(
         "RESULT {}",
         json!({
-            "measurement": if plain { "train-plain" } else { "train" },
+            "measurement": match (plain, no_recompute) {
+                (true, _) => "train-plain",
+                (false, true) => "train-no-recompute",
+                (false, false) => "train",
+            },
             "sequences_per_s": prompts.ids.len() as f64 / seconds,
             "step_seconds": seconds,
             "tokens": first.tokens,

@@ -20,9 +20,10 @@ sentence-transformers forms itself, which umrank's bench then takes as given.
 
 Each side runs in a process of its own with the same number of threads (default: every core; torch's intra-op
 pool and umrank's rayon pool), one untimed warm-up, then timed repeats whose median is the figure. The training
-step is measured twice on umrank's side: with the train stage's default levers (shared prefixes, packing, layer
-recomputation) and with `--no-shared-prefix --no-packing` (padded rows, what transformers computes); transformers
-+ peft runs its default (no gradient checkpointing, which only slows it).
+step is measured three times on umrank's side: with the train stage's default levers (shared prefixes, packing,
+layer recomputation), with `--no-shared-prefix --no-packing` (padded rows, what transformers computes), and with
+the default levers but every activation kept (`recompute = "none"`, what transformers does without gradient
+checkpointing); transformers + peft runs its default (no gradient checkpointing, which only slows it).
 """
 
 import argparse
@@ -186,7 +187,8 @@ def main():
         minilm = asset(MINILM)
 
         step = theirs("train", smol, prompts, threads)
-        for levers, extra in (("default levers", []), ("padded, no shared prefix", ["--plain"])):
+        for levers, extra in (("default levers", []), ("padded, no shared prefix", ["--plain"]),
+                              ("default levers, no layer recomputation", ["--no-recompute"])):
             mine = ours(["train", "--model", str(smol), "--prompts", str(prompts), "--steps", str(TRAIN_STEPS),
                          *extra], threads)
             rows.append((f"(a) SmolLM2-135M LoRA training step, 4 x (1 + 4) x 128 tokens, {levers}",
