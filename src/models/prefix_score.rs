@@ -30,11 +30,14 @@ pub struct PrefixRow {
 }
 
 impl PrefixRow {
-    /// Splits `prompts` (non-empty, in order) into consecutive groups so that the row is as short as it can be:
-    /// a group of `n` prompts whose common head is `h` tokens saves `(n - 1) * h`. The split is the best one
-    /// (a dynamic programme over the split points), so a batch that holds the end of one query's list and the
-    /// start of the next groups them by query, whatever the batch size.
-    pub fn new(prompts: &[&[u32]]) -> Self {
+    /// Splits `prompts` (in order) into consecutive groups so that the row is as short as it can be: a group of
+    /// `n` prompts whose common head is `h` tokens saves `(n - 1) * h`. The split is the best one (a dynamic
+    /// programme over the split points), so a batch that holds the end of one query's list and the start of the
+    /// next groups them by query, whatever the batch size. An empty prompt is an error: it has no token to score.
+    pub fn new(prompts: &[&[u32]]) -> Result<Self> {
+        if let Some(index) = prompts.iter().position(|p| p.is_empty()) {
+            candle_core::bail!("prompt {index} is empty");
+        }
         let ends = best_split(prompts);
         let mut row = Self {
             ids: Vec::new(),
@@ -47,7 +50,7 @@ impl PrefixRow {
             row.push_group(&prompts[start..end]);
             start = end;
         }
-        row
+        Ok(row)
     }
 
     fn push_group(&mut self, group: &[&[u32]]) {
@@ -106,12 +109,10 @@ pub fn score_text(
     answers: AnswerIds,
     batch_size: usize,
 ) -> Result<Vec<PairScore>> {
-    if let Some(index) = prompts.iter().position(|p| p.is_empty()) {
-        candle_core::bail!("prompt {index} is empty");
-    }
     let mut scores = Vec::with_capacity(prompts.len());
-    for chunk in prompts.chunks(batch_size.max(1)) {
-        scores.extend(PrefixRow::new(chunk).score(decoder, answers)?);
+    for (batch, chunk) in prompts.chunks(batch_size.max(1)).enumerate() {
+        let row = PrefixRow::new(chunk).map_err(|e| e.context(format!("batch {batch}")))?;
+        scores.extend(row.score(decoder, answers)?);
     }
     Ok(scores)
 }

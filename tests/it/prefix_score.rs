@@ -61,7 +61,7 @@ fn shared_heads_score_like_padded_batches_for_every_text_decoder() {
 fn a_batch_runs_each_querys_head_once() {
     let prompts = prompts();
     let slices: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
-    let row = PrefixRow::new(&slices);
+    let row = PrefixRow::new(&slices).unwrap();
     assert_eq!(row.groups().len(), 3);
     for (group, query) in row.groups().iter().zip(0..) {
         assert_eq!(group.prefix.len(), 10 + query);
@@ -70,7 +70,7 @@ fn a_batch_runs_each_querys_head_once() {
     let whole: usize = prompts.iter().map(Vec::len).sum();
     assert!(row.len() < whole);
     // A batch that holds the end of one list and the start of the next still groups by query.
-    let row = PrefixRow::new(&slices[3..7]);
+    let row = PrefixRow::new(&slices[3..7]).unwrap();
     let sizes: Vec<usize> = row.groups().iter().map(|g| g.suffixes.len()).collect();
     assert_eq!(sizes, [2, 2]);
 }
@@ -78,6 +78,11 @@ fn a_batch_runs_each_querys_head_once() {
 #[test]
 fn empty_prompts_are_an_error() {
     let decoder = load("qwen2");
-    let error = score_text(&decoder, &[&[1, 2], &[]], ANSWERS, 2).unwrap_err();
-    assert!(error.to_string().contains("prompt 1 is empty"), "{error}");
+    let error = score_text(&decoder, &[&[1, 2], &[3], &[4], &[]], ANSWERS, 2).unwrap_err();
+    assert!(
+        format!("{error:#}").contains("prompt 1 is empty"),
+        "{error:#}"
+    );
+    assert!(format!("{error:#}").contains("batch 1"), "{error:#}");
+    assert!(PrefixRow::new(&[&[]]).is_err());
 }
