@@ -219,8 +219,8 @@ pub(super) fn resize(
 }
 
 /// Resamples each row of an RGB8 image from `src_w` to `dst_w` pixels. Transposed, the rows become columns and the
-/// vertical pass's contiguous inner loop (which the compiler vectorises) does the work; the sums are integers, so
-/// the order they are taken in does not change a pixel.
+/// vertical pass's contiguous inner loop (two taps per vector multiply-add, [`add_weighted_pair`]) does the work;
+/// the sums are integers, so the order they are taken in does not change a pixel.
 fn horizontal_pass(
     src: &[u8],
     src_w: usize,
