@@ -25,7 +25,7 @@ pub use metrics::{evaluate, evaluate_queries, Evaluation, Metric, PerQuery};
 pub use significance::{
     paired_values, randomisation_test, RandomisationTest, DEFAULT_PERMUTATIONS,
 };
-pub use stage::{EvalConfig, EvalStage, EvalSummary, ScoreField};
+pub use stage::{EvalConfig, EvalStage, EvalSummary, Interpolation, ScoreField};
 pub use stage_error::EvalStageError;
 pub use summary::{compare, compare_per_query, Comparison, RunMetrics, Significance, TestSettings};
 pub use trec::{

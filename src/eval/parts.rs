@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::metrics::PerQuery;
 use super::rows::{read_query_metrics, read_runs};
-use super::stage::{EvalSummary, ScoreField, FIRST_STAGE, RERANKED};
+use super::stage::{EvalSummary, Interpolation, ScoreField, FIRST_STAGE, RERANKED};
 use super::stage_error::EvalStageError;
 use super::summary::{compare_per_query, TestSettings};
 use super::{write_run, Metric, Run};
@@ -32,6 +32,8 @@ pub(super) struct Header {
     pub model: PathBuf,
     pub adapter: Option<PathBuf>,
     pub score: ScoreField,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interpolate: Option<Interpolation>,
     pub k: usize,
     /// The evaluated splits: those of the whole input, in every shard.
     pub splits: Vec<String>,
@@ -66,6 +68,7 @@ impl Header {
             model: self.model,
             adapter: self.adapter,
             score: self.score,
+            interpolate: self.interpolate,
             k: self.k,
             splits: self.splits,
             retrievers: self.retrievers,
@@ -81,6 +84,8 @@ impl Header {
             &self.model,
             &self.adapter,
             self.score,
+            self.interpolate
+                .map(|i| (i.weight.to_bits(), i.scale.to_bits())),
             self.k,
             &self.splits,
             self.permutations,

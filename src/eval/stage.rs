@@ -74,6 +74,57 @@ impl ScoreField {
             ScoreField::ZYes => score.z_yes,
         })
     }
+
+    /// The score as a logit: `z_yes - z_no` for `p_yes` (taken from the logits, not from a saturated sigmoid),
+    /// `z_yes` itself.
+    fn logit(self, score: &PairScore) -> f64 {
+        match self {
+            ScoreField::PYes => f64::from(score.z_yes) - f64::from(score.z_no),
+            ScoreField::ZYes => f64::from(score.z_yes),
+        }
+    }
+}
+
+/// The reranker's score interpolated with the first stage's (docs/evaluation.md#interpolation): a pair is ranked
+/// by `weight * scale * retriever score + (1 - weight) * reranker logit`. A reranker trained on a few hundred
+/// queries and a retriever trained on a billion pairs make different mistakes, so the mix can rank better than
+/// either; `scale` turns the retriever's cosine into the logit it was trained to be.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Interpolation {
+    /// The first stage's share, from 0 (the reranker alone) to 1 (the first stage's order).
+    pub weight: f64,
+    /// What a retriever score is multiplied by [default: 20, the scale of sentence-transformers'
+    /// MultipleNegativesRankingLoss, with which all-MiniLM-L6-v2 and most cosine retrievers were trained].
+    #[serde(default = "default_interpolation_scale")]
+    pub scale: f64,
+}
+
+impl Interpolation {
+    /// The ranking score of a pair from its retriever score and its reranker logit.
+    pub fn score(&self, retriever: f32, reranker_logit: f64) -> f64 {
+        self.weight * self.scale * f64::from(retriever) + (1.0 - self.weight) * reranker_logit
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.weight) {
+            return Err(format!(
+                "`interpolate.weight` is {}; it must be from 0 to 1",
+                self.weight
+            ));
+        }
+        if !(self.scale.is_finite() && self.scale > 0.0) {
+            return Err(format!(
+                "`interpolate.scale` is {}; it must be a positive number",
+                self.scale
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn default_interpolation_scale() -> f64 {
+    20.0
 }
 
 /// The `[eval]` table.
@@ -107,6 +158,10 @@ pub struct EvalConfig {
     /// `p_yes` (SFT) or `z_yes` (CL).
     #[serde(default)]
     pub score: ScoreField,
+    /// Rank by the reranker's score interpolated with the first stage's (`{ weight = 0.7 }`) [default: the
+    /// reranker's score alone].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interpolate: Option<Interpolation>,
     /// How much of each first-stage list is reranked.
     #[serde(default = "default_k")]
     pub k: usize,
@@ -185,6 +240,7 @@ impl EvalConfig {
             adapter_from: None,
             adapter: None,
             score: ScoreField::default(),
+            interpolate: None,
             k: default_k(),
             splits: None,
             batch: default_batch(),
@@ -207,6 +263,9 @@ pub struct EvalSummary {
     /// The adapter applied, named the same way.
     pub adapter: Option<PathBuf>,
     pub score: ScoreField,
+    /// The interpolation with the first stage's scores, if the reranked run was ranked by one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interpolate: Option<Interpolation>,
     pub k: usize,
     pub splits: Vec<String>,
     /// The retriever fingerprint(s) of the first-stage lists.
@@ -315,6 +374,9 @@ impl EvalStage {
             return Err(bad(
                 "`splits` is empty; leave it out to evaluate every split".into(),
             ));
+        }
+        if let Some(interpolation) = &config.interpolate {
+            interpolation.check().map_err(bad)?;
         }
         Ok(Self { config })
     }
@@ -450,6 +512,7 @@ impl Stage for EvalStage {
             model: ctx.run_relative(&model),
             adapter: adapter.as_deref().map(|a| ctx.run_relative(a)),
             score: self.config.score,
+            interpolate: self.config.interpolate,
             k: self.config.k,
             splits: evaluated.splits.iter().cloned().collect(),
             retrievers: evaluated.retrievers(),
@@ -695,7 +758,7 @@ fn rerank(
                     .get(did)
                     .and_then(|doc| doc.image_id.as_deref())
             }))?;
-            for (did, _) in chunk {
+            for (did, retriever) in chunk {
                 match prepare_pair(
                     reranker,
                     evaluated,
@@ -707,16 +770,21 @@ fn rerank(
                 ) {
                     Ok(pair) => {
                         prepared.push(pair);
-                        dids.push(did);
+                        dids.push((did, *retriever));
                     }
                     Err((reason, detail)) => rejects.push(reject(did, reason, detail)),
                 }
             }
-            for (did, score) in dids
+            for ((did, retriever), score) in dids
                 .into_iter()
                 .zip(reranker.score(&prepared, config.batch)?)
             {
-                let value = config.score.pick(&score);
+                let value = match &config.interpolate {
+                    Some(interpolation) => {
+                        interpolation.score(retriever, config.score.logit(&score))
+                    }
+                    None => config.score.pick(&score),
+                };
                 if value.is_finite() {
                     scores.insert(did.clone(), value);
                 } else {

@@ -327,11 +327,19 @@ impl Builder<'_> {
             || "zero-shot".to_owned(),
             |a| format!("adapter {}", a.display()),
         );
+        let ranked_by = match &summary.interpolate {
+            Some(mix) => format!(
+                "{} interpolated with the first stage's score (weight {}, scale {})",
+                summary.score.name(),
+                mix.weight,
+                mix.scale
+            ),
+            None => summary.score.name().to_owned(),
+        };
         self.paragraph(format!(
-            "Model {} ({adapter}), documents ranked by {}. The first stage's top {} ({}) reranked on splits {}: \
-             {} queries evaluated, {} pairs scored, {} rejected.",
+            "Model {} ({adapter}), documents ranked by {ranked_by}. The first stage's top {} ({}) reranked on \
+             splits {}: {} queries evaluated, {} pairs scored, {} rejected.",
             summary.model.display(),
-            summary.score.name(),
             summary.k,
             summary.retrievers.join(", "),
             summary.splits.join(", "),

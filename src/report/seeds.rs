@@ -396,6 +396,7 @@ mod tests {
                 model: "model".into(),
                 adapter: None,
                 score: ScoreField::PYes,
+                interpolate: None,
                 k: 20,
                 splits: vec!["test".into()],
                 retrievers: Vec::new(),

@@ -17,7 +17,9 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 use umrank::dataset::{Dataset, DatasetWriter};
 use umrank::eval::stage::{EvalSummary, FIRST_STAGE, RERANKED};
-use umrank::eval::{evaluate, read_run, EvalConfig, EvalStage, Metric, Qrels, Run, ScoreField};
+use umrank::eval::{
+    evaluate, read_run, EvalConfig, EvalStage, Interpolation, Metric, Qrels, Run, ScoreField,
+};
 use umrank::media::preprocess::ImageInput;
 use umrank::models::adapters::lora::LoraConfig;
 use umrank::models::qwen2_vl::Qwen2VlModel;
@@ -800,6 +802,64 @@ fn a_document_missing_from_the_corpus_is_a_reject_left_out_of_the_reranked_run()
 }
 
 #[test]
+fn an_interpolated_run_ranks_by_the_weighted_sum_of_retriever_and_reranker_logits() {
+    let root = tempfile::tempdir().unwrap();
+    let (ingest, candidates) = write_inputs(root.path(), None);
+    let interpolation = Interpolation {
+        weight: 0.25,
+        scale: 20.0,
+    };
+    let mut mixed = config(&ingest, &candidates);
+    mixed.interpolate = Some(interpolation);
+    let dir = run_eval(&root.path().join("mixed"), mixed);
+
+    let (runs, ranked) = read_run_dataset(&dir);
+    let retriever: BTreeMap<(String, String), f32> = candidate_lists(None)
+        .into_iter()
+        .flat_map(|(qid, list)| {
+            list.into_iter()
+                .map(move |(did, score)| ((qid.to_owned(), did.to_owned()), score))
+        })
+        .collect();
+    let library = library_scores(None);
+    for ((qid, did), score) in &library {
+        let logit = f64::from(score.z_yes) - f64::from(score.z_no);
+        let want = 0.25 * 20.0 * f64::from(retriever[&(qid.clone(), did.clone())]) + 0.75 * logit;
+        assert_close(
+            runs[RERANKED][qid][did],
+            want,
+            1e-4,
+            &format!("{qid} {did}"),
+        );
+    }
+    let summary = EvalSummary::read(&dir.join("metrics.json")).unwrap();
+    assert_eq!(summary.interpolate, Some(interpolation));
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(
+        written["interpolate"]["weight"], 0.25,
+        "metrics.json names it"
+    );
+
+    // All of the weight on the first stage gives back its order.
+    let mut first_only = config(&ingest, &candidates);
+    first_only.interpolate = Some(Interpolation {
+        weight: 1.0,
+        scale: 20.0,
+    });
+    let (_, first_ranked) = read_run_dataset(&run_eval(&root.path().join("first"), first_only));
+    for ((name, qid), order) in &first_ranked {
+        if name == RERANKED {
+            assert_eq!(
+                order,
+                &ranked[&(FIRST_STAGE.to_owned(), qid.clone())],
+                "{qid}"
+            );
+        }
+    }
+}
+
+#[test]
 fn bad_settings_fail_before_any_work() {
     let base = || EvalConfig::new(model_dir());
     let cases: Vec<(EvalConfig, &str)> = vec![
@@ -848,6 +908,26 @@ fn bad_settings_fail_before_any_work() {
                 ..base()
             },
             "`model_from`",
+        ),
+        (
+            EvalConfig {
+                interpolate: Some(Interpolation {
+                    weight: 1.5,
+                    scale: 20.0,
+                }),
+                ..base()
+            },
+            "`interpolate.weight`",
+        ),
+        (
+            EvalConfig {
+                interpolate: Some(Interpolation {
+                    weight: 0.5,
+                    scale: 0.0,
+                }),
+                ..base()
+            },
+            "`interpolate.scale`",
         ),
     ];
     for (config, needle) in cases {

@@ -196,6 +196,7 @@ fn workdir(root: &Path) -> (Comparison, Comparison) {
             model: "models/base".into(),
             adapter: Some(format!("work/train_{stage}/adapter").into()),
             score,
+            interpolate: None,
             k: 100,
             splits: vec!["test".into()],
             retrievers: vec!["clip-fixture".into()],
