@@ -84,8 +84,7 @@ impl Header {
             &self.model,
             &self.adapter,
             self.score,
-            self.interpolate
-                .map(|i| (i.weight.to_bits(), i.scale.to_bits())),
+            self.interpolate,
             self.k,
             &self.splits,
             self.permutations,

@@ -199,6 +199,14 @@ pub struct EvalConfig {
 }
 
 impl EvalConfig {
+    /// What a pair is ranked by: the reranker's score, or its logit interpolated with the retriever's score.
+    fn ranking_score(&self, retriever: f32, score: &PairScore) -> f64 {
+        match &self.interpolate {
+            Some(interpolation) => interpolation.score(retriever, self.score.logit(score)),
+            None => self.score.pick(score),
+        }
+    }
+
     /// The prompt settings asked for, if `prompt` or `answer_tokens` is given.
     pub fn prompt_settings(&self) -> Option<PromptSettings> {
         if self.prompt.is_none() && self.answer_tokens.is_none() {
@@ -779,12 +787,7 @@ fn rerank(
                 .into_iter()
                 .zip(reranker.score(&prepared, config.batch)?)
             {
-                let value = match &config.interpolate {
-                    Some(interpolation) => {
-                        interpolation.score(retriever, config.score.logit(&score))
-                    }
-                    None => config.score.pick(&score),
-                };
+                let value = config.ranking_score(retriever, &score);
                 if value.is_finite() {
                     scores.insert(did.clone(), value);
                 } else {
